@@ -1,0 +1,154 @@
+"""One settings object for every service, read from ``IM_*`` environment variables.
+
+Every field carries its documentation; ``imctl config-doc`` prints the README table
+from it. The defaults give standalone mode: SQLite files under ``data_dir`` and
+in-process bus, registry and presence.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IM_", env_file=None, extra="ignore")
+
+    # --- where things live -------------------------------------------------------
+    data_dir: Path = Field(
+        Path(".im-data"),
+        description="Folder for standalone state: SQLite files and the dev JWT key pair.",
+    )
+    database_url: str = Field(
+        "",
+        description="SQLAlchemy URL of the user/group database, e.g. "
+        "`mysql+pymysql://im:pw@127.0.0.1:3306/im?charset=utf8mb4`. "
+        "Empty: SQLite file `im.db` in data_dir.",
+    )
+    message_store_url: str = Field(
+        "",
+        description="Message store: `mongodb://host:27017/im` or a SQLAlchemy URL. "
+        "Empty: the database_url database (a `messages` table).",
+    )
+    bus_url: str = Field(
+        "memory://",
+        description="Bus: `memory://` (in-process, standalone only) or "
+        "`kafka://host:9092[,host2:9092]`.",
+    )
+    registry_url: str = Field(
+        "memory://",
+        description="Connector registry: `memory://` or `zk://host:2181[,host2]/im`.",
+    )
+    kv_url: str = Field(
+        "memory://",
+        description="Presence, sessions, idempotency keys: `memory://` or "
+        "`redis://host:6379/0`.",
+    )
+
+    # --- listen addresses -------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Interface every server binds to.")
+    advertise_host: str = Field(
+        "",
+        description="Host name clients and other services use to reach this process "
+        "(empty: same as host).",
+    )
+    gateway_port: int = Field(8080, description="Gateway HTTP port.")
+    user_grpc_port: int = Field(50051, description="User service gRPC port.")
+    group_grpc_port: int = Field(50052, description="Group service gRPC port.")
+    connector_grpc_port: int = Field(50053, description="Connector internal gRPC port.")
+    connector_tcp_port: int = Field(7070, description="Connector client TCP port.")
+    connector_ws_port: int = Field(7071, description="Connector client WebSocket port.")
+    user_service_addr: str = Field(
+        "", description="host:port of the user service (empty: host:user_grpc_port)."
+    )
+    group_service_addr: str = Field(
+        "", description="host:port of the group service (empty: host:group_grpc_port)."
+    )
+    connector_id: str = Field(
+        "", description="This connector's id in the registry (empty: connector-<port>)."
+    )
+
+    # --- auth ---------------------------------------------------------------------
+    jwt_private_key_file: str = Field(
+        "",
+        description="PEM file of the Ed25519 private key (gateway only). Empty: "
+        "standalone generates one in data_dir on first run.",
+    )
+    jwt_public_key_file: str = Field(
+        "", description="PEM file of the Ed25519 public key (connectors, gateway)."
+    )
+    jwt_issuer: str = Field("im-gateway", description="`iss` claim of issued tokens.")
+    jwt_ttl_seconds: int = Field(3600, description="Access token lifetime.")
+    argon2_time_cost: int = Field(2, description="argon2id time cost.")
+    argon2_memory_kib: int = Field(19456, description="argon2id memory cost in KiB.")
+    argon2_parallelism: int = Field(1, description="argon2id lanes.")
+
+    # --- connections --------------------------------------------------------------
+    heartbeat_interval: float = Field(
+        20.0, description="Seconds between client pings; told to clients at login."
+    )
+    heartbeat_misses: float = Field(
+        3.0, description="A connection silent for this many intervals is closed."
+    )
+    auth_timeout: float = Field(5.0, description="Seconds a new socket has to send Auth.")
+    max_frame_bytes: int = Field(65536, description="Largest accepted frame.")
+    max_body_bytes: int = Field(32768, description="Largest message body.")
+    send_rate_per_second: float = Field(
+        200.0, description="Sustained Send frames per second per connection."
+    )
+    send_burst: int = Field(400, description="Send frames a connection may burst.")
+    retransmit_timeout: float = Field(
+        3.0, description="Seconds before an unacked Deliver is resent (then doubled)."
+    )
+    retransmit_attempts: int = Field(
+        3, description="Resends before giving up (the message waits for sync)."
+    )
+    idempotency_ttl_seconds: int = Field(
+        86400, description="How long a client_msg_id is remembered per user."
+    )
+    max_group_size: int = Field(10000, description="Most members a group may have.")
+
+    # --- bus ----------------------------------------------------------------------
+    topic_messages: str = Field("im.messages", description="Topic of inbound messages.")
+    topic_cursors: str = Field("im.cursors", description="Topic of acks and read reports.")
+    topic_membership: str = Field("im.membership", description="Topic of membership events.")
+    topic_partitions: int = Field(
+        8, description="Partitions per topic, created at start-up with this final count."
+    )
+    router_group: str = Field("im-router", description="Consumer group of the routers.")
+    router_batch_size: int = Field(500, description="Most records a router takes per poll.")
+
+    log_level: str = Field("INFO", description="Python logging level.")
+
+    # --- derived ------------------------------------------------------------------
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'im.db').resolve()}"
+
+    def resolved_message_store_url(self) -> str:
+        return self.message_store_url or self.resolved_database_url()
+
+    def public_host(self) -> str:
+        return self.advertise_host or self.host
+
+    def user_addr(self) -> str:
+        return self.user_service_addr or f"{self.public_host()}:{self.user_grpc_port}"
+
+    def group_addr(self) -> str:
+        return self.group_service_addr or f"{self.public_host()}:{self.group_grpc_port}"
+
+    def resolved_connector_id(self) -> str:
+        return self.connector_id or f"connector-{self.connector_tcp_port}"
+
+
+def settings_table() -> str:
+    """Markdown table of every setting, for the README."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        shown = "" if default in ("", None) else str(default)
+        rows.append(f"| `IM_{name.upper()}` | `{shown}` | {field.description or ''} |")
+    return "\n".join(rows)

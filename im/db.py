@@ -1,0 +1,108 @@
+"""SQL schema (SQLAlchemy 2.x) shared by the user and group services and the SQL
+message store, and the engine factory (MySQL via pymysql, SQLite standalone)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import (
+    BigInteger,
+    Index,
+    Integer,
+    LargeBinary,
+    SmallInteger,
+    String,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY.
+Id64 = BigInteger().with_variant(Integer, "sqlite")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class UserRow(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Id64, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    display_name: Mapped[str] = mapped_column(String(128), nullable=False, default="")
+    password_hash: Mapped[str] = mapped_column(String(255), nullable=False)
+    created_at: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+class ConversationRow(Base):
+    __tablename__ = "conversations"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[int] = mapped_column(SmallInteger, nullable=False)
+    name: Mapped[str] = mapped_column(String(255), nullable=False, default="")
+    owner_id: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    created_at: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    member_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+
+
+class MemberRow(Base):
+    __tablename__ = "members"
+    __table_args__ = (Index("ix_members_user", "user_id", "conversation_id"),)
+
+    conversation_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    role: Mapped[int] = mapped_column(SmallInteger, nullable=False)
+    joined_seq: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    delivered_seq: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    read_seq: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    joined_at: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+class MessageRow(Base):
+    """The SQL message store's table: one row per message, never one per member."""
+
+    __tablename__ = "messages"
+    __table_args__ = (UniqueConstraint("conversation_id", "seq", name="uq_messages_conv_seq"),)
+
+    msg_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    conversation_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    seq: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    sender_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    sender_device: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    client_msg_id: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    content_type: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    body: Mapped[bytes] = mapped_column(LargeBinary(length=16 * 1024 * 1024), nullable=False)
+    server_ts: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+def make_engine(url: str) -> Engine:
+    """An engine with pooling and reconnect on stale connections; creates the schema."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_pre_ping=True
+        )
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+    else:
+        if parsed.get_backend_name() == "mysql" and "charset" not in parsed.query:
+            parsed = parsed.update_query_dict({"charset": "utf8mb4"})
+        engine = create_engine(
+            parsed, pool_pre_ping=True, pool_recycle=1800, pool_size=10, max_overflow=20
+        )
+    return engine
+
+
+def create_schema(engine: Engine) -> None:
+    Base.metadata.create_all(engine)

@@ -1,0 +1,88 @@
+"""Message ids and conversation ids."""
+
+from __future__ import annotations
+
+import threading
+
+from im.clock import Clock, SystemClock
+
+# 2026-01-01T00:00:00Z: keeps the 41-bit millisecond field good for ~69 years.
+EPOCH_MS = 1_767_225_600_000
+_NODE_BITS = 10
+_SEQ_BITS = 12
+_MAX_SEQ = (1 << _SEQ_BITS) - 1
+
+
+class MsgIdGenerator:
+    """Time-ordered 64-bit ids: 41 bits of ms since EPOCH_MS, 10 of node, 12 of sequence."""
+
+    def __init__(self, node_id: int, clock: Clock | None = None) -> None:
+        if not 0 <= node_id < (1 << _NODE_BITS):
+            raise ValueError(f"node_id must be in [0, {1 << _NODE_BITS})")
+        self._node = node_id
+        self._clock = clock or SystemClock()
+        self._last_ms = -1
+        self._seq = 0
+        self._lock = threading.Lock()
+
+    def next_id(self) -> int:
+        with self._lock:
+            now = self._clock.wall_ms() - EPOCH_MS
+            if now < self._last_ms:
+                now = self._last_ms  # clock went back: stay monotonic
+            if now == self._last_ms:
+                self._seq = (self._seq + 1) & _MAX_SEQ
+                if self._seq == 0:
+                    now += 1  # sequence exhausted within this ms: borrow the next one
+            else:
+                self._seq = 0
+            self._last_ms = now
+            return (now << (_NODE_BITS + _SEQ_BITS)) | (self._node << _SEQ_BITS) | self._seq
+
+
+def node_id_for(name: str) -> int:
+    """A stable node id derived from a process name (connector id)."""
+    import zlib
+
+    return zlib.crc32(name.encode()) % (1 << _NODE_BITS)
+
+
+DIRECT_PREFIX = "d:"
+GROUP_PREFIX = "g:"
+
+
+def direct_conversation_id(user_a: int, user_b: int) -> str:
+    """The deterministic id of the 1:1 conversation between two users."""
+    if user_a == user_b:
+        raise ValueError("a direct conversation needs two different users")
+    low, high = sorted((user_a, user_b))
+    return f"{DIRECT_PREFIX}{low}:{high}"
+
+
+def parse_direct(conversation_id: str) -> tuple[int, int] | None:
+    """The two user ids of a direct conversation id, or None if it is not one."""
+    if not conversation_id.startswith(DIRECT_PREFIX):
+        return None
+    parts = conversation_id[len(DIRECT_PREFIX) :].split(":")
+    if len(parts) != 2:
+        return None
+    try:
+        low, high = int(parts[0]), int(parts[1])
+    except ValueError:
+        return None
+    if low <= 0 or high <= 0 or low >= high:
+        return None
+    return low, high
+
+
+def group_conversation_id(group_id: int) -> str:
+    return f"{GROUP_PREFIX}{group_id}"
+
+
+def is_valid_conversation_id(conversation_id: str) -> bool:
+    if parse_direct(conversation_id) is not None:
+        return True
+    if conversation_id.startswith(GROUP_PREFIX):
+        rest = conversation_id[len(GROUP_PREFIX) :]
+        return rest.isdigit() and len(rest) <= 20
+    return False

@@ -1,0 +1,91 @@
+"""Wire framing: 4-byte big-endian length + one encoded ``Frame`` (TCP).
+
+``FrameDecoder`` is fed whatever bytes a read returned (partial frames, several
+frames at once) and yields complete ``Frame`` messages. It raises ``ProtocolError``
+for a frame over the size limit or bytes that are not a Frame; after that the stream
+cannot be trusted and the connection is closed.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from google.protobuf.message import DecodeError
+
+from im.v1 import wire_pb2
+
+HEADER = struct.Struct(">I")
+DEFAULT_MAX_FRAME = 65536
+
+
+class ProtocolError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def encode_frame(frame: wire_pb2.Frame) -> bytes:
+    """Length-prefixed bytes of one frame, for TCP."""
+    payload = frame.SerializeToString()
+    return HEADER.pack(len(payload)) + payload
+
+
+def encode_payloads(payloads: list[bytes]) -> bytes:
+    """Several already-serialised frames as one TCP write."""
+    return b"".join(HEADER.pack(len(p)) + p for p in payloads)
+
+
+def parse_frame(payload: bytes) -> wire_pb2.Frame:
+    """Decode one frame body (a WebSocket message, or a TCP frame without its header)."""
+    frame = wire_pb2.Frame()
+    try:
+        frame.ParseFromString(payload)
+    except (DecodeError, RuntimeWarning) as exc:
+        raise ProtocolError(wire_pb2.ERROR_CODE_BAD_FRAME, f"undecodable frame: {exc}") from exc
+    if frame.WhichOneof("kind") is None:
+        raise ProtocolError(wire_pb2.ERROR_CODE_BAD_FRAME, "frame carries no known kind")
+    return frame
+
+
+class FrameDecoder:
+    """Incremental decoder of a length-prefixed frame stream."""
+
+    __slots__ = ("_buf", "_max")
+
+    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME) -> None:
+        self._buf = bytearray()
+        self._max = max_frame_bytes
+
+    def feed(self, data: bytes) -> list[wire_pb2.Frame]:
+        self._buf += data
+        frames: list[wire_pb2.Frame] = []
+        buf = self._buf
+        pos = 0
+        end = len(buf)
+        while end - pos >= 4:
+            (length,) = HEADER.unpack_from(buf, pos)
+            if length > self._max:
+                raise ProtocolError(
+                    wire_pb2.ERROR_CODE_FRAME_TOO_LARGE,
+                    f"frame of {length} bytes exceeds the limit of {self._max}",
+                )
+            if end - pos - 4 < length:
+                break
+            frames.append(parse_frame(bytes(buf[pos + 4 : pos + 4 + length])))
+            pos += 4 + length
+        if pos:
+            del buf[:pos]
+        return frames
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+
+def error_frame(code: int, message: str, client_msg_id: str = "", request_id: int = 0) -> bytes:
+    """A serialised Error frame (without length header)."""
+    return wire_pb2.Frame(
+        request_id=request_id,
+        error=wire_pb2.Error(code=code, message=message, client_msg_id=client_msg_id),
+    ).SerializeToString()
