@@ -35,6 +35,10 @@ class BusConsumer(Protocol):
         """Mark everything returned by poll so far as done (call after storing it)."""
         ...
 
+    async def rewind(self) -> None:
+        """Go back to the last committed positions (after a failed batch)."""
+        ...
+
     @property
     def generation(self) -> int:
         """Changes whenever this member's partition assignment changes."""

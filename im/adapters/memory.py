@@ -138,6 +138,9 @@ class MemoryConsumer:
             key = (self.group, topic, partition)
             self._bus._committed[key] = max(self._bus._committed[key], pos)
 
+    async def rewind(self) -> None:
+        self._reset_positions()
+
     async def close(self) -> None:
         self._closed = True
         self._bus._leave(self)

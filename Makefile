@@ -1,0 +1,46 @@
+# Fresh machine: `make run` (install + standalone suite), `make test` (install + tests).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PROTOS := $(wildcard protos/im/v1/*.proto)
+STAMP_INSTALL := $(VENV)/.installed
+STAMP_PROTO := im/v1/.generated
+
+.PHONY: install proto run test test-unit lint format clean
+
+install: $(STAMP_INSTALL) $(STAMP_PROTO)
+
+$(STAMP_INSTALL): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+# The protobuf/gRPC modules are generated from protos/, never edited by hand.
+$(STAMP_PROTO): $(PROTOS) $(STAMP_INSTALL)
+	$(BIN)/python -m im.protogen
+	touch $@
+
+proto: $(STAMP_INSTALL)
+	$(BIN)/python -m im.protogen
+	touch $(STAMP_PROTO)
+
+run: install
+	$(BIN)/imctl standalone
+
+test: install
+	$(BIN)/pytest
+
+test-unit: install
+	$(BIN)/pytest -m "not e2e and not integration"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) $(STAMP_PROTO) im/v1/*_pb2*.py im/v1/*_pb2*.pyi .im-data

@@ -1,0 +1,118 @@
+"""Running services: all five in one process (standalone), or one per process."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import sys
+
+from im.adapters import build_backends
+from im.config import Settings
+from im.ports import Backends
+from im.runtime import Service, install_uvloop, run_until_signal, setup_logging
+
+log = logging.getLogger("im")
+
+SERVICES = ("user", "group", "connector", "router", "gateway")
+
+
+def build_service(name: str, settings: Settings, backends: Backends) -> Service:
+    if name not in SERVICES:
+        raise ValueError(f"unknown service {name!r}; one of {', '.join(SERVICES)}")
+    module = importlib.import_module(f"services.{name}.app")
+    return module.build(settings, backends)
+
+
+class Suite:
+    """All five services in this process, started in dependency order."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.services: dict[str, Service] = {}
+        self.backends: Backends | None = None
+
+    async def start(self) -> None:
+        settings = self.settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.backends = build_backends(settings)
+        for name in SERVICES:
+            service = build_service(name, settings, self.backends)
+            await service.start()
+            self.services[name] = service
+            if name in ("user", "group"):
+                # Later services call the bound port (it may have been 0).
+                addr = service.endpoints()["grpc"]
+                key = "user_service_addr" if name == "user" else "group_service_addr"
+                settings = settings.model_copy(update={key: addr})
+        self.settings = settings
+
+    async def stop(self) -> None:
+        # Reverse order: stop taking requests before the services behind them go.
+        for name in reversed(list(self.services)):
+            try:
+                await self.services[name].stop()
+            except Exception:
+                log.exception("stopping %s failed", name)
+        self.services.clear()
+        if self.backends is not None:
+            await self.backends.close()
+
+    def endpoints(self) -> dict[str, dict[str, str]]:
+        return {name: s.endpoints() for name, s in self.services.items()}
+
+
+def describe(suite: Suite) -> str:
+    eps = suite.endpoints()
+    gw = eps["gateway"]["http"]
+    lines = ["im standalone suite is up:"]
+    for name, where in eps.items():
+        lines.append(f"  {name:<10} " + "  ".join(f"{k}={v}" for k, v in where.items()))
+    lines += [
+        f"  data dir   {suite.settings.data_dir.resolve()}",
+        "",
+        f"Gateway {gw} (API docs at {gw}/docs). Try, in two terminals:",
+        f"  imctl --gateway {gw} register alice --password alicepass1",
+        f"  imctl --gateway {gw} register bob --password bobpass123",
+        f"  imctl --gateway {gw} chat --user bob --password bobpass123 --to alice",
+        f"  imctl --gateway {gw} chat --user alice --password alicepass1 --to bob",
+        "Stop with Ctrl-C.",
+    ]
+    return "\n".join(lines)
+
+
+async def run_standalone(settings: Settings) -> None:
+    suite = Suite(settings)
+
+    async def start() -> None:
+        await suite.start()
+        print(describe(suite), flush=True)
+
+    await run_until_signal(start, suite.stop)
+
+
+async def serve_one(name: str, settings: Settings) -> None:
+    backends = build_backends(settings)
+    service = build_service(name, settings, backends)
+
+    async def start() -> None:
+        await service.start()
+        where = "  ".join(f"{k}={v}" for k, v in service.endpoints().items())
+        print(f"{name} is up: {where}", flush=True)
+
+    async def stop() -> None:
+        await service.stop()
+        await backends.close()
+
+    await run_until_signal(start, stop)
+
+
+def main_for(name: str) -> None:
+    """`python -m services.<name>`: one service from environment configuration."""
+    settings = Settings()
+    setup_logging(settings.log_level)
+    install_uvloop()
+    try:
+        asyncio.run(serve_one(name, settings))
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,1 @@
+"""Connector: holds client sockets (TCP, WebSocket); send path, delivery, retransmit."""

@@ -1,0 +1,3 @@
+from im.standalone import main_for
+
+main_for("connector")

@@ -1,0 +1,133 @@
+"""Connector process: TCP + WebSocket listeners, the internal gRPC API, registry
+entry, and the periodic work (retransmits, heartbeats, cursor flushes, load)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from im.auth import TokenVerifier, load_keys
+from im.config import Settings
+from im.grpcutil import GrpcServer, service_name
+from im.ports import Backends, ConnectorInfo
+from im.v1 import connector_pb2, connector_pb2_grpc
+from services.connector.service import ConnectorCore, ConnectorServicer
+from services.connector.transport import start_tcp, start_ws
+
+log = logging.getLogger("im.connector")
+
+
+class ConnectorApp:
+    name = "connector"
+
+    def __init__(self, settings: Settings, backends: Backends) -> None:
+        self.settings = settings
+        self.backends = backends
+        _, public = load_keys(settings, need_private=False)
+        self.core = ConnectorCore(settings, backends, TokenVerifier(public, settings.jwt_issuer))
+        self._grpc = GrpcServer(settings.host, settings.connector_grpc_port)
+        self._grpc.add(
+            connector_pb2_grpc.add_ConnectorServiceServicer_to_server,
+            ConnectorServicer(self.core),
+            service_name(connector_pb2, "ConnectorService"),
+        )
+        self._tcp: asyncio.Server | None = None
+        self._ws = None
+        self._loops: list[asyncio.Task] = []
+        self.tcp_port = self.ws_port = 0
+
+    async def start(self) -> None:
+        s = self.settings
+        grpc_port = await self._grpc.start()
+        self._tcp = await start_tcp(self.core, s.host, s.connector_tcp_port)
+        self.tcp_port = self._tcp.sockets[0].getsockname()[1]
+        self._ws = await start_ws(self.core, s.host, s.connector_ws_port)
+        self.ws_port = next(iter(self._ws.sockets)).getsockname()[1]
+        self.core.info = ConnectorInfo(
+            connector_id=self.core.connector_id,
+            host=s.public_host(),
+            tcp_port=self.tcp_port,
+            ws_port=self.ws_port,
+            grpc_port=grpc_port,
+        )
+        await self.backends.registry.register(self.core.info)
+        tick = min(0.25, s.retransmit_timeout / 4, s.auth_timeout / 4)
+        idle = max(0.05, min(s.heartbeat_interval / 2, 5.0))
+        self._loops = [
+            self._every(tick, self._tick),
+            self._every(idle, self._sweep_idle),
+            self._every(0.05, self.core.flush_cursor_reports),
+            self._every(3.0, self._report_load),
+            self._every(30.0, self.core.refresh_presence),
+        ]
+        log.info(
+            "connector %s: tcp %s ws %s grpc %s",
+            self.core.connector_id,
+            self.tcp_port,
+            self.ws_port,
+            grpc_port,
+        )
+
+    def _every(self, seconds: float, action) -> asyncio.Task:  # type: ignore[no-untyped-def]
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(seconds)
+                try:
+                    result = action()
+                    if asyncio.iscoroutine(result):
+                        await result
+                except Exception:
+                    log.exception("periodic task failed")
+
+        return asyncio.get_running_loop().create_task(loop())
+
+    async def _tick(self) -> None:
+        self.core.tick()
+
+    async def _sweep_idle(self) -> None:
+        self.core.sweep_idle()
+
+    async def _report_load(self) -> None:
+        info = self.core.info
+        if info is not None:
+            info.connections = self.core.connection_count()
+            await self.backends.registry.update(info)
+
+    async def stop(self) -> None:
+        # Leave the registry first so nothing new is routed or assigned here, then
+        # ask clients to reconnect elsewhere, flush what is owed, and stop.
+        with contextlib.suppress(Exception):
+            await self.backends.registry.deregister(self.core.connector_id)
+        if self._tcp is not None:
+            self._tcp.close()
+        if self._ws is not None:
+            self._ws.close(close_connections=False)
+        self.core.drain()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.core.wait_background(), 5)
+        await self.core.flush_cursor_reports()
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        await self._grpc.stop(1.0)
+        if self._tcp is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._tcp.wait_closed(), 2)
+        if self._ws is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._ws.wait_closed(), 2)
+        await self.core.channels.close()
+
+    def endpoints(self) -> dict[str, str]:
+        host = self.settings.public_host()
+        info = self.core.info
+        return {
+            "tcp": f"{host}:{self.tcp_port}",
+            "ws": f"ws://{host}:{self.ws_port}/ws",
+            "grpc": f"{host}:{info.grpc_port if info else 0}",
+        }
+
+
+def build(settings: Settings, backends: Backends) -> ConnectorApp:
+    return ConnectorApp(settings, backends)

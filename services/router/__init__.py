@@ -1,0 +1,1 @@
+"""Router: consumes the bus; seq, store once, cursors, fan-out to connectors."""

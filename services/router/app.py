@@ -1,0 +1,57 @@
+"""Router process: one member of the routers' consumer group."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from im.adapters import build_message_store
+from im.config import Settings
+from im.ports import Backends, BusConsumer, MessageStore
+from services.router.service import Router
+
+log = logging.getLogger("im.router")
+
+
+class RouterApp:
+    name = "router"
+
+    def __init__(
+        self, settings: Settings, backends: Backends, store: MessageStore | None = None
+    ) -> None:
+        self.settings = settings
+        self.backends = backends
+        self.store = store or build_message_store(settings)
+        self.router = Router(settings, backends, self.store)
+        self._consumer: BusConsumer | None = None
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        self._consumer = self.backends.bus.consumer(
+            [s.topic_messages, s.topic_cursors], s.router_group
+        )
+        self._task = asyncio.get_running_loop().create_task(
+            self.router.run(self._consumer, self._stop)
+        )
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, 5)
+            except TimeoutError:
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
+        if self._consumer is not None:
+            await self._consumer.close()
+        await self.router.channels.close()
+        await self.store.close()
+
+    def endpoints(self) -> dict[str, str]:
+        return {"bus": f"{self.settings.bus_url} group {self.settings.router_group}"}
+
+
+def build(settings: Settings, backends: Backends) -> RouterApp:
+    return RouterApp(settings, backends)
