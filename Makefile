@@ -13,7 +13,7 @@ install: $(STAMP_INSTALL) $(STAMP_PROTO)
 $(STAMP_INSTALL): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,test-servers]'
 	touch $@
 
 # The protobuf/gRPC modules are generated from protos/, never edited by hand.
