@@ -27,6 +27,11 @@ class Settings(BaseSettings):
         "`mysql+pymysql://im:pw@127.0.0.1:3306/im?charset=utf8mb4`. "
         "Empty: SQLite file `im.db` in data_dir.",
     )
+    auto_migrate: bool = Field(
+        True,
+        description="Create/upgrade the SQL schema at start-up. Distributed deployments "
+        "set false and run `imctl db upgrade` once per release instead.",
+    )
     message_store_url: str = Field(
         "",
         description="Message store: `mongodb://host:27017/im` or a SQLAlchemy URL. "

@@ -72,6 +72,9 @@ def parse_direct(conversation_id: str) -> tuple[int, int] | None:
         return None
     if low <= 0 or high <= 0 or low >= high:
         return None
+    # Only the canonical spelling: "d:01:2" or "d:+1:2" would alias "d:1:2".
+    if conversation_id != f"{DIRECT_PREFIX}{low}:{high}":
+        return None
     return low, high
 
 
@@ -84,5 +87,5 @@ def is_valid_conversation_id(conversation_id: str) -> bool:
         return True
     if conversation_id.startswith(GROUP_PREFIX):
         rest = conversation_id[len(GROUP_PREFIX) :]
-        return rest.isdigit() and len(rest) <= 20
+        return rest.isascii() and rest.isdigit() and len(rest) <= 20
     return False

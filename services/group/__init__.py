@@ -1,0 +1,1 @@
+"""Group service: conversations, members and cursors (gRPC im.v1.GroupService)."""

@@ -1,0 +1,1 @@
+"""User service: accounts and password hashes (gRPC im.v1.UserService)."""

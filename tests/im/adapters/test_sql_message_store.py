@@ -1,0 +1,75 @@
+"""The SQL message store (SQLite here): store once, replay-safe, ordered history."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from im.adapters.sqlstore import SqlMessageStore
+from im.ports import SeqConflict
+from im.v1 import wire_pb2
+
+
+def message(conversation_id: str, seq: int, msg_id: int | None = None) -> wire_pb2.Message:
+    return wire_pb2.Message(
+        msg_id=msg_id if msg_id is not None else 1_000_000 + seq * 10 + len(conversation_id),
+        conversation_id=conversation_id,
+        seq=seq,
+        sender_id=7,
+        sender_device="phone",
+        client_msg_id=f"c-{conversation_id}-{seq}",
+        content_type="text/plain",
+        body=f"message {seq}".encode(),
+        server_ts=1_800_000_000_000 + seq,
+    )
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqlMessageStore]:
+    store = SqlMessageStore(f"sqlite:///{tmp_path / 'messages.db'}")
+    yield store
+    await store.close()
+
+
+async def test_insert_many_then_replay_is_recognised(store: SqlMessageStore) -> None:
+    batch = [message("d:1:2", seq) for seq in (1, 2, 3)]
+    assert await store.insert_many(batch) == [True, True, True]
+    assert await store.insert_many(batch) == [False, False, False]
+    # A batch mixing a replay with new messages stores only the new ones.
+    assert await store.insert_many([batch[2], message("d:1:2", 4)]) == [False, True]
+    assert await store.insert_many([]) == []
+    assert [m.seq for m in await store.history("d:1:2", 0, 100)] == [1, 2, 3, 4]
+
+
+async def test_another_message_on_a_taken_seq_is_a_conflict(store: SqlMessageStore) -> None:
+    await store.insert_many([message("g:5", 1)])
+    with pytest.raises(SeqConflict) as caught:
+        await store.insert_many([message("g:5", 1, msg_id=999)])
+    assert (caught.value.conversation_id, caught.value.seq) == ("g:5", 1)
+    assert await store.get_by_msg_ids([999]) == {}
+
+
+async def test_history_is_ascending_after_a_seq_and_limited(store: SqlMessageStore) -> None:
+    await store.insert_many([message("g:5", seq) for seq in (5, 3, 1, 4, 2)])
+    await store.insert_many([message("g:6", seq) for seq in (1, 2)])
+
+    assert [m.seq for m in await store.history("g:5", 0, 100)] == [1, 2, 3, 4, 5]
+    assert [m.seq for m in await store.history("g:5", 2, 2)] == [3, 4]
+    assert await store.history("g:5", 5, 10) == []
+    assert await store.history("g:404", 0, 10) == []
+
+    (third,) = await store.history("g:5", 2, 1)
+    assert third == message("g:5", 3)  # every field survives the round trip
+
+
+async def test_last_seqs_and_lookup_by_msg_id(store: SqlMessageStore) -> None:
+    stored = [message("g:5", seq) for seq in (1, 2, 3)] + [message("d:1:2", 1)]
+    await store.insert_many(stored)
+    assert await store.last_seqs(["g:5", "d:1:2", "g:404"]) == {"g:5": 3, "d:1:2": 1, "g:404": 0}
+    assert await store.last_seqs([]) == {}
+
+    found = await store.get_by_msg_ids([stored[1].msg_id, 12345])
+    assert found == {stored[1].msg_id: stored[1]}
+    assert await store.healthy()
