@@ -1,0 +1,134 @@
+"""The gateway as a runnable service: uvicorn serving the FastAPI app in the current
+event loop, so standalone mode runs it next to the other services."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+
+from im.adapters.factory import build_message_store
+from im.auth import TokenIssuer, TokenVerifier, load_keys
+from im.config import Settings
+from im.ports import Backends, MessageStore
+from services.gateway.api import create_app
+from services.gateway.service import TOKEN_LEEWAY, Gateway
+
+log = logging.getLogger("im.gateway")
+
+STARTUP_TIMEOUT = 10.0
+SHUTDOWN_GRACE = 5.0
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: the process (run_until_signal, or the
+    standalone runner) owns SIGTERM/SIGINT and stops every service in order."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.set_inheritable(True)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class GatewayService:
+    name = "gateway"
+
+    def __init__(
+        self,
+        settings: Settings,
+        backends: Backends,
+        message_store: MessageStore | None = None,
+    ) -> None:
+        self._settings = settings
+        private, public = load_keys(settings, need_private=True)
+        assert private is not None  # need_private=True guarantees it
+        self._owns_store = message_store is None
+        self._store = message_store or build_message_store(settings)
+        self.gateway = Gateway(
+            settings,
+            backends,
+            self._store,
+            TokenIssuer(private, settings.jwt_issuer, settings.jwt_ttl_seconds),
+            TokenVerifier(public, settings.jwt_issuer, leeway=TOKEN_LEEWAY),
+        )
+        self._server: _Server | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._port = 0
+
+    async def start(self) -> None:
+        await self.gateway.open()
+        sock = _bind(self._settings.host, self._settings.gateway_port)
+        self._port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            create_app(self.gateway),
+            log_level="warning",
+            access_log=False,
+            lifespan="off",  # start/stop are ours
+            timeout_graceful_shutdown=SHUTDOWN_GRACE,
+            server_header=False,
+        )
+        self._server = _Server(config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="gateway-http")
+        deadline = asyncio.get_running_loop().time() + STARTUP_TIMEOUT
+        while not self._server.started:
+            if self._task.done() or asyncio.get_running_loop().time() > deadline:
+                sock.close()
+                error = self._task.exception() if self._task.done() else None
+                await self._close_after_failure()
+                raise RuntimeError(f"gateway HTTP server did not start: {error!r}")
+            await asyncio.sleep(0.01)
+        log.info("gateway listening on %s", self.endpoints()["http"])
+
+    async def _close_after_failure(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        await self.gateway.close()
+
+    async def stop(self) -> None:
+        if self._server is not None and self._task is not None:
+            self._server.should_exit = True
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), SHUTDOWN_GRACE + 5)
+            except TimeoutError:
+                self._server.force_exit = True
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+            except Exception:
+                log.exception("gateway HTTP server failed")
+            self._server = None
+            self._task = None
+        await self.gateway.close()
+        if self._owns_store:
+            await self._store.close()
+
+    def endpoints(self) -> dict[str, str]:
+        host = self._settings.public_host()
+        if ":" in host:
+            host = f"[{host}]"
+        return {"http": f"http://{host}:{self._port}"}
+
+
+def build(
+    settings: Settings, backends: Backends, message_store: MessageStore | None = None
+) -> GatewayService:
+    """The gateway service; it builds its own message store unless one is given."""
+    return GatewayService(settings, backends, message_store)

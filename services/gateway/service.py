@@ -1,0 +1,436 @@
+"""The gateway's logic, independent of HTTP: talks to the user and group services over
+gRPC, to the registry, presence, sessions and the message store, and issues and
+checks access tokens. ``api.py`` maps it onto routes; errors leave as ``ApiError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from im.auth import Claims, TokenError, TokenIssuer, TokenVerifier
+from im.config import Settings
+from im.grpcutil import ChannelPool
+from im.ids import is_valid_conversation_id, parse_direct
+from im.ports import Backends, ConnectorInfo, MessageStore
+from im.v1 import (
+    connector_pb2,
+    connector_pb2_grpc,
+    group_pb2,
+    group_pb2_grpc,
+    user_pb2,
+    user_pb2_grpc,
+    wire_pb2,
+)
+
+log = logging.getLogger("im.gateway")
+
+T = TypeVar("T")
+
+RPC_TIMEOUT = 5.0  # every call to user/group
+KICK_TIMEOUT = 2.0  # logout answers even when the connector is slow or gone
+HEALTH_TIMEOUT = 1.0  # readiness probes must answer well within the kubelet's timeout
+TOKEN_LEEWAY = 5.0  # clock skew accepted when verifying tokens
+
+
+class ApiError(Exception):
+    """An error with a stable problem code, rendered as application/problem+json."""
+
+    def __init__(
+        self, status: int, code: str, detail: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.headers = headers
+
+
+def unauthorized(detail: str) -> ApiError:
+    return ApiError(401, "unauthorized", detail, {"WWW-Authenticate": "Bearer"})
+
+
+def forbidden() -> ApiError:
+    return ApiError(403, "forbidden", "not a member of this conversation")
+
+
+_GRPC_ERRORS: dict[grpc.StatusCode, tuple[int, str]] = {
+    grpc.StatusCode.ALREADY_EXISTS: (409, "username_taken"),
+    grpc.StatusCode.UNAUTHENTICATED: (401, "invalid_credentials"),
+    grpc.StatusCode.INVALID_ARGUMENT: (422, "invalid_request"),
+    grpc.StatusCode.FAILED_PRECONDITION: (422, "invalid_request"),
+    grpc.StatusCode.OUT_OF_RANGE: (422, "invalid_request"),
+    grpc.StatusCode.NOT_FOUND: (404, "not_found"),
+    grpc.StatusCode.PERMISSION_DENIED: (403, "forbidden"),
+    grpc.StatusCode.UNAVAILABLE: (503, "unavailable"),
+    grpc.StatusCode.DEADLINE_EXCEEDED: (503, "unavailable"),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: (503, "unavailable"),
+    grpc.StatusCode.CANCELLED: (503, "unavailable"),
+    grpc.StatusCode.ABORTED: (503, "unavailable"),
+}
+
+
+def rpc_error(exc: grpc.aio.AioRpcError) -> ApiError:
+    """The problem a failed user/group call becomes."""
+    code = exc.code()
+    mapped = _GRPC_ERRORS.get(code)
+    if mapped is None:
+        # INTERNAL, UNKNOWN, ...: a bug on the other side; its text stays in our log.
+        log.error("backend call failed: %s %s", code, exc.details())
+        return ApiError(500, "internal", "internal error")
+    status, problem = mapped
+    if status == 503:
+        log.warning("backend unavailable: %s %s", code, exc.details())
+        return ApiError(503, "unavailable", "a backend service is unavailable; retry later")
+    if status == 401:
+        return ApiError(401, "invalid_credentials", "wrong username or password")
+    # The other services' messages describe the caller's mistake (e.g. username shape).
+    return ApiError(status, problem, exc.details() or problem)
+
+
+@dataclass(frozen=True, slots=True)
+class LoginResult:
+    access_token: str
+    expires_in: int
+    user_id: int
+    device_id: str
+    connector: ConnectorInfo
+    heartbeat_interval: float
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationView:
+    conversation_id: str
+    kind: str
+    name: str
+    peer_id: int | None
+    last_seq: int
+    delivered_seq: int
+    read_seq: int
+    unread: int
+
+
+_KINDS = {
+    group_pb2.CONVERSATION_KIND_DIRECT: "direct",
+    group_pb2.CONVERSATION_KIND_GROUP: "group",
+}
+
+
+def pick_connector(
+    connectors: list[ConnectorInfo], current_connector_id: str | None
+) -> ConnectorInfo | None:
+    """The connector a device should use: the one it is still connected to (so a
+    reconnect does not bounce between pods), else the least loaded one."""
+    if not connectors:
+        return None
+    if current_connector_id is not None:
+        for info in connectors:
+            if info.connector_id == current_connector_id:
+                return info
+    return min(connectors, key=lambda c: (c.connections, c.connector_id))
+
+
+class Gateway:
+    def __init__(
+        self,
+        settings: Settings,
+        backends: Backends,
+        message_store: MessageStore,
+        issuer: TokenIssuer,
+        verifier: TokenVerifier,
+        rpc_timeout: float = RPC_TIMEOUT,
+    ) -> None:
+        self.settings = settings
+        self._backends = backends
+        self._messages = message_store
+        self._issuer = issuer
+        self._verifier = verifier
+        self._timeout = rpc_timeout
+        self._pool = ChannelPool()  # user + group: channels live as long as the gateway
+        self._connector_pool = ChannelPool()  # connectors come and go; dropped on failure
+        self._users: user_pb2_grpc.UserServiceStub | None = None
+        self._groups: group_pb2_grpc.GroupServiceStub | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def open(self) -> None:
+        """Create the channels; grpc.aio channels belong to the running loop."""
+        self._users = user_pb2_grpc.UserServiceStub(self._pool.get(self.settings.user_addr()))
+        self._groups = group_pb2_grpc.GroupServiceStub(self._pool.get(self.settings.group_addr()))
+
+    async def close(self) -> None:
+        await self._pool.close()
+        await self._connector_pool.close()
+
+    @property
+    def users(self) -> user_pb2_grpc.UserServiceStub:
+        if self._users is None:
+            raise RuntimeError("gateway not started")
+        return self._users
+
+    @property
+    def groups(self) -> group_pb2_grpc.GroupServiceStub:
+        if self._groups is None:
+            raise RuntimeError("gateway not started")
+        return self._groups
+
+    # ------------------------------------------------------------------- helpers
+    async def _rpc(self, call: Any, request: Any) -> Any:
+        try:
+            return await call(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise rpc_error(exc) from exc
+
+    @staticmethod
+    async def _backend(what: str, op: Awaitable[T]) -> T:
+        """A call into a port adapter (Redis, ZooKeeper, the message store): failures
+        become 503 so clients retry, instead of a 500 that looks like our bug."""
+        try:
+            return await op
+        except ApiError:
+            raise
+        except Exception as exc:
+            log.warning("%s failed: %r", what, exc)
+            raise ApiError(503, "unavailable", f"{what} is unavailable; retry later") from exc
+
+    # ---------------------------------------------------------------------- auth
+    async def register(self, username: str, password: str, display_name: str) -> user_pb2.User:
+        request = user_pb2.RegisterRequest(
+            username=username, password=password, display_name=display_name
+        )
+        response = await self._rpc(self.users.Register, request)
+        return response.user
+
+    async def login(self, username: str, password: str, device_id: str) -> LoginResult:
+        request = user_pb2.AuthenticateRequest(username=username, password=password)
+        user = (await self._rpc(self.users.Authenticate, request)).user
+        connector = await self._assign_connector(user.user_id, device_id)
+        token, claims = self._issuer.issue(user.user_id, device_id)
+        return LoginResult(
+            access_token=token,
+            expires_in=self._issuer.ttl_seconds,
+            user_id=claims.user_id,
+            device_id=device_id,
+            connector=connector,
+            heartbeat_interval=self.settings.heartbeat_interval,
+        )
+
+    async def _assign_connector(self, user_id: int, device_id: str) -> ConnectorInfo:
+        connectors = await self._backend("registry", self._backends.registry.connectors())
+        if not connectors:
+            raise ApiError(503, "no_connector", "no connector is available; retry later")
+        current = await self._device_connector(user_id, device_id)
+        chosen = pick_connector(connectors, current)
+        assert chosen is not None
+        return chosen
+
+    async def _device_connector(self, user_id: int, device_id: str) -> str | None:
+        routes = await self._backend("presence", self._backends.presence.routes([user_id]))
+        for route in routes.get(user_id, []):
+            if route.device_id == device_id:
+                return route.connector_id
+        return None
+
+    async def authenticate(self, token: str) -> Claims:
+        try:
+            claims = self._verifier.verify(token)
+        except TokenError as exc:
+            raise unauthorized("invalid or expired access token") from exc
+        revoked = await self._backend(
+            "sessions", self._backends.sessions.is_revoked(claims.session_id)
+        )
+        if revoked:
+            raise unauthorized("the session has been logged out")
+        return claims
+
+    async def logout(self, claims: Claims) -> None:
+        # Remember the revocation until the token could no longer verify anyway.
+        ttl = max(1.0, claims.expires_at - time.time() + TOKEN_LEEWAY)
+        await self._backend("sessions", self._backends.sessions.revoke(claims.session_id, ttl))
+        try:
+            await self._kick(claims)
+        except Exception as exc:
+            # The token is already revoked: a connector that missed the kick still
+            # refuses the session at its next Auth.
+            log.warning(
+                "kick of user %s device %s failed: %r", claims.user_id, claims.device_id, exc
+            )
+
+    async def _kick(self, claims: Claims) -> None:
+        connector_id = await self._device_connector(claims.user_id, claims.device_id)
+        if connector_id is None:
+            return
+        connectors = await self._backends.registry.connectors()
+        info = next((c for c in connectors if c.connector_id == connector_id), None)
+        if info is None:
+            return  # the connector is gone, and the connection with it
+        stub = connector_pb2_grpc.ConnectorServiceStub(self._connector_pool.get(info.grpc_addr))
+        request = connector_pb2.KickRequest(
+            user_id=claims.user_id,
+            device_id=claims.device_id,
+            reason=wire_pb2.KICK_REASON_TOKEN_REVOKED,
+            session_id=claims.session_id,
+        )
+        try:
+            await stub.Kick(request, timeout=KICK_TIMEOUT)
+        except grpc.aio.AioRpcError:
+            # A dead address must not keep a channel around forever.
+            await self._connector_pool.drop(info.grpc_addr)
+            raise
+
+    # --------------------------------------------------------------------- users
+    async def get_users(
+        self, user_ids: list[int] | None = None, usernames: list[str] | None = None
+    ) -> list[user_pb2.User]:
+        request = user_pb2.GetUsersRequest(user_ids=user_ids or [], usernames=usernames or [])
+        return list((await self._rpc(self.users.GetUsers, request)).users)
+
+    async def get_user(self, user_id: int) -> user_pb2.User:
+        users = await self.get_users(user_ids=[user_id])
+        if not users:
+            raise ApiError(404, "not_found", f"user {user_id} does not exist")
+        return users[0]
+
+    # ------------------------------------------------------------- conversations
+    async def open_direct(self, me: int, peer_id: int) -> ConversationView:
+        if peer_id == me:
+            raise ApiError(422, "invalid_request", "a direct conversation needs another user")
+        await self.get_user(peer_id)
+        request = group_pb2.GetOrCreateDirectRequest(user_a=me, user_b=peer_id)
+        conversation = (await self._rpc(self.groups.GetOrCreateDirect, request)).conversation
+        member = await self._member(conversation.conversation_id, me)
+        if member is None:  # cannot happen for a pair we just created; be safe
+            raise forbidden()
+        last = await self._last_seqs([conversation.conversation_id])
+        return self._view(me, conversation, member, last)
+
+    async def conversations(self, me: int) -> list[ConversationView]:
+        request = group_pb2.ListUserConversationsRequest(user_id=me)
+        entries = (await self._rpc(self.groups.ListUserConversations, request)).conversations
+        # One message-store round trip for every conversation, not one each.
+        last = await self._last_seqs([e.conversation.conversation_id for e in entries])
+        return [self._view(me, e.conversation, e.member, last) for e in entries]
+
+    async def _last_seqs(self, conversation_ids: list[str]) -> dict[str, int]:
+        if not conversation_ids:
+            return {}
+        return await self._backend("message store", self._messages.last_seqs(conversation_ids))
+
+    @staticmethod
+    def _view(
+        me: int,
+        conversation: group_pb2.Conversation,
+        member: group_pb2.Member,
+        last_seqs: dict[str, int],
+    ) -> ConversationView:
+        cid = conversation.conversation_id
+        last_seq = last_seqs.get(cid, 0)
+        peer_id = None
+        pair = parse_direct(cid)
+        if pair is not None:
+            peer_id = pair[1] if pair[0] == me else pair[0]
+        # Messages before the member joined are not theirs to read, so not unread.
+        read_floor = max(member.read_seq, member.joined_seq)
+        return ConversationView(
+            conversation_id=cid,
+            kind=_KINDS.get(conversation.kind, "direct" if pair else "group"),
+            name=conversation.name,
+            peer_id=peer_id,
+            last_seq=last_seq,
+            delivered_seq=member.delivered_seq,
+            read_seq=member.read_seq,
+            unread=max(0, last_seq - read_floor),
+        )
+
+    async def _member(self, conversation_id: str, user_id: int) -> group_pb2.Member | None:
+        request = group_pb2.CheckMemberRequest(conversation_id=conversation_id, user_id=user_id)
+        try:
+            response = await self._rpc(self.groups.CheckMember, request)
+        except ApiError as exc:
+            # An unknown conversation answers like one the user is not in: ids of
+            # other people's conversations must not be probeable.
+            if exc.status in (403, 404):
+                return None
+            raise
+        return response.member if response.is_member else None
+
+    async def _require_member(self, conversation_id: str, user_id: int) -> group_pb2.Member:
+        if not is_valid_conversation_id(conversation_id):
+            raise ApiError(404, "not_found", "no such conversation")
+        member = await self._member(conversation_id, user_id)
+        if member is None:
+            raise forbidden()
+        return member
+
+    async def history(
+        self, me: int, conversation_id: str, after_seq: int, limit: int
+    ) -> tuple[list[wire_pb2.Message], bool]:
+        member = await self._require_member(conversation_id, me)
+        # A member sees only what was sent after it joined.
+        after = max(after_seq, member.joined_seq)
+        # One extra row tells whether another page exists without a count query.
+        messages = await self._backend(
+            "message store", self._messages.history(conversation_id, after, limit + 1)
+        )
+        return messages[:limit], len(messages) > limit
+
+    async def update_cursor(self, me: int, conversation_id: str, seq: int, read: bool) -> None:
+        await self._require_member(conversation_id, me)
+        # A cursor beyond the last stored message would hide messages still to come.
+        last = (await self._last_seqs([conversation_id])).get(conversation_id, 0)
+        seq = min(seq, last)
+        if seq <= 0:
+            return  # nothing to move (0 means "unchanged" to the group service)
+        update = group_pb2.CursorUpdate(
+            conversation_id=conversation_id,
+            user_id=me,
+            delivered_seq=seq,  # having read something implies having received it
+            read_seq=seq if read else 0,
+        )
+        await self._rpc(self.groups.UpdateCursors, group_pb2.UpdateCursorsRequest(updates=[update]))
+
+    # ----------------------------------------------------------------- readiness
+    async def readiness(self) -> tuple[bool, dict[str, str]]:
+        """Checks the real request path: both services, the store, a connector."""
+        names = ["user", "group", "message_store", "connectors"]
+        results = await asyncio.gather(
+            self._grpc_health(self.settings.user_addr()),
+            self._grpc_health(self.settings.group_addr()),
+            self._store_health(),
+            self._connectors_health(),
+            return_exceptions=True,
+        )
+        checks: dict[str, str] = {}
+        for name, result in zip(names, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("readiness check %s failed: %r", name, result)
+                checks[name] = "error"
+            else:
+                checks[name] = result
+        return all(v == "ok" for v in checks.values()), checks
+
+    async def _grpc_health(self, addr: str) -> str:
+        stub = health_pb2_grpc.HealthStub(self._pool.get(addr))
+        try:
+            response = await stub.Check(health_pb2.HealthCheckRequest(), timeout=HEALTH_TIMEOUT)
+        except grpc.aio.AioRpcError as exc:
+            return f"unreachable ({exc.code().name})"
+        if response.status != health_pb2.HealthCheckResponse.SERVING:
+            return "not serving"
+        return "ok"
+
+    async def _store_health(self) -> str:
+        healthy = await asyncio.wait_for(self._messages.healthy(), HEALTH_TIMEOUT * 2)
+        return "ok" if healthy else "unhealthy"
+
+    async def _connectors_health(self) -> str:
+        connectors = await asyncio.wait_for(
+            self._backends.registry.connectors(), HEALTH_TIMEOUT * 2
+        )
+        return "ok" if connectors else "no connector registered"
