@@ -53,9 +53,9 @@ class TcpProtocol(asyncio.Protocol):
         self._conn: TcpConn | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
         core = self._core
-        self._conn = TcpConn(core.new_conn_id(), core.clock.monotonic(), transport)
+        # uvloop's transports do not subclass asyncio.Transport but behave like one.
+        self._conn = TcpConn(core.new_conn_id(), core.clock.monotonic(), transport)  # type: ignore[arg-type]
         core.opened(self._conn)
 
     def data_received(self, data: bytes) -> None:
