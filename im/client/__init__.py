@@ -1,0 +1,42 @@
+"""Python client of the IM suite: gateway REST client, connector socket, high-level session."""
+
+from im.client.connection import Connection, Event, SeenIds, Transport
+from im.client.errors import (
+    ApiError,
+    AuthError,
+    ClientError,
+    ConnectionClosed,
+    SendError,
+    SendTimeout,
+    error_code_name,
+    kick_reason_name,
+)
+from im.client.gateway import (
+    ConnectorInfo,
+    GatewayClient,
+    HistoryPage,
+    LoginResult,
+    message_from_json,
+)
+from im.client.session import ImClient
+
+__all__ = [
+    "ApiError",
+    "AuthError",
+    "ClientError",
+    "Connection",
+    "ConnectionClosed",
+    "ConnectorInfo",
+    "Event",
+    "GatewayClient",
+    "HistoryPage",
+    "ImClient",
+    "LoginResult",
+    "SeenIds",
+    "SendError",
+    "SendTimeout",
+    "Transport",
+    "error_code_name",
+    "kick_reason_name",
+    "message_from_json",
+]

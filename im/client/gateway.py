@@ -1,0 +1,291 @@
+"""Async client of the gateway REST API (docs/rest-api.md), on ``httpx.AsyncClient``.
+
+Users and conversations come back as the gateway's JSON dicts; messages are turned
+into ``wire_pb2.Message`` so history and live deliveries have one type.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from im.client.errors import ApiError
+from im.v1 import wire_pb2
+
+MAX_PAGE = 500  # the gateway's largest accepted `limit`
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectorInfo:
+    id: str
+    tcp: str  # "host:port"
+    ws: str  # "ws://host:port/ws"
+
+
+@dataclass(frozen=True, slots=True)
+class LoginResult:
+    access_token: str
+    token_type: str
+    expires_in: int
+    user_id: int
+    device_id: str
+    connector: ConnectorInfo
+    heartbeat_interval: float  # seconds
+    obtained_at: float  # time.monotonic() when the answer arrived
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LoginResult:
+        conn = data.get("connector") or {}
+        return cls(
+            access_token=data["access_token"],
+            token_type=data.get("token_type", "Bearer"),
+            expires_in=int(data.get("expires_in", 0)),
+            user_id=int(data["user_id"]),
+            device_id=str(data["device_id"]),
+            connector=ConnectorInfo(
+                id=str(conn.get("id", "")), tcp=str(conn.get("tcp", "")), ws=str(conn.get("ws", ""))
+            ),
+            heartbeat_interval=float(data.get("heartbeat_interval", 20.0)),
+            obtained_at=time.monotonic(),
+        )
+
+    def expires_within(self, seconds: float) -> bool:
+        """True if the token is (nearly) expired: re-login before connecting with it."""
+        if self.expires_in <= 0:
+            return False
+        return time.monotonic() + seconds >= self.obtained_at + self.expires_in
+
+    def address(self, transport: str) -> str:
+        return self.connector.ws if transport == "ws" else self.connector.tcp
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    messages: list[wire_pb2.Message]
+    has_more: bool
+
+
+def message_from_json(data: dict[str, Any]) -> wire_pb2.Message:
+    """A REST message dict as the wire type (msg_id is a decimal string on REST)."""
+    if data.get("body_b64") is not None:
+        body = base64.b64decode(data["body_b64"])
+    else:
+        body = (data.get("text") or "").encode()
+    return wire_pb2.Message(
+        msg_id=int(data["msg_id"]),
+        conversation_id=data["conversation_id"],
+        seq=int(data["seq"]),
+        sender_id=int(data.get("sender_id") or 0),
+        sender_device=data.get("sender_device") or "",
+        client_msg_id=data.get("client_msg_id") or "",
+        content_type=data.get("content_type") or "",
+        body=body,
+        server_ts=int(data.get("server_ts") or 0),
+    )
+
+
+def _problem(response: httpx.Response) -> ApiError:
+    """Map a non-2xx answer to ApiError, tolerating bodies that are not problem+json."""
+    status = response.status_code
+    try:
+        body = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = None
+    if isinstance(body, dict):
+        detail = body.get("detail")
+        if detail is not None and not isinstance(detail, str):
+            # e.g. a framework validation error list: keep it readable, not lost
+            detail = json.dumps(detail, separators=(",", ":"))
+        code = body.get("code")
+        if not isinstance(code, str) or not code:
+            code = _code_for_status(status)
+        title = body.get("title")
+        return ApiError(
+            status,
+            code,
+            detail or (title if isinstance(title, str) else "") or response.reason_phrase,
+            title if isinstance(title, str) else "",
+        )
+    text = response.text.strip()[:500]
+    return ApiError(status, _code_for_status(status), text or response.reason_phrase)
+
+
+def _code_for_status(status: int) -> str:
+    return {
+        400: "invalid_request",
+        401: "unauthorized",
+        403: "forbidden",
+        404: "not_found",
+        409: "conflict",
+        422: "invalid_request",
+        503: "unavailable",
+    }.get(status, f"http_{status}")
+
+
+def _conv_path(conversation_id: str) -> str:
+    # ids look like "d:1:2" / "g:7": keep ':' readable, escape anything else
+    return quote(conversation_id, safe=":")
+
+
+class GatewayClient:
+    """One gateway base URL, one bearer token (set by ``login``)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        timeout: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.last_login: LoginResult | None = None
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=timeout,
+            transport=transport,
+            headers={"accept": "application/json"},
+        )
+
+    async def __aenter__(self) -> GatewayClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+        auth: bool = True,
+    ) -> Any:
+        headers = {}
+        if auth:
+            if not self.token:
+                raise ApiError(401, "unauthorized", "not logged in")
+            headers["authorization"] = f"Bearer {self.token}"
+        try:
+            response = await self._http.request(
+                method, path, json=json_body, params=params, headers=headers
+            )
+        except httpx.TransportError as exc:
+            # one exception type for callers: "gateway unreachable" is status 0
+            raise ApiError(0, "unreachable", f"{self.base_url}: {exc!r}") from exc
+        if response.status_code >= 400:
+            raise _problem(response)
+        if response.status_code == 204 or not response.content:
+            return None
+        return response.json()
+
+    # ---------------------------------------------------------------------- auth
+
+    async def register(
+        self, username: str, password: str, display_name: str | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"username": username, "password": password}
+        if display_name is not None:
+            body["display_name"] = display_name
+        return await self._request("POST", "/v1/auth/register", json_body=body, auth=False)
+
+    async def login(self, username: str, password: str, device_id: str) -> LoginResult:
+        data = await self._request(
+            "POST",
+            "/v1/auth/login",
+            json_body={"username": username, "password": password, "device_id": device_id},
+            auth=False,
+        )
+        result = LoginResult.from_json(data)
+        self.token = result.access_token
+        self.last_login = result
+        return result
+
+    async def logout(self) -> None:
+        await self._request("POST", "/v1/auth/logout")
+        self.token = None
+
+    # --------------------------------------------------------------------- users
+
+    async def me(self) -> dict[str, Any]:
+        return await self._request("GET", "/v1/users/me")
+
+    async def user(self, user_id: int) -> dict[str, Any]:
+        return await self._request("GET", f"/v1/users/{int(user_id)}")
+
+    async def user_by_name(self, username: str) -> dict[str, Any] | None:
+        data = await self._request("GET", "/v1/users", params={"username": username})
+        users = data.get("users") or []
+        return users[0] if users else None
+
+    # ------------------------------------------------------------- conversations
+
+    async def direct_conversation(self, peer_id: int) -> dict[str, Any]:
+        return await self._request(
+            "POST", "/v1/conversations/direct", json_body={"peer_id": int(peer_id)}
+        )
+
+    async def conversations(self) -> list[dict[str, Any]]:
+        data = await self._request("GET", "/v1/conversations")
+        return list(data.get("conversations") or [])
+
+    async def sync(self) -> list[dict[str, Any]]:
+        data = await self._request("GET", "/v1/sync")
+        return list(data.get("conversations") or [])
+
+    async def history(
+        self, conversation_id: str, after_seq: int = 0, limit: int = 100
+    ) -> HistoryPage:
+        data = await self._request(
+            "GET",
+            f"/v1/conversations/{_conv_path(conversation_id)}/messages",
+            params={"after_seq": int(after_seq), "limit": max(1, min(int(limit), MAX_PAGE))},
+        )
+        messages = [message_from_json(m) for m in data.get("messages") or []]
+        return HistoryPage(messages=messages, has_more=bool(data.get("has_more")))
+
+    async def history_all(
+        self,
+        conversation_id: str,
+        after_seq: int = 0,
+        *,
+        page_size: int = MAX_PAGE,
+        until_seq: int | None = None,
+    ) -> AsyncIterator[wire_pb2.Message]:
+        """Every message after ``after_seq`` (up to ``until_seq`` if given), page by page."""
+        cursor = after_seq
+        while True:
+            page = await self.history(conversation_id, cursor, page_size)
+            for message in page.messages:
+                if until_seq is not None and message.seq > until_seq:
+                    return
+                cursor = max(cursor, message.seq)
+                yield message
+            if not page.has_more or not page.messages:
+                return
+            if until_seq is not None and cursor >= until_seq:
+                return
+
+    async def ack(self, conversation_id: str, seq: int) -> None:
+        await self._request(
+            "POST", f"/v1/conversations/{_conv_path(conversation_id)}/ack", json_body={"seq": seq}
+        )
+
+    async def read(self, conversation_id: str, seq: int) -> None:
+        await self._request(
+            "POST", f"/v1/conversations/{_conv_path(conversation_id)}/read", json_body={"seq": seq}
+        )
