@@ -6,7 +6,7 @@ PROTOS := $(wildcard protos/im/v1/*.proto)
 STAMP_INSTALL := $(VENV)/.installed
 STAMP_PROTO := im/v1/.generated
 
-.PHONY: install proto run test test-unit lint format clean
+.PHONY: install proto run test test-unit lint format clean services-up services-down cluster
 
 install: $(STAMP_INSTALL) $(STAMP_PROTO)
 
@@ -28,8 +28,20 @@ proto: $(STAMP_INSTALL)
 run: install
 	$(BIN)/imctl standalone
 
+# Integration tests need the real servers; without them (no root, offline) they are
+# skipped and the summary says which and how to start them.
 test: install
+	scripts/dev-services.sh up || echo "warning: test servers not started; integration tests will be skipped"
 	$(BIN)/pytest
+
+services-up:
+	scripts/dev-services.sh up
+
+services-down:
+	scripts/dev-services.sh down
+
+cluster: install services-up
+	$(BIN)/imctl cluster
 
 test-unit: install
 	$(BIN)/pytest -m "not e2e and not integration"
