@@ -1,0 +1,217 @@
+"""Presence, revoked sessions and idempotency keys on Redis (redis.asyncio).
+
+Same semantics as ``im.adapters.memory.MemoryKV``. Keys, under a configurable prefix
+(default ``im:``):
+
+- ``{prefix}presence:{user_id}``: one hash per user, field = device id, value =
+  ``"{connector_id}|{expires_at_ms}"``. Redis 7.0 has no per-field TTL, so every entry
+  carries its own expiry (Redis server time, so connector clocks do not matter) and an
+  expired entry counts as absent; the whole hash gets an EXPIRE of the longest entry
+  TTL, so the entries of a dead connector vanish with it.
+- ``{prefix}revoked:{session_id}``: a flag with the revocation's TTL.
+- ``{prefix}idem:{key}``: the claimed value, ``SET NX GET PX`` (needs Redis >= 7.0).
+
+Every hot-path call (connect, disconnect, routes, is_revoked, claim) is one round
+trip: a Lua script (EVALSHA) or one pipeline. Scripts touch one key each, so the
+layout also fits Redis Cluster.
+"""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+
+from im.ports import DeviceRoute
+
+# Field value layout "connector|expires_ms"; the greedy match splits at the last '|',
+# so a connector id may itself contain '|'.
+_LUA_HELPERS = """
+local function parse(v)
+  if not v then return nil, 0 end
+  local conn, exp = string.match(v, '^(.*)|(%d+)$')
+  if not conn then return nil, 0 end
+  return conn, tonumber(exp)
+end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function extend(key, ttl_ms)
+  -- the hash lives as long as its longest-lived entry
+  if redis.call('PTTL', key) < ttl_ms then redis.call('PEXPIRE', key, ttl_ms) end
+end
+"""
+
+# KEYS[1] hash; ARGV device, connector, ttl_ms -> previous live connector or false.
+_CONNECT = (
+    _LUA_HELPERS
+    + """
+local now = now_ms()
+local ttl = tonumber(ARGV[3])
+local prev_conn, prev_exp = parse(redis.call('HGET', KEYS[1], ARGV[1]))
+-- drop other expired devices while we are here: keeps the hash small
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local _, exp = parse(all[i + 1])
+  if exp <= now and all[i] ~= ARGV[1] then redis.call('HDEL', KEYS[1], all[i]) end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '|' .. (now + ttl))
+extend(KEYS[1], ttl)
+if prev_conn and prev_exp > now then return prev_conn end
+return false
+"""
+)
+
+# KEYS[1] hash; ARGV device, connector -> 1 if deleted (compare-and-delete).
+_DISCONNECT = (
+    _LUA_HELPERS
+    + """
+local conn = parse(redis.call('HGET', KEYS[1], ARGV[1]))
+if conn == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0
+"""
+)
+
+# KEYS[1] hash; ARGV connector, ttl_ms, device... -> number of entries extended.
+_REFRESH = (
+    _LUA_HELPERS
+    + """
+local now = now_ms()
+local ttl = tonumber(ARGV[2])
+local n = 0
+for i = 3, #ARGV do
+  local conn = parse(redis.call('HGET', KEYS[1], ARGV[i]))
+  if conn == ARGV[1] then
+    redis.call('HSET', KEYS[1], ARGV[i], conn .. '|' .. (now + ttl))
+    n = n + 1
+  end
+end
+if n > 0 then extend(KEYS[1], ttl) end
+return n
+"""
+)
+
+
+def _ms(ttl: float) -> int:
+    # PX 0 is an error and a TTL below 1 ms is meaningless: round up to 1 ms.
+    return max(1, int(ttl * 1000))
+
+
+def _parse(value: bytes) -> tuple[str, int] | None:
+    conn, sep, exp = value.decode().rpartition("|")
+    if not sep or not exp.isdigit():
+        return None
+    return conn, int(exp)
+
+
+class RedisKV:
+    """Presence + SessionStore + IdempotencyStore on one Redis connection pool."""
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        prefix: str = "im:",
+        *,
+        client: Redis | None = None,
+    ) -> None:
+        # decode_responses stays off: idempotency values are bytes.
+        self._redis: Redis = client if client is not None else Redis.from_url(url)
+        self._prefix = prefix
+        self._connect = self._redis.register_script(_CONNECT)
+        self._disconnect = self._redis.register_script(_DISCONNECT)
+        self._refresh = self._redis.register_script(_REFRESH)
+
+    @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    def _presence_key(self, user_id: int) -> str:
+        return f"{self._prefix}presence:{user_id}"
+
+    # --------------------------------------------------------------- presence
+    async def connect(
+        self, user_id: int, device_id: str, connector_id: str, ttl: float
+    ) -> str | None:
+        previous = await self._connect(
+            keys=[self._presence_key(user_id)], args=[device_id, connector_id, _ms(ttl)]
+        )
+        return previous.decode() if previous else None
+
+    async def disconnect(self, user_id: int, device_id: str, connector_id: str) -> None:
+        await self._disconnect(keys=[self._presence_key(user_id)], args=[device_id, connector_id])
+
+    async def refresh(self, entries: list[tuple[int, str]], connector_id: str, ttl: float) -> None:
+        if not entries:
+            return
+        by_user: dict[int, list[str]] = {}
+        for user_id, device_id in entries:
+            by_user.setdefault(user_id, []).append(device_id)
+        # One EVALSHA per user in one pipeline. Not via Script-in-pipeline: redis-py
+        # then sends SCRIPT EXISTS first on every execute (an extra round trip).
+        sha = self._refresh.sha
+
+        async def run() -> list:
+            pipe = self._redis.pipeline(transaction=False)
+            for user_id, devices in by_user.items():
+                pipe.evalsha(sha, 1, self._presence_key(user_id), connector_id, _ms(ttl), *devices)
+            return await pipe.execute(raise_on_error=False)
+
+        results = await run()
+        if any(isinstance(r, NoScriptError) for r in results):
+            # Server restarted or SCRIPT FLUSH: load once and replay (refresh is idempotent).
+            sha = self._refresh.sha = await self._redis.script_load(_REFRESH)
+            results = await run()
+        for r in results:
+            if isinstance(r, Exception):
+                raise r
+
+    async def routes(self, user_ids: list[int]) -> dict[int, list[DeviceRoute]]:
+        if not user_ids:
+            return {}
+        users = list(dict.fromkeys(user_ids))
+        # TIME rides in the same pipeline: expiry is judged by the server's clock, as
+        # the scripts that wrote the entries did.
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.time()
+        for user_id in users:
+            pipe.hgetall(self._presence_key(user_id))
+        (secs, usecs), *hashes = await pipe.execute()
+        now_ms = int(secs) * 1000 + int(usecs) // 1000
+        out: dict[int, list[DeviceRoute]] = {}
+        for user_id, fields in zip(users, hashes, strict=True):
+            live = []
+            for device, value in fields.items():
+                parsed = _parse(value)
+                if parsed is not None and parsed[1] > now_ms:
+                    live.append(DeviceRoute(device.decode(), parsed[0]))
+            if live:
+                out[user_id] = live
+        return out
+
+    # --------------------------------------------------------------- sessions
+    async def revoke(self, session_id: str, ttl: float) -> None:
+        await self._redis.set(f"{self._prefix}revoked:{session_id}", b"1", px=_ms(ttl))
+
+    async def is_revoked(self, session_id: str) -> bool:
+        return bool(await self._redis.exists(f"{self._prefix}revoked:{session_id}"))
+
+    # ------------------------------------------------------------ idempotency
+    async def claim(self, key: str, value: bytes, ttl: float) -> bytes | None:
+        # SET NX GET (Redis >= 7.0): sets only if absent and returns the old value,
+        # atomically, in one command.
+        return await self._redis.set(
+            f"{self._prefix}idem:{key}", value, nx=True, px=_ms(ttl), get=True
+        )
+
+    async def release(self, key: str) -> None:
+        await self._redis.delete(f"{self._prefix}idem:{key}")
+
+    # -------------------------------------------------------------- lifecycle
+    async def healthy(self) -> bool:
+        try:
+            return bool(await self._redis.ping())
+        except Exception:
+            return False
+
+    async def close(self) -> None:
+        await self._redis.aclose()

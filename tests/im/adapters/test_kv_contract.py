@@ -1,0 +1,248 @@
+"""One contract for presence, revoked sessions and idempotency keys.
+
+Every test runs against the in-process ``MemoryKV`` (time moved by a FakeClock) and
+against ``RedisKV`` on a real Redis (integration; real TTLs and a short wait), each
+Redis test under its own random key prefix, deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from im.adapters.memory import MemoryKV
+from im.adapters.redis_kv import RedisKV
+from im.clock import FakeClock
+
+# Short TTLs keep the Redis runs quick; long ones are "forever" for a test.
+SHORT = 0.4
+LONG = 60.0
+
+
+@dataclass
+class KV:
+    """The adapter under test and a way to let time pass for it."""
+
+    store: Any  # MemoryKV | RedisKV: Presence + SessionStore + IdempotencyStore
+    wait: Callable[[float], Awaitable[None]]
+
+
+async def _memory() -> AsyncIterator[KV]:
+    clock = FakeClock()
+
+    async def wait(seconds: float) -> None:
+        clock.advance(seconds)
+
+    yield KV(MemoryKV(clock), wait)
+
+
+async def _redis(url: str) -> AsyncIterator[KV]:
+    prefix = f"imtest:{uuid.uuid4().hex[:12]}:"
+    kv = RedisKV(url, prefix=prefix)
+    try:
+        yield KV(kv, asyncio.sleep)
+    finally:
+        client = kv._redis
+        keys = [k async for k in client.scan_iter(match=f"{prefix}*", count=500)]
+        if keys:
+            await client.delete(*keys)
+        await kv.close()
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("memory", id="memory"),
+        pytest.param("redis", id="redis", marks=pytest.mark.integration),
+    ]
+)
+async def kv(request: pytest.FixtureRequest) -> AsyncIterator[KV]:
+    if request.param == "memory":
+        gen = _memory()
+    else:
+        gen = _redis(request.getfixturevalue("redis_url"))
+    item = await anext(gen)
+    try:
+        yield item
+    finally:
+        await gen.aclose()
+
+
+def routes_of(routes: dict, user_id: int) -> set[tuple[str, str]]:
+    return {(r.device_id, r.connector_id) for r in routes.get(user_id, [])}
+
+
+# ------------------------------------------------------------------- presence
+
+
+async def test_connect_returns_the_previous_connector(kv: KV) -> None:
+    p = kv.store
+    assert await p.connect(1, "phone", "c1", LONG) is None
+    assert await p.connect(1, "phone", "c2", LONG) == "c1"
+    assert await p.connect(1, "phone", "c2", LONG) == "c2"  # reconnect to the same one
+    # Another device of the same user is independent.
+    assert await p.connect(1, "laptop", "c3", LONG) is None
+    assert routes_of(await p.routes([1]), 1) == {("phone", "c2"), ("laptop", "c3")}
+
+
+async def test_connect_after_expiry_has_no_previous(kv: KV) -> None:
+    p = kv.store
+    await p.connect(1, "phone", "c1", SHORT)
+    await kv.wait(SHORT + 0.3)
+    assert await p.connect(1, "phone", "c2", LONG) is None
+
+
+async def test_disconnect_only_by_the_owner(kv: KV) -> None:
+    p = kv.store
+    await p.connect(1, "phone", "c1", LONG)
+    await p.connect(1, "phone", "c2", LONG)  # moved to c2
+    await p.disconnect(1, "phone", "c1")  # c1's late goodbye must not remove it
+    assert routes_of(await p.routes([1]), 1) == {("phone", "c2")}
+    await p.disconnect(1, "phone", "c2")
+    assert await p.routes([1]) == {}
+    # Unknown user / device: nothing happens.
+    await p.disconnect(1, "phone", "c2")
+    await p.disconnect(99, "tablet", "c1")
+
+
+async def test_refresh_extends_only_owned_entries(kv: KV) -> None:
+    p = kv.store
+    await p.connect(1, "phone", "c1", SHORT)
+    await p.connect(2, "phone", "c1", SHORT)
+    await p.connect(3, "phone", "c2", SHORT)  # held by another connector
+    await p.refresh([(1, "phone"), (2, "phone"), (3, "phone"), (4, "ghost")], "c1", LONG)
+    await kv.wait(SHORT + 0.3)
+    routes = await p.routes([1, 2, 3, 4])
+    assert routes_of(routes, 1) == {("phone", "c1")}
+    assert routes_of(routes, 2) == {("phone", "c1")}
+    assert 3 not in routes  # c1 could not extend c2's entry: it expired
+    assert 4 not in routes  # refresh never creates entries
+    await p.refresh([], "c1", LONG)  # no-op
+
+
+async def test_routes_for_many_users(kv: KV) -> None:
+    p = kv.store
+    for user in range(1, 51):
+        await p.connect(user, "phone", f"c{user % 3}", LONG)
+        if user % 2 == 0:
+            await p.connect(user, "web", "c9", LONG)
+    routes = await p.routes([*range(1, 51), 1000, 1001])
+    assert set(routes) == set(range(1, 51))  # users with no devices are left out
+    assert routes_of(routes, 7) == {("phone", "c1")}
+    assert routes_of(routes, 8) == {("phone", "c2"), ("web", "c9")}
+    assert await p.routes([]) == {}
+    assert await p.routes([1000]) == {}
+
+
+async def test_expired_entries_are_not_routes(kv: KV) -> None:
+    p = kv.store
+    await p.connect(1, "phone", "c1", SHORT)
+    await p.connect(1, "web", "c2", LONG)
+    await p.connect(2, "phone", "c1", SHORT)
+    assert set(await p.routes([1, 2])) == {1, 2}
+    await kv.wait(SHORT + 0.3)
+    routes = await p.routes([1, 2])
+    assert routes_of(routes, 1) == {("web", "c2")}
+    assert 2 not in routes
+
+
+async def test_concurrent_connects_of_one_device_form_a_chain(kv: KV) -> None:
+    # Atomic read-and-set: exactly one connect sees no predecessor, and every other
+    # one sees a distinct predecessor (nobody is kicked twice, nobody is missed).
+    p = kv.store
+    connectors = [f"c{i}" for i in range(20)]
+    previous = await asyncio.gather(*(p.connect(5, "phone", c, LONG) for c in connectors))
+    assert previous.count(None) == 1
+    seen = [x for x in previous if x is not None]
+    assert len(set(seen)) == len(seen) == 19
+    (last,) = set(connectors) - set(seen)
+    assert routes_of(await p.routes([5]), 5) == {("phone", last)}
+
+
+# ------------------------------------------------------------------- sessions
+
+
+async def test_revoke_and_is_revoked(kv: KV) -> None:
+    s = kv.store
+    assert not await s.is_revoked("sess-1")
+    await s.revoke("sess-1", LONG)
+    await s.revoke("sess-2", SHORT)
+    assert await s.is_revoked("sess-1")
+    assert await s.is_revoked("sess-2")
+    assert not await s.is_revoked("sess-3")
+    await kv.wait(SHORT + 0.3)
+    assert await s.is_revoked("sess-1")
+    assert not await s.is_revoked("sess-2")  # the revocation outlives the token, no more
+
+
+# ---------------------------------------------------------------- idempotency
+
+
+async def test_claim_returns_the_existing_value(kv: KV) -> None:
+    k = kv.store
+    assert await k.claim("u1:m1", b"ack-1", LONG) is None
+    assert await k.claim("u1:m1", b"ack-2", LONG) == b"ack-1"
+    assert await k.claim("u2:m1", b"other", LONG) is None  # keys are independent
+    assert await k.claim("u1:m1", b"ack-3", LONG) == b"ack-1"
+
+
+async def test_release_frees_the_key(kv: KV) -> None:
+    k = kv.store
+    await k.claim("u1:m1", b"ack-1", LONG)
+    await k.release("u1:m1")
+    assert await k.claim("u1:m1", b"ack-2", LONG) is None
+    assert await k.claim("u1:m1", b"ack-3", LONG) == b"ack-2"
+    await k.release("never-claimed")
+
+
+async def test_claim_expires(kv: KV) -> None:
+    k = kv.store
+    await k.claim("u1:m1", b"ack-1", SHORT)
+    await kv.wait(SHORT + 0.3)
+    assert await k.claim("u1:m1", b"ack-2", LONG) is None
+
+
+async def test_concurrent_claims_have_one_winner(kv: KV) -> None:
+    k = kv.store
+    results = await asyncio.gather(*(k.claim("u1:race", bytes([i]), LONG) for i in range(20)))
+    winners = [i for i, r in enumerate(results) if r is None]
+    assert len(winners) == 1
+    assert all(r == bytes(winners) for r in results if r is not None)
+
+
+# ------------------------------------------------------- Redis-only details
+
+
+@pytest.mark.integration
+async def test_redis_layout_and_whole_hash_expiry(redis_url: str) -> None:
+    """Dead connectors' entries vanish with the hash; the layout is as documented."""
+    gen = _redis(redis_url)
+    item = await anext(gen)
+    try:
+        kv: RedisKV = item.store
+        client = kv._redis
+        key = f"{kv.prefix}presence:7"
+        await kv.connect(7, "phone", "conn|with|bars", SHORT)
+        raw = await client.hget(key, "phone")
+        conn, _, expires = raw.decode().rpartition("|")
+        assert conn == "conn|with|bars" and expires.isdigit()
+        assert 0 < await client.pttl(key) <= int(SHORT * 1000)
+        assert (await kv.routes([7]))[7][0].connector_id == "conn|with|bars"
+        await kv.refresh([(7, "phone")], "conn|with|bars", 5.0)
+        assert await client.pttl(key) > int(SHORT * 1000)  # the hash follows the refresh
+        await kv.connect(8, "phone", "c1", SHORT)
+        await asyncio.sleep(SHORT + 0.3)
+        assert not await client.exists(f"{kv.prefix}presence:8")
+        # A server that lost its script cache (restart) answers NOSCRIPT: the adapter
+        # reloads. Simulated with unknown SHAs, not SCRIPT FLUSH, which would hit every
+        # other client of this server.
+        kv._refresh.sha = kv._connect.sha = "0" * 40
+        await kv.refresh([(7, "phone")], "conn|with|bars", 5.0)
+        assert await kv.connect(7, "phone", "c2", 5.0) == "conn|with|bars"
+        assert await kv.healthy()
+    finally:
+        await gen.aclose()
