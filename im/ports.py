@@ -184,6 +184,12 @@ class Backends:
     sessions: SessionStore
     idempotency: IdempotencyStore
     closers: list = field(default_factory=list)
+    starters: list = field(default_factory=list)
+
+    async def start(self) -> None:
+        """Connect what needs connecting (create topics, open sessions)."""
+        for start in self.starters:
+            await start()
 
     async def close(self) -> None:
         for close in reversed(self.closers):

@@ -36,6 +36,7 @@ class Suite:
         settings = self.settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.backends = build_backends(settings)
+        await self.backends.start()
         for name in SERVICES:
             service = build_service(name, settings, self.backends)
             await service.start()
@@ -92,10 +93,11 @@ async def run_standalone(settings: Settings) -> None:
 
 
 async def serve_one(name: str, settings: Settings) -> None:
-    backends = build_backends(settings)
+    backends = build_backends(settings, client_id=f"im-{name}")
     service = build_service(name, settings, backends)
 
     async def start() -> None:
+        await backends.start()
         await service.start()
         where = "  ".join(f"{k}={v}" for k, v in service.endpoints().items())
         print(f"{name} is up: {where}", flush=True)

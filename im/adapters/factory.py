@@ -1,4 +1,12 @@
-"""Builds the adapters named by the settings' URLs."""
+"""Builds the adapters named by the settings' URLs.
+
+| setting | standalone | distributed |
+| --- | --- | --- |
+| bus_url | memory:// | kafka://host:9092[,host:9092] |
+| registry_url | memory:// | zk://host:2181[,host:2181]/root |
+| kv_url | memory:// | redis://host:6379/db |
+| message_store_url | (the SQL database) | mongodb://host:27017/db or a SQLAlchemy URL |
+"""
 
 from __future__ import annotations
 
@@ -28,43 +36,66 @@ def reset_memory(name: str | None = None) -> None:
         _memory.pop(name, None)
 
 
-def _unsupported(kind: str, url: str) -> ValueError:
-    return ValueError(f"unsupported {kind} URL {url!r}")
+def _scheme(url: str) -> str:
+    return urlparse(url).scheme
 
 
-def build_backends(settings: Settings) -> Backends:
-    closers = []
-    bus_scheme = urlparse(settings.bus_url).scheme
-    if bus_scheme == "memory":
+def build_backends(settings: Settings, client_id: str = "im") -> Backends:
+    """The adapters for these settings; ``await backends.start()`` before use."""
+    closers, starters = [], []
+
+    scheme = _scheme(settings.bus_url)
+    if scheme == "memory":
         bus = _memory_set(settings.bus_url, settings)[0]
-    else:
-        raise _unsupported("bus", settings.bus_url)
+    elif scheme == "kafka":
+        from im.adapters import kafka_bus
 
-    reg_scheme = urlparse(settings.registry_url).scheme
-    if reg_scheme == "memory":
+        bus = kafka_bus.from_url(settings.bus_url, settings, client_id=client_id)
+        starters.append(bus.start)
+        closers.append(bus.close)
+    else:
+        raise ValueError(f"unsupported bus URL {settings.bus_url!r}")
+
+    scheme = _scheme(settings.registry_url)
+    if scheme == "memory":
         registry = _memory_set(settings.registry_url, settings)[1]
-    else:
-        raise _unsupported("registry", settings.registry_url)
+    elif scheme == "zk":
+        from im.adapters import zk_registry
 
-    kv_scheme = urlparse(settings.kv_url).scheme
-    if kv_scheme == "memory":
-        kv = _memory_set(settings.kv_url, settings)[2]
-        presence = sessions = idempotency = kv
+        registry = zk_registry.from_url(settings.registry_url, settings)
+        starters.append(registry.start)
+        closers.append(registry.close)
     else:
-        raise _unsupported("kv", settings.kv_url)
+        raise ValueError(f"unsupported registry URL {settings.registry_url!r}")
+
+    scheme = _scheme(settings.kv_url)
+    if scheme == "memory":
+        kv = _memory_set(settings.kv_url, settings)[2]
+    elif scheme in ("redis", "rediss", "unix"):
+        from im.adapters.redis_kv import RedisKV
+
+        kv = RedisKV(settings.kv_url)
+        closers.append(kv.close)
+    else:
+        raise ValueError(f"unsupported kv URL {settings.kv_url!r}")
 
     return Backends(
         bus=bus,
         registry=registry,
-        presence=presence,
-        sessions=sessions,
-        idempotency=idempotency,
+        presence=kv,
+        sessions=kv,
+        idempotency=kv,
         closers=closers,
+        starters=starters,
     )
 
 
 def build_message_store(settings: Settings) -> MessageStore:
     url = settings.resolved_message_store_url()
+    if _scheme(url) in ("mongodb", "mongodb+srv"):
+        from im.adapters.mongo_store import MongoMessageStore
+
+        return MongoMessageStore(url)
     from im.adapters.sqlstore import SqlMessageStore
 
-    return SqlMessageStore(url)
+    return SqlMessageStore(url, auto_migrate=settings.auto_migrate)

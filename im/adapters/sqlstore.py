@@ -43,13 +43,16 @@ def _to_message(r: MessageRow) -> wire_pb2.Message:
 
 
 class SqlMessageStore:
-    def __init__(self, url: str | None = None, engine: Engine | None = None) -> None:
+    def __init__(
+        self, url: str | None = None, engine: Engine | None = None, auto_migrate: bool = True
+    ) -> None:
         if engine is None:
             if url is None:
                 raise ValueError("url or engine required")
             engine = make_engine(url)
         self._engine = engine
-        create_schema(engine)
+        if auto_migrate:
+            create_schema(engine)
 
     # Every call runs in a worker thread: the database driver blocks.
     async def insert_many(self, messages: list[wire_pb2.Message]) -> list[bool]:

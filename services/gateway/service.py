@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -124,17 +125,42 @@ _KINDS = {
 
 
 def pick_connector(
-    connectors: list[ConnectorInfo], current_connector_id: str | None
+    connectors: list[ConnectorInfo],
+    current_connector_id: str | None,
+    recent: dict[str, int] | None = None,
 ) -> ConnectorInfo | None:
     """The connector a device should use: the one it is still connected to (so a
-    reconnect does not bounce between pods), else the least loaded one."""
+    reconnect does not bounce between pods), else the least loaded one. ``recent``
+    counts this gateway's own assignments that the registry's load figures (refreshed
+    every few seconds) cannot show yet, so a burst of logins is spread out."""
     if not connectors:
         return None
     if current_connector_id is not None:
         for info in connectors:
             if info.connector_id == current_connector_id:
                 return info
-    return min(connectors, key=lambda c: (c.connections, c.connector_id))
+    recent = recent or {}
+    return min(
+        connectors, key=lambda c: (c.connections + recent.get(c.connector_id, 0), c.connector_id)
+    )
+
+
+class RecentAssignments:
+    """Assignments made by this gateway in the last ``window`` seconds, per connector."""
+
+    def __init__(self, window: float = 5.0) -> None:
+        self.window = window
+        self._stamps: dict[str, deque[float]] = {}
+
+    def counts(self, now: float) -> dict[str, int]:
+        horizon = now - self.window
+        for stamps in self._stamps.values():
+            while stamps and stamps[0] < horizon:
+                stamps.popleft()
+        return {cid: len(stamps) for cid, stamps in self._stamps.items() if stamps}
+
+    def add(self, connector_id: str, now: float) -> None:
+        self._stamps.setdefault(connector_id, deque()).append(now)
 
 
 class Gateway:
@@ -157,6 +183,7 @@ class Gateway:
         self._connector_pool = ChannelPool()  # connectors come and go; dropped on failure
         self._users: user_pb2_grpc.UserServiceStub | None = None
         self._groups: group_pb2_grpc.GroupServiceStub | None = None
+        self._recent = RecentAssignments()
 
     # ------------------------------------------------------------------ lifecycle
     async def open(self) -> None:
@@ -226,8 +253,10 @@ class Gateway:
         if not connectors:
             raise ApiError(503, "no_connector", "no connector is available; retry later")
         current = await self._device_connector(user_id, device_id)
-        chosen = pick_connector(connectors, current)
+        now = time.monotonic()
+        chosen = pick_connector(connectors, current, self._recent.counts(now))
         assert chosen is not None
+        self._recent.add(chosen.connector_id, now)
         return chosen
 
     async def _device_connector(self, user_id: int, device_id: str) -> str | None:
