@@ -139,7 +139,7 @@ class Cluster:
 
     def migrate(self) -> None:
         env = self._base_env()
-        subprocess.run([sys.executable, "-m", "im.cli.main", "db", "upgrade"], env=env, check=True)
+        subprocess.run([sys.executable, "-m", "im.cli", "db", "upgrade"], env=env, check=True)
 
     def spawn(self, proc: Proc) -> None:
         log = proc.log_path.open("ab")

@@ -48,9 +48,9 @@ class Settings(BaseSettings):
     )
     kv_url: str = Field(
         "memory://",
-        description="Presence, sessions, idempotency keys: `memory://` or "
-        "`redis://host:6379/0`.",
+        description="Presence, sessions, idempotency keys: `memory://` or `redis://host:6379/0`.",
     )
+    kv_prefix: str = Field("im:", description="Prefix of every Redis key (share a Redis).")
 
     # --- listen addresses -------------------------------------------------------
     host: str = Field("127.0.0.1", description="Interface every server binds to.")

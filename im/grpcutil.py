@@ -32,13 +32,16 @@ class GrpcServer:
         self._health = HealthServicer()
         self._host = host
         self._requested_port = port
-        self._names: list[str] = [reflection.SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name[
-            "Health"].full_name]
+        self._names: list[str] = [
+            reflection.SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        ]
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         self.port = 0
 
-    def add(self, register: Callable[[Any, grpc.aio.Server], None], servicer: Any,
-            service_name: str) -> None:
+    def add(
+        self, register: Callable[[Any, grpc.aio.Server], None], servicer: Any, service_name: str
+    ) -> None:
         register(servicer, self._server)
         self._names.append(service_name)
 

@@ -86,3 +86,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # type: igno
             f"{len(_skipped)} integration test(s) skipped: run `scripts/dev-services.sh up` "
             "and `make test` again."
         )
+
+
+@pytest.fixture(scope="session")
+def real_server():
+    """``real_server(name)`` -> URL, for fixtures of wider scope than a test."""
+    return server_url

@@ -74,7 +74,7 @@ def build_backends(settings: Settings, client_id: str = "im") -> Backends:
     elif scheme in ("redis", "rediss", "unix"):
         from im.adapters.redis_kv import RedisKV
 
-        kv = RedisKV(settings.kv_url)
+        kv = RedisKV(settings.kv_url, prefix=settings.kv_prefix)
         closers.append(kv.close)
     else:
         raise ValueError(f"unsupported kv URL {settings.kv_url!r}")

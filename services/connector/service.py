@@ -535,8 +535,9 @@ class ConnectorCore:
                     future.set_result(record)
                     self._reply_ack(conn, request_id, send, record)
                 else:
+                    # Keep the claim: part of the batch may have reached the bus, so the
+                    # client's retry must go out under the same msg_id (stored once).
                     future.set_result(None)
-                    await self.backends.idempotency.release(key)
                     self.fail(
                         conn,
                         E.ERROR_CODE_UNAVAILABLE,

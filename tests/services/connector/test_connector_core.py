@@ -62,14 +62,21 @@ def clock() -> FakeClock:
 @pytest.fixture
 def setup(keys, clock, tmp_path):
     settings = Settings(
-        data_dir=tmp_path, heartbeat_interval=10, heartbeat_misses=3, auth_timeout=5,
-        retransmit_timeout=2, retransmit_attempts=3, send_rate_per_second=1, send_burst=3,
+        data_dir=tmp_path,
+        heartbeat_interval=10,
+        heartbeat_misses=3,
+        auth_timeout=5,
+        retransmit_timeout=2,
+        retransmit_attempts=3,
+        send_rate_per_second=1,
+        send_burst=3,
         max_body_bytes=100,
     )
     bus = MemoryBus(partitions=2)
     kv = MemoryKV(clock)
-    backends = Backends(bus=bus, registry=MemoryRegistry(), presence=kv, sessions=kv,
-                        idempotency=kv)
+    backends = Backends(
+        bus=bus, registry=MemoryRegistry(), presence=kv, sessions=kv, idempotency=kv
+    )
     core = ConnectorCore(settings, backends, keys[1], clock=clock)
     core.authorizer = AllowList({(1, "d:1:2"), (2, "d:1:2")})
     return core, keys[0], bus, kv
@@ -91,8 +98,14 @@ async def authed(core: ConnectorCore, issuer: TokenIssuer, user: int, device: st
 
 
 def send(conn_core, conn, cid: str, conv: str = "d:1:2", body: bytes = b"hi") -> None:
-    conn_core.on_frame(conn, wire_pb2.Frame(send=wire_pb2.Send(
-        client_msg_id=cid, conversation_id=conv, content_type="text/plain", body=body)))
+    conn_core.on_frame(
+        conn,
+        wire_pb2.Frame(
+            send=wire_pb2.Send(
+                client_msg_id=cid, conversation_id=conv, content_type="text/plain", body=body
+            )
+        ),
+    )
 
 
 async def test_first_frame_must_be_auth(setup):
@@ -239,10 +252,16 @@ async def test_rate_limit_refills_with_time(setup, clock):
 
 
 def deliver_request(seq: int, user: int = 2, device: str = "d1") -> connector_pb2.DeliverRequest:
-    msg = wire_pb2.Message(msg_id=1000 + seq, conversation_id="d:1:2", seq=seq, sender_id=1,
-                           body=b"m")
-    return connector_pb2.DeliverRequest(deliveries=[connector_pb2.Delivery(
-        message=msg, targets=[connector_pb2.DeviceRef(user_id=user, device_id=device)])])
+    msg = wire_pb2.Message(
+        msg_id=1000 + seq, conversation_id="d:1:2", seq=seq, sender_id=1, body=b"m"
+    )
+    return connector_pb2.DeliverRequest(
+        deliveries=[
+            connector_pb2.Delivery(
+                message=msg, targets=[connector_pb2.DeviceRef(user_id=user, device_id=device)]
+            )
+        ]
+    )
 
 
 async def test_retransmit_with_backoff_then_give_up(setup, clock):
@@ -279,8 +298,9 @@ async def test_cumulative_ack_stops_retransmits(setup, clock):
     conn = await authed(core, issuer, 2)
     for seq in (1, 2, 3):
         core.deliver(deliver_request(seq))
-    core.on_frame(conn, wire_pb2.Frame(deliver_ack=wire_pb2.DeliverAck(
-        conversation_id="d:1:2", seq=2)))
+    core.on_frame(
+        conn, wire_pb2.Frame(deliver_ack=wire_pb2.DeliverAck(conversation_id="d:1:2", seq=2))
+    )
     clock.advance(2.1)
     core.tick()
     resent = [f.deliver.message.seq for f in conn.frames if f.WhichOneof("kind") == "deliver"][3:]
@@ -291,8 +311,9 @@ async def test_acks_are_coalesced_into_one_report(setup):
     core, issuer, bus, _kv = setup
     conn = await authed(core, issuer, 2)
     for seq in range(1, 51):
-        core.on_frame(conn, wire_pb2.Frame(deliver_ack=wire_pb2.DeliverAck(
-            conversation_id="d:1:2", seq=seq)))
+        core.on_frame(
+            conn, wire_pb2.Frame(deliver_ack=wire_pb2.DeliverAck(conversation_id="d:1:2", seq=seq))
+        )
     assert await core.flush_cursor_reports() == 1
     records = await bus.consumer(["im.cursors"], "g").poll(100, 0.01)
     assert len(records) == 1
@@ -336,3 +357,34 @@ async def test_drain_kicks_everyone_with_reconnect(setup):
     assert b.was_closed
     late = open_conn(core)
     assert late.was_closed
+
+
+class FlakyBus(MemoryBus):
+    def __init__(self) -> None:
+        super().__init__(partitions=2)
+        self.fail_next = 0
+
+    async def publish_many(self, topic, records):  # type: ignore[no-untyped-def]
+        if self.fail_next:
+            self.fail_next -= 1
+            # Like a broker timing out after taking part of the batch.
+            await super().publish_many(topic, records[:1])
+            raise ConnectionError("broker timed out")
+        await super().publish_many(topic, records)
+
+
+async def test_retry_after_a_failed_publish_reuses_the_msg_id(setup):
+    core, issuer, _bus, _kv = setup
+    bus = FlakyBus()
+    core.backends.bus = bus
+    conn = await authed(core, issuer, 1)
+    bus.fail_next = 1
+    send(core, conn, "c1")
+    await core.wait_background()
+    assert conn.last("error").error.code == E.ERROR_CODE_UNAVAILABLE
+    send(core, conn, "c1")  # the client retries
+    await core.wait_background()
+    ack = conn.last("send_ack").send_ack
+    records = await bus.consumer(["im.messages"], "g").poll(10, 0.01)
+    ids = [bus_pb2.InboundMessage.FromString(r.value).message.msg_id for r in records]
+    assert ids == [ack.msg_id, ack.msg_id]  # two records, one message: the router dedupes

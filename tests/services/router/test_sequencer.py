@@ -10,8 +10,9 @@ from services.router.sequencer import Sequencer
 
 
 def msg(msg_id: int, conv: str = "d:1:2") -> wire_pb2.Message:
-    return wire_pb2.Message(msg_id=msg_id, conversation_id=conv, sender_id=1, body=b"x",
-                            server_ts=1)
+    return wire_pb2.Message(
+        msg_id=msg_id, conversation_id=conv, sender_id=1, body=b"x", server_ts=1
+    )
 
 
 @pytest.fixture
@@ -24,7 +25,12 @@ async def test_numbers_each_conversation_from_one_without_gaps(store):
     new, replayed = await seq.store([msg(1), msg(2, "g:7"), msg(3), msg(4, "g:7"), msg(5)])
     assert replayed == []
     assert [(m.conversation_id, m.seq) for m in new] == [
-        ("d:1:2", 1), ("g:7", 1), ("d:1:2", 2), ("g:7", 2), ("d:1:2", 3)]
+        ("d:1:2", 1),
+        ("g:7", 1),
+        ("d:1:2", 2),
+        ("g:7", 2),
+        ("d:1:2", 3),
+    ]
     new, _ = await seq.store([msg(6)])
     assert new[0].seq == 4
 

@@ -1,0 +1,3 @@
+from im.cli.main import main
+
+main()
