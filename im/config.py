@@ -113,6 +113,11 @@ class Settings(BaseSettings):
     idempotency_ttl_seconds: int = Field(
         86400, description="How long a client_msg_id is remembered per user."
     )
+    login_attempts_per_minute: int = Field(
+        30,
+        description="Login attempts per username per minute before 429 (guards against "
+        "password guessing; 0 disables).",
+    )
     max_group_size: int = Field(10000, description="Most members a group may have.")
 
     # --- bus ----------------------------------------------------------------------

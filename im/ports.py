@@ -174,6 +174,13 @@ class IdempotencyStore(Protocol):
     async def release(self, key: str) -> None: ...
 
 
+class RateLimiter(Protocol):
+    async def hit(self, key: str, limit: int, window: float) -> float:
+        """Count one event for key in a fixed window of ``window`` seconds. Returns 0 if
+        allowed, else the seconds until the window resets (for Retry-After)."""
+        ...
+
+
 @dataclass(slots=True)
 class Backends:
     """Everything a process needs from outside, built once by ``im.adapters.build``."""
@@ -183,6 +190,7 @@ class Backends:
     presence: Presence
     sessions: SessionStore
     idempotency: IdempotencyStore
+    rate_limits: RateLimiter
     closers: list = field(default_factory=list)
     starters: list = field(default_factory=list)
 

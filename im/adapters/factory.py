@@ -85,6 +85,7 @@ def build_backends(settings: Settings, client_id: str = "im") -> Backends:
         presence=kv,
         sessions=kv,
         idempotency=kv,
+        rate_limits=kv,
         closers=closers,
         starters=starters,
     )

@@ -181,6 +181,7 @@ class MemoryKV:
         self._presence: dict[int, dict[str, tuple[str, float]]] = defaultdict(dict)
         self._revoked: dict[str, float] = {}
         self._keys: dict[str, tuple[bytes, float]] = {}
+        self._windows: dict[str, tuple[float, int]] = {}  # key -> (window end, count)
         self._ops = 0
 
     def _now(self) -> float:
@@ -194,6 +195,7 @@ class MemoryKV:
         now = self._now()
         self._revoked = {k: t for k, t in self._revoked.items() if t > now}
         self._keys = {k: v for k, v in self._keys.items() if v[1] > now}
+        self._windows = {k: v for k, v in self._windows.items() if v[0] > now}
         for user in list(self._presence):
             devices = {d: v for d, v in self._presence[user].items() if v[1] > now}
             if devices:
@@ -263,3 +265,14 @@ class MemoryKV:
 
     async def release(self, key: str) -> None:
         self._keys.pop(key, None)
+
+    # rate limits
+    async def hit(self, key: str, limit: int, window: float) -> float:
+        self._sweep()
+        now = self._now()
+        end, count = self._windows.get(key, (0.0, 0))
+        if end <= now:
+            end, count = now + window, 0
+        count += 1
+        self._windows[key] = (end, count)
+        return 0.0 if count <= limit else end - now

@@ -10,6 +10,7 @@ Same semantics as ``im.adapters.memory.MemoryKV``. Keys, under a configurable pr
   TTL, so the entries of a dead connector vanish with it.
 - ``{prefix}revoked:{session_id}``: a flag with the revocation's TTL.
 - ``{prefix}idem:{key}``: the claimed value, ``SET NX GET PX`` (needs Redis >= 7.0).
+- ``{prefix}rate:{key}``: a fixed-window counter (INCR, PEXPIRE NX on the first hit).
 
 Every hot-path call (connect, disconnect, routes, is_revoked, claim) is one round
 trip: a Lua script (EVALSHA) or one pipeline. Scripts touch one key each, so the
@@ -205,6 +206,18 @@ class RedisKV:
 
     async def release(self, key: str) -> None:
         await self._redis.delete(f"{self._prefix}idem:{key}")
+
+    # -- rate limits: a fixed-window counter, one round trip
+    async def hit(self, key: str, limit: int, window: float) -> float:
+        name = f"{self._prefix}rate:{key}"
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.incr(name)
+            pipe.pexpire(name, _ms(window), nx=True)  # the first hit opens the window
+            pipe.pttl(name)
+            count, _, ttl_ms = await pipe.execute()
+        if count <= limit:
+            return 0.0
+        return max(ttl_ms, 1) / 1000.0
 
     # -------------------------------------------------------------- lifecycle
     async def healthy(self) -> bool:

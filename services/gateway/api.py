@@ -390,7 +390,7 @@ async def register(gateway: GatewayDep, body: RegisterRequest) -> RegisteredUser
     "/v1/auth/login",
     response_model=LoginResponse,
     tags=["auth"],
-    responses=_responses(401, 422, 503),
+    responses=_responses(401, 422, 429, 503),
 )
 async def login(gateway: GatewayDep, body: LoginRequest) -> LoginResponse:
     """Check the password, issue an access token and assign a connector."""

@@ -235,6 +235,19 @@ class Gateway:
         return response.user
 
     async def login(self, username: str, password: str, device_id: str) -> LoginResult:
+        limit = self.settings.login_attempts_per_minute
+        if limit > 0:
+            retry_after = await self._backend(
+                "rate limiter",
+                self._backends.rate_limits.hit(f"login:{username.lower()}", limit, 60.0),
+            )
+            if retry_after:
+                raise ApiError(
+                    429,
+                    "rate_limited",
+                    "too many login attempts for this user; retry later",
+                    {"Retry-After": str(max(1, int(retry_after + 0.999)))},
+                )
         request = user_pb2.AuthenticateRequest(username=username, password=password)
         user = (await self._rpc(self.users.Authenticate, request)).user
         connector = await self._assign_connector(user.user_id, device_id)

@@ -214,6 +214,25 @@ async def test_concurrent_claims_have_one_winner(kv: KV) -> None:
     assert all(r == bytes(winners) for r in results if r is not None)
 
 
+# ---------------------------------------------------------------- rate limits
+
+
+async def test_rate_limit_counts_per_key_within_a_window(kv: KV) -> None:
+    k = kv.store
+    results = [await k.hit("login:alice", 3, LONG) for _ in range(5)]
+    assert results[:3] == [0.0, 0.0, 0.0]
+    assert all(0 < r <= LONG for r in results[3:])
+    assert await k.hit("login:bob", 3, LONG) == 0.0  # another key has its own budget
+
+
+async def test_rate_limit_window_resets(kv: KV) -> None:
+    k = kv.store
+    assert await k.hit("login:carol", 1, SHORT) == 0.0
+    assert await k.hit("login:carol", 1, SHORT) > 0
+    await kv.wait(SHORT + 0.3)
+    assert await k.hit("login:carol", 1, SHORT) == 0.0
+
+
 # ------------------------------------------------------- Redis-only details
 
 

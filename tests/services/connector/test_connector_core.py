@@ -75,7 +75,12 @@ def setup(keys, clock, tmp_path):
     bus = MemoryBus(partitions=2)
     kv = MemoryKV(clock)
     backends = Backends(
-        bus=bus, registry=MemoryRegistry(), presence=kv, sessions=kv, idempotency=kv
+        bus=bus,
+        registry=MemoryRegistry(),
+        presence=kv,
+        sessions=kv,
+        idempotency=kv,
+        rate_limits=kv,
     )
     core = ConnectorCore(settings, backends, keys[1], clock=clock)
     core.authorizer = AllowList({(1, "d:1:2"), (2, "d:1:2")})

@@ -104,6 +104,7 @@ async def suite(tmp_path: Path) -> AsyncIterator[Suite]:
         presence=kv,
         sessions=kv,
         idempotency=kv,
+        rate_limits=kv,
     )
     started: list = []
     connector_server = GrpcServer("127.0.0.1", 0)

@@ -515,3 +515,20 @@ async def test_unexpected_errors_are_opaque(suite: Suite, monkeypatch: pytest.Mo
     assert "secret internals" not in r.text and body["detail"] == "internal error"
     # The server keeps serving.
     assert (await suite.client.get("/healthz")).status_code == 200
+
+
+async def test_login_attempts_are_rate_limited_per_user(suite: Suite) -> None:
+    await suite.register("alice")
+    await suite.register("bob")
+    limit = suite.settings.login_attempts_per_minute
+    wrong = {"username": "alice", "password": "not-her-password", "device_id": "d"}
+    for _ in range(limit):
+        r = await suite.client.post("/v1/auth/login", json=wrong)
+        assert r.status_code == 401
+    r = await suite.client.post("/v1/auth/login", json=wrong)
+    assert_problem(r, 429, "rate_limited")
+    assert 1 <= int(r.headers["retry-after"]) <= 60
+    # Even the right password waits now; other users are not affected.
+    right = {"username": "ALICE", "password": "secret-pass-1", "device_id": "d"}
+    assert (await suite.client.post("/v1/auth/login", json=right)).status_code == 429
+    await suite.login("bob")
