@@ -7,6 +7,7 @@ from pathlib import Path
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Index,
     Integer,
     LargeBinary,
@@ -46,11 +47,17 @@ class ConversationRow(Base):
     owner_id: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     created_at: Mapped[int] = mapped_column(BigInteger, nullable=False)
     member_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    member_version: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    history_visible: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
 
 
 class MemberRow(Base):
     __tablename__ = "members"
-    __table_args__ = (Index("ix_members_user", "user_id", "conversation_id"),)
+    __table_args__ = (
+        Index("ix_members_user", "user_id", "conversation_id"),
+        # Receipts: count and page members by read cursor without a row per message.
+        Index("ix_members_read", "conversation_id", "read_seq"),
+    )
 
     conversation_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -104,5 +111,17 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
-def create_schema(engine: Engine) -> None:
-    Base.metadata.create_all(engine)
+def create_schema(engine: Engine) -> str:
+    """Create or upgrade the schema to the newest migration (Alembic); returns the
+    revision now in place. Safe to run again: it applies only what is missing."""
+    from alembic import command
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision() or ""

@@ -138,10 +138,11 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     url = settings.resolved_database_url()
     engine = make_engine(url)
     try:
-        create_schema(engine)
+        revision = create_schema(engine)
     finally:
         engine.dispose()
-    print(f"schema up to date: {engine.url.render_as_string(hide_password=True)}")
+    where = engine.url.render_as_string(hide_password=True)
+    print(f"schema at revision {revision}: {where}")
     return 0
 
 

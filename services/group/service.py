@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
-from sqlalchemy import case, delete, insert, or_, select, update
+from sqlalchemy import case, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
@@ -112,6 +112,8 @@ def _conversation(row: Any) -> group_pb2.Conversation:
         owner_id=row.owner_id,
         created_at=row.created_at,
         member_count=row.member_count,
+        member_version=row.member_version or 0,
+        history_visible=bool(row.history_visible),
     )
 
 
@@ -231,6 +233,8 @@ class GroupStore:
                             "owner_id": 0,
                             "created_at": now,
                             "member_count": 2,
+                            "member_version": 1,
+                            "history_visible": True,
                         }
                     ],
                 )
@@ -246,7 +250,7 @@ class GroupStore:
         return created
 
     def create_group(
-        self, owner_id: int, name: str, member_ids: list[int]
+        self, owner_id: int, name: str, member_ids: list[int], history_visible: bool = False
     ) -> group_pb2.Conversation:
         others = [uid for uid in dict.fromkeys(member_ids) if uid != owner_id]
         self._check_size(1 + len(others))
@@ -260,6 +264,8 @@ class GroupStore:
                 "owner_id": owner_id,
                 "created_at": now,
                 "member_count": 1 + len(others),
+                "member_version": 1,
+                "history_visible": history_visible,
             }
             members = [_member_row(conversation_id, owner_id, OWNER, 0, now)]
             members += [_member_row(conversation_id, uid, MEMBER, 0, now) for uid in others]
@@ -311,7 +317,10 @@ class GroupStore:
                 session.execute(
                     update(_conversations)
                     .where(_conversations.c.id == conversation_id)
-                    .values(member_count=_conversations.c.member_count + len(new_rows))
+                    .values(
+                        member_count=_conversations.c.member_count + len(new_rows),
+                        member_version=_conversations.c.member_version + 1,
+                    )
                 )
         # The row dicts are named like the Member fields.
         return [group_pb2.Member(**r) for r in new_rows]
@@ -347,9 +356,88 @@ class GroupStore:
             session.execute(
                 update(_conversations)
                 .where(_conversations.c.id == conversation_id)
-                .values(member_count=_conversations.c.member_count - 1)
+                .values(
+                    member_count=_conversations.c.member_count - 1,
+                    member_version=_conversations.c.member_version + 1,
+                )
             )
         return removed
+
+    def set_member_role(
+        self, conversation_id: str, actor_id: int, user_id: int, role: int
+    ) -> group_pb2.Member:
+        if role not in (MEMBER, ADMIN):
+            raise _invalid("role must be MEMBER or ADMIN (ownership is not transferable here)")
+        with Session(self._engine) as session, session.begin():
+            conversation = self._lock(session, conversation_id)
+            if conversation.kind != GROUP:
+                raise _precondition("direct conversations have no roles")
+            actor = session.get(MemberRow, (conversation_id, actor_id))
+            if actor is None or actor.role != OWNER:
+                raise _denied("only the owner may change roles")
+            target = session.get(MemberRow, (conversation_id, user_id))
+            if target is None:
+                raise GroupError(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"user {user_id} is not a member of {conversation_id!r}",
+                )
+            if target.role == OWNER:
+                raise _precondition("the owner's role cannot be changed")
+            target.role = role
+            session.flush()
+            return _member(target)
+
+    # --- receipts ------------------------------------------------------------------
+    @staticmethod
+    def _readers_filter(conversation_id: str, seq: int, exclude: int, read: bool) -> list:
+        # Members who joined at or after seq never had the message: not counted.
+        conditions = [
+            _members.c.conversation_id == conversation_id,
+            _members.c.joined_seq < seq,
+            _members.c.read_seq >= seq if read else _members.c.read_seq < seq,
+        ]
+        if exclude:
+            conditions.append(_members.c.user_id != exclude)
+        return conditions
+
+    def count_readers(self, conversation_id: str, seq: int, exclude: int) -> tuple[int, int]:
+        with Session(self._engine) as session:
+            self._require_exists(session, conversation_id)
+            counts = []
+            for read in (True, False):
+                counts.append(
+                    session.scalar(
+                        select(func.count()).where(
+                            *self._readers_filter(conversation_id, seq, exclude, read)
+                        )
+                    )
+                    or 0
+                )
+        return counts[0], counts[1]
+
+    def list_readers(
+        self,
+        conversation_id: str,
+        seq: int,
+        exclude: int,
+        read: bool,
+        after_user_id: int | None,
+        limit: int,
+    ) -> tuple[list[group_pb2.Member], str]:
+        with Session(self._engine) as session:
+            self._require_exists(session, conversation_id)
+            stmt = (
+                select(_members)
+                .where(*self._readers_filter(conversation_id, seq, exclude, read))
+                .order_by(_members.c.user_id)
+                .limit(limit + 1)
+            )
+            if after_user_id is not None:
+                stmt = stmt.where(_members.c.user_id > after_user_id)
+            rows = session.execute(stmt).all()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return [_member(r) for r in rows], (str(rows[-1].user_id) if more else "")
 
     def list_members(
         self, conversation_id: str, after_user_id: int | None, limit: int
@@ -372,20 +460,29 @@ class GroupStore:
         next_cursor = str(rows[-1].user_id) if more else ""
         return [_member(r) for r in rows], next_cursor
 
-    def list_member_ids(self, conversation_id: str) -> list[int]:
+    def list_member_ids(
+        self, conversation_id: str, known_version: int = 0
+    ) -> group_pb2.ListMemberIdsResponse:
         with Session(self._engine) as session:
-            ids = list(
-                session.scalars(
-                    select(_members.c.user_id)
-                    .where(_members.c.conversation_id == conversation_id)
-                    .order_by(_members.c.user_id)
+            version = session.scalar(
+                select(_conversations.c.member_version).where(
+                    _conversations.c.id == conversation_id
                 )
             )
-            if not ids:
-                # Conversations always keep a member (the owner cannot leave), so only
-                # an empty answer needs telling apart from a missing conversation.
-                self._require_exists(session, conversation_id)
-            return ids
+            if version is None:
+                raise _not_found(conversation_id)
+            if known_version and version == known_version:
+                return group_pb2.ListMemberIdsResponse(member_version=version, unchanged=True)
+            rows = session.execute(
+                select(_members.c.user_id, _members.c.joined_seq)
+                .where(_members.c.conversation_id == conversation_id)
+                .order_by(_members.c.user_id)
+            ).all()
+        return group_pb2.ListMemberIdsResponse(
+            user_ids=[r[0] for r in rows],
+            joined_seqs=[r[1] for r in rows],
+            member_version=version,
+        )
 
     def list_user_conversations(self, user_id: int) -> list[group_pb2.UserConversation]:
         with Session(self._engine) as session:
@@ -527,7 +624,7 @@ class GroupServicer(group_pb2_grpc.GroupServiceServicer):
             raise _invalid(f"group name must be 1 to {MAX_NAME_CHARS} characters")
         member_ids = _require_user_ids(request.member_ids, "member_ids")
         conversation = await asyncio.to_thread(
-            self._store.create_group, request.owner_id, name, member_ids
+            self._store.create_group, request.owner_id, name, member_ids, request.history_visible
         )
         log.info("group %s created by %d", conversation.conversation_id, request.owner_id)
         return group_pb2.ConversationResponse(conversation=conversation)
@@ -588,8 +685,9 @@ class GroupServicer(group_pb2_grpc.GroupServiceServicer):
         self, request: group_pb2.ListMemberIdsRequest, context: grpc.aio.ServicerContext
     ) -> group_pb2.ListMemberIdsResponse:
         _require_conversation_id(request.conversation_id)
-        ids = await asyncio.to_thread(self._store.list_member_ids, request.conversation_id)
-        return group_pb2.ListMemberIdsResponse(user_ids=ids)
+        return await asyncio.to_thread(
+            self._store.list_member_ids, request.conversation_id, request.known_version
+        )
 
     @_rpc
     async def ListUserConversations(
@@ -637,3 +735,56 @@ class GroupServicer(group_pb2_grpc.GroupServiceServicer):
             self._store.get_cursors, request.conversation_id, user_ids
         )
         return group_pb2.MembersResponse(members=members)
+
+    @_rpc
+    async def SetMemberRole(
+        self, request: group_pb2.SetMemberRoleRequest, context: grpc.aio.ServicerContext
+    ) -> group_pb2.MembersResponse:
+        _require_conversation_id(request.conversation_id)
+        member = await asyncio.to_thread(
+            self._store.set_member_role,
+            request.conversation_id,
+            request.actor_id,
+            request.user_id,
+            request.role,
+        )
+        return group_pb2.MembersResponse(members=[member])
+
+    @_rpc
+    async def CountReaders(
+        self, request: group_pb2.ReadersRequest, context: grpc.aio.ServicerContext
+    ) -> group_pb2.ReadersCount:
+        _require_conversation_id(request.conversation_id)
+        seq = _require_seq(request.seq, "seq")
+        if seq <= 0:
+            raise _invalid("seq must be positive")
+        read, unread = await asyncio.to_thread(
+            self._store.count_readers, request.conversation_id, seq, request.exclude_user_id
+        )
+        return group_pb2.ReadersCount(read_count=read, unread_count=unread)
+
+    @_rpc
+    async def ListReaders(
+        self, request: group_pb2.ListReadersRequest, context: grpc.aio.ServicerContext
+    ) -> group_pb2.MembersResponse:
+        _require_conversation_id(request.conversation_id)
+        seq = _require_seq(request.seq, "seq")
+        if seq <= 0:
+            raise _invalid("seq must be positive")
+        after: int | None = None
+        if request.cursor:
+            try:
+                after = int(request.cursor)
+            except ValueError:
+                raise _invalid(f"malformed cursor {request.cursor!r}") from None
+        limit = min(request.limit or 100, 1000)  # bounded pages: memory stays flat
+        members, next_cursor = await asyncio.to_thread(
+            self._store.list_readers,
+            request.conversation_id,
+            seq,
+            request.exclude_user_id,
+            request.read,
+            after,
+            limit,
+        )
+        return group_pb2.MembersResponse(members=members, next_cursor=next_cursor)

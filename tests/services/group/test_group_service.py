@@ -544,3 +544,108 @@ async def test_health_follows_the_database(tmp_path: Path, monkeypatch: pytest.M
             await status_becomes(health_pb2.HealthCheckResponse.SERVING)
     finally:
         await app.stop()
+
+
+# ------------------------------------------------- member versions, roles, receipts
+
+
+async def test_member_version_moves_with_membership_and_answers_unchanged(groups: Stub) -> None:
+    conv = await create_group(groups, owner=1, members=[2])
+    first = await groups.ListMemberIds(
+        group_pb2.ListMemberIdsRequest(conversation_id=conv.conversation_id)
+    )
+    assert list(first.user_ids) == [1, 2] and list(first.joined_seqs) == [0, 0]
+    same = await groups.ListMemberIds(
+        group_pb2.ListMemberIdsRequest(
+            conversation_id=conv.conversation_id, known_version=first.member_version
+        )
+    )
+    assert same.unchanged and not same.user_ids
+    await add(groups, conv.conversation_id, 1, [3], at_seq=7)
+    after_add = await groups.ListMemberIds(
+        group_pb2.ListMemberIdsRequest(
+            conversation_id=conv.conversation_id, known_version=first.member_version
+        )
+    )
+    assert not after_add.unchanged
+    assert after_add.member_version > first.member_version
+    assert dict(zip(after_add.user_ids, after_add.joined_seqs, strict=True)) == {1: 0, 2: 0, 3: 7}
+    await groups.RemoveMember(
+        group_pb2.RemoveMemberRequest(conversation_id=conv.conversation_id, actor_id=1, user_id=2)
+    )
+    after_remove = await groups.ListMemberIds(
+        group_pb2.ListMemberIdsRequest(conversation_id=conv.conversation_id)
+    )
+    assert list(after_remove.user_ids) == [1, 3]
+    assert after_remove.member_version > after_add.member_version
+
+
+async def test_history_visible_is_kept(groups: Stub) -> None:
+    reply = await groups.CreateGroup(
+        group_pb2.CreateGroupRequest(owner_id=1, name="open", member_ids=[2], history_visible=True)
+    )
+    got = await groups.GetConversation(
+        group_pb2.GetConversationRequest(conversation_id=reply.conversation.conversation_id)
+    )
+    assert got.conversation.history_visible
+
+
+async def test_only_the_owner_sets_roles(groups: Stub) -> None:
+    conv = (await create_group(groups, owner=1, members=[2, 3])).conversation_id
+    req = group_pb2.SetMemberRoleRequest
+    promoted = await groups.SetMemberRole(
+        req(conversation_id=conv, actor_id=1, user_id=2, role=ADMIN)
+    )
+    assert promoted.members[0].role == ADMIN
+    # the new admin may now add members, but may not change roles
+    await add(groups, conv, 2, [4])
+    code = await status_of(
+        lambda: groups.SetMemberRole(req(conversation_id=conv, actor_id=2, user_id=3, role=ADMIN))
+    )
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    code = await status_of(
+        lambda: groups.SetMemberRole(req(conversation_id=conv, actor_id=1, user_id=1, role=MEMBER))
+    )
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    code = await status_of(
+        lambda: groups.SetMemberRole(req(conversation_id=conv, actor_id=1, user_id=3, role=OWNER))
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_readers_come_from_read_cursors(groups: Stub) -> None:
+    conv = (await create_group(groups, owner=1, members=[2, 3, 4])).conversation_id
+    await add(groups, conv, 1, [5], at_seq=10)  # joined after message 10
+    await groups.UpdateCursors(
+        group_pb2.UpdateCursorsRequest(
+            updates=[
+                group_pb2.CursorUpdate(conversation_id=conv, user_id=1, read_seq=12),  # the sender
+                group_pb2.CursorUpdate(conversation_id=conv, user_id=2, read_seq=10),
+                group_pb2.CursorUpdate(conversation_id=conv, user_id=3, read_seq=9),
+            ]
+        )
+    )
+    count = await groups.CountReaders(
+        group_pb2.ReadersRequest(conversation_id=conv, seq=10, exclude_user_id=1)
+    )
+    assert (count.read_count, count.unread_count) == (1, 2)  # 2 read; 3 and 4 not; 5 n/a
+    later = await groups.CountReaders(
+        group_pb2.ReadersRequest(conversation_id=conv, seq=11, exclude_user_id=1)
+    )
+    assert (later.read_count, later.unread_count) == (0, 4)  # 5 counts from seq 11 on
+    unread = await groups.ListReaders(
+        group_pb2.ListReadersRequest(
+            conversation_id=conv, seq=10, exclude_user_id=1, read=False, limit=1
+        )
+    )
+    assert [m.user_id for m in unread.members] == [3] and unread.next_cursor == "3"
+    rest = await groups.ListReaders(
+        group_pb2.ListReadersRequest(
+            conversation_id=conv, seq=10, exclude_user_id=1, read=False, limit=1, cursor="3"
+        )
+    )
+    assert [m.user_id for m in rest.members] == [4] and rest.next_cursor == ""
+    code = await status_of(
+        lambda: groups.CountReaders(group_pb2.ReadersRequest(conversation_id=conv, seq=0))
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT

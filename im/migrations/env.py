@@ -1,0 +1,16 @@
+"""Alembic environment: run programmatically by ``im.migrations.upgrade`` with a live
+connection (no alembic.ini needed)."""
+
+from alembic import context
+
+from im.db import Base
+
+connection = context.config.attributes["connection"]
+context.configure(
+    connection=connection,
+    target_metadata=Base.metadata,
+    render_as_batch=connection.dialect.name == "sqlite",  # SQLite cannot ALTER much
+    compare_type=True,
+)
+with context.begin_transaction():
+    context.run_migrations()
