@@ -118,6 +118,11 @@ class Settings(BaseSettings):
         description="Login attempts per username per minute before 429 (guards against "
         "password guessing; 0 disables).",
     )
+    receipt_push_max_members: int = Field(
+        500,
+        description="Groups up to this size get every read receipt pushed to every member; "
+        "larger ones push only to the reader's devices (others pull the receipts endpoint).",
+    )
     max_group_size: int = Field(10000, description="Most members a group may have.")
 
     # --- bus ----------------------------------------------------------------------

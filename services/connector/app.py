@@ -11,7 +11,7 @@ from im.auth import TokenVerifier, load_keys
 from im.config import Settings
 from im.grpcutil import GrpcServer, service_name
 from im.ports import Backends, ConnectorInfo
-from im.v1 import connector_pb2, connector_pb2_grpc
+from im.v1 import bus_pb2, connector_pb2, connector_pb2_grpc
 from services.connector.service import ConnectorCore, ConnectorServicer
 from services.connector.transport import start_tcp, start_ws
 
@@ -35,6 +35,7 @@ class ConnectorApp:
         self._tcp: asyncio.Server | None = None
         self._ws = None
         self._loops: list[asyncio.Task] = []
+        self._membership = None
         self.tcp_port = self.ws_port = 0
 
     async def start(self) -> None:
@@ -54,7 +55,12 @@ class ConnectorApp:
         await self.backends.registry.register(self.core.info)
         tick = min(0.25, s.retransmit_timeout / 4, s.auth_timeout / 4)
         idle = max(0.05, min(s.heartbeat_interval / 2, 5.0))
+        # Each connector reads every membership event (its own consumer group).
+        self._membership = self.backends.bus.consumer(
+            [s.topic_membership], f"{s.router_group}.connector.{self.core.connector_id}"
+        )
         self._loops = [
+            asyncio.get_running_loop().create_task(self._follow_membership()),
             self._every(tick, self._tick),
             self._every(idle, self._sweep_idle),
             self._every(0.05, self.core.flush_cursor_reports),
@@ -68,6 +74,22 @@ class ConnectorApp:
             self.ws_port,
             grpc_port,
         )
+
+    async def _follow_membership(self) -> None:
+        consumer = self._membership
+        while True:
+            try:
+                for record in await consumer.poll(500, 1.0):
+                    try:
+                        self.core.on_membership(bus_pb2.MembershipEvent.FromString(record.value))
+                    except Exception:
+                        log.error("undecodable membership event at offset %s", record.offset)
+                await consumer.commit()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("membership consumer failed; retrying")
+                await asyncio.sleep(1.0)
 
     def _every(self, seconds: float, action) -> asyncio.Task:  # type: ignore[no-untyped-def]
         async def loop() -> None:
@@ -110,6 +132,8 @@ class ConnectorApp:
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self._membership.close()
         await self._grpc.stop(1.0)
         if self._tcp is not None:
             with contextlib.suppress(Exception):

@@ -135,7 +135,9 @@ class Authorizer:
         self._channels = channels
         self._clock = clock
         self._cache: dict[tuple[int, str], tuple[bool, float]] = {}
-        self.positive_ttl = 60.0
+        # Membership events invalidate entries at once; the TTL bounds staleness if
+        # an event is missed.
+        self.positive_ttl = 30.0
         self.negative_ttl = 5.0
 
     def _group(self) -> group_pb2_grpc.GroupServiceStub:
@@ -610,6 +612,13 @@ class ConnectorCore:
         else:
             entry[0] = max(entry[0], delivered)
             entry[1] = max(entry[1], read)
+
+    def on_membership(self, event: bus_pb2.MembershipEvent) -> None:
+        """A group's members changed: forget cached send permissions for it."""
+        if event.added or event.removed:
+            self.authorizer.forget(event.conversation_id, [*event.added, *event.removed])
+        else:
+            self.authorizer.forget(event.conversation_id)
 
     async def flush_cursor_reports(self) -> int:
         """Publish the coalesced acks and reads (many acks -> one record per member)."""

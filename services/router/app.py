@@ -30,7 +30,7 @@ class RouterApp:
     async def start(self) -> None:
         s = self.settings
         self._consumer = self.backends.bus.consumer(
-            [s.topic_messages, s.topic_cursors], s.router_group
+            [s.topic_messages, s.topic_cursors, s.topic_membership], s.router_group
         )
         self._task = asyncio.get_running_loop().create_task(
             self.router.run(self._consumer, self._stop)

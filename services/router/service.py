@@ -1,5 +1,6 @@
 """The router's loop: take a batch from the bus, number and store its messages, apply
-cursor reports, commit, then deliver to the connectors holding the members' devices.
+cursor reports, commit, then deliver messages and read receipts to the connectors
+holding the members' devices.
 
 The bus position is committed only after the store write (goim #134: committing
 before storing lost messages on restart); delivery failures lose nothing because the
@@ -11,11 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
-from im.clock import Clock, SystemClock
 from im.config import Settings
 from im.grpcutil import ChannelPool
 from im.ids import parse_direct
@@ -25,8 +25,6 @@ from services.router.sequencer import Sequencer
 
 log = logging.getLogger("im.router")
 
-MEMBERS_TTL = 30.0
-
 
 @dataclass(slots=True)
 class RouterStats:
@@ -35,39 +33,66 @@ class RouterStats:
     replayed: int = 0
     cursor_writes: int = 0
     cursor_reports: int = 0
+    receipts: int = 0
+    membership_events: int = 0
     pushed: int = 0
     rerouted: int = 0
     delivery_failures: int = 0
 
 
-class MemberCache:
-    """Member ids per conversation. Direct conversations need no lookup: the id names
-    both members. Groups are cached briefly."""
+@dataclass(slots=True)
+class Audience:
+    """Who may receive a conversation's messages: member id -> seq they joined after."""
 
-    def __init__(self, settings: Settings, channels: ChannelPool, clock: Clock) -> None:
+    joined: dict[int, int]
+    version: int = 0
+
+
+class MemberCache:
+    """Members per conversation. A 1:1 id names both members; a group's list is cached
+    and revalidated once per batch by its member_version (one small RPC that answers
+    "unchanged" without the list), so a removed member gets nothing after removal."""
+
+    def __init__(self, settings: Settings, channels: ChannelPool) -> None:
         self._settings = settings
         self._channels = channels
-        self._clock = clock
-        self._groups: dict[str, tuple[list[int], float]] = {}
+        self._groups: dict[str, Audience] = {}
+        self.fetches = 0
 
     def forget(self, conversation_id: str) -> None:
         self._groups.pop(conversation_id, None)
 
-    async def members(self, conversation_id: str) -> list[int]:
+    async def audience(self, conversation_id: str) -> Audience:
         pair = parse_direct(conversation_id)
         if pair is not None:
-            return list(pair)
-        hit = self._groups.get(conversation_id)
-        now = self._clock.monotonic()
-        if hit is not None and hit[1] > now:
-            return hit[0]
+            return Audience(dict.fromkeys(pair, 0))
+        cached = self._groups.get(conversation_id)
         stub = group_pb2_grpc.GroupServiceStub(self._channels.get(self._settings.group_addr()))
         reply = await stub.ListMemberIds(
-            group_pb2.ListMemberIdsRequest(conversation_id=conversation_id), timeout=10
+            group_pb2.ListMemberIdsRequest(
+                conversation_id=conversation_id,
+                known_version=cached.version if cached else 0,
+            ),
+            timeout=10,
         )
-        ids = list(reply.user_ids)
-        self._groups[conversation_id] = (ids, now + MEMBERS_TTL)
-        return ids
+        if reply.unchanged and cached is not None:
+            return cached
+        self.fetches += 1
+        audience = Audience(
+            dict(zip(reply.user_ids, reply.joined_seqs, strict=True)), reply.member_version
+        )
+        if len(self._groups) > 10_000:
+            self._groups.clear()  # bounded memory; lists are fetched again when needed
+        self._groups[conversation_id] = audience
+        return audience
+
+
+@dataclass(slots=True)
+class Outbox:
+    """What one connector gets in one Deliver call."""
+
+    deliveries: list[connector_pb2.Delivery] = field(default_factory=list)
+    receipts: list[connector_pb2.ReceiptDelivery] = field(default_factory=list)
 
 
 class Router:
@@ -76,16 +101,14 @@ class Router:
         settings: Settings,
         backends: Backends,
         store: MessageStore,
-        clock: Clock | None = None,
         channels: ChannelPool | None = None,
     ) -> None:
         self.settings = settings
         self.backends = backends
         self.store = store
-        self.clock = clock or SystemClock()
         self.channels = channels or ChannelPool()
         self.sequencer = Sequencer(store)
-        self.members = MemberCache(settings, self.channels, self.clock)
+        self.members = MemberCache(settings, self.channels)
         self.stats = RouterStats()
         self._generation = -1
 
@@ -111,14 +134,19 @@ class Router:
 
     async def handle(self, records: list[BusRecord], consumer: BusConsumer | None) -> None:
         self.stats.batches += 1
+        s = self.settings
         inbound: list[wire_pb2.Message] = []
         reports: list[bus_pb2.CursorReport] = []
         for record in records:
             try:
-                if record.topic == self.settings.topic_messages:
+                if record.topic == s.topic_messages:
                     inbound.append(bus_pb2.InboundMessage.FromString(record.value).message)
-                elif record.topic == self.settings.topic_cursors:
+                elif record.topic == s.topic_cursors:
                     reports.append(bus_pb2.CursorReport.FromString(record.value))
+                elif record.topic == s.topic_membership:
+                    event = bus_pb2.MembershipEvent.FromString(record.value)
+                    self.members.forget(event.conversation_id)
+                    self.stats.membership_events += 1
             except Exception:
                 log.error(
                     "skipping undecodable record %s/%s@%s",
@@ -133,11 +161,16 @@ class Router:
         messages = sorted(new + replayed, key=lambda m: (m.conversation_id, m.seq))
 
         # The sender has read its own message; members' acks and reads move forward.
+        # All of a batch's cursor moves are one write (many acks -> one update each).
         cursors: dict[tuple[str, int], list[int]] = {}
         for m in messages:
             _merge(cursors, m.conversation_id, m.sender_id, m.seq, m.seq)
+        receipts: dict[tuple[str, int], int] = {}
         for r in reports:
             _merge(cursors, r.conversation_id, r.user_id, r.delivered_seq, r.read_seq)
+            if r.read_seq:
+                key = (r.conversation_id, r.user_id)
+                receipts[key] = max(receipts.get(key, 0), r.read_seq)
         self.stats.cursor_reports += len(reports)
         if cursors:
             await self._group().UpdateCursors(
@@ -155,58 +188,95 @@ class Router:
 
         if consumer is not None:
             await consumer.commit()
-        if messages:
-            await self.deliver(messages)
+        if messages or receipts:
+            await self.deliver(messages, receipts)
 
     # ---------------------------------------------------------------- delivery
 
-    async def deliver(self, messages: list[wire_pb2.Message]) -> None:
+    async def deliver(
+        self, messages: list[wire_pb2.Message], receipts: dict[tuple[str, int], int] | None = None
+    ) -> None:
+        receipts = receipts or {}
         by_conv: dict[str, list[wire_pb2.Message]] = defaultdict(list)
         for m in messages:
             by_conv[m.conversation_id].append(m)
-        member_lists = await asyncio.gather(*(self.members.members(c) for c in by_conv))
-        audience = {c: ids for c, ids in zip(by_conv, member_lists, strict=True)}
-        users = list({u for ids in member_lists for u in ids})
-        routes = await self.backends.presence.routes(users)
-        plan = _plan(by_conv, audience, routes)
+        conversations = list(dict.fromkeys([*by_conv, *(c for c, _ in receipts)]))
+        audiences = dict(
+            zip(
+                conversations,
+                await asyncio.gather(*(self._audience(c) for c in conversations)),
+                strict=True,
+            )
+        )
+        users = list({u for a in audiences.values() if a is not None for u in a.joined})
+        routes = await self.backends.presence.routes(users) if users else {}
+
+        plan: dict[str, Outbox] = defaultdict(Outbox)
+        for conv, msgs in by_conv.items():
+            audience = audiences[conv]
+            if audience is not None:
+                _plan_messages(plan, msgs, audience, routes)
+        for (conv, reader), read_seq in receipts.items():
+            audience = audiences[conv]
+            if audience is None:
+                continue
+            # Everyone's devices, the reader's own included (multi-device: reading on
+            # one device clears unread on the others). In very large groups only the
+            # reader's devices: the others pull counts from the receipts endpoint.
+            if len(audience.joined) <= self.settings.receipt_push_max_members:
+                targets = list(audience.joined)
+            else:
+                targets = [reader]
+            receipt = wire_pb2.Receipt(conversation_id=conv, reader_id=reader, read_seq=read_seq)
+            _plan_receipt(plan, receipt, targets, routes)
+            self.stats.receipts += 1
+
         missing = await self._send_plan(plan)
         if missing:
             # A route can be stale (the device moved, goim #230): look once more.
-            fresh = await self.backends.presence.routes(list({u for u, _d, _m in missing}))
-            retry: dict[str, dict[int, connector_pb2.Delivery]] = defaultdict(dict)
-            for user_id, device_id, message in missing:
+            fresh = await self.backends.presence.routes(list({u for u, _d, _m, _c in missing}))
+            retry: dict[str, Outbox] = defaultdict(Outbox)
+            seen: dict[tuple[str, int], connector_pb2.Delivery] = {}
+            for user_id, device_id, message, old_connector in missing:
                 for route in fresh.get(user_id, []):
-                    if route.device_id == device_id and route.connector_id != message[1]:
-                        delivery = retry[route.connector_id].setdefault(
-                            id(message[0]), connector_pb2.Delivery(message=message[0])
-                        )
+                    if route.device_id == device_id and route.connector_id != old_connector:
+                        key = (route.connector_id, id(message))
+                        delivery = seen.get(key)
+                        if delivery is None:
+                            delivery = seen[key] = connector_pb2.Delivery(message=message)
+                            retry[route.connector_id].deliveries.append(delivery)
                         delivery.targets.add(user_id=user_id, device_id=device_id)
                         self.stats.rerouted += 1
             if retry:
-                await self._send_plan({c: list(d.values()) for c, d in retry.items()})
+                await self._send_plan(retry)
+
+    async def _audience(self, conversation_id: str) -> Audience | None:
+        try:
+            return await self.members.audience(conversation_id)
+        except grpc.RpcError as exc:
+            if isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.NOT_FOUND:
+                return None  # e.g. a receipt for a conversation that does not exist
+            raise
 
     async def _send_plan(
-        self, plan: dict[str, list[connector_pb2.Delivery]]
-    ) -> list[tuple[int, str, tuple[wire_pb2.Message, str]]]:
+        self, plan: dict[str, Outbox]
+    ) -> list[tuple[int, str, wire_pb2.Message, str]]:
         if not plan:
             return []
         connectors = {c.connector_id: c for c in await self.backends.registry.connectors()}
         calls = []
-        for connector_id, deliveries in plan.items():
+        for connector_id, outbox in plan.items():
             info = connectors.get(connector_id)
             if info is None:
                 continue  # connector gone: its devices are offline and will sync
             stub = connector_pb2_grpc.ConnectorServiceStub(self.channels.get(info.grpc_addr))
-            calls.append(
-                (
-                    connector_id,
-                    deliveries,
-                    stub.Deliver(connector_pb2.DeliverRequest(deliveries=deliveries), timeout=5),
-                )
+            request = connector_pb2.DeliverRequest(
+                deliveries=outbox.deliveries, receipts=outbox.receipts
             )
+            calls.append((connector_id, outbox, stub.Deliver(request, timeout=5)))
         missing = []
         results = await asyncio.gather(*(c[2] for c in calls), return_exceptions=True)
-        for (connector_id, deliveries, _call), result in zip(calls, results, strict=True):
+        for (connector_id, outbox, _call), result in zip(calls, results, strict=True):
             if isinstance(result, BaseException):
                 self.stats.delivery_failures += 1
                 if isinstance(result, grpc.RpcError):
@@ -217,12 +287,10 @@ class Router:
             self.stats.pushed += result.pushed
             if result.missing:
                 wanted = {(t.user_id, t.device_id) for t in result.missing}
-                for delivery in deliveries:
+                for delivery in outbox.deliveries:
                     for t in delivery.targets:
                         if (t.user_id, t.device_id) in wanted:
-                            missing.append(
-                                (t.user_id, t.device_id, (delivery.message, connector_id))
-                            )
+                            missing.append((t.user_id, t.device_id, delivery.message, connector_id))
         return missing
 
 
@@ -237,20 +305,66 @@ def _merge(
         entry[1] = max(entry[1], read)
 
 
-def _plan(
-    by_conv: dict[str, list[wire_pb2.Message]],
-    audience: dict[str, list[int]],
+def _devices_by_connector(
+    user_ids: list[int], routes: dict[int, list[DeviceRoute]]
+) -> dict[str, list[connector_pb2.DeviceRef]]:
+    out: dict[str, list[connector_pb2.DeviceRef]] = defaultdict(list)
+    for user_id in user_ids:
+        for route in routes.get(user_id, ()):
+            out[route.connector_id].append(
+                connector_pb2.DeviceRef(user_id=user_id, device_id=route.device_id)
+            )
+    return out
+
+
+def _plan_messages(
+    plan: dict[str, Outbox],
+    msgs: list[wire_pb2.Message],
+    audience: Audience,
     routes: dict[int, list[DeviceRoute]],
-) -> dict[str, list[connector_pb2.Delivery]]:
-    """One Deliver call per connector, carrying every message for its devices."""
-    plan: dict[str, list[connector_pb2.Delivery]] = defaultdict(list)
-    for conv, msgs in by_conv.items():
-        per_connector: dict[str, list[tuple[int, str]]] = defaultdict(list)
-        for user_id in audience[conv]:
-            for route in routes.get(user_id, ()):
-                per_connector[route.connector_id].append((user_id, route.device_id))
-        for connector_id, targets in per_connector.items():
-            refs = [connector_pb2.DeviceRef(user_id=u, device_id=d) for u, d in targets]
-            for m in msgs:
-                plan[connector_id].append(connector_pb2.Delivery(message=m, targets=refs))
-    return plan
+) -> None:
+    """Each message once per connector, with every device there that may see it.
+
+    Work is proportional to the online devices, not the members: a 10,000-member
+    group with a few hundred devices online costs a few hundred steps per message."""
+    joined = audience.joined
+    online = [
+        (
+            joined_seq,
+            route.connector_id,
+            connector_pb2.DeviceRef(user_id=uid, device_id=route.device_id),
+        )
+        for uid in routes.keys() & joined.keys()
+        for joined_seq in (joined[uid],)
+        for route in routes[uid]
+    ]
+    if not online:
+        return
+    latest_join = max(j for j, _c, _r in online)
+    shared = _group_refs(online) if latest_join < msgs[0].seq else None
+    for m in msgs:
+        # Members who joined at or after this seq do not get it (nor its history).
+        targets = shared or _group_refs([o for o in online if o[0] < m.seq])
+        for connector_id, refs in targets.items():
+            plan[connector_id].deliveries.append(connector_pb2.Delivery(message=m, targets=refs))
+
+
+def _group_refs(
+    online: list[tuple[int, str, connector_pb2.DeviceRef]],
+) -> dict[str, list[connector_pb2.DeviceRef]]:
+    out: dict[str, list[connector_pb2.DeviceRef]] = defaultdict(list)
+    for _joined, connector_id, ref in online:
+        out[connector_id].append(ref)
+    return out
+
+
+def _plan_receipt(
+    plan: dict[str, Outbox],
+    receipt: wire_pb2.Receipt,
+    user_ids: list[int],
+    routes: dict[int, list[DeviceRoute]],
+) -> None:
+    for connector_id, refs in _devices_by_connector(user_ids, routes).items():
+        plan[connector_id].receipts.append(
+            connector_pb2.ReceiptDelivery(receipt=receipt, targets=refs)
+        )

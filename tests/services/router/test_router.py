@@ -1,0 +1,221 @@
+"""The router against a real group service and a recording connector (real gRPC),
+with in-process bus, presence and registry."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+
+from im.adapters.memory import MemoryBus, MemoryKV, MemoryRegistry
+from im.adapters.sqlstore import SqlMessageStore
+from im.config import Settings
+from im.grpcutil import GrpcServer, channel, service_name
+from im.ports import Backends, ConnectorInfo
+from im.v1 import bus_pb2, connector_pb2, connector_pb2_grpc, group_pb2, group_pb2_grpc, wire_pb2
+from services.group.app import build as build_group
+from services.router.service import Router
+
+
+class RecordingConnector(connector_pb2_grpc.ConnectorServiceServicer):
+    def __init__(self) -> None:
+        self.requests: list[connector_pb2.DeliverRequest] = []
+
+    async def Deliver(self, request, context):  # type: ignore[no-untyped-def]
+        self.requests.append(request)
+        pushed = sum(len(d.targets) for d in request.deliveries)
+        return connector_pb2.DeliverResponse(pushed=pushed)
+
+    def delivered(self) -> list[tuple[int, int]]:
+        """(user, seq) pairs pushed so far."""
+        return [
+            (t.user_id, d.message.seq)
+            for r in self.requests
+            for d in r.deliveries
+            for t in d.targets
+        ]
+
+    def receipts(self) -> list[tuple[int, int, int]]:
+        """(target user, reader, read_seq)."""
+        return [
+            (t.user_id, r.receipt.reader_id, r.receipt.read_seq)
+            for req in self.requests
+            for r in req.receipts
+            for t in r.targets
+        ]
+
+
+@dataclass
+class Harness:
+    router: Router
+    bus: MemoryBus
+    kv: MemoryKV
+    groups: group_pb2_grpc.GroupServiceStub
+    connector: RecordingConnector
+    settings: Settings
+
+    async def run_bus(self) -> None:
+        """Let the router handle everything on the bus, as its loop would."""
+        consumer = self.bus.consumer(
+            [
+                self.settings.topic_messages,
+                self.settings.topic_cursors,
+                self.settings.topic_membership,
+            ],
+            "routers",
+        )
+        try:
+            while records := await consumer.poll(1000, 0.01):
+                await self.router.handle(records, consumer)
+        finally:
+            await consumer.close()
+
+    async def send(self, conv: str, sender: int, msg_id: int) -> None:
+        message = wire_pb2.Message(
+            msg_id=msg_id, conversation_id=conv, sender_id=sender, body=b"x", server_ts=1
+        )
+        await self.bus.publish(
+            self.settings.topic_messages,
+            conv,
+            bus_pb2.InboundMessage(message=message).SerializeToString(),
+        )
+
+    async def report(self, conv: str, user: int, delivered: int = 0, read: int = 0) -> None:
+        await self.bus.publish(
+            self.settings.topic_cursors,
+            conv,
+            bus_pb2.CursorReport(
+                conversation_id=conv, user_id=user, delivered_seq=delivered, read_seq=read
+            ).SerializeToString(),
+        )
+
+
+@pytest.fixture
+async def harness(tmp_path) -> AsyncIterator[Harness]:
+    settings = Settings(
+        data_dir=tmp_path, host="127.0.0.1", group_grpc_port=0, receipt_push_max_members=3
+    )
+    group_app = build_group(settings)
+    await group_app.start()
+    settings = settings.model_copy(update={"group_service_addr": group_app.endpoints()["grpc"]})
+    recorder = RecordingConnector()
+    server = GrpcServer("127.0.0.1", 0)
+    server.add(
+        connector_pb2_grpc.add_ConnectorServiceServicer_to_server,
+        recorder,
+        service_name(connector_pb2, "ConnectorService"),
+    )
+    port = await server.start()
+    kv, registry, bus = MemoryKV(), MemoryRegistry(), MemoryBus(2)
+    await registry.register(ConnectorInfo("c1", "127.0.0.1", 1, 2, port))
+    backends = Backends(
+        bus=bus, registry=registry, presence=kv, sessions=kv, idempotency=kv, rate_limits=kv
+    )
+    store = SqlMessageStore(settings.resolved_database_url())
+    router = Router(settings, backends, store)
+    ch = channel(settings.group_addr())
+    try:
+        yield Harness(router, bus, kv, group_pb2_grpc.GroupServiceStub(ch), recorder, settings)
+    finally:
+        await ch.close()
+        await router.channels.close()
+        await server.stop(0)
+        await group_app.stop()
+        await store.close()
+
+
+async def online(h: Harness, *users: int) -> None:
+    for u in users:
+        await h.kv.connect(u, f"dev{u}", "c1", 60)
+
+
+async def make_group(h: Harness, owner: int, members: list[int]) -> str:
+    reply = await h.groups.CreateGroup(
+        group_pb2.CreateGroupRequest(owner_id=owner, name="g", member_ids=members)
+    )
+    return reply.conversation.conversation_id
+
+
+async def test_a_group_message_is_stored_once_and_delivered_to_online_members(harness):
+    h = harness
+    conv = await make_group(h, 1, [2, 3, 4])
+    await online(h, 1, 2, 3)  # 4 is offline
+    await h.send(conv, 1, 100)
+    await h.run_bus()
+    assert sorted(h.connector.delivered()) == [(1, 1), (2, 1), (3, 1)]
+    assert len(h.connector.requests) == 1  # one call per connector per batch
+    assert [m.msg_id for m in await h.router.store.history(conv, 0, 10)] == [100]
+
+
+async def test_removed_member_gets_nothing_and_new_member_starts_at_join(harness):
+    h = harness
+    conv = await make_group(h, 1, [2, 3])
+    await online(h, 1, 2, 3, 4)
+    await h.send(conv, 1, 100)
+    await h.run_bus()
+    await h.groups.RemoveMember(
+        group_pb2.RemoveMemberRequest(conversation_id=conv, actor_id=1, user_id=3)
+    )
+    await h.groups.AddMembers(
+        group_pb2.AddMembersRequest(conversation_id=conv, actor_id=1, user_ids=[4], at_seq=1)
+    )
+    # No membership event on the bus: the member_version check alone must catch it.
+    await h.send(conv, 2, 101)
+    await h.run_bus()
+    second = [(u, s) for u, s in h.connector.delivered() if s == 2]
+    assert sorted(second) == [(1, 2), (2, 2), (4, 2)]
+    assert h.router.members.fetches == 2
+
+
+async def test_many_acks_become_one_cursor_write(harness):
+    h = harness
+    conv = await make_group(h, 1, [2])
+    for i in range(5):
+        await h.send(conv, 1, 100 + i)
+    await h.run_bus()
+    writes_before = h.router.stats.cursor_writes
+    for seq in range(1, 6):
+        for _ in range(20):  # 100 acks from a chatty client
+            await h.report(conv, 2, delivered=seq)
+    await h.run_bus()
+    assert h.router.stats.cursor_writes - writes_before == 1
+    assert h.router.stats.cursor_reports == 100
+    cursors = await h.groups.GetCursors(
+        group_pb2.GetCursorsRequest(conversation_id=conv, user_ids=[2])
+    )
+    assert cursors.members[0].delivered_seq == 5
+
+
+async def test_reads_are_pushed_as_one_coalesced_receipt(harness):
+    h = harness
+    conv = await make_group(h, 1, [2, 3])
+    await online(h, 1, 2, 3)
+    for i in range(3):
+        await h.send(conv, 1, 100 + i)
+    await h.run_bus()
+    for seq in (1, 2, 3):
+        await h.report(conv, 2, read=seq)
+    await h.run_bus()
+    # One receipt (reader 2 up to 3) to every member's device, the reader's included.
+    assert sorted(h.connector.receipts()) == [(1, 2, 3), (2, 2, 3), (3, 2, 3)]
+
+
+async def test_large_groups_push_receipts_only_to_the_readers_devices(harness):
+    h = harness  # receipt_push_max_members=3 in this harness
+    conv = await make_group(h, 1, [2, 3, 4])
+    await online(h, 1, 2, 3, 4)
+    await h.send(conv, 1, 100)
+    await h.run_bus()
+    await h.report(conv, 2, read=1)
+    await h.run_bus()
+    assert h.connector.receipts() == [(2, 2, 1)]
+
+
+async def test_direct_messages_need_no_member_lookup(harness):
+    h = harness
+    await online(h, 5, 6)
+    await h.send("d:5:6", 5, 200)
+    await h.run_bus()
+    assert sorted(h.connector.delivered()) == [(5, 1), (6, 1)]
+    assert h.router.members.fetches == 0
