@@ -22,43 +22,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 PASSWORD = "correct-horse-9"
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory, real_server):
-    urls = {name: real_server(name) for name in ("mysql", "redis", "mongo", "kafka", "zookeeper")}
-    run = uuid.uuid4().hex[:8]
-    zk_root = f"/im-e2e-{run}"
-    mongo = urls["mongo"].replace("/im_test?", f"/im_e2e_{run}?")
-    cluster = Cluster(
-        log_dir=tmp_path_factory.mktemp("cluster"),
-        backends={
-            "IM_DATABASE_URL": urls["mysql"],
-            "IM_MESSAGE_STORE_URL": mongo,
-            "IM_BUS_URL": urls["kafka"],
-            "IM_REGISTRY_URL": urls["zookeeper"].rsplit("/", 1)[0] + zk_root,
-            "IM_KV_URL": urls["redis"],
-        },
-        extra_env={
-            "IM_KV_PREFIX": f"im-e2e-{run}:",
-            "IM_TOPIC_MESSAGES": f"e2e-{run}.messages",
-            "IM_TOPIC_CURSORS": f"e2e-{run}.cursors",
-            "IM_TOPIC_MEMBERSHIP": f"e2e-{run}.membership",
-            "IM_ROUTER_GROUP": f"e2e-{run}-routers",
-            "IM_ARGON2_TIME_COST": "1",
-            "IM_ARGON2_MEMORY_KIB": "8192",
-            "IM_HEARTBEAT_INTERVAL": "2",
-            "IM_RETRANSMIT_TIMEOUT": "1",
-        },
-    )
-    cluster.zk_hosts = urls["zookeeper"].split("//", 1)[1].split("/", 1)[0]  # type: ignore[attr-defined]
-    cluster.zk_root = zk_root  # type: ignore[attr-defined]
-    cluster.start(timeout=90)
-    yield cluster
-    codes = cluster.stop()
-    killed = {n for n, p in cluster.procs.items() if getattr(p, "killed", False)}
-    bad = {n: c for n, c in codes.items() if c != 0 and n not in killed}
-    assert not bad, f"processes did not exit cleanly on SIGTERM: {bad}; logs in {cluster.log_dir}"
-
-
 def kill(cluster: Cluster, name: str) -> None:
     cluster.kill(name, signal.SIGKILL)
     cluster.procs[name].killed = True  # type: ignore[attr-defined]
