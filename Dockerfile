@@ -74,7 +74,7 @@ WORKDIR /home/im
 USER 10001:10001
 
 # gateway http, user/group/connector gRPC, connector client TCP and WebSocket
-EXPOSE 8080 50051 50052 50053 7070 7071
+EXPOSE 8080 50051 50052 50053 50060 7070 7071
 
 # imctl is PID 1 and handles SIGTERM itself (graceful stop; connectors drain).
 ENTRYPOINT ["imctl"]

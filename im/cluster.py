@@ -123,7 +123,7 @@ class Cluster:
                 Proc(
                     f"router-{i + 1}",
                     "router",
-                    {**base, **shared},
+                    {**base, **shared, "IM_ROUTER_GRPC_PORT": str(self._port(50060 + i))},
                     self.log_dir / f"router-{i + 1}.log",
                 )
             )
@@ -201,24 +201,12 @@ class Cluster:
         lines = [f"im cluster is up (logs in {self.log_dir}):"]
         for name, proc in self.procs.items():
             pid = proc.process.pid if proc.process else "-"
-            ports = {
-                k[3:].lower(): v
-                for k, v in proc.env.items()
-                if k.endswith("_PORT")
-                and k.startswith("IM_")
-                and k[3:]
-                in (
-                    "USER_GRPC_PORT",
-                    "GROUP_GRPC_PORT",
-                    "GATEWAY_PORT",
-                    "CONNECTOR_TCP_PORT",
-                    "CONNECTOR_WS_PORT",
-                    "CONNECTOR_GRPC_PORT",
-                )
-            }
-            if proc.service != "connector":
-                ports = {k: v for k, v in ports.items() if k.startswith(proc.service)}
-            where = " ".join(f"{k}={v}" for k, v in sorted(ports.items()))
+            # This process's own ports: the IM_*_PORT settings it was given.
+            where = " ".join(
+                f"{k[3:-5].lower()}={v}"
+                for k, v in sorted(proc.env.items())
+                if k.startswith("IM_") and k.endswith("_PORT") and os.environ.get(k) != v
+            )
             lines.append(f"  {name:<12} pid {pid:<7} {where}")
         lines.append(f"Gateway: {self.gateway_url}")
         return "\n".join(lines)

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     user_grpc_port: int = Field(50051, description="User service gRPC port.")
     group_grpc_port: int = Field(50052, description="Group service gRPC port.")
     connector_grpc_port: int = Field(50053, description="Connector internal gRPC port.")
+    router_grpc_port: int = Field(
+        50060, description="Router gRPC port (health only: NOT_SERVING while batches fail)."
+    )
     connector_tcp_port: int = Field(7070, description="Connector client TCP port.")
     connector_ws_port: int = Field(7071, description="Connector client WebSocket port.")
     user_service_addr: str = Field(

@@ -7,6 +7,7 @@ import logging
 
 from im.adapters import build_message_store
 from im.config import Settings
+from im.grpcutil import GrpcServer
 from im.ports import Backends, BusConsumer, MessageStore
 from services.router.service import Router
 
@@ -26,9 +27,25 @@ class RouterApp:
         self._consumer: BusConsumer | None = None
         self._stop = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._health_task: asyncio.Task | None = None
+        # Health and reflection only: probes see whether batches go through (a
+        # router whose store or bus fails keeps running but reports NOT_SERVING).
+        self._grpc = GrpcServer(settings.host, settings.router_grpc_port)
+
+    async def _watch_health(self) -> None:
+        serving = True
+        while True:
+            await asyncio.sleep(1.0)
+            now_serving = self.router.failing < 3
+            if now_serving != serving:
+                serving = now_serving
+                log.warning("router %s", "recovered" if serving else "is failing its batches")
+                await self._grpc.set_serving(serving)
 
     async def start(self) -> None:
         s = self.settings
+        await self._grpc.start()
+        self._health_task = asyncio.get_running_loop().create_task(self._watch_health())
         self._consumer = self.backends.bus.consumer(
             [s.topic_messages, s.topic_cursors, s.topic_membership], s.router_group
         )
@@ -44,13 +61,20 @@ class RouterApp:
             except TimeoutError:
                 self._task.cancel()
                 await asyncio.gather(self._task, return_exceptions=True)
+        if self._health_task is not None:
+            self._health_task.cancel()
+            await asyncio.gather(self._health_task, return_exceptions=True)
+        await self._grpc.stop(0.5)
         if self._consumer is not None:
             await self._consumer.close()
         await self.router.channels.close()
         await self.store.close()
 
     def endpoints(self) -> dict[str, str]:
-        return {"bus": f"{self.settings.bus_url} group {self.settings.router_group}"}
+        return {
+            "grpc": f"{self.settings.public_host()}:{self._grpc.port}",
+            "bus": f"{self.settings.bus_url} group {self.settings.router_group}",
+        }
 
 
 def build(settings: Settings, backends: Backends) -> RouterApp:

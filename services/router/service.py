@@ -110,6 +110,7 @@ class Router:
         self.sequencer = Sequencer(store)
         self.members = MemberCache(settings, self.channels)
         self.stats = RouterStats()
+        self.failing = 0  # consecutive failed batches; readiness reflects the real path
         self._generation = -1
 
     def _group(self) -> group_pb2_grpc.GroupServiceStub:
@@ -124,9 +125,11 @@ class Router:
                     self.sequencer.reset()
                 if records:
                     await self.handle(records, consumer)
+                self.failing = 0
             except asyncio.CancelledError:
                 raise
             except Exception:
+                self.failing += 1
                 # Nothing was committed for this batch: back off and take it again.
                 log.exception("router batch failed; retrying from the last commit")
                 await asyncio.sleep(1.0)

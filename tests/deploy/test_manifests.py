@@ -41,10 +41,9 @@ CONFIG_MAP = "im-config"
 ENV_SECRET = "im-secrets"
 JWT_SECRET = "im-jwt-keys"
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job")
-# Services with nothing to probe: the router has no port at all (it only consumes the
-# bus). test_services_without_health_endpoint fails if one gets a port, so its probes are
-# added then.
-NO_HEALTH_ENDPOINT = {"router"}
+# Services with nothing to probe (none today). test_services_without_health_endpoint
+# fails if one gets a port, so its probes are added then.
+NO_HEALTH_ENDPOINT: set[str] = set()
 HPA_SERVICES = {"gateway", "user", "group", "router"}
 SETTINGS = {f"IM_{name.upper()}" for name in Settings.model_fields}
 DEFAULTS = Settings.model_fields
@@ -202,7 +201,7 @@ def expected_ports(service: str, config: dict[str, str]) -> set[int]:
         "user": ["user_grpc_port"],
         "group": ["group_grpc_port"],
         "connector": ["connector_tcp_port", "connector_ws_port", "connector_grpc_port"],
-        "router": [],
+        "router": ["router_grpc_port"],
     }[service]
     return {setting(config, n) for n in names}
 

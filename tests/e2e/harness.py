@@ -45,6 +45,7 @@ def start_suite(data_dir: Path, **overrides: str) -> RunningSuite:
             "USER_GRPC_PORT",
             "GROUP_GRPC_PORT",
             "CONNECTOR_GRPC_PORT",
+            "ROUTER_GRPC_PORT",
             "CONNECTOR_TCP_PORT",
             "CONNECTOR_WS_PORT",
         )
