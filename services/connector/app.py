@@ -36,6 +36,7 @@ class ConnectorApp:
         self._ws = None
         self._loops: list[asyncio.Task] = []
         self._membership = None
+        self._serving = True
         self.tcp_port = self.ws_port = 0
 
     async def start(self) -> None:
@@ -66,6 +67,7 @@ class ConnectorApp:
             self._every(0.05, self.core.flush_cursor_reports),
             self._every(3.0, self._report_load),
             self._every(30.0, self.core.refresh_presence),
+            self._every(1.0, self._report_health),
         ]
         log.info(
             "connector %s: tcp %s ws %s grpc %s",
@@ -109,6 +111,13 @@ class ConnectorApp:
 
     async def _sweep_idle(self) -> None:
         self.core.sweep_idle()
+
+    async def _report_health(self) -> None:
+        serving = self.core.publish_failures < 3 and not self.core.draining
+        if serving != self._serving:
+            self._serving = serving
+            log.warning("connector %s", "serving again" if serving else "cannot publish")
+            await self._grpc.set_serving(serving)
 
     async def _report_load(self) -> None:
         info = self.core.info

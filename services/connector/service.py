@@ -237,6 +237,9 @@ class ConnectorCore:
         self._recent_acks: OrderedDict[str, bytes] = OrderedDict()
         self._background: set[asyncio.Task] = set()
         self.draining = False
+        # Consecutive publishes the bus refused: readiness turns NOT_SERVING at 3, so a
+        # broker that takes connections but not messages does not look healthy.
+        self.publish_failures = 0
         self.info: ConnectorInfo | None = None
 
     # ------------------------------------------------------------- connections
@@ -526,9 +529,11 @@ class ConnectorCore:
             try:
                 await self.backends.bus.publish_many(self.settings.topic_messages, records)
                 ok = True
+                self.publish_failures = 0
             except Exception as exc:
                 log.warning("bus refused %d messages: %s", len(records), exc)
                 ok = False
+                self.publish_failures += 1
             for request_id, send, key, msg_id, ts in to_publish:
                 future = self._inflight.pop(key)
                 if ok:
