@@ -369,6 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, help="peer username or user id")
     p.set_defaults(func=_run_client(_chat))
 
+    from im.cli import groups  # here, not at the top: groups imports this module
+
+    groups.register(sub, account)  # group ..., receipts, send --group
+
     return parser
 
 

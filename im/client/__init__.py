@@ -16,6 +16,8 @@ from im.client.gateway import (
     GatewayClient,
     HistoryPage,
     LoginResult,
+    MemberPage,
+    as_group_id,
     message_from_json,
 )
 from im.client.session import ImClient
@@ -32,10 +34,12 @@ __all__ = [
     "HistoryPage",
     "ImClient",
     "LoginResult",
+    "MemberPage",
     "SeenIds",
     "SendError",
     "SendTimeout",
     "Transport",
+    "as_group_id",
     "error_code_name",
     "kick_reason_name",
     "message_from_json",

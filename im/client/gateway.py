@@ -20,6 +20,8 @@ from im.client.errors import ApiError
 from im.v1 import wire_pb2
 
 MAX_PAGE = 500  # the gateway's largest accepted `limit`
+MAX_MEMBER_PAGE = 1000  # the largest `limit` of member and reader pages
+GROUP_PREFIX = "g:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +72,19 @@ class LoginResult:
 class HistoryPage:
     messages: list[wire_pb2.Message]
     has_more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MemberPage:
+    members: list[dict[str, Any]]  # {user_id, role, joined_seq, read_seq, joined_at}
+    next_cursor: str | None  # None on the last page
+
+
+def as_group_id(group: str | int) -> str:
+    """A group's conversation id (``"g:7"``) from ``7``, ``"7"`` or ``"g:7"``: a
+    group's id is its conversation id, so this is also what to send to."""
+    text = str(group).strip()
+    return text if text.startswith(GROUP_PREFIX) else f"{GROUP_PREFIX}{text}"
 
 
 def message_from_json(data: dict[str, Any]) -> wire_pb2.Message:
@@ -132,6 +147,10 @@ def _code_for_status(status: int) -> str:
 def _conv_path(conversation_id: str) -> str:
     # ids look like "d:1:2" / "g:7": keep ':' readable, escape anything else
     return quote(conversation_id, safe=":")
+
+
+def _group_path(group_id: str | int) -> str:
+    return f"/v1/groups/{_conv_path(as_group_id(group_id))}"
 
 
 class GatewayClient:
@@ -288,4 +307,92 @@ class GatewayClient:
     async def read(self, conversation_id: str, seq: int) -> None:
         await self._request(
             "POST", f"/v1/conversations/{_conv_path(conversation_id)}/read", json_body={"seq": seq}
+        )
+
+    # -------------------------------------------------------------------- groups
+
+    async def create_group(
+        self, name: str, member_ids: list[int], history_visible: bool = False
+    ) -> dict[str, Any]:
+        """Create a group owned by the caller; returns it (``conversation_id`` is the
+        group id). At most 5000 member ids per call: add more with ``add_members``."""
+        body = {
+            "name": name,
+            "member_ids": [int(uid) for uid in member_ids],
+            "history_visible": bool(history_visible),
+        }
+        return await self._request("POST", "/v1/groups", json_body=body)
+
+    async def group(self, group_id: str | int) -> dict[str, Any]:
+        """The group with ``my_role`` (owner, admin or member)."""
+        return await self._request("GET", _group_path(group_id))
+
+    async def add_members(self, group_id: str | int, user_ids: list[int]) -> list[int]:
+        """Add users (owner/admin only); returns those actually added."""
+        data = await self._request(
+            "POST",
+            f"{_group_path(group_id)}/members",
+            json_body={"user_ids": [int(uid) for uid in user_ids]},
+        )
+        return [int(uid) for uid in data.get("added") or []]
+
+    async def remove_member(self, group_id: str | int, user_id: int) -> None:
+        await self._request("DELETE", f"{_group_path(group_id)}/members/{int(user_id)}")
+
+    async def leave_group(self, group_id: str | int) -> None:
+        await self._request("POST", f"{_group_path(group_id)}/leave")
+
+    async def members(
+        self, group_id: str | int, cursor: str | None = None, limit: int = 100
+    ) -> MemberPage:
+        params: dict[str, Any] = {"limit": max(1, min(int(limit), MAX_MEMBER_PAGE))}
+        if cursor:
+            params["cursor"] = cursor
+        data = await self._request("GET", f"{_group_path(group_id)}/members", params=params)
+        return MemberPage(
+            members=list(data.get("members") or []), next_cursor=data.get("next_cursor") or None
+        )
+
+    async def members_all(
+        self, group_id: str | int, *, page_size: int = MAX_MEMBER_PAGE
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every member, page by page (one page in memory at a time)."""
+        cursor: str | None = None
+        while True:
+            page = await self.members(group_id, cursor, page_size)
+            for member in page.members:
+                yield member
+            if page.next_cursor is None or not page.members:
+                return
+            cursor = page.next_cursor
+
+    async def set_role(self, group_id: str | int, user_id: int, role: str) -> dict[str, Any]:
+        """``role``: "admin" or "member" (owner only); returns the member."""
+        return await self._request(
+            "PATCH", f"{_group_path(group_id)}/members/{int(user_id)}", json_body={"role": role}
+        )
+
+    # ------------------------------------------------------------------ receipts
+
+    async def receipts(
+        self,
+        conversation_id: str,
+        seq: int,
+        cursor: str | None = None,
+        limit: int = 100,
+        list: str = "both",  # named like the REST parameter; shadows the builtin here only
+    ) -> dict[str, Any]:
+        """Read receipts of message ``seq``: ``{conversation_id, seq, sender_id,
+        read_count, unread_count, read_by, unread}``; ``read_by``/``unread`` are
+        ``{user_ids, next_cursor}`` pages (None when not asked for by ``list``:
+        "read", "unread" or "both")."""
+        params: dict[str, Any] = {
+            "seq": int(seq),
+            "limit": max(1, min(int(limit), MAX_MEMBER_PAGE)),
+            "list": list,
+        }
+        if cursor:
+            params["cursor"] = cursor
+        return await self._request(
+            "GET", f"/v1/conversations/{_conv_path(conversation_id)}/receipts", params=params
         )

@@ -27,7 +27,7 @@ import httpx
 
 from im.client.connection import Connection, Event, SeenIds, Transport
 from im.client.errors import ApiError, AuthError, ClientError
-from im.client.gateway import GatewayClient, LoginResult
+from im.client.gateway import GatewayClient, LoginResult, as_group_id
 from im.ids import direct_conversation_id
 from im.v1 import wire_pb2
 
@@ -253,6 +253,16 @@ class ImClient:
         """Send to the 1:1 conversation with ``peer`` (username or user id)."""
         cid = await self.direct_conversation_with(peer)
         return await self.send(cid, text, content_type, **kwargs)
+
+    async def send_to_group(
+        self,
+        group_id: str | int,
+        text: str | bytes,
+        content_type: str = "text/plain",
+        **kwargs: Any,
+    ) -> wire_pb2.SendAck:
+        """Send to a group (``7``, ``"7"`` or ``"g:7"``): its id is its conversation id."""
+        return await self.send(as_group_id(group_id), text, content_type, **kwargs)
 
     async def send(
         self,

@@ -25,14 +25,26 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from im.auth import Claims
-from im.v1 import user_pb2, wire_pb2
-from services.gateway.service import ApiError, ConversationView, Gateway, unauthorized
+from im.v1 import group_pb2, user_pb2, wire_pb2
+from services.gateway.service import (
+    ApiError,
+    ConversationView,
+    Gateway,
+    GroupView,
+    ReceiptsView,
+    group_id_from_path,
+    role_name,
+    unauthorized,
+)
 
 log = logging.getLogger("im.gateway")
 
 PROBLEM_BASE = "https://im.example/problems/"
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,64}$"
+MAX_INT64 = (1 << 63) - 1  # ids and seqs are 64-bit columns: larger values cannot exist
+MAX_IDS_PER_REQUEST = 5000  # user ids per create/add: bounds one request's work
+MAX_GROUP_NAME = 255
 
 _TITLES = {
     "invalid_request": "Invalid request",
@@ -45,6 +57,10 @@ _TITLES = {
     "no_connector": "No connector available",
     "unavailable": "Service unavailable",
     "internal": "Internal error",
+    "unknown_users": "Unknown users",
+    "group_full": "Group full",
+    "owner_cannot_leave": "Owner cannot leave",
+    "owner_role_fixed": "Owner role fixed",
 }
 
 # Status codes of errors the framework raises itself (unknown route, bad method...).
@@ -70,7 +86,11 @@ class Problem(BaseModel):
     code: str = Field(
         description="Stable machine-readable code: invalid_request, username_taken, "
         "invalid_credentials, unauthorized, forbidden, not_found, no_connector, "
-        "unavailable, internal."
+        "unavailable, rate_limited, unknown_users, group_full, owner_cannot_leave, "
+        "owner_role_fixed, internal."
+    )
+    user_ids: list[int] | None = Field(
+        None, description="`unknown_users` only: every requested user id that does not exist."
     )
 
 
@@ -143,7 +163,10 @@ class ConversationOut(BaseModel):
     last_seq: int = Field(description="Seq of the newest stored message (0: none).")
     delivered_seq: int = Field(description="This user's delivered cursor.")
     read_seq: int = Field(description="This user's read cursor.")
-    unread: int = Field(description="Messages after the read cursor: last_seq - read_seq.")
+    unread: int = Field(
+        description="Messages after the read cursor (and, in a group, after the user "
+        "joined): last_seq - max(read_seq, joined_seq)."
+    )
 
 
 class ConversationList(BaseModel):
@@ -172,6 +195,95 @@ class MessagePage(BaseModel):
 
 class CursorRequest(BaseModel):
     seq: int = Field(ge=0, description="Cumulative: everything up to this seq.")
+
+
+UserId = Annotated[int, Field(gt=0, le=MAX_INT64)]
+RoleName = Literal["owner", "admin", "member"]
+
+
+class CreateGroupRequest(BaseModel):
+    name: str = Field(
+        min_length=1, max_length=MAX_GROUP_NAME, description="Group name.", examples=["team"]
+    )
+    member_ids: list[UserId] = Field(
+        default_factory=list,
+        max_length=MAX_IDS_PER_REQUEST,
+        description=f"Users to add besides the caller (at most {MAX_IDS_PER_REQUEST}; "
+        "duplicates and the caller's own id are ignored). Every id must exist.",
+    )
+    history_visible: bool = Field(
+        False,
+        description="Members added later can read messages from before they joined.",
+    )
+
+
+class GroupOut(BaseModel):
+    conversation_id: str = Field(description='The group\'s id, its conversation id `"g:<id>"`.')
+    name: str = Field(description="Group name.")
+    owner_id: int = Field(description="The owner (the creator).")
+    member_count: int = Field(description="Members, the owner included.")
+    history_visible: bool = Field(description="New members can read older messages.")
+    created_at: int = Field(description="Creation time, milliseconds since the epoch.")
+    my_role: RoleName = Field(description="The caller's role in the group.")
+
+
+class AddMembersRequest(BaseModel):
+    user_ids: list[UserId] = Field(
+        min_length=1,
+        max_length=MAX_IDS_PER_REQUEST,
+        description=f"Users to add (1 to {MAX_IDS_PER_REQUEST}). Every id must exist.",
+    )
+
+
+class AddedMembers(BaseModel):
+    added: list[int] = Field(
+        description="The users that were added (those already members are left out)."
+    )
+
+
+class MemberOut(BaseModel):
+    user_id: int = Field(description="The member.")
+    role: RoleName = Field(description="Role in the group.")
+    joined_seq: int = Field(description="The member sees messages with seq > joined_seq.")
+    read_seq: int = Field(description="The member's read cursor.")
+    joined_at: int = Field(description="When the member joined, ms since the epoch.")
+
+
+class MemberPage(BaseModel):
+    members: list[MemberOut] = Field(description="Members in ascending user id order.")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null on the last page."
+    )
+
+
+class RoleRequest(BaseModel):
+    role: Literal["admin", "member"] = Field(
+        description="The new role. Ownership cannot be transferred."
+    )
+
+
+class ReaderPage(BaseModel):
+    user_ids: list[int] = Field(description="Members in ascending user id order.")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` (with `list` set to this list) for the next page; "
+        "null on the last page."
+    )
+
+
+class ReceiptsOut(BaseModel):
+    conversation_id: str = Field(description="Conversation id.")
+    seq: int = Field(description="The message asked about.")
+    sender_id: int = Field(description="Its sender (counted in neither list).")
+    read_count: int = Field(description="Members (not the sender) with read_seq >= seq.")
+    unread_count: int = Field(
+        description="Members (not the sender) who had joined before seq and not read it."
+    )
+    read_by: ReaderPage | None = Field(
+        description="A page of who has read it; null unless `list` is read or both."
+    )
+    unread: ReaderPage | None = Field(
+        description="A page of who has not read it; null unless `list` is unread or both."
+    )
 
 
 class ReadyStatus(BaseModel):
@@ -225,23 +337,71 @@ def _message(m: wire_pb2.Message) -> MessageOut:
     )
 
 
+def _group(v: GroupView) -> GroupOut:
+    c = v.conversation
+    return GroupOut(
+        conversation_id=c.conversation_id,
+        name=c.name,
+        owner_id=c.owner_id,
+        member_count=c.member_count,
+        history_visible=c.history_visible,
+        created_at=c.created_at,
+        my_role=v.my_role,  # type: ignore[arg-type]
+    )
+
+
+def _member_out(m: group_pb2.Member) -> MemberOut:
+    return MemberOut(
+        user_id=m.user_id,
+        role=role_name(m.role),  # type: ignore[arg-type]
+        joined_seq=m.joined_seq,
+        read_seq=m.read_seq,
+        joined_at=m.joined_at,
+    )
+
+
+def _reader_page(page: tuple[list[int], str | None] | None) -> ReaderPage | None:
+    if page is None:
+        return None
+    return ReaderPage(user_ids=page[0], next_cursor=page[1])
+
+
+def _receipts(v: ReceiptsView) -> ReceiptsOut:
+    return ReceiptsOut(
+        conversation_id=v.conversation_id,
+        seq=v.seq,
+        sender_id=v.sender_id,
+        read_count=v.read_count,
+        unread_count=v.unread_count,
+        read_by=_reader_page(v.read_by),
+        unread=_reader_page(v.unread),
+    )
+
+
 # ------------------------------------------------------------------- problems
 def problem(
-    status: int, code: str, detail: str, headers: dict[str, str] | None = None
+    status: int,
+    code: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> JSONResponse:
-    body = {
-        "type": PROBLEM_BASE + code,
-        "title": _TITLES.get(code, code.replace("_", " ").capitalize()),
-        "status": status,
-        "detail": detail,
-        "code": code,
-    }
+    body: dict[str, Any] = dict(extra or {})  # extension members never replace ours
+    body.update(
+        {
+            "type": PROBLEM_BASE + code,
+            "title": _TITLES.get(code, code.replace("_", " ").capitalize()),
+            "status": status,
+            "detail": detail,
+            "code": code,
+        }
+    )
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
 
 
 async def _api_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return problem(exc.status, exc.code, exc.detail, exc.headers)
+    return problem(exc.status, exc.code, exc.detail, exc.headers, exc.extra)
 
 
 async def _http_error(_request: Request, exc: Exception) -> Response:
@@ -368,6 +528,23 @@ Auth = Annotated[Claims, Depends(_claims)]
 ConversationId = Annotated[
     str, Path(max_length=64, description='Conversation id, e.g. "d:1:2" or "g:7".')
 ]
+
+
+def _group_id(
+    group_id: Annotated[
+        str,
+        Path(
+            max_length=64,
+            description='The group\'s conversation id "g:<digits>" (":" may be sent as '
+            '"%3A"), or just the digits.',
+        ),
+    ],
+) -> str:
+    return group_id_from_path(group_id)
+
+
+GroupId = Annotated[str, Depends(_group_id)]
+MemberId = Annotated[int, Path(gt=0, le=MAX_INT64, description="The member's user id.")]
 
 router = APIRouter()
 
@@ -527,7 +704,9 @@ async def ack(
     gateway: GatewayDep, claims: Auth, conversation_id: ConversationId, body: CursorRequest
 ) -> Response:
     """Everything up to `seq` has been delivered (the cursor never moves back)."""
-    await gateway.update_cursor(claims.user_id, conversation_id, body.seq, read=False)
+    await gateway.update_cursor(
+        claims.user_id, conversation_id, body.seq, read=False, device_id=claims.device_id
+    )
     return Response(status_code=204)
 
 
@@ -542,7 +721,139 @@ async def read(
     gateway: GatewayDep, claims: Auth, conversation_id: ConversationId, body: CursorRequest
 ) -> Response:
     """Everything up to `seq` has been read (moves the delivered cursor too)."""
-    await gateway.update_cursor(claims.user_id, conversation_id, body.seq, read=True)
+    await gateway.update_cursor(
+        claims.user_id, conversation_id, body.seq, read=True, device_id=claims.device_id
+    )
+    return Response(status_code=204)
+
+
+@router.get(
+    "/v1/conversations/{conversation_id}/receipts",
+    response_model=ReceiptsOut,
+    tags=["conversations"],
+    responses=_responses(401, 403, 404, 422, 503),
+)
+async def receipts(
+    gateway: GatewayDep,
+    claims: Auth,
+    conversation_id: ConversationId,
+    seq: Annotated[int, Query(ge=1, le=MAX_INT64, description="The message's seq.")],
+    cursor: Annotated[
+        str, Query(max_length=32, description="`next_cursor` of the previous page.")
+    ] = "",
+    limit: Annotated[int, Query(ge=1, le=1000, description="Page size of each list.")] = 100,
+    list_: Annotated[
+        Literal["read", "unread", "both"],
+        Query(alias="list", description="Which member list(s) to page through."),
+    ] = "both",
+) -> ReceiptsOut:
+    """Read receipts of message `seq`: counts, and pages of who has and has not read
+    it (the sender excluded), from the members' read cursors. Members only."""
+    view = await gateway.receipts(claims.user_id, conversation_id, seq, cursor, limit, list_)
+    return _receipts(view)
+
+
+# ------------------------------------------------------------------------ groups
+@router.post(
+    "/v1/groups",
+    status_code=201,
+    response_model=GroupOut,
+    tags=["groups"],
+    responses=_responses(401, 409, 422, 503),
+)
+async def create_group(gateway: GatewayDep, claims: Auth, body: CreateGroupRequest) -> GroupOut:
+    """Create a group; the caller becomes its owner."""
+    view = await gateway.create_group(
+        claims.user_id, body.name, body.member_ids, body.history_visible
+    )
+    return _group(view)
+
+
+@router.get(
+    "/v1/groups/{group_id}",
+    response_model=GroupOut,
+    tags=["groups"],
+    responses=_responses(401, 403, 404, 503),
+)
+async def get_group(gateway: GatewayDep, claims: Auth, group_id: GroupId) -> GroupOut:
+    """A group and the caller's role in it. Members only."""
+    return _group(await gateway.get_group(claims.user_id, group_id))
+
+
+@router.post(
+    "/v1/groups/{group_id}/members",
+    response_model=AddedMembers,
+    tags=["groups"],
+    responses=_responses(401, 403, 404, 409, 422, 503),
+)
+async def add_members(
+    gateway: GatewayDep, claims: Auth, group_id: GroupId, body: AddMembersRequest
+) -> AddedMembers:
+    """Add members (owner or admin). They see messages sent from now on, or the
+    whole history if the group was created with `history_visible`."""
+    added = await gateway.add_members(claims.user_id, group_id, body.user_ids)
+    return AddedMembers(added=added)
+
+
+@router.get(
+    "/v1/groups/{group_id}/members",
+    response_model=MemberPage,
+    tags=["groups"],
+    responses=_responses(401, 403, 404, 422, 503),
+)
+async def list_members(
+    gateway: GatewayDep,
+    claims: Auth,
+    group_id: GroupId,
+    cursor: Annotated[
+        str, Query(max_length=32, description="`next_cursor` of the previous page.")
+    ] = "",
+    limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 100,
+) -> MemberPage:
+    """A page of members with their roles and cursors. Members only."""
+    members, next_cursor = await gateway.list_members(claims.user_id, group_id, cursor, limit)
+    return MemberPage(members=[_member_out(m) for m in members], next_cursor=next_cursor)
+
+
+@router.patch(
+    "/v1/groups/{group_id}/members/{user_id}",
+    response_model=MemberOut,
+    tags=["groups"],
+    responses=_responses(401, 403, 404, 409, 422, 503),
+)
+async def set_member_role(
+    gateway: GatewayDep, claims: Auth, group_id: GroupId, user_id: MemberId, body: RoleRequest
+) -> MemberOut:
+    """Make a member an admin or a plain member again (owner only)."""
+    return _member_out(await gateway.set_role(claims.user_id, group_id, user_id, body.role))
+
+
+@router.delete(
+    "/v1/groups/{group_id}/members/{user_id}",
+    status_code=204,
+    response_class=Response,
+    tags=["groups"],
+    responses=_responses(401, 403, 404, 409, 503),
+)
+async def remove_member(
+    gateway: GatewayDep, claims: Auth, group_id: GroupId, user_id: MemberId
+) -> Response:
+    """Remove a member (owner or admin; only the owner removes admins). Removing
+    oneself is leaving."""
+    await gateway.remove_member(claims.user_id, group_id, user_id)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/v1/groups/{group_id}/leave",
+    status_code=204,
+    response_class=Response,
+    tags=["groups"],
+    responses=_responses(401, 403, 404, 409, 503),
+)
+async def leave_group(gateway: GatewayDep, claims: Auth, group_id: GroupId) -> Response:
+    """Leave the group (the owner cannot)."""
+    await gateway.leave_group(claims.user_id, group_id)
     return Response(status_code=204)
 
 
@@ -578,8 +889,8 @@ def create_app(gateway: Gateway) -> FastAPI:
     app = FastAPI(
         title="IM gateway",
         version="1",
-        description="Login, connector assignment, users, conversations, history, sync "
-        "and receipts. Errors are RFC 9457 problem details (`application/problem+json`) "
+        description="Login, connector assignment, users, conversations, groups, history, "
+        "sync and receipts. Errors are RFC 9457 problem details (`application/problem+json`) "
         "with a stable `code`.",
     )
     app.state.gateway = gateway

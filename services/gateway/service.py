@@ -19,9 +19,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from im.auth import Claims, TokenError, TokenIssuer, TokenVerifier
 from im.config import Settings
 from im.grpcutil import ChannelPool
-from im.ids import is_valid_conversation_id, parse_direct
+from im.ids import GROUP_PREFIX, is_valid_conversation_id, parse_direct
 from im.ports import Backends, ConnectorInfo, MessageStore
 from im.v1 import (
+    bus_pb2,
     connector_pb2,
     connector_pb2_grpc,
     group_pb2,
@@ -39,27 +40,45 @@ RPC_TIMEOUT = 5.0  # every call to user/group
 KICK_TIMEOUT = 2.0  # logout answers even when the connector is slow or gone
 HEALTH_TIMEOUT = 1.0  # readiness probes must answer well within the kubelet's timeout
 TOKEN_LEEWAY = 5.0  # clock skew accepted when verifying tokens
+# Bus notifications follow a change that is already committed: a slow broker must not
+# hold the REST answer (routers and connectors also revalidate by member_version/TTL).
+PUBLISH_TIMEOUT = 2.0
+USER_LOOKUP_CHUNK = 1000  # the user service's MAX_USERS_PER_LOOKUP
+UNKNOWN_IDS_IN_DETAIL = 20  # the problem's user_ids member carries them all
 
 
 class ApiError(Exception):
-    """An error with a stable problem code, rendered as application/problem+json."""
+    """An error with a stable problem code, rendered as application/problem+json.
+
+    ``extra`` adds RFC 9457 extension members (e.g. ``user_ids`` of ``unknown_users``).
+    """
 
     def __init__(
-        self, status: int, code: str, detail: str, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(detail)
         self.status = status
         self.code = code
         self.detail = detail
         self.headers = headers
+        self.extra = extra
 
 
 def unauthorized(detail: str) -> ApiError:
     return ApiError(401, "unauthorized", detail, {"WWW-Authenticate": "Bearer"})
 
 
-def forbidden() -> ApiError:
-    return ApiError(403, "forbidden", "not a member of this conversation")
+def forbidden(detail: str = "not a member of this conversation") -> ApiError:
+    return ApiError(403, "forbidden", detail)
+
+
+def no_such_group() -> ApiError:
+    return ApiError(404, "not_found", "no such group")
 
 
 _GRPC_ERRORS: dict[grpc.StatusCode, tuple[int, str]] = {
@@ -78,10 +97,14 @@ _GRPC_ERRORS: dict[grpc.StatusCode, tuple[int, str]] = {
 }
 
 
-def rpc_error(exc: grpc.aio.AioRpcError) -> ApiError:
-    """The problem a failed user/group call becomes."""
+def rpc_error(
+    exc: grpc.aio.AioRpcError, overrides: dict[grpc.StatusCode, tuple[int, str]] | None = None
+) -> ApiError:
+    """The problem a failed user/group call becomes. ``overrides`` give a status a
+    more precise meaning for one call (FAILED_PRECONDITION of AddMembers is a full
+    group, of RemoveMember the owner leaving)."""
     code = exc.code()
-    mapped = _GRPC_ERRORS.get(code)
+    mapped = (overrides or {}).get(code) or _GRPC_ERRORS.get(code)
     if mapped is None:
         # INTERNAL, UNKNOWN, ...: a bug on the other side; its text stays in our log.
         log.error("backend call failed: %s %s", code, exc.details())
@@ -122,6 +145,52 @@ _KINDS = {
     group_pb2.CONVERSATION_KIND_DIRECT: "direct",
     group_pb2.CONVERSATION_KIND_GROUP: "group",
 }
+
+ROLE_NAMES = {
+    group_pb2.MEMBER_ROLE_OWNER: "owner",
+    group_pb2.MEMBER_ROLE_ADMIN: "admin",
+    group_pb2.MEMBER_ROLE_MEMBER: "member",
+}
+ROLES_BY_NAME = {name: role for role, name in ROLE_NAMES.items()}
+MANAGER_ROLES = (group_pb2.MEMBER_ROLE_OWNER, group_pb2.MEMBER_ROLE_ADMIN)
+
+# Per-call meanings of FAILED_PRECONDITION, the group service's one ambiguous status.
+# Its other cause, a direct conversation, cannot reach these calls: group routes only
+# accept "g:" ids (group_id_from_path).
+_GROUP_FULL = {grpc.StatusCode.FAILED_PRECONDITION: (409, "group_full")}
+_OWNER_CANNOT_LEAVE = {grpc.StatusCode.FAILED_PRECONDITION: (409, "owner_cannot_leave")}
+_OWNER_ROLE_FIXED = {grpc.StatusCode.FAILED_PRECONDITION: (409, "owner_role_fixed")}
+
+
+def role_name(role: int) -> str:
+    return ROLE_NAMES.get(role, "member")
+
+
+def group_id_from_path(raw: str) -> str:
+    """The conversation id of a group given as ``g:<digits>`` or just ``<digits>``."""
+    candidate = raw if raw.startswith(GROUP_PREFIX) else GROUP_PREFIX + raw
+    if not is_valid_conversation_id(candidate):
+        # Anything else (a direct id, garbage) names no group.
+        raise no_such_group()
+    return candidate
+
+
+@dataclass(frozen=True, slots=True)
+class GroupView:
+    conversation: group_pb2.Conversation
+    my_role: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptsView:
+    conversation_id: str
+    seq: int
+    sender_id: int
+    read_count: int
+    unread_count: int
+    # None when that list was not asked for; else (user ids, next cursor or None).
+    read_by: tuple[list[int], str | None] | None
+    unread: tuple[list[int], str | None] | None
 
 
 def pick_connector(
@@ -208,11 +277,37 @@ class Gateway:
         return self._groups
 
     # ------------------------------------------------------------------- helpers
-    async def _rpc(self, call: Any, request: Any) -> Any:
+    async def _rpc(
+        self,
+        call: Any,
+        request: Any,
+        overrides: dict[grpc.StatusCode, tuple[int, str]] | None = None,
+    ) -> Any:
         try:
             return await call(request, timeout=self._timeout)
         except grpc.aio.AioRpcError as exc:
-            raise rpc_error(exc) from exc
+            raise rpc_error(exc, overrides) from exc
+
+    async def _publish(self, topic: str, key: str, record: Any) -> None:
+        """Best effort: the change is already committed, so a failure here must not
+        turn a success into an error. Routers and connectors revalidate membership by
+        member_version and TTL, and receipts can always be pulled, so a lost record
+        only delays what others see."""
+        try:
+            await asyncio.wait_for(
+                self._backends.bus.publish(topic, key, record.SerializeToString()),
+                PUBLISH_TIMEOUT,
+            )
+        except Exception as exc:
+            log.warning("could not publish %s for %s: %r", type(record).__name__, key, exc)
+
+    async def _publish_membership(
+        self, conversation_id: str, added: list[int], removed: list[int], at_seq: int
+    ) -> None:
+        event = bus_pb2.MembershipEvent(
+            conversation_id=conversation_id, added=added, removed=removed, at_seq=at_seq
+        )
+        await self._publish(self.settings.topic_membership, conversation_id, event)
 
     @staticmethod
     async def _backend(what: str, op: Awaitable[T]) -> T:
@@ -422,7 +517,9 @@ class Gateway:
         )
         return messages[:limit], len(messages) > limit
 
-    async def update_cursor(self, me: int, conversation_id: str, seq: int, read: bool) -> None:
+    async def update_cursor(
+        self, me: int, conversation_id: str, seq: int, read: bool, device_id: str = ""
+    ) -> None:
         await self._require_member(conversation_id, me)
         # A cursor beyond the last stored message would hide messages still to come.
         last = (await self._last_seqs([conversation_id])).get(conversation_id, 0)
@@ -436,6 +533,209 @@ class Gateway:
             read_seq=seq if read else 0,
         )
         await self._rpc(self.groups.UpdateCursors, group_pb2.UpdateCursorsRequest(updates=[update]))
+        # Written directly so the answer reflects it; also reported on the bus, the
+        # path socket reads take, so the router pushes the Receipt to the other
+        # members now. The router's own cursor write of it is a no-op (forward-only).
+        report = bus_pb2.CursorReport(
+            conversation_id=conversation_id,
+            user_id=me,
+            device_id=device_id,
+            delivered_seq=seq,
+            read_seq=seq if read else 0,
+        )
+        await self._publish(self.settings.topic_cursors, conversation_id, report)
+
+    # -------------------------------------------------------------------- groups
+    async def _missing_users(self, user_ids: list[int]) -> list[int]:
+        """Those of ``user_ids`` that do not exist, in request order. The user service
+        answers at most USER_LOOKUP_CHUNK ids per call; the chunks go in parallel."""
+        chunks = [
+            user_ids[start : start + USER_LOOKUP_CHUNK]
+            for start in range(0, len(user_ids), USER_LOOKUP_CHUNK)
+        ]
+        answers = await asyncio.gather(*(self.get_users(user_ids=chunk) for chunk in chunks))
+        found = {u.user_id for users in answers for u in users}
+        return [uid for uid in user_ids if uid not in found]
+
+    async def _require_users(self, user_ids: list[int]) -> None:
+        # The group service stores any positive id: without this check a typo would
+        # become a member nobody can ever be.
+        missing = await self._missing_users(user_ids)
+        if not missing:
+            return
+        shown = ", ".join(str(uid) for uid in missing[:UNKNOWN_IDS_IN_DETAIL])
+        more = len(missing) - UNKNOWN_IDS_IN_DETAIL
+        detail = f"no such user: {shown}" + (f" and {more} more" if more > 0 else "")
+        raise ApiError(422, "unknown_users", detail, extra={"user_ids": missing})
+
+    async def _group(self, group_id: str) -> group_pb2.Conversation:
+        """The group, or 404 (unknown id, or a conversation that is not a group)."""
+        request = group_pb2.GetConversationRequest(conversation_id=group_id)
+        try:
+            conversation = (await self._rpc(self.groups.GetConversation, request)).conversation
+        except ApiError as exc:
+            if exc.status in (404, 422):
+                raise no_such_group() from exc
+            raise
+        if conversation.kind != group_pb2.CONVERSATION_KIND_GROUP:
+            raise no_such_group()
+        return conversation
+
+    async def _group_member(self, group_id: str, user_id: int) -> group_pb2.Member:
+        """The caller's membership: 404 for an unknown group, 403 for a non-member."""
+        member = await self._member(group_id, user_id)
+        if member is None:
+            await self._group(group_id)  # raises 404 when there is no such group
+            raise forbidden("not a member of this group")
+        return member
+
+    async def create_group(
+        self, me: int, name: str, member_ids: list[int], history_visible: bool
+    ) -> GroupView:
+        others = [uid for uid in dict.fromkeys(member_ids) if uid != me]
+        await self._require_users(others)
+        request = group_pb2.CreateGroupRequest(
+            owner_id=me, name=name, member_ids=others, history_visible=history_visible
+        )
+        response = await self._rpc(self.groups.CreateGroup, request, _GROUP_FULL)
+        conversation = response.conversation
+        # Nobody can have cached a brand-new id, but connectors may hold a negative
+        # "not a member" for it from an early send: the event clears that too.
+        await self._publish_membership(conversation.conversation_id, [me, *others], [], 0)
+        return GroupView(conversation, "owner")
+
+    async def get_group(self, me: int, group_id: str) -> GroupView:
+        conversation, member = await asyncio.gather(
+            self._group(group_id), self._member(group_id, me)
+        )
+        if member is None:
+            raise forbidden("not a member of this group")
+        return GroupView(conversation, role_name(member.role))
+
+    async def add_members(self, me: int, group_id: str, user_ids: list[int]) -> list[int]:
+        """Adds the users not yet in the group; returns those added."""
+        conversation, actor = await asyncio.gather(
+            self._group(group_id), self._member(group_id, me)
+        )
+        # Checked here too (the group service decides, under its lock) so that a plain
+        # member cannot make us look up thousands of users for nothing.
+        if actor is None:
+            raise forbidden("not a member of this group")
+        if actor.role not in MANAGER_ROLES:
+            raise forbidden("only the owner or an admin may add members")
+        wanted = list(dict.fromkeys(user_ids))
+        await self._require_users(wanted)
+        # New members see what is sent after they joined, unless the group shows its
+        # history. A message numbered between this read and the insert is seen too:
+        # the join point can only be early, never late, so nothing after it is missed.
+        at_seq = 0
+        if not conversation.history_visible:
+            at_seq = (await self._last_seqs([group_id])).get(group_id, 0)
+        request = group_pb2.AddMembersRequest(
+            conversation_id=group_id, actor_id=me, user_ids=wanted, at_seq=at_seq
+        )
+        response = await self._rpc(self.groups.AddMembers, request, _GROUP_FULL)
+        added = [m.user_id for m in response.members]
+        if added:
+            await self._publish_membership(group_id, added, [], at_seq)
+        return added
+
+    async def remove_member(self, me: int, group_id: str, user_id: int) -> None:
+        if user_id == me:
+            await self.leave_group(me, group_id)
+            return
+        # The group service checks the actor's role and the target under its lock:
+        # PERMISSION_DENIED (not owner/admin, or an admin removing an admin) -> 403,
+        # NOT_FOUND (no such group or target) -> 404, the owner -> 409.
+        request = group_pb2.RemoveMemberRequest(
+            conversation_id=group_id, actor_id=me, user_id=user_id
+        )
+        await self._rpc(self.groups.RemoveMember, request, _OWNER_CANNOT_LEAVE)
+        await self._publish_membership(group_id, [], [user_id], 0)
+
+    async def leave_group(self, me: int, group_id: str) -> None:
+        # Looked up first: RemoveMember answers NOT_FOUND both for an unknown group
+        # and for a non-member, which must be 404 and 403 here.
+        await self._group_member(group_id, me)
+        request = group_pb2.RemoveMemberRequest(conversation_id=group_id, actor_id=me, user_id=me)
+        await self._rpc(self.groups.RemoveMember, request, _OWNER_CANNOT_LEAVE)
+        await self._publish_membership(group_id, [], [me], 0)
+
+    async def list_members(
+        self, me: int, group_id: str, cursor: str, limit: int
+    ) -> tuple[list[group_pb2.Member], str | None]:
+        await self._group_member(group_id, me)
+        request = group_pb2.ListMembersRequest(conversation_id=group_id, cursor=cursor, limit=limit)
+        response = await self._rpc(self.groups.ListMembers, request)
+        return list(response.members), response.next_cursor or None
+
+    async def set_role(self, me: int, group_id: str, user_id: int, role: str) -> group_pb2.Member:
+        request = group_pb2.SetMemberRoleRequest(
+            conversation_id=group_id, actor_id=me, user_id=user_id, role=ROLES_BY_NAME[role]
+        )
+        response = await self._rpc(self.groups.SetMemberRole, request, _OWNER_ROLE_FIXED)
+        return response.members[0]
+
+    # ------------------------------------------------------------------ receipts
+    async def receipts(
+        self,
+        me: int,
+        conversation_id: str,
+        seq: int,
+        cursor: str,
+        limit: int,
+        which: str,
+    ) -> ReceiptsView:
+        """Who has (not) read message ``seq``, from the members' read cursors.
+
+        Counts are one aggregate query; the lists are pages of at most ``limit`` ids
+        (``which``: "read", "unread" or "both"), so memory stays flat in any group.
+        """
+        member = await self._require_member(conversation_id, me)
+        not_found = ApiError(404, "not_found", f"no message {seq} in this conversation")
+        if seq <= member.joined_seq:
+            raise not_found  # from before the caller joined: not theirs to see
+        found = await self._backend(
+            "message store", self._messages.history(conversation_id, seq - 1, 1)
+        )
+        if not found or found[0].seq != seq:
+            raise not_found
+        sender = found[0].sender_id  # the sender has read its own message: not counted
+        count = self._rpc(
+            self.groups.CountReaders,
+            group_pb2.ReadersRequest(
+                conversation_id=conversation_id, seq=seq, exclude_user_id=sender
+            ),
+        )
+        lists = {"read": [True], "unread": [False], "both": [True, False]}[which]
+        pages = [
+            self._rpc(
+                self.groups.ListReaders,
+                group_pb2.ListReadersRequest(
+                    conversation_id=conversation_id,
+                    seq=seq,
+                    exclude_user_id=sender,
+                    read=read,
+                    cursor=cursor,
+                    limit=limit,
+                ),
+            )
+            for read in lists
+        ]
+        counts, *answers = await asyncio.gather(count, *pages)
+        by_kind = {
+            read: ([m.user_id for m in answer.members], answer.next_cursor or None)
+            for read, answer in zip(lists, answers, strict=True)
+        }
+        return ReceiptsView(
+            conversation_id=conversation_id,
+            seq=seq,
+            sender_id=sender,
+            read_count=counts.read_count,
+            unread_count=counts.unread_count,
+            read_by=by_kind.get(True),
+            unread=by_kind.get(False),
+        )
 
     # ----------------------------------------------------------------- readiness
     async def readiness(self) -> tuple[bool, dict[str, str]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -94,8 +95,15 @@ def base_settings(data_dir: Path) -> Settings:
 
 
 @pytest.fixture
-async def suite(tmp_path: Path) -> AsyncIterator[Suite]:
-    settings = base_settings(tmp_path)
+def settings_overrides() -> dict[str, Any]:
+    """Settings a test changes for the whole suite, e.g. a small ``max_group_size``:
+    ``@pytest.mark.parametrize("settings_overrides", [{...}])``."""
+    return {}
+
+
+@pytest.fixture
+async def suite(tmp_path: Path, settings_overrides: dict[str, Any]) -> AsyncIterator[Suite]:
+    settings = base_settings(tmp_path).model_copy(update=settings_overrides)
     kv = MemoryKV()
     registry = MemoryRegistry()
     backends = Backends(
