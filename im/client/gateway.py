@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ import httpx
 
 from im.client.errors import ApiError
 from im.v1 import wire_pb2
+
+log = logging.getLogger("im.client")
 
 MAX_PAGE = 500  # the gateway's largest accepted `limit`
 MAX_MEMBER_PAGE = 1000  # the largest `limit` of member and reader pages
@@ -200,9 +203,20 @@ class GatewayClient:
                 raise ApiError(401, "unauthorized", "not logged in")
             headers["authorization"] = f"Bearer {self.token}"
         try:
-            response = await self._http.request(
-                method, path, json=json_body, params=params, headers=headers
-            )
+            try:
+                response = await self._http.request(
+                    method, path, json=json_body, params=params, headers=headers
+                )
+            except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+                # A pooled keep-alive connection the server had just closed: the request
+                # never reached it, so one retry on a fresh connection is safe for
+                # reads; writes are not retried (they may have been applied).
+                if method != "GET":
+                    raise
+                log.debug("retrying %s %s after %r", method, path, exc)
+                response = await self._http.request(
+                    method, path, json=json_body, params=params, headers=headers
+                )
         except httpx.TransportError as exc:
             # one exception type for callers: "gateway unreachable" is status 0
             raise ApiError(0, "unreachable", f"{self.base_url}: {exc!r}") from exc

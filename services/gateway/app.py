@@ -82,6 +82,11 @@ class GatewayService:
             lifespan="off",  # start/stop are ours
             timeout_graceful_shutdown=SHUTDOWN_GRACE,
             server_header=False,
+            # Longer than clients' and load balancers' idle pools, so the server is not
+            # the side that closes an idle keep-alive connection (a request sent on it
+            # at that moment fails with "server disconnected").
+            timeout_keep_alive=75,
+            backlog=2048,
         )
         self._server = _Server(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="gateway-http")

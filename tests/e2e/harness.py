@@ -37,7 +37,7 @@ class RunningSuite:
         return self.log_path.read_text(errors="replace")
 
 
-def start_suite(data_dir: Path, **overrides: str) -> RunningSuite:
+def _start_suite_once(data_dir: Path, **overrides: str) -> RunningSuite:
     ports = {
         name: free_port()
         for name in (
@@ -89,6 +89,19 @@ def start_suite(data_dir: Path, **overrides: str) -> RunningSuite:
         log_path=log_path,
         env=env,
     )
+
+
+def start_suite(data_dir: Path, **overrides: str) -> RunningSuite:
+    """Start a suite on free ports; a port taken between choosing and binding it (by
+    another process on this machine) gets a second try on new ports."""
+    for attempt in range(3):
+        try:
+            return _start_suite_once(data_dir, **overrides)
+        except RuntimeError as exc:
+            taken = "Failed to bind" in str(exc) or "address already in use" in str(exc)
+            if not taken or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def stop_suite(suite: RunningSuite) -> int:
