@@ -6,7 +6,7 @@ PROTOS := $(wildcard protos/im/v1/*.proto)
 STAMP_INSTALL := $(VENV)/.installed
 STAMP_PROTO := im/v1/.generated
 
-.PHONY: install proto run test test-unit lint format clean services-up services-down cluster
+.PHONY: install proto run test test-unit lint format clean services-up services-down cluster bench
 
 install: $(STAMP_INSTALL) $(STAMP_PROTO)
 
@@ -42,6 +42,11 @@ services-down:
 
 cluster: install services-up
 	$(BIN)/imctl cluster
+
+# All benchmark scenarios on a standalone suite beside a bare relay; results in
+# bench-results/. Options: make bench BENCH_ARGS="direct --pairs 50 --distributed".
+bench: install
+	$(BIN)/imctl bench $(BENCH_ARGS)
 
 test-unit: install
 	$(BIN)/pytest -m "not e2e and not integration"

@@ -155,6 +155,12 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     return run_cluster(Path(args.log_dir), connectors=args.connectors, routers=args.routers)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from im.bench import main as bench_main
+
+    return bench_main(args)
+
+
 def cmd_config_doc(args: argparse.Namespace) -> int:
     from im.config import settings_table
 
@@ -345,6 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config-doc", help="print the settings table (markdown)")
     p.set_defaults(func=cmd_config_doc)
+
+    from im.bench import add_bench_arguments
+
+    p = sub.add_parser("bench", help="benchmark a suite beside a bare relay (issue #5)")
+    add_bench_arguments(p)
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("register", parents=[gateway_opt], help="create a user")
     p.add_argument("username")
