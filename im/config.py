@@ -81,11 +81,11 @@ class Settings(BaseSettings):
     # --- auth ---------------------------------------------------------------------
     jwt_private_key_file: str = Field(
         "",
-        description="PEM file of the Ed25519 private key (gateway only). Empty: "
-        "standalone generates one in data_dir on first run.",
+        description="PEM file of the RSA (RS256) or Ed25519 (EdDSA) private key (gateway "
+        "only). Empty: standalone generates an RSA pair in data_dir on first run.",
     )
     jwt_public_key_file: str = Field(
-        "", description="PEM file of the Ed25519 public key (connectors, gateway)."
+        "", description="PEM file of the matching public key (connectors, gateway)."
     )
     jwt_issuer: str = Field("im-gateway", description="`iss` claim of issued tokens.")
     jwt_ttl_seconds: int = Field(3600, description="Access token lifetime.")

@@ -742,7 +742,7 @@ def scenario_login(ctx: Context) -> ScenarioResult:
                     "token verifications /s, 1 process",
                     f"{verify_one:.0f}",
                     busy_one,
-                    "im.auth.TokenVerifier (EdDSA)",
+                    "im.auth.TokenVerifier (RS256)",
                 ],
                 [
                     f"token verifications /s, {ctx.procs} processes",

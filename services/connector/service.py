@@ -26,6 +26,7 @@ from im.config import Settings
 from im.grpcutil import ChannelPool
 from im.ids import MsgIdGenerator, is_valid_conversation_id, parse_direct
 from im.ports import Backends, ConnectorInfo
+from im.protocol import HEADER
 from im.v1 import (
     bus_pb2,
     connector_pb2,
@@ -84,8 +85,8 @@ class Conn:
         self.device_id = ""
         self.session_id = ""
         self.bucket: TokenBucket | None = None
-        # conversation -> seq -> serialised Deliver frame, for retransmit
-        self.pending: dict[str, OrderedDict[int, bytes]] = {}
+        # conversation -> seq -> serialised Deliver frame (bare, length-prefixed)
+        self.pending: dict[str, OrderedDict[int, tuple[bytes, bytes]]] = {}
         self.send_queue: deque[tuple[int, wire_pb2.Send]] = deque()
         self.send_worker: asyncio.Task | None = None
 
@@ -97,6 +98,12 @@ class Conn:
         raise NotImplementedError
 
     def write(self, payload: bytes) -> None:
+        if not self.closed:
+            self._write(payload)
+
+    def write_framed(self, payload: bytes, framed: bytes) -> None:
+        """Write a frame whose length-prefixed form was built once for many sockets
+        (a group message); transports without the prefix use ``payload``."""
         if not self.closed:
             self._write(payload)
 
@@ -658,19 +665,20 @@ class ConnectorCore:
         for delivery in request.deliveries:
             message = delivery.message
             payload = _frame(deliver=wire_pb2.Deliver(message=message))  # once per message
+            item = (payload, HEADER.pack(len(payload)) + payload)
             conv, seq = message.conversation_id, message.seq
             for target in delivery.targets:
                 conn = self.by_device.get((target.user_id, target.device_id))
                 if conn is None or conn.closed:
                     missing.append(target)
                     continue
-                conn.write(payload)
+                conn.write_framed(*item)
                 pushed += 1
                 pending = conn.pending.get(conv)
                 if pending is None:
                     pending = conn.pending[conv] = OrderedDict()
                 if seq not in pending:
-                    pending[seq] = payload
+                    pending[seq] = item
                     if len(pending) > MAX_PENDING_PER_CONNECTION:
                         pending.popitem(last=False)  # it will come by sync
                     self.retransmits.schedule((conn.conn_id, conv, seq), now)
@@ -709,8 +717,8 @@ class ConnectorCore:
             if conn is None or conn.closed:
                 continue
             pending = conn.pending.get(conv)
-            payload = pending.get(seq) if pending else None
-            if payload is None:
+            item = pending.get(seq) if pending else None
+            if item is None:
                 continue  # acked meanwhile
             if attempt >= self.retransmits.attempts:
                 del pending[seq]
@@ -718,7 +726,7 @@ class ConnectorCore:
                     del conn.pending[conv]
                 self.stats.gave_up += 1
                 continue
-            conn.write(payload)
+            conn.write_framed(*item)
             self.stats.retransmits += 1
             self.retransmits.schedule((conn_id, conv, seq), now, attempt + 1)
 

@@ -7,15 +7,6 @@ a task per connection), so 100k connections cost no idle tasks.
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
-
-
-@dataclass(order=True, slots=True)
-class _Due:
-    at: float
-    order: int
-    key: tuple = field(compare=False)
-    attempt: int = field(compare=False)
 
 
 class RetransmitSchedule:
@@ -29,22 +20,23 @@ class RetransmitSchedule:
     def __init__(self, timeout: float, attempts: int) -> None:
         self.timeout = timeout
         self.attempts = attempts
-        self._heap: list[_Due] = []
+        # (deadline, tie-break, key, attempt) tuples: cheaper than objects per entry
+        self._heap: list[tuple[float, int, tuple, int]] = []
         self._order = 0
 
     def schedule(self, key: tuple, now: float, attempt: int = 0) -> None:
         """Arm the deadline for the given (0-based) resend attempt."""
         self._order += 1
         delay = self.timeout * (2**attempt)
-        heapq.heappush(self._heap, _Due(now + delay, self._order, key, attempt))
+        heapq.heappush(self._heap, (now + delay, self._order, key, attempt))
 
     def due(self, now: float) -> list[tuple[tuple, int]]:
         """Entries whose deadline passed: (key, attempt number that is now due)."""
         out = []
         heap = self._heap
-        while heap and heap[0].at <= now:
-            item = heapq.heappop(heap)
-            out.append((item.key, item.attempt))
+        while heap and heap[0][0] <= now:
+            _at, _order, key, attempt = heapq.heappop(heap)
+            out.append((key, attempt))
         return out
 
     def __len__(self) -> int:

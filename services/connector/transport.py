@@ -29,10 +29,17 @@ class TcpConn(Conn):
         self.transport = transport
 
     def _write(self, payload: bytes) -> None:
+        self._send(HEADER.pack(len(payload)) + payload)
+
+    def write_framed(self, payload: bytes, framed: bytes) -> None:
+        if not self.closed:
+            self._send(framed)
+
+    def _send(self, data: bytes) -> None:
         transport = self.transport
         if transport.is_closing():
             return
-        transport.write(HEADER.pack(len(payload)) + payload)
+        transport.write(data)
         if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
             log.warning("closing connection %s: client is not reading", self.conn_id)
             self.closed = True

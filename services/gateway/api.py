@@ -131,7 +131,7 @@ class ConnectorAddress(BaseModel):
 
 
 class LoginResponse(BaseModel):
-    access_token: str = Field(description="JWT (EdDSA); send it as `Bearer` and in `Auth`.")
+    access_token: str = Field(description="JWT (RS256); send it as `Bearer` and in `Auth`.")
     token_type: Literal["Bearer"] = Field("Bearer", description="Always `Bearer`.")
     expires_in: int = Field(description="Seconds until the token expires.")
     user_id: int = Field(description="The logged-in user.")

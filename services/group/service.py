@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
-from sqlalchemy import case, delete, func, insert, or_, select, update
+from sqlalchemy import bindparam, case, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
@@ -509,31 +509,19 @@ class GroupStore:
         ``targets`` is already coalesced: one entry per member, delivered >= read.
         Returns the number of member rows that changed.
         """
-        delivered, read = _members.c.delivered_seq, _members.c.read_seq
-        applied = 0
-        with Session(self._engine) as session, session.begin():
-            # A fixed key order makes concurrent batches lock rows in the same order
-            # on MySQL, so they cannot deadlock each other.
-            for (conversation_id, user_id), (to_delivered, to_read) in sorted(targets.items()):
-                # CASE rather than GREATEST(): SQLite has no GREATEST, and MAX(a, b)
-                # is SQLite-only. The WHERE skips rows already at or past the target,
-                # so rowcount counts real changes on every driver.
-                result = session.execute(
-                    update(_members)
-                    .where(
-                        _members.c.conversation_id == conversation_id,
-                        _members.c.user_id == user_id,
-                        or_(delivered < to_delivered, read < to_read),
-                    )
-                    .values(
-                        delivered_seq=case(
-                            (delivered < to_delivered, to_delivered), else_=delivered
-                        ),
-                        read_seq=case((read < to_read, to_read), else_=read),
-                    )
-                )
-                applied += result.rowcount
-        return applied
+        # A fixed key order makes concurrent batches lock rows in the same order on
+        # MySQL, so they cannot deadlock each other.
+        params = [
+            {"c": conversation_id, "u": user_id, "d": to_delivered, "r": to_read}
+            for (conversation_id, user_id), (to_delivered, to_read) in sorted(targets.items())
+        ]
+        with self._engine.begin() as connection:
+            # One statement compiled once and sent as an executemany. CASE rather than
+            # GREATEST(): SQLite has no GREATEST, and MAX(a, b) is SQLite-only. The
+            # WHERE skips rows already at or past the target, so rowcount counts
+            # real changes.
+            result = connection.execute(_UPDATE_CURSORS, params)
+            return max(result.rowcount, 0)
 
     def get_cursors(self, conversation_id: str, user_ids: list[int]) -> list[group_pb2.Member]:
         with Session(self._engine) as session:
@@ -547,6 +535,26 @@ class GroupStore:
                 found += session.execute(base.where(_members.c.user_id.in_(chunk))).all()
             found.sort(key=lambda r: r.user_id)
             return [_member(r) for r in found]
+
+
+_UPDATE_CURSORS = (
+    update(_members)
+    .where(
+        _members.c.conversation_id == bindparam("c"),
+        _members.c.user_id == bindparam("u"),
+        or_(_members.c.delivered_seq < bindparam("d"), _members.c.read_seq < bindparam("r")),
+    )
+    .values(
+        delivered_seq=case(
+            (_members.c.delivered_seq < bindparam("d"), bindparam("d")),
+            else_=_members.c.delivered_seq,
+        ),
+        read_seq=case(
+            (_members.c.read_seq < bindparam("r"), bindparam("r")),
+            else_=_members.c.read_seq,
+        ),
+    )
+)
 
 
 # ---------------------------------------------------------------------- servicer

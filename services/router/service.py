@@ -175,24 +175,44 @@ class Router:
                 key = (r.conversation_id, r.user_id)
                 receipts[key] = max(receipts.get(key, 0), r.read_seq)
         self.stats.cursor_reports += len(reports)
-        if cursors:
-            await self._group().UpdateCursors(
-                group_pb2.UpdateCursorsRequest(
-                    updates=[
-                        group_pb2.CursorUpdate(
-                            conversation_id=conv, user_id=uid, delivered_seq=d, read_seq=r
-                        )
-                        for (conv, uid), (d, r) in cursors.items()
-                    ]
-                ),
-                timeout=10,
-            )
-            self.stats.cursor_writes += 1
 
+        # Delivery does not wait for the cursor write: both run at once, and the bus
+        # position is committed only when the messages are stored (above) and the
+        # cursors written. A crash in between replays the batch: stored messages are
+        # recognised by msg_id, cursors only move forward, clients drop duplicates.
+        work = []
+        if cursors:
+            work.append(self._write_cursors(cursors))
+        if messages or receipts:
+            work.append(self._deliver_quietly(messages, receipts))
+        await asyncio.gather(*work)
         if consumer is not None:
             await consumer.commit()
-        if messages or receipts:
+
+    async def _write_cursors(self, cursors: dict[tuple[str, int], list[int]]) -> None:
+        await self._group().UpdateCursors(
+            group_pb2.UpdateCursorsRequest(
+                updates=[
+                    group_pb2.CursorUpdate(
+                        conversation_id=conv, user_id=uid, delivered_seq=d, read_seq=r
+                    )
+                    for (conv, uid), (d, r) in cursors.items()
+                ]
+            ),
+            timeout=10,
+        )
+        self.stats.cursor_writes += 1
+
+    async def _deliver_quietly(
+        self, messages: list[wire_pb2.Message], receipts: dict[tuple[str, int], int]
+    ) -> None:
+        # A failed delivery loses nothing (the messages are stored; devices sync), so
+        # it must not fail the batch and make it replay.
+        try:
             await self.deliver(messages, receipts)
+        except Exception:
+            self.stats.delivery_failures += 1
+            log.exception("delivery of a batch failed; its messages wait for sync")
 
     # ---------------------------------------------------------------- delivery
 

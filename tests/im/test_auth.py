@@ -92,3 +92,94 @@ def test_argon2_verify_true_and_false() -> None:
     assert verify_password(hasher, stored, "s3cret-password")
     assert not verify_password(hasher, stored, "wrong-password")
     assert not verify_password(hasher, "not-a-hash", "s3cret-password")
+
+
+# ------------------------------------------- our verifier agrees with pyjwt's decode
+
+import base64 as _b64  # noqa: E402
+import json as _json  # noqa: E402
+import time as _time  # noqa: E402
+
+import jwt as _jwt  # noqa: E402
+import pytest as _pytest  # noqa: E402
+
+from im.auth import Claims as _Claims  # noqa: E402
+from im.auth import TokenError as _TokenError  # noqa: E402
+from im.auth import TokenIssuer as _Issuer  # noqa: E402
+from im.auth import TokenVerifier as _Verifier  # noqa: E402
+from im.auth import generate_key_pair as _pair  # noqa: E402
+
+
+def _seg(obj: dict) -> str:
+    return _b64.urlsafe_b64encode(_json.dumps(obj).encode()).rstrip(b"=").decode()
+
+
+def _pyjwt_accepts(token: str, public_pem: bytes, algorithm: str) -> bool:
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_public_key(public_pem)
+    try:
+        _jwt.decode(
+            token,
+            key,
+            algorithms=[algorithm],
+            issuer="iss",
+            leeway=5,
+            options={"require": ["sub", "did", "sid", "exp", "iat", "iss"]},
+        )
+        return True
+    except (_jwt.PyJWTError, ValueError, TypeError):
+        return False
+
+
+def _cases(private: bytes, public: bytes, algorithm: str) -> dict[str, str]:
+    issuer = _Issuer(private, "iss", 600)
+    good, _ = issuer.issue(7, "phone")
+    head, body, sig = good.split(".")
+    now = int(_time.time())
+    claims = {"sub": "7", "did": "phone", "sid": "s", "iss": "iss", "iat": now, "exp": now + 60}
+    other_private, _other_public = _pair(algorithm)
+    return {
+        "valid": good,
+        "expired": _Issuer(private, "iss", 1).issue(7, "d", now=now - 3600)[0],
+        "future iat": _Issuer(private, "iss", 600).issue(7, "d", now=now + 3600)[0],
+        "other issuer": _Issuer(private, "someone", 600).issue(7, "d")[0],
+        "other key": _Issuer(other_private, "iss", 600).issue(7, "d")[0],
+        "tampered claims": f"{head}.{_seg({**claims, 'sub': '8'})}.{sig}",
+        "alg none": f"{_seg({'alg': 'none', 'typ': 'JWT'})}.{_seg(claims)}.",
+        "hs256 with the public key": _jwt.encode(
+            claims, "not-our-key-but-long-enough-32b!", algorithm="HS256"
+        ),
+        "missing sid": _jwt.encode(
+            {k: v for k, v in claims.items() if k != "sid"},
+            _load_private(private),
+            algorithm=algorithm,
+        ),
+        "bad alphabet": f"{head}.{body}!.{sig}",
+        "two parts": f"{head}.{body}",
+        "not ascii": f"{head}.{body}.{sig}é",
+    }
+
+
+def _load_private(pem: bytes):  # type: ignore[no-untyped-def]
+    from cryptography.hazmat.primitives import serialization
+
+    return serialization.load_pem_private_key(pem, password=None)
+
+
+@_pytest.mark.parametrize("algorithm", ["RS256", "EdDSA"])
+def test_verifier_agrees_with_pyjwt_on_good_and_bad_tokens(algorithm: str) -> None:
+    private, public = _pair(algorithm)
+    verifier = _Verifier(public, "iss")
+    assert verifier.algorithm == algorithm
+    for name, token in _cases(private, public, algorithm).items():
+        expected = _pyjwt_accepts(token, public, algorithm)
+        try:
+            got = verifier.verify(token)
+            accepted = True
+        except _TokenError:
+            accepted = False
+        assert accepted == expected, name
+        if accepted:
+            assert got == _Claims(7, "phone", got.session_id, got.expires_at)
+    assert _pyjwt_accepts(_cases(private, public, algorithm)["valid"], public, algorithm)
