@@ -152,9 +152,11 @@ async def test_register_update_deregister_seen_by_another_instance(env: Registry
     await connector.deregister("conn-a")  # twice: no error
 
 
+# Only where a client can die without its process: the in-process registry lives and
+# dies with the one process that holds it.
+@pytest.mark.integration
+@pytest.mark.parametrize("env", ["zk"], indirect=True)
 async def test_closed_client_disappears_within_the_session_timeout(env: RegistryEnv) -> None:
-    if env.kind == "memory":
-        pytest.skip("the in-process registry lives and dies with its one process")
     connector, reader = env.new(), env.new()
     await connector.register(info("conn-a"))
     await eventually(reader, lambda s: "conn-a" in s)
