@@ -35,7 +35,8 @@ class Settings(BaseSettings):
     message_store_url: str = Field(
         "",
         description="Message store: `mongodb://host:27017/im` or a SQLAlchemy URL. "
-        "Empty: the database_url database (a `messages` table).",
+        "Empty: the database_url database (a `messages` table); standalone: SQLite "
+        "`messages.db` in data_dir.",
     )
     bus_url: str = Field(
         "memory://",
@@ -147,7 +148,13 @@ class Settings(BaseSettings):
         return f"sqlite:///{(self.data_dir / 'im.db').resolve()}"
 
     def resolved_message_store_url(self) -> str:
-        return self.message_store_url or self.resolved_database_url()
+        if self.message_store_url:
+            return self.message_store_url
+        if not self.database_url:
+            # Standalone: a SQLite file of its own, so the router's message writes and
+            # the group service's cursor writes never wait for each other's lock.
+            return f"sqlite:///{(self.data_dir / 'messages.db').resolve()}"
+        return self.resolved_database_url()
 
     def public_host(self) -> str:
         return self.advertise_host or self.host

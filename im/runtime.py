@@ -11,7 +11,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from im.config import Settings
 from im.ports import Backends
@@ -36,6 +36,30 @@ class Service(Protocol):
 
 
 ServiceFactory = Callable[[Settings, Backends], Service]
+
+
+class LocalConnectors:
+    """Connectors running in this process (standalone mode), by connector id.
+
+    The router hands a batch to a local connector by a plain call instead of a gRPC
+    round trip through its own process; remote connectors still get gRPC. The
+    connector's Deliver servicer and this path run the same ``deliver`` method.
+    """
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, Callable[[Any], Any]] = {}
+
+    def add(self, connector_id: str, deliver: Callable[[Any], Any]) -> None:
+        self._by_id[connector_id] = deliver
+
+    def remove(self, connector_id: str) -> None:
+        self._by_id.pop(connector_id, None)
+
+    def get(self, connector_id: str) -> Callable[[Any], Any] | None:
+        return self._by_id.get(connector_id)
+
+
+local_connectors = LocalConnectors()
 
 
 def setup_logging(level: str) -> None:

@@ -11,6 +11,7 @@ from im.auth import TokenVerifier, load_keys
 from im.config import Settings
 from im.grpcutil import GrpcServer, service_name
 from im.ports import Backends, ConnectorInfo
+from im.runtime import local_connectors
 from im.v1 import bus_pb2, connector_pb2, connector_pb2_grpc
 from services.connector.service import ConnectorCore, ConnectorServicer
 from services.connector.transport import start_tcp, start_ws
@@ -54,6 +55,7 @@ class ConnectorApp:
             grpc_port=grpc_port,
         )
         await self.backends.registry.register(self.core.info)
+        local_connectors.add(self.core.connector_id, self.core.deliver)
         tick = min(0.25, s.retransmit_timeout / 4, s.auth_timeout / 4)
         idle = max(0.05, min(s.heartbeat_interval / 2, 5.0))
         # Each connector reads every membership event (its own consumer group).
@@ -128,6 +130,7 @@ class ConnectorApp:
     async def stop(self) -> None:
         # Leave the registry first so nothing new is routed or assigned here, then
         # ask clients to reconnect elsewhere, flush what is owed, and stop.
+        local_connectors.remove(self.core.connector_id)
         with contextlib.suppress(Exception):
             await self.backends.registry.deregister(self.core.connector_id)
         if self._tcp is not None:

@@ -20,6 +20,7 @@ from im.config import Settings
 from im.grpcutil import ChannelPool
 from im.ids import parse_direct
 from im.ports import Backends, BusConsumer, BusRecord, DeviceRoute, MessageStore
+from im.runtime import local_connectors
 from im.v1 import bus_pb2, connector_pb2, connector_pb2_grpc, group_pb2, group_pb2_grpc, wire_pb2
 from services.router.sequencer import Sequencer
 
@@ -111,6 +112,7 @@ class Router:
         self.members = MemberCache(settings, self.channels)
         self.stats = RouterStats()
         self.failing = 0  # consecutive failed batches; readiness reflects the real path
+        self._delivering: asyncio.Task | None = None
         self._generation = -1
 
     def _group(self) -> group_pb2_grpc.GroupServiceStub:
@@ -176,18 +178,26 @@ class Router:
                 receipts[key] = max(receipts.get(key, 0), r.read_seq)
         self.stats.cursor_reports += len(reports)
 
-        # Delivery does not wait for the cursor write: both run at once, and the bus
-        # position is committed only when the messages are stored (above) and the
-        # cursors written. A crash in between replays the batch: stored messages are
-        # recognised by msg_id, cursors only move forward, clients drop duplicates.
-        work = []
         if cursors:
-            work.append(self._write_cursors(cursors))
-        if messages or receipts:
-            work.append(self._deliver_quietly(messages, receipts))
-        await asyncio.gather(*work)
+            await self._write_cursors(cursors)
+        # The bus position is committed once the batch's messages are stored and its
+        # cursors written: a crash before this replays the batch (stored messages are
+        # recognised by msg_id, cursors only move forward).
         if consumer is not None:
             await consumer.commit()
+        # Delivery runs while the next batch is taken and stored: one delivery in
+        # flight at a time, so batches still reach the connectors in bus order.
+        if messages or receipts:
+            await self.flush()
+            self._delivering = asyncio.get_running_loop().create_task(
+                self._deliver_quietly(messages, receipts)
+            )
+
+    async def flush(self) -> None:
+        """Wait for the delivery in flight (tests, shutdown)."""
+        if self._delivering is not None:
+            await self._delivering
+            self._delivering = None
 
     async def _write_cursors(self, cursors: dict[tuple[str, int], list[int]]) -> None:
         await self._group().UpdateCursors(
@@ -292,10 +302,14 @@ class Router:
             info = connectors.get(connector_id)
             if info is None:
                 continue  # connector gone: its devices are offline and will sync
-            stub = connector_pb2_grpc.ConnectorServiceStub(self.channels.get(info.grpc_addr))
             request = connector_pb2.DeliverRequest(
                 deliveries=outbox.deliveries, receipts=outbox.receipts
             )
+            local = local_connectors.get(connector_id)
+            if local is not None:
+                calls.append((connector_id, outbox, _now(local, request)))
+                continue
+            stub = connector_pb2_grpc.ConnectorServiceStub(self.channels.get(info.grpc_addr))
             calls.append((connector_id, outbox, stub.Deliver(request, timeout=5)))
         missing = []
         results = await asyncio.gather(*(c[2] for c in calls), return_exceptions=True)
@@ -315,6 +329,10 @@ class Router:
                         if (t.user_id, t.device_id) in wanted:
                             missing.append((t.user_id, t.device_id, delivery.message, connector_id))
         return missing
+
+
+async def _now(deliver, request):  # type: ignore[no-untyped-def]
+    return deliver(request)
 
 
 def _merge(

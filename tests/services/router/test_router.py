@@ -68,6 +68,7 @@ class Harness:
         try:
             while records := await consumer.poll(1000, 0.01):
                 await self.router.handle(records, consumer)
+            await self.router.flush()
         finally:
             await consumer.close()
 
