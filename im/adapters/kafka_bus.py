@@ -86,6 +86,9 @@ def _bridge(loop: asyncio.AbstractEventLoop, kfut: KafkaFuture) -> asyncio.Futur
     return afut
 
 
+BACKGROUND_FETCH_WAIT_MS = 500
+
+
 class KafkaBus:
     """The ``Bus`` port on a Kafka cluster (or a wire-compatible broker such as Tansu).
 
@@ -257,14 +260,14 @@ class KafkaBus:
 
     # --------------------------------------------------------------- consume
 
-    def consumer(self, topics: list[str], group: str) -> KafkaBusConsumer:
+    def consumer(self, topics: list[str], group: str, background: bool = False) -> KafkaBusConsumer:
         if self._closed:
             raise ConnectionError("bus is closed")
-        consumer = KafkaBusConsumer(self, list(topics), group)
+        consumer = KafkaBusConsumer(self, list(topics), group, background)
         self._consumers.add(consumer)
         return consumer
 
-    def _consumer_settings(self, group: str) -> dict[str, Any]:
+    def _consumer_settings(self, group: str, background: bool = False) -> dict[str, Any]:
         return {
             **_only_known(KafkaConsumer, self.client_settings),
             **self._common(),
@@ -274,7 +277,9 @@ class KafkaBus:
             "auto_offset_reset": "earliest",
             "session_timeout_ms": self.session_timeout_ms,
             "heartbeat_interval_ms": self.heartbeat_interval_ms,
-            "fetch_max_wait_ms": self.fetch_max_wait_ms,
+            # A background follower (membership events) can wait: polling every 10 ms
+            # costs each idle process a fifth of a core.
+            "fetch_max_wait_ms": BACKGROUND_FETCH_WAIT_MS if background else self.fetch_max_wait_ms,
             "max_poll_records": self.max_poll_records,
             "max_poll_interval_ms": self.max_poll_interval_ms,
             "allow_auto_create_topics": False,
@@ -333,8 +338,11 @@ class _GenerationListener(ConsumerRebalanceListener):
 class KafkaBusConsumer:
     """One member of a consumer group; all kafka calls on one dedicated thread."""
 
-    def __init__(self, bus: KafkaBus, topics: list[str], group: str) -> None:
+    def __init__(
+        self, bus: KafkaBus, topics: list[str], group: str, background: bool = False
+    ) -> None:
         self._bus = bus
+        self._background = background
         self.topics = topics
         self.group = group
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"kafka-consumer-{group}")
@@ -362,7 +370,7 @@ class KafkaBusConsumer:
         """The KafkaConsumer, created (and subscribed) on first use. Executor thread."""
         if self._consumer is None:
             self._bus.ensure_topics_sync(self.topics)
-            consumer = KafkaConsumer(**self._bus._consumer_settings(self.group))
+            consumer = KafkaConsumer(**self._bus._consumer_settings(self.group, self._background))
             consumer.subscribe(self.topics, listener=_GenerationListener(self))
             self._consumer = consumer
         return self._consumer

@@ -50,7 +50,7 @@ class MemoryBus:
         self._log(topic)[partition_for(key, self._partitions)].append((key, value))
         self._new_data.set()
 
-    def consumer(self, topics: list[str], group: str) -> MemoryConsumer:
+    def consumer(self, topics: list[str], group: str, background: bool = False) -> MemoryConsumer:
         consumer = MemoryConsumer(self, list(topics), group)
         self._members[group].append(consumer)
         self._rebalance(group)

@@ -60,7 +60,9 @@ class ConnectorApp:
         idle = max(0.05, min(s.heartbeat_interval / 2, 5.0))
         # Each connector reads every membership event (its own consumer group).
         self._membership = self.backends.bus.consumer(
-            [s.topic_membership], f"{s.router_group}.connector.{self.core.connector_id}"
+            [s.topic_membership],
+            f"{s.router_group}.connector.{self.core.connector_id}",
+            background=True,
         )
         self._loops = [
             asyncio.get_running_loop().create_task(self._follow_membership()),
