@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import uuid
 
 import pytest
 from kafka.partitioner.default import murmur2
@@ -15,11 +14,9 @@ from im.adapters.zk_registry import ZkRegistry
 from im.client import ImClient
 from im.cluster import Cluster
 from im.ids import direct_conversation_id
-from im.v1 import wire_pb2
+from tests.e2e.helpers import PASSWORD, new_user, take_messages
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
-
-PASSWORD = "correct-horse-9"
 
 
 def kill(cluster: Cluster, name: str) -> None:
@@ -27,17 +24,8 @@ def kill(cluster: Cluster, name: str) -> None:
     cluster.procs[name].killed = True  # type: ignore[attr-defined]
 
 
-def uname(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:8]}"
-
-
-async def login(cluster: Cluster, prefix: str, device: str = "dev1", register: bool = True):
-    client = ImClient(cluster.gateway_url)
-    username = uname(prefix)
-    await client.register(username, PASSWORD)
-    await client.login(username, PASSWORD, device)
-    client.username = username  # type: ignore[attr-defined]
-    return client
+async def login(cluster: Cluster, prefix: str) -> ImClient:
+    return await new_user(cluster.gateway_url, prefix)
 
 
 async def login_elsewhere(cluster: Cluster, prefix: str, other: ImClient) -> ImClient:
@@ -51,22 +39,6 @@ async def login_elsewhere(cluster: Cluster, prefix: str, other: ImClient) -> ImC
     raise AssertionError("the gateway kept assigning one connector")
 
 
-async def take(client: ImClient, count: int, timeout: float = 30.0) -> list[wire_pb2.Message]:
-    got: list[wire_pb2.Message] = []
-
-    async def collect() -> None:
-        async for message in client.messages():
-            got.append(message)
-            if len(got) == count:
-                return
-
-    try:
-        await asyncio.wait_for(collect(), timeout)
-    except TimeoutError:
-        raise AssertionError(f"got {len(got)} of {count} messages") from None
-    return got
-
-
 async def test_users_on_different_connectors_chat_both_ways(cluster):
     alice = await login(cluster, "alice")
     bob = await login_elsewhere(cluster, "bob", alice)
@@ -75,10 +47,10 @@ async def test_users_on_different_connectors_chat_both_ways(cluster):
         await alice.connect()
         await bob.connect()
         ack = await alice.send_to_user(bob.username, "across connectors")
-        (got,) = await take(bob, 1)
+        (got,) = await take_messages(bob, 1)
         assert (got.msg_id, got.seq, got.body) == (ack.msg_id, 1, b"across connectors")
         reply = await bob.send_to_user(alice.username, "and back")
-        got = await take(alice, 2)  # her own echo first, then bob's reply
+        got = await take_messages(alice, 2)  # her own echo first, then bob's reply
         assert [m.seq for m in got] == [1, 2] and got[1].msg_id == reply.msg_id
     finally:
         await alice.close()
@@ -93,14 +65,14 @@ async def test_offline_sync_after_reconnect(cluster):
         await bob.connect()
         conv = await alice.direct_conversation_with(bob.username)
         await alice.send(conv, "first")
-        await take(bob, 1)
+        await take_messages(bob, 1)
         await bob.close()
 
         sent = [await alice.send(conv, f"missed {i}") for i in range(5)]
         bob2 = ImClient(cluster.gateway_url)
         await bob2.login(bob.username, PASSWORD, "dev1")
         await bob2.connect()
-        got = await take(bob2, 5)
+        got = await take_messages(bob2, 5)
         assert [m.msg_id for m in got] == [a.msg_id for a in sent]
         assert [m.seq for m in got] == [2, 3, 4, 5, 6]
         await bob2.close()
@@ -152,7 +124,7 @@ async def test_a_router_killed_mid_stream_loses_nothing(cluster):
 
         total = 0
         for (_sender, receiver, conv), msg_ids in zip(pairs, sent, strict=True):
-            got = await take(receiver, per_pair, timeout=60)
+            got = await take_messages(receiver, per_pair, timeout=60)
             assert [m.msg_id for m in got] == msg_ids
             assert [m.seq for m in got] == list(range(1, per_pair + 1))
             history = [m async for m in receiver.gateway.history_all(conv, 0)]
@@ -194,7 +166,7 @@ async def test_a_killed_connector_leaves_the_registry_and_its_users_sync(cluster
         await bob2.login(bob.username, PASSWORD, "dev1")
         assert bob2.login_result.connector.id == survivor
         await bob2.connect()
-        got = await take(bob2, 3)
+        got = await take_messages(bob2, 3)
         assert [m.msg_id for m in got] == [a.msg_id for a in sent]
         await bob2.close()
     finally:

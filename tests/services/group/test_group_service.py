@@ -13,11 +13,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import create_engine, update
 
+from im import sqlservice as app_module
 from im.config import Settings
 from im.db import MemberRow
 from im.ids import direct_conversation_id
 from im.v1 import group_pb2, group_pb2_grpc
-from services.group import app as app_module
 from services.group.app import build
 
 Stub = group_pb2_grpc.GroupServiceStub

@@ -14,10 +14,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import create_engine, select
 
+from im import sqlservice as app_module
 from im.config import Settings
 from im.db import UserRow
 from im.v1 import user_pb2, user_pb2_grpc
-from services.user import app as app_module
 from services.user.app import build
 
 PASSWORD = "correct horse battery"
