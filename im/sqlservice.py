@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
+import grpc
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from im.config import Settings
 from im.db import create_schema, make_engine
@@ -20,6 +22,41 @@ from im.grpcutil import GrpcServer
 
 # How often readiness re-checks the database (health follows the real request path).
 DB_CHECK_SECONDS = 5.0
+
+
+class ServiceError(Exception):
+    """A request the service refuses, with the gRPC status that says why."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+_R = TypeVar("_R")
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[_R]]
+
+
+def rpc_errors(service: str) -> Callable[[Handler[_R]], Handler[_R]]:
+    """Decorates servicer methods: ServiceError -> its status, a database outage ->
+    UNAVAILABLE (logged), so handlers raise instead of aborting by hand."""
+    log = logging.getLogger(f"im.{service}")
+
+    def decorate(handler: Handler[_R]) -> Handler[_R]:
+        @functools.wraps(handler)
+        async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> _R:
+            try:
+                return await handler(self, request, context)
+            except ServiceError as exc:
+                await context.abort(exc.code, exc.message)
+            except DBAPIError:
+                log.exception("%s: database error", handler.__name__)
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"{service} database unavailable")
+            raise AssertionError("unreachable: context.abort raises")
+
+        return wrapper
+
+    return decorate
 
 
 def open_database(url: str, create_tables: bool) -> Engine:

@@ -11,15 +11,14 @@ MySQL and SQLite.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
 from sqlalchemy import bindparam, case, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from im.clock import Clock, SystemClock
@@ -32,6 +31,7 @@ from im.ids import (
     is_valid_conversation_id,
     node_id_for,
 )
+from im.sqlservice import ServiceError, rpc_errors
 from im.v1 import group_pb2, group_pb2_grpc
 
 log = logging.getLogger("im.group")
@@ -55,13 +55,8 @@ _members = MemberRow.__table__
 _conversations = ConversationRow.__table__
 
 
-class GroupError(Exception):
-    """A request the service refuses, with the gRPC status that says why."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+# Refusals carry their gRPC status; the shared wrapper turns them into aborts.
+GroupError = ServiceError
 
 
 def _invalid(message: str) -> GroupError:
@@ -80,25 +75,7 @@ def _denied(message: str) -> GroupError:
     return GroupError(grpc.StatusCode.PERMISSION_DENIED, message)
 
 
-_R = TypeVar("_R")
-_Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[_R]]
-
-
-def _rpc(handler: _Handler[_R]) -> _Handler[_R]:
-    """Turns domain errors into gRPC statuses, and a database outage into UNAVAILABLE."""
-
-    @functools.wraps(handler)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> _R:
-        try:
-            return await handler(self, request, context)
-        except GroupError as exc:
-            await context.abort(exc.code, exc.message)
-        except DBAPIError:
-            log.exception("%s: database error", handler.__name__)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "group database unavailable")
-        raise AssertionError("unreachable: context.abort raises")
-
-    return wrapper
+_rpc = rpc_errors("group")
 
 
 # ------------------------------------------------------------------ conversions

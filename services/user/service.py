@@ -10,11 +10,10 @@ neither block the event loop nor starve the database calls on the default pool.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -22,13 +21,14 @@ import grpc
 from argon2 import PasswordHasher
 from sqlalchemy import or_, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from im.auth import password_hasher, verify_password
 from im.clock import Clock, SystemClock
 from im.config import Settings
 from im.db import UserRow
+from im.sqlservice import ServiceError, rpc_errors
 from im.v1 import user_pb2, user_pb2_grpc
 
 log = logging.getLogger("im.user")
@@ -42,13 +42,8 @@ MAX_USERS_PER_LOOKUP = 1000
 _DUMMY_PASSWORD = "not-a-real-password-only-for-timing"
 
 
-class UserError(Exception):
-    """A request the service refuses, with the gRPC status that says why."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+# Refusals carry their gRPC status; the shared wrapper turns them into aborts.
+UserError = ServiceError
 
 
 def _invalid(message: str) -> UserError:
@@ -56,24 +51,7 @@ def _invalid(message: str) -> UserError:
 
 
 _R = TypeVar("_R")
-_Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[_R]]
-
-
-def _rpc(handler: _Handler[_R]) -> _Handler[_R]:
-    """Turns domain errors into gRPC statuses, and a database outage into UNAVAILABLE."""
-
-    @functools.wraps(handler)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> _R:
-        try:
-            return await handler(self, request, context)
-        except UserError as exc:
-            await context.abort(exc.code, exc.message)
-        except DBAPIError:
-            log.exception("%s: database error", handler.__name__)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "user database unavailable")
-        raise AssertionError("unreachable: context.abort raises")
-
-    return wrapper
+_rpc = rpc_errors("user")
 
 
 def _to_user(row: UserRow) -> user_pb2.User:
