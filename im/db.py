@@ -23,6 +23,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 # SQLite only auto-increments an INTEGER PRIMARY KEY.
 Id64 = BigInteger().with_variant(Integer, "sqlite")
 
+# Longest dead-letter reason kept; the SQL message store cuts longer ones to fit.
+DEAD_LETTER_REASON_CHARS = 1024
+
 
 class Base(DeclarativeBase):
     pass
@@ -83,6 +86,25 @@ class MessageRow(Base):
     content_type: Mapped[str] = mapped_column(String(64), nullable=False, default="")
     body: Mapped[bytes] = mapped_column(LargeBinary(length=16 * 1024 * 1024), nullable=False)
     server_ts: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+class DeadLetterRow(Base):
+    """A bus record the router set aside (``im.ports.DeadLetter``), kept for an operator.
+
+    ``letter_id`` is derived from the record, so a record seen again after a rewind
+    finds its row already there and is stored once."""
+
+    __tablename__ = "dead_letters"
+    __table_args__ = (Index("ix_dead_letters_at", "at_ms"),)
+
+    letter_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    topic: Mapped[str] = mapped_column(String(255), nullable=False)
+    partition: Mapped[int] = mapped_column(Integer, nullable=False)
+    offset: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    key: Mapped[str] = mapped_column(String(255), nullable=False)
+    value: Mapped[bytes] = mapped_column(LargeBinary(length=16 * 1024 * 1024), nullable=False)
+    reason: Mapped[str] = mapped_column(String(DEAD_LETTER_REASON_CHARS), nullable=False)
+    at_ms: Mapped[int] = mapped_column(BigInteger, nullable=False)
 
 
 def make_engine(url: str) -> Engine:

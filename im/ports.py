@@ -3,14 +3,33 @@
 Services depend on these, never on a client library. Standalone mode plugs in the
 in-process adapters of ``im.adapters.memory`` (and SQL for the message store);
 distributed mode plugs in Kafka, ZooKeeper, Redis and MongoDB adapters.
+
+Every call may raise ``BackendUnavailable`` (and only that, for a backend that is
+down, hung past its timeout, or restarting); adapters never let their client
+library's own errors through.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from im.v1 import wire_pb2
+
+
+class BackendUnavailable(Exception):
+    """A backend as a whole did not answer: unreachable, timed out, restarting.
+
+    Adapters raise this instead of their client library's errors, so callers can tell
+    "try again later" (rewind a batch, answer a Send with UNAVAILABLE) from a fault of
+    the record or request at hand. The original error is the ``__cause__``.
+    """
+
+    def __init__(self, backend: str, detail: str = "") -> None:
+        super().__init__(f"{backend} is unavailable" + (f": {detail}" if detail else ""))
+        self.backend = backend
+
 
 # --------------------------------------------------------------------------- bus
 
@@ -69,9 +88,19 @@ class Bus(Protocol):
 
 class MessageStore(Protocol):
     async def insert_many(self, messages: list[wire_pb2.Message]) -> list[bool]:
-        """Insert sequenced messages; per message True if stored, False if a message
-        with the same msg_id already exists (a replay). Raises SeqConflict when a
-        different message already holds (conversation_id, seq)."""
+        """Insert sequenced messages in list order, stopping at the first failure.
+
+        Per message True if stored, False if a message with the same msg_id is already
+        stored (a replay: the stored copy stands). Returns once the writes are durable
+        (SQL: committed; MongoDB: acknowledged with the store's write concern, majority
+        and journaled unless the URL says otherwise).
+
+        Raises ``SeqConflict`` when a different message already holds
+        (conversation_id, seq), and ``RecordRejected`` when the store refuses one
+        message by itself (a value it cannot hold); in both cases the messages before
+        ``index`` are stored and none after it. Raises ``BackendUnavailable`` when the
+        store cannot be reached; then any prefix of the list may be stored.
+        """
         ...
 
     async def get_by_msg_ids(self, msg_ids: list[int]) -> dict[int, wire_pb2.Message]: ...
@@ -92,10 +121,55 @@ class MessageStore(Protocol):
 
 
 class SeqConflict(Exception):
-    def __init__(self, conversation_id: str, seq: int) -> None:
+    """``messages[index]`` of an insert_many: its seq is held by another message."""
+
+    def __init__(self, conversation_id: str, seq: int, index: int = -1) -> None:
         super().__init__(f"seq {seq} of {conversation_id} is taken by another message")
         self.conversation_id = conversation_id
         self.seq = seq
+        self.index = index
+
+
+class RecordRejected(Exception):
+    """``messages[index]`` of an insert_many cannot be stored, whatever is retried (a
+    field the store cannot hold). The messages before it are stored."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(f"message {index} of the batch was rejected: {reason}")
+        self.index = index
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A bus record the router set aside instead of applying, with the reason.
+
+    ``letter_id`` is derived from where the record was and what it held, so the same
+    record seen again after a rewind is stored once."""
+
+    letter_id: str
+    topic: str
+    partition: int
+    offset: int
+    key: str
+    value: bytes
+    reason: str
+    at_ms: int
+
+
+class DeadLetterStore(Protocol):
+    """Where set-aside records are kept for an operator (``imctl dead-letters``).
+    Both message store adapters implement it next to the messages."""
+
+    async def put_dead_letters(self, letters: list[DeadLetter]) -> None:
+        """Store them durably; a letter_id already stored is left as it is. Raises
+        ``BackendUnavailable`` when the store cannot be reached."""
+        ...
+
+    async def dead_letters(self, limit: int, before_ms: int | None = None) -> list[DeadLetter]:
+        """The newest first (by at_ms, then letter_id), at most ``limit``, only those
+        older than ``before_ms`` when given."""
+        ...
 
 
 # -------------------------------------------------------------------- registry
@@ -116,7 +190,34 @@ class ConnectorInfo:
         return f"{self.host}:{self.grpc_port}"
 
 
+class NodeLease:
+    """A node id (0..limit-1) that no other live process of the suite holds: msg ids
+    and group ids embed it, so two processes never mint the same id.
+
+    The registry may have to move the lease (the ZooKeeper session that held it was
+    lost and another process took the id meanwhile): it then sets ``node_id`` and
+    calls the listeners.
+    """
+
+    def __init__(self, node_id: int, owner: str) -> None:
+        self.node_id = node_id
+        self.owner = owner
+        self._listeners: list[Callable[[int], None]] = []
+
+    def on_change(self, listener: Callable[[int], None]) -> None:
+        self._listeners.append(listener)
+
+    def move_to(self, node_id: int) -> None:
+        self.node_id = node_id
+        for listener in self._listeners:
+            listener(node_id)
+
+
 class Registry(Protocol):
+    """Live connectors (with their addresses and load), live routers (whether they
+    serve), and node-id leases. Every entry lives as long as the process that wrote it
+    (ZooKeeper: ephemeral nodes of its session, re-created after a session loss)."""
+
     async def register(self, info: ConnectorInfo) -> None: ...
 
     async def update(self, info: ConnectorInfo) -> None:
@@ -127,6 +228,21 @@ class Registry(Protocol):
 
     async def connectors(self) -> list[ConnectorInfo]:
         """Live connectors."""
+        ...
+
+    async def announce_router(self, router_id: str, serving: bool) -> None:
+        """Create or update this router's entry (serving: its batches go through)."""
+        ...
+
+    async def withdraw_router(self, router_id: str) -> None: ...
+
+    async def routers(self) -> dict[str, bool]:
+        """Live routers: router id -> serving. From a watched cache, no round trip."""
+        ...
+
+    async def lease_node_id(self, owner: str, limit: int) -> NodeLease:
+        """Take the lowest node id in [0, limit) that no live process holds. Raises
+        RuntimeError when all are taken. Released by close()."""
         ...
 
     async def close(self) -> None: ...

@@ -14,6 +14,9 @@ Topics are created by this adapter with their final partition count (Tansu has n
 CreatePartitions, and a real cluster should not guess either); producers and
 consumers are told not to auto-create, so a missing topic is an error, not a topic
 with the broker's default partition count.
+
+Every call is bounded by the bus's timeouts (bootstrap, max_block, request, delivery)
+and raises ``BackendUnavailable`` instead of kafka-python's errors.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ from kafka.admin import KafkaAdminClient
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.structs import OffsetAndMetadata
 
-from im.ports import BusRecord
+from im.adapters.errors import unavailable_on
+from im.ports import BackendUnavailable, BusRecord
 
 if TYPE_CHECKING:
     from kafka.future import Future as KafkaFuture
@@ -67,6 +71,12 @@ def _only_known(cls: type, settings: dict[str, Any]) -> dict[str, Any]:
     to the producer)."""
     known = cls.DEFAULT_CONFIG  # type: ignore[attr-defined]
     return {k: v for k, v in settings.items() if k in known}
+
+
+# kafka-python's errors (KafkaError, with KafkaTimeoutError for a broker that cannot be
+# reached in time, from the client's creation, the call or the broker's answer) and
+# socket errors: the bus is down, try later.
+_unavailable_on_failure = unavailable_on("kafka", (kafka_errors.KafkaError, OSError))
 
 
 def _bridge(loop: asyncio.AbstractEventLoop, kfut: KafkaFuture) -> asyncio.Future[Any]:
@@ -203,10 +213,12 @@ class KafkaBus:
         with self._admin_lock:
             self._ensured.update(missing)
 
+    @_unavailable_on_failure
     async def ensure_topics(self, topics: Iterable[str] | None = None) -> None:
         """Create the topics at start-up (idempotent)."""
         await self._in(self._admin_executor, self.ensure_topics_sync, topics)
 
+    @_unavailable_on_failure
     async def start(self) -> None:
         """Create the topics and the producer now rather than on first use."""
         await self.ensure_topics()
@@ -217,7 +229,7 @@ class KafkaBus:
 
     async def _get_producer(self) -> KafkaProducer:
         if self._closed:
-            raise ConnectionError("bus is closed")
+            raise BackendUnavailable("kafka", "closed")
         if self._producer is not None:
             return self._producer
         async with self._producer_lock:
@@ -242,6 +254,7 @@ class KafkaBus:
     async def publish(self, topic: str, key: str, value: bytes) -> None:
         await self.publish_many(topic, [(key, value)])
 
+    @_unavailable_on_failure
     async def publish_many(self, topic: str, records: list[tuple[str, bytes]]) -> None:
         """Returns once the broker acked every record (acks=all); raises otherwise."""
         if not records:
@@ -262,7 +275,7 @@ class KafkaBus:
 
     def consumer(self, topics: list[str], group: str, background: bool = False) -> KafkaBusConsumer:
         if self._closed:
-            raise ConnectionError("bus is closed")
+            raise BackendUnavailable("kafka", "closed")
         consumer = KafkaBusConsumer(self, list(topics), group, background)
         self._consumers.add(consumer)
         return consumer
@@ -395,6 +408,7 @@ class KafkaBusConsumer:
             self._pending[TopicPartition(r.topic, r.partition)] = r.offset + 1
         return records
 
+    @_unavailable_on_failure
     async def poll(self, max_records: int, timeout: float) -> list[BusRecord]:
         if self._closed:
             return []
@@ -450,6 +464,7 @@ class KafkaBusConsumer:
         except kafka_errors.CommitFailedError as exc:
             log.warning("commit of group %s lost to a rebalance: %s", self.group, exc)
 
+    @_unavailable_on_failure
     async def commit(self) -> None:
         if self._closed or not self._pending:
             return

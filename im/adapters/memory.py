@@ -7,7 +7,7 @@ import zlib
 from collections import defaultdict
 
 from im.clock import Clock, SystemClock
-from im.ports import BusRecord, ConnectorInfo, DeviceRoute
+from im.ports import BackendUnavailable, BusRecord, ConnectorInfo, DeviceRoute, NodeLease
 
 # --------------------------------------------------------------------------- bus
 
@@ -46,7 +46,7 @@ class MemoryBus:
 
     def _append(self, topic: str, key: str, value: bytes) -> None:
         if self._closed:
-            raise ConnectionError("bus is closed")
+            raise BackendUnavailable("bus", "closed")
         self._log(topic)[partition_for(key, self._partitions)].append((key, value))
         self._new_data.set()
 
@@ -150,8 +150,14 @@ class MemoryConsumer:
 
 
 class MemoryRegistry:
+    """The registry of one process: every service of it shares this object, so what
+    one writes the others see at once, and nothing outlives the process."""
+
     def __init__(self) -> None:
         self._entries: dict[str, ConnectorInfo] = {}
+        self._routers: dict[str, bool] = {}
+        # Node ids leased by the services of this process; nothing else can hold one.
+        self._node_ids: set[int] = set()
 
     async def register(self, info: ConnectorInfo) -> None:
         self._entries[info.connector_id] = info
@@ -165,8 +171,24 @@ class MemoryRegistry:
     async def connectors(self) -> list[ConnectorInfo]:
         return list(self._entries.values())
 
+    async def announce_router(self, router_id: str, serving: bool) -> None:
+        self._routers[router_id] = serving
+
+    async def withdraw_router(self, router_id: str) -> None:
+        self._routers.pop(router_id, None)
+
+    async def routers(self) -> dict[str, bool]:
+        return dict(self._routers)
+
+    async def lease_node_id(self, owner: str, limit: int) -> NodeLease:
+        for node_id in range(limit):
+            if node_id not in self._node_ids:
+                self._node_ids.add(node_id)
+                return NodeLease(node_id, owner)
+        raise RuntimeError(f"all {limit} node ids are taken")
+
     async def close(self) -> None:
-        return None
+        self._node_ids.clear()
 
 
 # ------------------------------------------------------ presence, sessions, keys

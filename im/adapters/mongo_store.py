@@ -7,25 +7,82 @@ One document per message, never one per member::
 
 A unique index on (conversation_id, seq) serves history and last_seqs and guards the
 gap-free sequence: two different messages can never hold the same seq.
+
+Dead letters live in the ``dead_letters`` collection of the same database::
+
+    {_id: letter_id, topic, partition, offset (Int64), key, value (binary), reason,
+     at_ms (Int64)}
+
+Writes are acknowledged by a majority, journaled, unless the URL (or the client passed
+in) sets its own write concern. Every client error leaves as ``BackendUnavailable``,
+except on insert_many, where a document the store refuses by itself is
+``RecordRejected`` and a seq held by another message is ``SeqConflict``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+from urllib.parse import parse_qsl
 
+import bson
 from bson import Int64
-from pymongo import ASCENDING, AsyncMongoClient
+from bson.errors import BSONError
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, PyMongoError
 
-from im.ports import SeqConflict
+from im.ports import BackendUnavailable, DeadLetter, RecordRejected, SeqConflict
 from im.v1 import wire_pb2
 
+BACKEND = "message store"
 SEQ_INDEX = "conversation_seq"
+DEAD_LETTER_INDEX = "at_ms"
+
+# Durable before progress: the router moves on only past what a majority journaled.
+DURABLE = WriteConcern(w="majority", j=True)
+
+# Bounds used when the URL sets none, so a dead or hung server fails a call within
+# seconds instead of pymongo's 30 s server selection and no socket timeout at all.
+_DEFAULT_TIMEOUTS_MS = {
+    "serverSelectionTimeoutMS": 5000,
+    "connectTimeoutMS": 5000,
+    "socketTimeoutMS": 5000,
+}
+
+# MongoDB's document limit (maxBsonObjectSize). Checked before sending: a real server
+# may fail a whole insert command (not the one document) on a larger one.
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
+
+# Same length as the SQL store's column, so both keep the same text.
+REASON_CHARS = 1024
+
 _DUPLICATE_KEY = 11000
 _INDEX_IN_ERRMSG = re.compile(r"index: (\S+)")
+
+# Write errors that are about the server, not the document (pymongo retries the
+# same codes): the batch is to be retried later, not the document set aside.
+_TRANSIENT_CODES = frozenset(
+    {
+        6,  # HostUnreachable
+        7,  # HostNotFound
+        50,  # MaxTimeMSExpired
+        64,  # WriteConcernFailed
+        89,  # NetworkTimeout
+        91,  # ShutdownInProgress
+        189,  # PrimarySteppedDown
+        262,  # ExceededTimeLimit
+        9001,  # SocketException
+        10107,  # NotWritablePrimary
+        11600,  # InterruptedAtShutdown
+        11602,  # InterruptedDueToReplStateChange
+        13435,  # NotPrimaryNoSecondaryOk
+        13436,  # NotPrimaryOrSecondary
+    }
+)
 
 
 def _to_doc(m: wire_pb2.Message) -> dict[str, Any]:
@@ -56,6 +113,32 @@ def _to_message(d: dict[str, Any]) -> wire_pb2.Message:
     )
 
 
+def _letter_doc(letter: DeadLetter) -> dict[str, Any]:
+    return {
+        "_id": letter.letter_id,
+        "topic": letter.topic,
+        "partition": letter.partition,
+        "offset": Int64(letter.offset),
+        "key": letter.key,
+        "value": bytes(letter.value),
+        "reason": letter.reason[:REASON_CHARS],
+        "at_ms": Int64(letter.at_ms),
+    }
+
+
+def _to_letter(d: dict[str, Any]) -> DeadLetter:
+    return DeadLetter(
+        letter_id=d["_id"],
+        topic=d["topic"],
+        partition=int(d["partition"]),
+        offset=int(d["offset"]),
+        key=d["key"],
+        value=bytes(d["value"]),
+        reason=d["reason"],
+        at_ms=int(d["at_ms"]),
+    )
+
+
 def _is_id_duplicate(error: dict[str, Any]) -> bool:
     """True when an E11000 write error names the _id index (a replay of msg_id)."""
     key_pattern = error.get("keyPattern")
@@ -66,19 +149,85 @@ def _is_id_duplicate(error: dict[str, Any]) -> bool:
     return match is not None and match.group(1) == "_id_"
 
 
+def _describe(exc: BaseException) -> str:
+    """A short text for an error. A BulkWriteError's own text quotes the documents
+    (a 16 MiB body included): take the server's message only."""
+    if isinstance(exc, BulkWriteError):
+        errors = exc.details.get("writeConcernErrors") or exc.details.get("writeErrors") or [{}]
+        text = errors[0].get("errmsg", "")
+    else:
+        text = str(exc)
+    return f"{type(exc).__name__}: {text}"[:500]
+
+
+@contextmanager
+def _store_errors() -> Iterator[None]:
+    """Any pymongo error not handled where it arose means the store is not usable now
+    (unreachable, timed out, not primary, not majority-acknowledged, ...)."""
+    try:
+        yield
+    except PyMongoError as exc:
+        raise BackendUnavailable(BACKEND, _describe(exc)) from exc
+
+
+def _url_options(url: str) -> set[str]:
+    """The option names a MongoDB URL sets, lower-cased (URL options are
+    case-insensitive; old URLs separate them with ';')."""
+    query = url.partition("?")[2].replace(";", "&")
+    return {name.lower() for name, _ in parse_qsl(query)}
+
+
+def _first_unstorable(docs: list[dict[str, Any]]) -> tuple[int, str] | None:
+    """(index, reason) of the first document MongoDB cannot hold, found by encoding
+    it as pymongo will: ints past 64 bits, anything over the document limit."""
+    for i, doc in enumerate(docs):
+        try:
+            size = len(bson.encode(doc))
+        except (BSONError, OverflowError) as exc:
+            return i, f"{type(exc).__name__}: {exc}"
+        if size > MAX_DOCUMENT_BYTES:
+            return i, f"document of {size} bytes, over MongoDB's {MAX_DOCUMENT_BYTES}"
+    return None
+
+
+def _write_error(failure: BulkWriteError) -> dict[str, Any]:
+    """The one write error of an ordered insert that stopped. An unconfirmed write
+    concern or a server in transition is the store's trouble, not the document's."""
+    details = failure.details
+    errors = details.get("writeErrors") or []
+    if details.get("writeConcernErrors") or not errors:
+        raise BackendUnavailable(BACKEND, _describe(failure)) from failure
+    error = errors[0]
+    if error.get("code") in _TRANSIENT_CODES:
+        raise BackendUnavailable(BACKEND, _describe(failure)) from failure
+    return error
+
+
 class MongoMessageStore:
+    """MessageStore and DeadLetterStore on one MongoDB database."""
+
     def __init__(
         self,
         url: str = "mongodb://127.0.0.1:27017/im",
         *,
         database: str | None = None,
         collection: str = "messages",
+        dead_letter_collection: str = "dead_letters",
         client: AsyncMongoClient | None = None,
     ) -> None:
         """``database`` overrides the URL's path (default "im")."""
-        self._client: AsyncMongoClient = client if client is not None else AsyncMongoClient(url)
+        if client is None:
+            given = _url_options(url)
+            defaults = {k: v for k, v in _DEFAULT_TIMEOUTS_MS.items() if k.lower() not in given}
+            client = AsyncMongoClient(url, **defaults)
+        self._client: AsyncMongoClient = client
         db = self._client[database] if database else self._client.get_default_database(default="im")
-        self._messages: AsyncCollection = db[collection]
+        # None: inherit the write concern the URL (or the client) chose.
+        write_concern = DURABLE if self._client.write_concern.is_server_default else None
+        self._messages: AsyncCollection = db.get_collection(collection, write_concern=write_concern)
+        self._letters: AsyncCollection = db.get_collection(
+            dead_letter_collection, write_concern=write_concern
+        )
         self._indexed = False
         self._index_lock = asyncio.Lock()
 
@@ -86,66 +235,103 @@ class MongoMessageStore:
     def collection(self) -> AsyncCollection:
         return self._messages
 
-    async def _coll(self) -> AsyncCollection:
-        # The index is created on first use: constructors cannot await. createIndexes
-        # is a no-op when it already exists, so concurrent processes are fine.
-        if not self._indexed:
-            async with self._index_lock:
-                if not self._indexed:
-                    await self._messages.create_index(
-                        [("conversation_id", ASCENDING), ("seq", ASCENDING)],
-                        unique=True,
-                        name=SEQ_INDEX,
-                    )
-                    self._indexed = True
-        return self._messages
+    @property
+    def dead_letter_collection(self) -> AsyncCollection:
+        return self._letters
+
+    async def _ready(self) -> None:
+        # Indexes are created on first use: constructors cannot await. createIndexes
+        # is a no-op when they exist, so concurrent processes are fine.
+        if self._indexed:
+            return
+        async with self._index_lock:
+            if not self._indexed:
+                await self._messages.create_index(
+                    [("conversation_id", ASCENDING), ("seq", ASCENDING)],
+                    unique=True,
+                    name=SEQ_INDEX,
+                )
+                # Newest first by (at_ms, _id): the index serves the whole sort.
+                await self._letters.create_index(
+                    [("at_ms", DESCENDING), ("_id", DESCENDING)], name=DEAD_LETTER_INDEX
+                )
+                self._indexed = True
+
+    # ------------------------------------------------------------------ writes
 
     async def insert_many(self, messages: list[wire_pb2.Message]) -> list[bool]:
         if not messages:
             return []
-        coll = await self._coll()
         docs = [_to_doc(m) for m in messages]
-        try:
-            # ordered=False: everything that can be stored is stored, in one round trip.
-            await coll.insert_many(docs, ordered=False)
-            return [True] * len(docs)
-        except BulkWriteError as exc:
-            failure = exc
-        details = failure.details
-        if details.get("writeConcernErrors"):
-            raise failure
-        results = [True] * len(docs)
-        ambiguous: list[int] = []  # (conversation_id, seq) taken: a replay or a conflict?
-        for error in details.get("writeErrors", []):
-            if error.get("code") != _DUPLICATE_KEY:
-                raise failure
-            i = error["index"]
-            results[i] = False
-            if not _is_id_duplicate(error):
-                ambiguous.append(i)
-        if ambiguous:
-            # A document colliding on both indexes may be reported under either of them
-            # (SecantusDB names the seq index first). As in the SQL store, the msg_id
-            # decides: if it is stored, this is a replay; otherwise another message
-            # holds the seq.
-            ids = [docs[i]["_id"] for i in ambiguous]
-            stored = {d["_id"] async for d in coll.find({"_id": {"$in": ids}}, {"_id": 1})}
-            for i in ambiguous:
-                if docs[i]["_id"] not in stored:
-                    raise SeqConflict(docs[i]["conversation_id"], int(docs[i]["seq"]))
+        unstorable = _first_unstorable(docs)
+        storable = docs if unstorable is None else docs[: unstorable[0]]
+        with _store_errors():
+            await self._ready()
+            results = await self._insert_in_order(storable)
+        if unstorable is not None:
+            raise RecordRejected(*unstorable)
         return results
+
+    async def _insert_in_order(self, docs: list[dict[str, Any]]) -> list[bool]:
+        """Insert ``docs`` in order (ordered=True: nothing after a failure is tried).
+        A replay is not a failure: it gets False and the rest goes on from after it."""
+        results: list[bool] = []
+        while len(results) < len(docs):
+            start = len(results)
+            try:
+                await self._messages.insert_many(docs[start:], ordered=True)
+            except BulkWriteError as failure:
+                error = _write_error(failure)
+                index = start + error["index"]  # the server counts from this call's first
+                results.extend([True] * (index - start))
+                results.append(await self._replayed(index, docs[index], error))
+                continue
+            results.extend([True] * (len(docs) - start))
+        return results
+
+    async def _replayed(self, index: int, doc: dict[str, Any], error: dict[str, Any]) -> bool:
+        """False when the failed document is a replay; raises for any other failure."""
+        if error.get("code") != _DUPLICATE_KEY:
+            raise RecordRejected(index, error.get("errmsg", f"write error {error.get('code')}"))
+        if _is_id_duplicate(error):
+            return False
+        # A document colliding on both indexes may be reported under either of them
+        # (SecantusDB names the seq index first). As in the SQL store, the msg_id
+        # decides: if it is stored, this is a replay; otherwise another message holds
+        # the seq.
+        if await self._messages.find_one({"_id": doc["_id"]}, {"_id": 1}) is not None:
+            return False
+        raise SeqConflict(doc["conversation_id"], int(doc["seq"]), index)
+
+    async def put_dead_letters(self, letters: list[DeadLetter]) -> None:
+        if not letters:
+            return
+        with _store_errors():
+            await self._ready()
+            try:
+                # ordered=False: a letter stored before does not hold back the others.
+                await self._letters.insert_many([_letter_doc(x) for x in letters], ordered=False)
+            except BulkWriteError as failure:
+                details = failure.details
+                if details.get("writeConcernErrors") or any(
+                    e.get("code") != _DUPLICATE_KEY for e in details.get("writeErrors", [])
+                ):
+                    raise
+                # Only duplicates: those letters are stored already, as they stand.
+
+    # ------------------------------------------------------------------- reads
 
     async def get_by_msg_ids(self, msg_ids: list[int]) -> dict[int, wire_pb2.Message]:
         if not msg_ids:
             return {}
-        coll = await self._coll()
-        cursor = coll.find({"_id": {"$in": [Int64(i) for i in msg_ids]}})
-        return {int(d["_id"]): _to_message(d) async for d in cursor}
+        with _store_errors():
+            await self._ready()
+            cursor = self._messages.find({"_id": {"$in": [Int64(i) for i in msg_ids]}})
+            return {int(d["_id"]): _to_message(d) async for d in cursor}
 
     async def last_seqs(self, conversation_ids: list[str]) -> dict[str, int]:
         if not conversation_ids:
             return {}
-        coll = await self._coll()
         out = dict.fromkeys(conversation_ids, 0)
         # One aggregate for all conversations. $sort in the index's (reverse) order
         # followed by $group/$first lets MongoDB answer with a DISTINCT_SCAN: one index
@@ -155,8 +341,10 @@ class MongoMessageStore:
             {"$sort": {"conversation_id": -1, "seq": -1}},
             {"$group": {"_id": "$conversation_id", "seq": {"$first": "$seq"}}},
         ]
-        async for row in await coll.aggregate(pipeline):
-            out[row["_id"]] = int(row["seq"])
+        with _store_errors():
+            await self._ready()
+            async for row in await self._messages.aggregate(pipeline):
+                out[row["_id"]] = int(row["seq"])
         return out
 
     async def history(
@@ -164,13 +352,31 @@ class MongoMessageStore:
     ) -> list[wire_pb2.Message]:
         if limit <= 0:  # Mongo's limit(0) would mean "no limit"
             return []
-        coll = await self._coll()
-        cursor = (
-            coll.find({"conversation_id": conversation_id, "seq": {"$gt": Int64(after_seq)}})
-            .sort("seq", ASCENDING)
-            .limit(limit)
-        )
-        return [_to_message(d) async for d in cursor]
+        with _store_errors():
+            await self._ready()
+            cursor = (
+                self._messages.find(
+                    {"conversation_id": conversation_id, "seq": {"$gt": Int64(after_seq)}}
+                )
+                .sort("seq", ASCENDING)
+                .limit(limit)
+            )
+            return [_to_message(d) async for d in cursor]
+
+    async def dead_letters(self, limit: int, before_ms: int | None = None) -> list[DeadLetter]:
+        if limit <= 0:
+            return []
+        query: dict[str, Any] = {} if before_ms is None else {"at_ms": {"$lt": Int64(before_ms)}}
+        with _store_errors():
+            await self._ready()
+            cursor = (
+                self._letters.find(query)
+                .sort([("at_ms", DESCENDING), ("_id", DESCENDING)])
+                .limit(limit)
+            )
+            return [_to_letter(d) async for d in cursor]
+
+    # --------------------------------------------------------------- lifecycle
 
     async def healthy(self, timeout: float = 2.0) -> bool:
         try:

@@ -15,14 +15,52 @@ Same semantics as ``im.adapters.memory.MemoryKV``. Keys, under a configurable pr
 Every hot-path call (connect, disconnect, routes, is_revoked, claim) is one round
 trip: a Lua script (EVALSHA) or one pipeline. Scripts touch one key each, so the
 layout also fits Redis Cluster.
+
+Every call is bounded (socket timeouts of ``DEFAULT_TIMEOUT`` and one quick retry on a
+broken connection, unless the URL says otherwise) and raises ``BackendUnavailable``
+when Redis is unreachable, hung or loading; the connection pool reconnects by itself
+once the server is back.
 """
 
 from __future__ import annotations
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ConstantBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from im.adapters.errors import unavailable_on
 from im.ports import DeviceRoute
+
+# Seconds for a connect and for each reply, unless the URL sets socket_timeout /
+# socket_connect_timeout. redis-py's own default is 5 s each.
+DEFAULT_TIMEOUT = 2.0
+
+# What "Redis as a whole did not answer" looks like through redis-py: its
+# ConnectionError (which includes BusyLoadingError while a restarted server loads its
+# data, and AuthenticationError), its TimeoutError, and socket errors it lets through.
+_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def _retry_policy() -> Retry:
+    """One retry, after 50 ms, and only on a broken connection.
+
+    redis-py's Redis() default retries 10 times with exponential backoff (10 ms base,
+    1 s cap) on ConnectionError and TimeoutError: about a minute against a hung server;
+    Redis.from_url without ``retry`` does not retry at all. One retry is what it takes
+    to replace a pooled connection that a server restart closed, so the first call
+    after a restart succeeds. A timeout is not retried: a slow server may still apply
+    the first attempt (SET NX GET, INCR and the connect script are not idempotent),
+    and a second wait would double the worst case. Worst case per call: one
+    DEFAULT_TIMEOUT against a hung server, about two when a connection breaks late.
+    """
+    return Retry(ConstantBackoff(0.05), retries=1, supported_errors=(RedisConnectionError,))
+
+
+_unavailable_on_failure = unavailable_on("redis", _UNAVAILABLE)
+
 
 # Field value layout "connector|expires_ms"; the greedy match splits at the last '|',
 # so a connector id may itself contain '|'.
@@ -105,6 +143,16 @@ def _parse(value: bytes) -> tuple[str, int] | None:
     return conn, int(exp)
 
 
+def _client(url: str) -> Redis:
+    # from_url lets the URL's query parameters win over these keyword defaults.
+    return Redis.from_url(
+        url,
+        socket_timeout=DEFAULT_TIMEOUT,
+        socket_connect_timeout=DEFAULT_TIMEOUT,
+        retry=_retry_policy(),
+    )
+
+
 class RedisKV:
     """Presence + SessionStore + IdempotencyStore on one Redis connection pool."""
 
@@ -116,7 +164,7 @@ class RedisKV:
         client: Redis | None = None,
     ) -> None:
         # decode_responses stays off: idempotency values are bytes.
-        self._redis: Redis = client if client is not None else Redis.from_url(url)
+        self._redis: Redis = client if client is not None else _client(url)
         self._prefix = prefix
         self._connect = self._redis.register_script(_CONNECT)
         self._disconnect = self._redis.register_script(_DISCONNECT)
@@ -130,6 +178,7 @@ class RedisKV:
         return f"{self._prefix}presence:{user_id}"
 
     # --------------------------------------------------------------- presence
+    @_unavailable_on_failure
     async def connect(
         self, user_id: int, device_id: str, connector_id: str, ttl: float
     ) -> str | None:
@@ -138,9 +187,11 @@ class RedisKV:
         )
         return previous.decode() if previous else None
 
+    @_unavailable_on_failure
     async def disconnect(self, user_id: int, device_id: str, connector_id: str) -> None:
         await self._disconnect(keys=[self._presence_key(user_id)], args=[device_id, connector_id])
 
+    @_unavailable_on_failure
     async def refresh(self, entries: list[tuple[int, str]], connector_id: str, ttl: float) -> None:
         if not entries:
             return
@@ -166,6 +217,7 @@ class RedisKV:
             if isinstance(r, Exception):
                 raise r
 
+    @_unavailable_on_failure
     async def routes(self, user_ids: list[int]) -> dict[int, list[DeviceRoute]]:
         if not user_ids:
             return {}
@@ -190,13 +242,16 @@ class RedisKV:
         return out
 
     # --------------------------------------------------------------- sessions
+    @_unavailable_on_failure
     async def revoke(self, session_id: str, ttl: float) -> None:
         await self._redis.set(f"{self._prefix}revoked:{session_id}", b"1", px=_ms(ttl))
 
+    @_unavailable_on_failure
     async def is_revoked(self, session_id: str) -> bool:
         return bool(await self._redis.exists(f"{self._prefix}revoked:{session_id}"))
 
     # ------------------------------------------------------------ idempotency
+    @_unavailable_on_failure
     async def claim(self, key: str, value: bytes, ttl: float) -> bytes | None:
         # SET NX GET (Redis >= 7.0): sets only if absent and returns the old value,
         # atomically, in one command.
@@ -204,10 +259,12 @@ class RedisKV:
             f"{self._prefix}idem:{key}", value, nx=True, px=_ms(ttl), get=True
         )
 
+    @_unavailable_on_failure
     async def release(self, key: str) -> None:
         await self._redis.delete(f"{self._prefix}idem:{key}")
 
     # -- rate limits: a fixed-window counter, one round trip
+    @_unavailable_on_failure
     async def hit(self, key: str, limit: int, window: float) -> float:
         name = f"{self._prefix}rate:{key}"
         async with self._redis.pipeline(transaction=True) as pipe:

@@ -1,20 +1,48 @@
-"""Message store on SQL (SQLAlchemy): the standalone default, any SQLAlchemy URL."""
+"""Message store on SQL (SQLAlchemy): the standalone default, any SQLAlchemy URL.
+
+Also the dead-letter store (``dead_letters`` table) next to the messages.
+
+Errors: every client error leaves as ``BackendUnavailable``, except on insert_many,
+where a row the database refuses by itself is ``RecordRejected`` and a seq held by
+another message is ``SeqConflict``.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from sqlalchemy import func, select, text
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from im.db import MessageRow, create_schema, make_engine
-from im.ports import SeqConflict
+from im.db import (
+    DEAD_LETTER_REASON_CHARS,
+    DeadLetterRow,
+    MessageRow,
+    create_schema,
+    make_engine,
+)
+from im.ports import BackendUnavailable, DeadLetter, RecordRejected, SeqConflict
 from im.v1 import wire_pb2
 
+BACKEND = "message store"
 
-def _to_row(m: wire_pb2.Message) -> dict:
+# Bounds for the MySQL drivers (PyMySQL, mysqlclient) when the URL sets none: without
+# them a hung server (not a dead one: that refuses at once) blocks a call forever.
+_MYSQL_TIMEOUTS = {"connect_timeout": "5", "read_timeout": "30", "write_timeout": "30"}
+
+# Errors of one row's values: the database (DataError: too long, out of range) or the
+# driver before sending (sqlite3: OverflowError for ints past 64 bits; a string the
+# connection charset cannot encode: UnicodeEncodeError, a ValueError).
+_ROW_ERRORS = (DataError, OverflowError, ValueError)
+
+T = TypeVar("T")
+
+
+def _to_row(m: wire_pb2.Message) -> dict[str, Any]:
     return {
         "msg_id": m.msg_id,
         "conversation_id": m.conversation_id,
@@ -42,51 +70,143 @@ def _to_message(r: MessageRow) -> wire_pb2.Message:
     )
 
 
+def _letter_row(letter: DeadLetter) -> dict[str, Any]:
+    # A dead letter is often a malformed record: cut what would not fit rather than
+    # refuse to keep it (the reason is ours; topic and key come from the bus).
+    return {
+        "letter_id": letter.letter_id,
+        "topic": letter.topic[:255],
+        "partition": letter.partition,
+        "offset": letter.offset,
+        "key": letter.key[:255],
+        "value": letter.value,
+        "reason": letter.reason[:DEAD_LETTER_REASON_CHARS],
+        "at_ms": letter.at_ms,
+    }
+
+
+def _to_letter(r: DeadLetterRow) -> DeadLetter:
+    return DeadLetter(
+        letter_id=r.letter_id,
+        topic=r.topic,
+        partition=r.partition,
+        offset=r.offset,
+        key=r.key,
+        value=bytes(r.value),
+        reason=r.reason,
+        at_ms=r.at_ms,
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    """A short text for an error: the driver's own message, without SQLAlchemy's echo
+    of the statement and its parameters (a 16 MiB body would be quoted)."""
+    cause = exc.orig if isinstance(exc, DBAPIError) else exc
+    return f"{type(cause).__name__}: {cause}"[:500]
+
+
+def _with_timeouts(url: str) -> str:
+    parsed = make_url(url)
+    if parsed.get_driver_name() not in ("pymysql", "mysqldb"):  # drivers with these options
+        return url
+    missing = {k: v for k, v in _MYSQL_TIMEOUTS.items() if k not in parsed.query}
+    return parsed.update_query_dict(missing).render_as_string(hide_password=False)
+
+
 class SqlMessageStore:
+    """MessageStore and DeadLetterStore on one SQLAlchemy engine."""
+
     def __init__(
         self, url: str | None = None, engine: Engine | None = None, auto_migrate: bool = True
     ) -> None:
         if engine is None:
             if url is None:
                 raise ValueError("url or engine required")
-            engine = make_engine(url)
+            engine = make_engine(_with_timeouts(url))
         self._engine = engine
         if auto_migrate:
-            create_schema(engine)
+            try:
+                create_schema(engine)
+            except SQLAlchemyError as exc:
+                raise BackendUnavailable(BACKEND, _describe(exc)) from exc
 
-    # Every call runs in a worker thread: the database driver blocks.
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` in a worker thread (the database driver blocks); any error of the
+        database client that ``fn`` let through means the store is not usable now."""
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except SQLAlchemyError as exc:
+            raise BackendUnavailable(BACKEND, _describe(exc)) from exc
+
+    # ------------------------------------------------------------------ writes
+
     async def insert_many(self, messages: list[wire_pb2.Message]) -> list[bool]:
-        return await asyncio.to_thread(self._insert_many, messages)
-
-    def _insert_many(self, messages: list[wire_pb2.Message]) -> list[bool]:
         if not messages:
             return []
-        rows = [_to_row(m) for m in messages]
+        return await self._run(self._insert_many, [_to_row(m) for m in messages])
+
+    def _insert_many(self, rows: list[dict[str, Any]]) -> list[bool]:
+        # The common case: the whole batch in one transaction.
         try:
             with Session(self._engine) as session, session.begin():
                 session.execute(MessageRow.__table__.insert(), rows)
             return [True] * len(rows)
+        except (IntegrityError, *_ROW_ERRORS):
+            pass  # rolled back: nothing of the batch is stored
+        # Some row collided or was refused: one transaction per row, in order, to tell
+        # replays from seq conflicts and to store exactly the rows before a failure.
+        return [self._insert_one(i, row) for i, row in enumerate(rows)]
+
+    def _insert_one(self, index: int, row: dict[str, Any]) -> bool:
+        """True if stored, False if its msg_id is stored already (a replay)."""
+        try:
+            with Session(self._engine) as session, session.begin():
+                session.execute(MessageRow.__table__.insert(), [row])
+            return True
         except IntegrityError:
             pass
-        # Some row collided: insert one by one to tell replays from seq conflicts.
-        results = []
-        for row in rows:
+        except _ROW_ERRORS as exc:
+            raise RecordRejected(index, _describe(exc)) from exc
+        # The msg_id decides whatever index the database names: if it is stored, this
+        # is a replay (its seq may even differ); otherwise another message holds the seq.
+        with Session(self._engine) as session:
+            if session.get(MessageRow, row["msg_id"]) is not None:
+                return False
+        raise SeqConflict(row["conversation_id"], row["seq"], index)
+
+    async def put_dead_letters(self, letters: list[DeadLetter]) -> None:
+        if not letters:
+            return
+        # The same record twice in one call is stored once too.
+        rows = list({letter.letter_id: _letter_row(letter) for letter in letters}.values())
+        await self._run(self._put_dead_letters, rows)
+
+    def _put_dead_letters(self, rows: list[dict[str, Any]]) -> None:
+        # Portable "insert unless present": skip the ids already stored. Another
+        # writer may store one of them in between: then look again, once.
+        for attempt in range(2):
             try:
                 with Session(self._engine) as session, session.begin():
-                    session.execute(MessageRow.__table__.insert(), [row])
-                results.append(True)
+                    ids = [r["letter_id"] for r in rows]
+                    stored = set(
+                        session.scalars(
+                            select(DeadLetterRow.letter_id).where(DeadLetterRow.letter_id.in_(ids))
+                        )
+                    )
+                    new = [r for r in rows if r["letter_id"] not in stored]
+                    if new:
+                        session.execute(DeadLetterRow.__table__.insert(), new)
+                return
             except IntegrityError:
-                with Session(self._engine) as session:
-                    exists = session.get(MessageRow, row["msg_id"])
-                if exists is None:
-                    raise SeqConflict(row["conversation_id"], row["seq"]) from None
-                results.append(False)
-        return results
+                if attempt == 1:
+                    raise
+
+    # ------------------------------------------------------------------- reads
 
     async def get_by_msg_ids(self, msg_ids: list[int]) -> dict[int, wire_pb2.Message]:
         if not msg_ids:
             return {}
-        return await asyncio.to_thread(self._get_by_msg_ids, msg_ids)
+        return await self._run(self._get_by_msg_ids, msg_ids)
 
     def _get_by_msg_ids(self, msg_ids: list[int]) -> dict[int, wire_pb2.Message]:
         with Session(self._engine) as session:
@@ -96,7 +216,7 @@ class SqlMessageStore:
     async def last_seqs(self, conversation_ids: list[str]) -> dict[str, int]:
         if not conversation_ids:
             return {}
-        return await asyncio.to_thread(self._last_seqs, conversation_ids)
+        return await self._run(self._last_seqs, conversation_ids)
 
     def _last_seqs(self, conversation_ids: list[str]) -> dict[str, int]:
         out = dict.fromkeys(conversation_ids, 0)
@@ -113,7 +233,7 @@ class SqlMessageStore:
     async def history(
         self, conversation_id: str, after_seq: int, limit: int
     ) -> list[wire_pb2.Message]:
-        return await asyncio.to_thread(self._history, conversation_id, after_seq, limit)
+        return await self._run(self._history, conversation_id, after_seq, limit)
 
     def _history(self, conversation_id: str, after_seq: int, limit: int) -> list[wire_pb2.Message]:
         with Session(self._engine) as session:
@@ -124,6 +244,21 @@ class SqlMessageStore:
                 .limit(limit)
             )
             return [_to_message(r) for r in session.scalars(stmt)]
+
+    async def dead_letters(self, limit: int, before_ms: int | None = None) -> list[DeadLetter]:
+        if limit <= 0:
+            return []
+        return await self._run(self._dead_letters, limit, before_ms)
+
+    def _dead_letters(self, limit: int, before_ms: int | None) -> list[DeadLetter]:
+        stmt = select(DeadLetterRow)
+        if before_ms is not None:
+            stmt = stmt.where(DeadLetterRow.at_ms < before_ms)
+        stmt = stmt.order_by(DeadLetterRow.at_ms.desc(), DeadLetterRow.letter_id.desc())
+        with Session(self._engine) as session:
+            return [_to_letter(r) for r in session.scalars(stmt.limit(limit))]
+
+    # --------------------------------------------------------------- lifecycle
 
     async def healthy(self) -> bool:
         def ping() -> bool:

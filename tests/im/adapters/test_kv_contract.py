@@ -8,16 +8,23 @@ Redis test under its own random key prefix, deleted afterwards.
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import signal
+import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import redis.exceptions
 
 from im.adapters.memory import MemoryKV
 from im.adapters.redis_kv import RedisKV
 from im.clock import FakeClock
+from im.ports import BackendUnavailable
 
 # Short TTLs keep the Redis runs quick; long ones are "forever" for a test.
 SHORT = 0.4
@@ -265,3 +272,140 @@ async def test_redis_layout_and_whole_hash_expiry(redis_url: str) -> None:
         assert await kv.healthy()
     finally:
         await gen.aclose()
+
+
+# ------------------------------------------------- Redis down, hung, restarted
+
+# What a caller may wait for one call when Redis is down or hung.
+BOUND = 5.0
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+async def _unavailable_within(call: Awaitable[Any], bound: float = BOUND) -> BackendUnavailable:
+    """Await ``call``, which must raise BackendUnavailable for redis within ``bound`` s."""
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailable) as info:
+        # A little slack over the bound, so a hang fails the test instead of stalling it.
+        await asyncio.wait_for(call, bound + 2)
+    assert time.monotonic() - started < bound
+    assert info.value.backend == "redis"
+    assert info.value.__cause__ is not None
+    return info.value
+
+
+class PrivateRedis:
+    """A redis-server of this test alone, on its own port: it can be paused and killed
+    without touching the shared one."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self._proc: asyncio.subprocess.Process | None = None
+
+    async def start(self, deadline: float = 10.0) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.skip("redis-server is not installed")
+        self._proc = await asyncio.create_subprocess_exec(
+            *(binary, "--bind", "127.0.0.1", "--port", str(self.port)),
+            *("--save", "", "--appendonly", "no"),
+            stdout=asyncio.subprocess.DEVNULL,
+        )
+        end = time.monotonic() + deadline
+        while not self._answers_ping():
+            assert self._proc.returncode is None, "redis-server exited"
+            assert time.monotonic() < end, "redis-server did not start"
+            await asyncio.sleep(0.05)
+
+    def _answers_ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def pause(self) -> None:
+        """Hang it: the kernel still completes TCP handshakes, nothing answers."""
+        assert self._proc is not None
+        os.kill(self._proc.pid, signal.SIGSTOP)
+
+    async def kill(self) -> None:
+        if self._proc is None:
+            return
+        os.kill(self._proc.pid, signal.SIGCONT)  # let a paused one go before it dies
+        self._proc.kill()
+        await self._proc.wait()
+        self._proc = None
+
+
+async def test_redis_unreachable_every_call_raises_backend_unavailable() -> None:
+    kv = RedisKV(f"redis://127.0.0.1:{_free_port()}/0", prefix="imtest:down:")
+    calls: dict[str, Callable[[], Awaitable[Any]]] = {
+        "connect": lambda: kv.connect(1, "phone", "c1", LONG),
+        "disconnect": lambda: kv.disconnect(1, "phone", "c1"),
+        "refresh": lambda: kv.refresh([(1, "phone")], "c1", LONG),
+        "routes": lambda: kv.routes([1]),
+        "revoke": lambda: kv.revoke("s1", LONG),
+        "is_revoked": lambda: kv.is_revoked("s1"),
+        "claim": lambda: kv.claim("u1:m1", b"ack", LONG),
+        "release": lambda: kv.release("u1:m1"),
+        "hit": lambda: kv.hit("login:alice", 3, LONG),
+    }
+    try:
+        for name, call in calls.items():
+            error = await _unavailable_within(call())
+            assert isinstance(error.__cause__, redis.exceptions.ConnectionError), name
+        assert not await kv.healthy()
+    finally:
+        await kv.close()
+
+
+def test_redis_timeouts_default_to_two_seconds_unless_the_url_says_otherwise() -> None:
+    def connection_of(kv: RedisKV) -> Any:
+        return kv._redis.connection_pool.make_connection()
+
+    default = connection_of(RedisKV("redis://127.0.0.1:6379/0"))
+    assert (default.socket_timeout, default.socket_connect_timeout) == (2.0, 2.0)
+    assert default.retry.get_retries() == 1
+    mine = connection_of(
+        RedisKV("redis://127.0.0.1:6379/0?socket_timeout=7&socket_connect_timeout=0.5")
+    )
+    assert (mine.socket_timeout, mine.socket_connect_timeout) == (7.0, 0.5)
+
+
+@pytest.mark.integration
+async def test_redis_hung_then_restarted_same_adapter_recovers() -> None:
+    server = PrivateRedis(_free_port())
+    await server.start()
+    kv = RedisKV(server.url, prefix="imtest:")
+    try:
+        assert await kv.claim("u1:m1", b"ack-1", LONG) is None
+        assert await kv.connect(1, "phone", "c1", LONG) is None  # scripts now loaded
+
+        server.pause()
+        error = await _unavailable_within(kv.claim("u1:m2", b"ack-2", LONG))
+        assert isinstance(error.__cause__, redis.exceptions.TimeoutError)
+
+        # Back, empty (and without the scripts): the same adapter carries on.
+        await server.kill()
+        await server.start()
+        assert await kv.claim("u1:m1", b"ack-3", LONG) is None
+        assert await kv.connect(1, "phone", "c2", LONG) is None  # NOSCRIPT: reloaded
+        await kv.refresh([(1, "phone")], "c2", LONG)  # its own NOSCRIPT path
+        assert routes_of(await kv.routes([1]), 1) == {("phone", "c2")}
+
+        # A restart under an idle pooled connection: the next call does not fail.
+        await server.kill()
+        await server.start()
+        assert await kv.claim("u1:m1", b"ack-4", LONG) is None
+        assert await kv.hit("login:alice", 3, LONG) == 0.0
+        assert await kv.healthy()
+    finally:
+        await server.kill()
+        await kv.close()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import pytest
+
 from im.adapters.memory import MemoryBus, MemoryConsumer, MemoryKV, partition_for
 from im.clock import FakeClock
-from im.ports import BusRecord
+from im.ports import BackendUnavailable, BusRecord
 
 TOPIC = "im.messages"
 GROUP = "im-router"
@@ -105,6 +107,17 @@ async def test_poll_times_out_empty_and_wakes_on_publish() -> None:
     assert await bus.healthy()
     await bus.close()
     assert not await bus.healthy()
+
+
+async def test_a_closed_bus_is_unavailable() -> None:
+    # The same error as a bus whose broker is down: callers retry later.
+    bus = MemoryBus(partitions=2)
+    await bus.close()
+    with pytest.raises(BackendUnavailable) as info:
+        await bus.publish(TOPIC, "k", b"v")
+    assert info.value.backend == "bus"
+    with pytest.raises(BackendUnavailable):
+        await bus.publish_many(TOPIC, [("k", b"v")])
 
 
 # ---------------------------------------------------------------------- presence

@@ -6,25 +6,33 @@
   deletes its rows afterwards.
 - ``mongo``: MongoMessageStore (integration, ``mongo_url``) in a database of its own,
   dropped afterwards.
+
+Both adapters are also the dead-letter store; on MariaDB the ``dead_letters`` table is
+shared too, so letter ids carry the test's prefix and at_ms lie far in the future.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
+import socket
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pymongo import WriteConcern
 from sqlalchemy import delete
 
+from im.adapters import mongo_store
 from im.adapters.mongo_store import MongoMessageStore
 from im.adapters.sqlstore import SqlMessageStore
-from im.db import MessageRow
-from im.ports import SeqConflict
+from im.db import DeadLetterRow, MessageRow
+from im.ports import BackendUnavailable, DeadLetter, RecordRejected, SeqConflict
 from im.v1 import wire_pb2
 
 
@@ -32,9 +40,11 @@ from im.v1 import wire_pb2
 class Case:
     """The store under test and the namespace this test owns."""
 
-    store: Any  # a MessageStore
-    ns: str  # prefix of this test's conversation ids
+    kind: str  # "sqlite", "mariadb" or "mongo"
+    store: Any  # a MessageStore and DeadLetterStore
+    ns: str  # prefix of this test's conversation ids and letter ids
     base_id: int  # this test's msg_ids start here
+    base_ms: int  # this test's dead letters are at base_ms and after
 
     def conv(self, name: str) -> str:
         return f"{self.ns}{name}"
@@ -52,42 +62,55 @@ class Case:
             server_ts=1_800_000_000_000 + n,
         )
 
+    def letter(self, n: int, at: int, reason: str = "undecodable") -> DeadLetter:
+        return DeadLetter(
+            letter_id=f"{self.ns}{n:04d}",
+            topic="im.inbound",
+            partition=n % 4,
+            offset=5_000_000_000 + n,  # beyond 32 bits on purpose
+            key=f"d:{n}:{n + 1}",
+            value=bytes([n % 256]) + b"\x00\xff raw",
+            reason=reason,
+            at_ms=self.base_ms + at,
+        )
 
-def _namespace() -> tuple[str, int]:
-    # Random conversation prefix and a random 2^40-aligned msg_id block below 2^62.
-    return f"t{uuid.uuid4().hex[:10]}:", random.randrange(1, 2**22) << 40
+
+def _namespace() -> tuple[str, int, int]:
+    # Random conversation prefix, a random 2^40-aligned msg_id block below 2^62, and
+    # dead-letter times far beyond any real clock (2^52 ms is year 144,683).
+    ns = f"t{uuid.uuid4().hex[:10]}:"
+    return ns, random.randrange(1, 2**22) << 40, (2**52) + (random.randrange(2**20) << 20)
 
 
 async def _sqlite(tmp_path: Path) -> AsyncIterator[Case]:
-    ns, base = _namespace()
     store = SqlMessageStore(f"sqlite:///{tmp_path / 'messages.db'}")
     try:
-        yield Case(store, ns, base)
+        yield Case("sqlite", store, *_namespace())
     finally:
         await store.close()
 
 
 async def _mariadb(url: str) -> AsyncIterator[Case]:
-    ns, base = _namespace()
+    ns, base, base_ms = _namespace()
     store = SqlMessageStore(url)
     try:
-        yield Case(store, ns, base)
+        yield Case("mariadb", store, ns, base, base_ms)
     finally:
 
         def cleanup() -> None:
             with store._engine.begin() as conn:
                 conn.execute(delete(MessageRow).where(MessageRow.conversation_id.startswith(ns)))
+                conn.execute(delete(DeadLetterRow).where(DeadLetterRow.letter_id.startswith(ns)))
 
         await asyncio.to_thread(cleanup)
         await store.close()
 
 
 async def _mongo(url: str) -> AsyncIterator[Case]:
-    ns, base = _namespace()
     database = f"im_test_{uuid.uuid4().hex[:12]}"
     store = MongoMessageStore(url, database=database)
     try:
-        yield Case(store, ns, base)
+        yield Case("mongo", store, *_namespace())
     finally:
         await store._client.drop_database(database)
         await store.close()
@@ -159,25 +182,88 @@ async def test_replay_with_another_seq_is_still_a_replay(case: Case) -> None:
     assert ids(await s.history(case.conv("a"), 0, 10)) == [(case.base_id + 1, 1)]
 
 
-async def test_seq_taken_by_another_message_raises(case: Case) -> None:
+async def test_seq_taken_by_another_message_stops_the_batch_there(case: Case) -> None:
     s = case.store
     await s.insert_many([case.msg(1, "a", 1), case.msg(2, "a", 2)])
+    batch = [case.msg(3, "a", 3), case.msg(4, "b", 1), case.msg(5, "a", 2), case.msg(6, "b", 2)]
     with pytest.raises(SeqConflict) as err:
-        await s.insert_many([case.msg(3, "a", 3), case.msg(4, "a", 2), case.msg(5, "b", 1)])
-    assert err.value.conversation_id == case.conv("a")
-    assert err.value.seq == 2
+        await s.insert_many(batch)
+    assert (err.value.conversation_id, err.value.seq, err.value.index) == (case.conv("a"), 2, 2)
     # The original holder of seq 2 is untouched.
     (kept,) = await s.history(case.conv("a"), 1, 1)
     assert kept.msg_id == case.base_id + 2
-    # The messages that did not conflict may or may not be stored (the adapters differ:
-    # SQL stops at the conflict, Mongo inserts the rest), but never under a wrong seq.
-    for m in await s.history(case.conv("a"), 0, 10) + await s.history(case.conv("b"), 0, 10):
-        assert m.seq == {1: 1, 2: 2, 3: 3, 5: 1}[m.msg_id - case.base_id]
+    # In list order up to the conflict, nothing after it: a retry of the rest after
+    # reseeding can never store a later message of a conversation before an earlier one.
+    stored_a = [case.msg(1, "a", 1), case.msg(2, "a", 2), batch[0]]
+    assert ids(await s.history(case.conv("a"), 0, 10)) == ids(stored_a)
+    assert ids(await s.history(case.conv("b"), 0, 10)) == ids([batch[1]])
+    assert await s.get_by_msg_ids([case.base_id + 5, case.base_id + 6]) == {}
 
 
 async def test_seq_conflict_inside_one_batch_raises(case: Case) -> None:
-    with pytest.raises(SeqConflict):
-        await case.store.insert_many([case.msg(1, "a", 1), case.msg(2, "a", 1)])
+    batch = [case.msg(1, "a", 1), case.msg(2, "a", 1), case.msg(3, "a", 2)]
+    with pytest.raises(SeqConflict) as err:
+        await case.store.insert_many(batch)
+    assert (err.value.seq, err.value.index) == (1, 1)
+    assert ids(await case.store.history(case.conv("a"), 0, 10)) == ids(batch[:1])
+
+
+async def test_replay_in_the_middle_does_not_stop_the_batch(case: Case) -> None:
+    s = case.store
+    await s.insert_many([case.msg(1, "a", 1)])
+    # A replay (its seq collides too) and a replay under another seq, between new ones.
+    batch = [
+        case.msg(2, "a", 2),
+        case.msg(1, "a", 1),
+        case.msg(3, "a", 3),
+        case.msg(1, "a", 9),
+        case.msg(4, "a", 4),
+    ]
+    assert await s.insert_many(batch) == [True, False, True, False, True]
+    assert [m.seq for m in await s.history(case.conv("a"), 0, 10)] == [1, 2, 3, 4]
+
+
+async def test_conflict_after_a_replay_reports_its_own_index(case: Case) -> None:
+    s = case.store
+    await s.insert_many([case.msg(1, "a", 1), case.msg(2, "a", 2)])
+    batch = [case.msg(1, "a", 1), case.msg(3, "a", 3), case.msg(4, "a", 2), case.msg(5, "a", 4)]
+    with pytest.raises(SeqConflict) as err:
+        await s.insert_many(batch)
+    assert (err.value.seq, err.value.index) == (2, 2)
+    assert [m.seq for m in await s.history(case.conv("a"), 0, 10)] == [1, 2, 3]
+
+
+# ------------------------------------------------------------ rejected records
+
+
+async def test_a_value_out_of_64_bit_range_is_rejected(case: Case) -> None:
+    # seq is uint64 on the wire; no store here holds past 2^63 - 1 (BIGINT, SQLite's
+    # INTEGER, BSON Int64). That one message is refused; the batch stops there.
+    s = case.store
+    batch = [case.msg(1, "a", 1), case.msg(2, "b", 2**63), case.msg(3, "a", 2)]
+    with pytest.raises(RecordRejected) as err:
+        await s.insert_many(batch)
+    assert err.value.index == 1 and err.value.reason
+    assert ids(await s.history(case.conv("a"), 0, 10)) == ids(batch[:1])
+    assert await s.get_by_msg_ids([case.base_id + 2, case.base_id + 3]) == {}
+    # The store is fine afterwards: the rest goes in on the next call.
+    assert await s.insert_many(batch[2:]) == [True]
+
+
+async def test_a_message_too_big_for_the_store_is_rejected(case: Case) -> None:
+    s = case.store
+    if case.kind == "sqlite":
+        pytest.skip("SQLite does not enforce column lengths; its rows reach 1 GB")
+    elif case.kind == "mariadb":
+        bad = case.msg(2, "a", 2)
+        bad.content_type = "x" * 65  # VARCHAR(64) in strict mode
+    else:
+        bad = case.msg(2, "a", 2, body=b"\x01" * (17 * 1024 * 1024))  # over 16 MiB BSON
+    batch = [case.msg(1, "a", 1), bad, case.msg(3, "a", 3)]
+    with pytest.raises(RecordRejected) as err:
+        await s.insert_many(batch)
+    assert err.value.index == 1
+    assert ids(await s.history(case.conv("a"), 0, 10)) == ids(batch[:1])
 
 
 # -------------------------------------------------------------------- reads
@@ -217,6 +303,46 @@ async def test_healthy(case: Case) -> None:
     assert await case.store.healthy() is True
 
 
+# ---------------------------------------------------------------- dead letters
+
+
+async def test_dead_letters_are_stored_once(case: Case) -> None:
+    s = case.store
+    first = case.letter(1, at=10)
+    await s.put_dead_letters([first, case.letter(2, at=20)])
+    # Seen again after a rewind (even with another time and reason): kept as it was.
+    again = dataclasses.replace(first, at_ms=case.base_ms + 99, reason="other")
+    await s.put_dead_letters([again, again, case.letter(3, at=30)])
+    await s.put_dead_letters([])
+    got = await s.dead_letters(10, before_ms=case.base_ms + 1000)
+    assert [x.letter_id for x in got] == [case.letter(n, 0).letter_id for n in (3, 2, 1)]
+    assert got[2] == first  # every field round-trips, binary value and 64-bit offset too
+
+
+async def test_dead_letters_newest_first_limit_and_before(case: Case) -> None:
+    s = case.store
+    # Two at the same time: the larger letter_id first.
+    letters = [case.letter(n, at) for n, at in ((1, 10), (2, 30), (3, 20), (4, 30), (5, 40))]
+    await s.put_dead_letters(letters)
+    newest = [x.letter_id for x in await s.dead_letters(3)]
+    assert newest == [case.letter(n, 0).letter_id for n in (5, 4, 2)]
+    older = await s.dead_letters(10, before_ms=case.base_ms + 40)
+    assert [x.letter_id for x in older] == [case.letter(n, 0).letter_id for n in (4, 2, 3, 1)]
+    page = await s.dead_letters(2, before_ms=case.base_ms + 30)
+    assert [x.letter_id for x in page] == [case.letter(n, 0).letter_id for n in (3, 1)]
+    before_all = await s.dead_letters(10, before_ms=case.base_ms + 10)
+    assert not [x for x in before_all if x.letter_id.startswith(case.ns)]
+    assert await s.dead_letters(0) == []
+
+
+async def test_a_long_reason_is_cut_not_refused(case: Case) -> None:
+    s = case.store
+    reason = "bad cursor: " + "é" * 5000
+    await s.put_dead_letters([case.letter(1, at=1, reason=reason)])
+    (got,) = await s.dead_letters(1, before_ms=case.base_ms + 2)
+    assert got.reason == reason[:1024]
+
+
 # ------------------------------------------------------------- Mongo-only details
 
 
@@ -234,8 +360,108 @@ async def test_mongo_document_layout_and_index(mongo_url: str) -> None:
         indexes = await store.collection.index_information()
         seq_index = indexes["conversation_seq"]
         assert seq_index["unique"] and seq_index["key"] == [("conversation_id", 1), ("seq", 1)]
+        letter_indexes = await store.dead_letter_collection.index_information()
+        assert letter_indexes["at_ms"]["key"] == [("at_ms", -1), ("_id", -1)]
     finally:
         await gen.aclose()
+
+
+@pytest.mark.integration
+async def test_mongo_server_refusing_one_document_is_a_rejection(
+    mongo_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Skip the adapter's own size check so the server judges the document: SecantusDB
+    # answers with a write error for it alone (10334, too large), not a duplicate key.
+    monkeypatch.setattr(mongo_store, "MAX_DOCUMENT_BYTES", 64 * 1024 * 1024)
+    gen = _mongo(mongo_url)
+    case = await anext(gen)
+    try:
+        big = case.msg(2, "a", 2, body=b"\x01" * (17 * 1024 * 1024))
+        batch = [case.msg(1, "a", 1), big, case.msg(3, "a", 3)]
+        with pytest.raises(RecordRejected) as err:
+            await case.store.insert_many(batch)
+        assert err.value.index == 1 and "large" in err.value.reason
+        assert len(err.value.reason) < 1000  # the server's message, not the document
+        assert ids(await case.store.history(case.conv("a"), 0, 10)) == ids(batch[:1])
+    finally:
+        await gen.aclose()
+
+
+@pytest.mark.integration
+async def test_mongo_writes_are_majority_and_journaled_unless_the_url_says(
+    mongo_url: str,
+) -> None:
+    durable = WriteConcern(w="majority", j=True)
+    gen = _mongo(mongo_url)
+    case = await anext(gen)
+    try:
+        store: MongoMessageStore = case.store
+        assert store.collection.write_concern == durable
+        assert store.dead_letter_collection.write_concern == durable
+        # The server takes it (SecantusDB: a one-node replica set).
+        assert await store.insert_many([case.msg(1, "a", 1)]) == [True]
+        await store.put_dead_letters([case.letter(1, at=1)])
+    finally:
+        await gen.aclose()
+    for option, expected in (
+        ("w=1", WriteConcern(w=1)),
+        ("journal=false", WriteConcern(j=False)),
+        ("wtimeoutMS=2500", WriteConcern(wtimeout=2500)),
+    ):
+        store = MongoMessageStore(f"{mongo_url}&{option}", database="im_test_unused")
+        try:
+            assert store.collection.write_concern == expected, option
+            assert store.dead_letter_collection.write_concern == expected, option
+        finally:
+            await store.close()
+
+
+# ------------------------------------------------------------- store unreachable
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _every_call(store: Any) -> list[Callable[[], Awaitable[Any]]]:
+    """Each public call that reaches the store."""
+    m = wire_pb2.Message(msg_id=1, conversation_id="d:1:2", seq=1, body=b"x")
+    letter = DeadLetter("l", "t", 0, 0, "k", b"v", "r", 1)
+    return [
+        lambda: store.insert_many([m]),
+        lambda: store.get_by_msg_ids([1]),
+        lambda: store.last_seqs(["d:1:2"]),
+        lambda: store.history("d:1:2", 0, 10),
+        lambda: store.put_dead_letters([letter]),
+        lambda: store.dead_letters(10),
+    ]
+
+
+async def test_mongo_down_fails_within_seconds_by_default() -> None:
+    # No timeout in the URL: the adapter's own bounds apply (pymongo's default server
+    # selection alone would wait 30 s).
+    store = MongoMessageStore(f"mongodb://127.0.0.1:{_closed_port()}/im")
+    try:
+        started = time.monotonic()
+        with pytest.raises(BackendUnavailable) as err:
+            await store.insert_many([wire_pb2.Message(msg_id=1, conversation_id="c", seq=1)])
+        assert time.monotonic() - started < 10
+        assert err.value.backend == "message store" and err.value.__cause__ is not None
+    finally:
+        await store.close()
+
+
+async def test_mongo_down_is_backend_unavailable_for_every_call() -> None:
+    url = f"mongodb://127.0.0.1:{_closed_port()}/im?serverSelectionTimeoutMS=200"
+    store = MongoMessageStore(url)
+    try:
+        for call in _every_call(store):
+            with pytest.raises(BackendUnavailable):
+                await call()
+    finally:
+        await store.close()
 
 
 async def test_mongo_unhealthy_when_unreachable() -> None:
@@ -243,5 +469,20 @@ async def test_mongo_unhealthy_when_unreachable() -> None:
     store = MongoMessageStore("mongodb://127.0.0.1:1/im?serverSelectionTimeoutMS=200")
     try:
         assert await store.healthy(timeout=1.0) is False
+    finally:
+        await store.close()
+
+
+async def test_mysql_down_is_backend_unavailable_for_every_call() -> None:
+    url = f"mysql+pymysql://im_test:im_test@127.0.0.1:{_closed_port()}/im_test"
+    with pytest.raises(BackendUnavailable):
+        SqlMessageStore(url)  # creating the schema needs the server
+    store = SqlMessageStore(url, auto_migrate=False)
+    try:
+        for call in _every_call(store):
+            with pytest.raises(BackendUnavailable) as err:
+                await call()
+            assert err.value.backend == "message store"
+        assert await store.healthy() is False
     finally:
         await store.close()

@@ -1,11 +1,11 @@
-"""One contract for the connector registry: the in-process ``MemoryRegistry`` and
-``ZkRegistry`` on a real ZooKeeper (integration).
+"""One contract for the registry (connectors, routers, node-id leases): the in-process
+``MemoryRegistry`` and ``ZkRegistry`` on a real ZooKeeper (integration).
 
 "Another instance" is what the gateway and router are to a connector: for memory it is
 the same object (one process shares one registry), for ZooKeeper a second client with
 its own session. Each ZooKeeper test runs under its own random root, removed
-afterwards. Session-dependent behaviour (a dead connector vanishing, re-registration
-after a session loss) only exists for ZooKeeper.
+afterwards. Session-dependent behaviour (a dead process's entries vanishing, re-creation
+after a session loss, a lease moving) only exists for ZooKeeper.
 """
 
 from __future__ import annotations
@@ -16,16 +16,19 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from kazoo.client import KazooClient
 
 from im.adapters.memory import MemoryRegistry
 from im.adapters.zk_registry import ZkRegistry, encode_info, from_url
-from im.ports import ConnectorInfo
+from im.ports import BackendUnavailable, ConnectorInfo
+
+T = TypeVar("T")
 
 # Short sessions keep the death tests quick (ZooKeeper tickTime 500 ms allows 1-10 s;
 # under 2 s sessions churn).
@@ -114,18 +117,67 @@ def info(connector_id: str, connections: int = 0) -> ConnectorInfo:
     )
 
 
+async def until(
+    read: Callable[[], Awaitable[T]], check: Callable[[T], bool], within: float = 5.0
+) -> float:
+    """Seconds until ``check(await read())`` holds; fails after ``within``."""
+    started = time.monotonic()
+    while True:
+        seen = await read()
+        if check(seen):
+            return time.monotonic() - started
+        if time.monotonic() - started > within:
+            pytest.fail(f"never reached the expected state; last seen {seen}")
+        await asyncio.sleep(0.02)
+
+
 async def eventually(
     registry: Any, check: Callable[[dict[str, ConnectorInfo]], bool], within: float = 5.0
 ) -> float:
     """Seconds until ``check(connectors by id)`` holds; fails after ``within``."""
-    started = time.monotonic()
-    while True:
-        seen = {c.connector_id: c for c in await registry.connectors()}
-        if check(seen):
-            return time.monotonic() - started
-        if time.monotonic() - started > within:
-            pytest.fail(f"registry never reached the expected state; last seen {seen}")
-        await asyncio.sleep(0.02)
+
+    async def by_id() -> dict[str, ConnectorInfo]:
+        return {c.connector_id: c for c in await registry.connectors()}
+
+    return await until(by_id, check, within)
+
+
+@asynccontextmanager
+async def raw_client(env: RegistryEnv) -> AsyncIterator[KazooClient]:
+    """A plain kazoo client with its own session: another process's view."""
+    client = KazooClient(hosts=env.hosts)
+    await asyncio.to_thread(client.start, 10)
+    try:
+        yield client
+    finally:
+        await asyncio.to_thread(client.stop)
+        client.close()
+
+
+async def node_owner(client: KazooClient, path: str) -> tuple[bytes, int] | None:
+    """(data, session id of the owner) of an ephemeral node, or None if it is gone."""
+    found = await asyncio.to_thread(client.exists, path)
+    if found is None:
+        return None
+    data, stat = await asyncio.to_thread(client.get, path)
+    return data, stat.ephemeralOwner
+
+
+async def expire_session(registry: ZkRegistry, hosts: str) -> int:
+    """Expire the registry's session as a long partition would: a second client takes
+    it over and closes it, which makes the server drop its ephemeral nodes at once.
+    Returns the expired session's id."""
+    session = registry._client.client_id
+    thief = KazooClient(hosts=hosts, client_id=session)
+    await asyncio.to_thread(thief.start, 10)
+    await asyncio.to_thread(thief.stop)
+    thief.close()
+    return session[0]
+
+
+def session_of(registry: ZkRegistry) -> int | None:
+    client_id = registry._client.client_id
+    return client_id[0] if client_id else None
 
 
 # ---------------------------------------------------------------- contract
@@ -152,6 +204,56 @@ async def test_register_update_deregister_seen_by_another_instance(env: Registry
     await connector.deregister("conn-a")  # twice: no error
 
 
+async def test_routers_announced_flipped_withdrawn_seen_by_another_instance(
+    env: RegistryEnv,
+) -> None:
+    router, reader = env.new(), env.new()
+    await router.announce_router("router-1", True)
+    # A process sees its own write at once.
+    assert await router.routers() == {"router-1": True}
+    await until(reader.routers, lambda r: r == {"router-1": True}, within=2.0)
+
+    await router.announce_router("router-1", False)
+    assert await router.routers() == {"router-1": False}
+    await until(reader.routers, lambda r: r == {"router-1": False}, within=2.0)
+
+    await reader.announce_router("router-2", True)
+    await until(router.routers, lambda r: r == {"router-1": False, "router-2": True}, 2.0)
+    assert await reader.connectors() == []  # routers are not connectors
+
+    await router.withdraw_router("router-1")
+    assert "router-1" not in await router.routers()
+    await until(reader.routers, lambda r: r == {"router-2": True}, within=2.0)
+    await router.withdraw_router("router-1")  # twice: no error
+
+
+async def test_node_ids_are_unique_among_holders_and_freed_by_close(env: RegistryEnv) -> None:
+    first, second = env.new(), env.new()
+    a = await first.lease_node_id("conn-a", 8)
+    b = await second.lease_node_id("router-b", 8)
+    # One process may hold several (standalone: connector and group service).
+    a2 = await first.lease_node_id("group-a", 8)
+    assert sorted([a.node_id, b.node_id, a2.node_id]) == [0, 1, 2]
+    assert (a.owner, b.owner) == ("conn-a", "router-b")
+
+    await first.close()  # releases what it held
+    third = env.new()
+    c = await third.lease_node_id("conn-c", 8)
+    assert c.node_id == min(a.node_id, a2.node_id)
+
+
+async def test_node_ids_exhausted_raise(env: RegistryEnv) -> None:
+    first, second = env.new(), env.new()
+    await first.lease_node_id("a", 2)
+    await second.lease_node_id("b", 2)
+    with pytest.raises(RuntimeError):
+        await first.lease_node_id("c", 2)
+    with pytest.raises(RuntimeError):
+        await second.lease_node_id("c", 2)
+    # A wider range still has room, above the ids taken.
+    assert (await second.lease_node_id("d", 3)).node_id == 2
+
+
 # Only where a client can die without its process: the in-process registry lives and
 # dies with the one process that holds it.
 @pytest.mark.integration
@@ -159,12 +261,15 @@ async def test_register_update_deregister_seen_by_another_instance(env: Registry
 async def test_closed_client_disappears_within_the_session_timeout(env: RegistryEnv) -> None:
     connector, reader = env.new(), env.new()
     await connector.register(info("conn-a"))
+    await connector.announce_router("router-a", True)
     await eventually(reader, lambda s: "conn-a" in s)
+    await until(reader.routers, lambda r: "router-a" in r)
 
     await connector.close()  # no deregister: the session ends with the client
 
     took = await eventually(reader, lambda s: "conn-a" not in s, within=SESSION + 2.0)
     assert took < SESSION + 2.0
+    await until(reader.routers, lambda r: "router-a" not in r, within=SESSION + 2.0)
 
 
 # ------------------------------------------------------ ZooKeeper specifics
@@ -178,7 +283,9 @@ _CHILD = textwrap.dedent(
     async def main():
         registry = ZkRegistry(sys.argv[1], sys.argv[2], float(sys.argv[3]))
         await registry.register(ConnectorInfo("conn-killed", "h", 1, 2, 3))
-        print("ready", flush=True)
+        await registry.announce_router("router-killed", True)
+        lease = await registry.lease_node_id("killed", 8)
+        print("ready", lease.node_id, flush=True)
         await asyncio.sleep(60)
 
     asyncio.run(main())
@@ -187,9 +294,10 @@ _CHILD = textwrap.dedent(
 
 
 @pytest.mark.integration
-async def test_killed_connector_disappears_within_the_session_timeout(
+async def test_killed_process_disappears_within_the_session_timeout(
     zk_env: RegistryEnv,
 ) -> None:
+    """Its connector and router entries go, and its node id is free again."""
     reader = zk_env.new()
     await reader.connectors()  # start watching first
     child = await asyncio.create_subprocess_exec(
@@ -204,12 +312,17 @@ async def test_killed_connector_disappears_within_the_session_timeout(
     try:
         assert child.stdout is not None
         line = await asyncio.wait_for(child.stdout.readline(), 20)
-        assert line.strip() == b"ready"
+        word, node_id = line.split()
+        assert word == b"ready"
         await eventually(reader, lambda s: "conn-killed" in s)
+        await until(reader.routers, lambda r: r == {"router-killed": True})
 
         child.send_signal(signal.SIGKILL)  # no goodbye: only the session timeout tells
         took = await eventually(reader, lambda s: "conn-killed" not in s, within=SESSION + 3.0)
         print(f"killed connector gone after {took:.2f}s (session {SESSION}s)")
+        await until(reader.routers, lambda r: not r, within=1.0)
+        # Its node id went with the session: the lowest free one again.
+        assert (await reader.lease_node_id("next", 8)).node_id == int(node_id)
     finally:
         if child.returncode is None:
             child.kill()
@@ -222,23 +335,100 @@ async def test_reregisters_after_a_session_loss(zk_env: RegistryEnv) -> None:
     await connector.register(info("conn-a", connections=5))
     await eventually(reader, lambda s: "conn-a" in s)
 
-    # Expire the connector's session: a second client takes it over and closes it,
-    # which makes the server drop its ephemeral nodes (as after a long partition).
-    session = connector._client.client_id
-    thief = KazooClient(hosts=zk_env.hosts, client_id=session)
-    await asyncio.to_thread(thief.start, 10)
-    await asyncio.to_thread(thief.stop)
-    thief.close()
+    session = await expire_session(connector, zk_env.hosts)
 
     await eventually(reader, lambda s: "conn-a" not in s, within=SESSION + 2.0)
     await eventually(reader, lambda s: s.get("conn-a") == info("conn-a", 5), within=10.0)
-    assert connector._client.client_id != session
+    assert session_of(connector) != session
 
     # The new node is the connector's own: updates and deregistration still work.
     await connector.update(info("conn-a", connections=6))
     await eventually(reader, lambda s: s["conn-a"].connections == 6)
     await connector.deregister("conn-a")
     await eventually(reader, lambda s: not s)
+
+
+@pytest.mark.integration
+async def test_router_and_node_id_come_back_after_a_session_loss(zk_env: RegistryEnv) -> None:
+    router, reader = zk_env.new(), zk_env.new()
+    lease = await router.lease_node_id("router-a", 8)
+    moves: list[int] = []
+    lease.on_change(moves.append)
+    await router.announce_router("router-a", True)
+    await router.announce_router("router-a", False)  # the latest value is what comes back
+    await until(reader.routers, lambda r: r == {"router-a": False})
+
+    session = await expire_session(router, zk_env.hosts)
+
+    # Re-created in the new session (the gap itself may be too short to observe).
+    async with raw_client(zk_env) as client:
+        id_path = f"{zk_env.root}/node-ids/{lease.node_id}"
+        router_path = f"{zk_env.root}/routers/router-a"
+
+        async def owners() -> tuple[int | None, Any, Any]:
+            return (
+                session_of(router),
+                await node_owner(client, id_path),
+                await node_owner(client, router_path),
+            )
+
+        def recreated(seen: tuple[int | None, Any, Any]) -> bool:
+            new_session, lease_node, router_node = seen
+            return (
+                new_session not in (None, session)
+                and lease_node == (b"router-a", new_session)
+                and router_node is not None
+                and router_node[1] == new_session
+            )
+
+        await until(owners, recreated, within=10.0)
+    await until(reader.routers, lambda r: r == {"router-a": False})
+    assert moves == []
+    assert lease.node_id == 0
+
+    # Still the router's own entry: flipping and withdrawing work.
+    await router.announce_router("router-a", True)
+    await until(reader.routers, lambda r: r == {"router-a": True})
+    await router.withdraw_router("router-a")
+    await until(reader.routers, lambda r: not r)
+
+
+@pytest.mark.integration
+async def test_a_lease_whose_id_was_taken_during_a_session_loss_moves(
+    zk_env: RegistryEnv,
+) -> None:
+    registry = zk_env.new()
+    taken = await registry.lease_node_id("conn-a", 8)
+    kept = await registry.lease_node_id("group-a", 8)
+    assert (taken.node_id, kept.node_id) == (0, 1)
+    moves: list[int] = []
+    taken.on_change(moves.append)  # called from a kazoo thread: list.append is safe
+
+    async with raw_client(zk_env) as rival:
+        # Another process takes id 0. Done before the session loss rather than in its
+        # gap, which the registry's reconnect could win: what matters is that the id
+        # is held by another session when the registry comes back.
+        path = f"{zk_env.root}/node-ids/0"
+        await asyncio.to_thread(rival.delete, path)
+        await asyncio.to_thread(rival.create, path, b"rival", ephemeral=True)
+        rival_session = rival.client_id[0]
+
+        await expire_session(registry, zk_env.hosts)
+
+        async def moved() -> list[int]:
+            return list(moves)
+
+        await until(moved, bool, within=10.0)
+        assert moves == [2]
+        assert taken.node_id == 2  # the lowest free: 0 is the rival's, 1 is ours
+        assert kept.node_id == 1
+        new_session = session_of(registry)
+        assert await node_owner(rival, path) == (b"rival", rival_session)
+        assert await node_owner(rival, f"{zk_env.root}/node-ids/2") == (b"conn-a", new_session)
+        await until(
+            lambda: node_owner(rival, f"{zk_env.root}/node-ids/1"),
+            lambda owner: owner == (b"group-a", new_session),
+        )
 
 
 @pytest.mark.integration
@@ -272,17 +462,19 @@ async def test_register_replaces_a_stale_node_of_the_same_id(zk_env: RegistryEnv
 async def test_undecodable_entries_are_ignored(zk_env: RegistryEnv) -> None:
     reader = zk_env.new()
     await reader.register(info("conn-good"))
-    writer = KazooClient(hosts=zk_env.hosts)
-    await asyncio.to_thread(writer.start, 10)
-    try:
-        await asyncio.to_thread(
-            writer.create, f"{zk_env.root}/connectors/junk", b"not json", ephemeral=True
-        )
+    await reader.announce_router("router-good", True)
+    async with raw_client(zk_env) as writer:
+        for path, data in [
+            ("connectors/junk", b"not json"),
+            ("connectors/list", b"[1, 2]"),
+            ("routers/junk", b"not json"),
+            ("routers/no-flag", b'{"router_id": "no-flag"}'),
+            ("routers/string-flag", b'{"router_id": "string-flag", "serving": "yes"}'),
+        ]:
+            await asyncio.to_thread(writer.create, f"{zk_env.root}/{path}", data, ephemeral=True)
         await asyncio.sleep(0.3)
         assert [c.connector_id for c in await reader.connectors()] == ["conn-good"]
-    finally:
-        await asyncio.to_thread(writer.stop)
-        writer.close()
+        assert await reader.routers() == {"router-good": True}
 
 
 def test_zk_from_url() -> None:
@@ -295,3 +487,21 @@ def test_zk_from_url() -> None:
         from_url("memory://")
     with pytest.raises(ValueError):
         from_url("zk://h1:2181/im?nonsense=1")
+
+
+async def test_an_unreachable_zookeeper_is_backend_unavailable() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once closed
+    registry = ZkRegistry(f"127.0.0.1:{port}", connect_timeout=1.0)
+    started = time.monotonic()
+    try:
+        with pytest.raises(BackendUnavailable):
+            await registry.register(ConnectorInfo("c-x", "127.0.0.1", 1, 2, 3))
+        with pytest.raises(BackendUnavailable):
+            await registry.lease_node_id("c-x", 1024)
+        assert time.monotonic() - started < 10
+    finally:
+        await registry.close()

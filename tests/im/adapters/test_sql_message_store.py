@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from im.adapters.sqlstore import SqlMessageStore
-from im.ports import SeqConflict
+from im.ports import BackendUnavailable, SeqConflict
 from im.v1 import wire_pb2
 
 
@@ -47,7 +47,7 @@ async def test_another_message_on_a_taken_seq_is_a_conflict(store: SqlMessageSto
     await store.insert_many([message("g:5", 1)])
     with pytest.raises(SeqConflict) as caught:
         await store.insert_many([message("g:5", 1, msg_id=999)])
-    assert (caught.value.conversation_id, caught.value.seq) == ("g:5", 1)
+    assert (caught.value.conversation_id, caught.value.seq, caught.value.index) == ("g:5", 1, 0)
     assert await store.get_by_msg_ids([999]) == {}
 
 
@@ -73,3 +73,15 @@ async def test_last_seqs_and_lookup_by_msg_id(store: SqlMessageStore) -> None:
     found = await store.get_by_msg_ids([stored[1].msg_id, 12345])
     assert found == {stored[1].msg_id: stored[1]}
     assert await store.healthy()
+
+
+async def test_a_database_that_cannot_be_opened_is_unavailable(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}"  # a directory: SQLite cannot open it
+    with pytest.raises(BackendUnavailable):
+        SqlMessageStore(url)
+    store = SqlMessageStore(url, auto_migrate=False)
+    with pytest.raises(BackendUnavailable) as caught:
+        await store.history("g:5", 0, 10)
+    assert caught.value.backend == "message store" and caught.value.__cause__ is not None
+    assert await store.healthy() is False
+    await store.close()
