@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 from im.clock import Clock, SystemClock
+
+if TYPE_CHECKING:
+    from im.ports import NodeLease
 
 # 2026-01-01T00:00:00Z: keeps the 41-bit millisecond field good for ~69 years.
 EPOCH_MS = 1_767_225_600_000
@@ -13,17 +17,42 @@ _SEQ_BITS = 12
 _MAX_SEQ = (1 << _SEQ_BITS) - 1
 
 
+NODE_IDS = 1 << _NODE_BITS  # how many processes can mint ids at once
+
+
 class MsgIdGenerator:
-    """Time-ordered 64-bit ids: 41 bits of ms since EPOCH_MS, 10 of node, 12 of sequence."""
+    """Time-ordered 64-bit ids: 41 bits of ms since EPOCH_MS, 10 of node, 12 of sequence.
+
+    Ids are unique across processes only if no two hold the same node id at once:
+    services take theirs from a registry lease (``follow``), never from a hash of a
+    name (two names can hash alike)."""
 
     def __init__(self, node_id: int, clock: Clock | None = None) -> None:
-        if not 0 <= node_id < (1 << _NODE_BITS):
-            raise ValueError(f"node_id must be in [0, {1 << _NODE_BITS})")
+        self._check(node_id)
         self._node = node_id
         self._clock = clock or SystemClock()
         self._last_ms = -1
         self._seq = 0
         self._lock = threading.Lock()
+
+    @staticmethod
+    def _check(node_id: int) -> None:
+        if not 0 <= node_id < NODE_IDS:
+            raise ValueError(f"node_id must be in [0, {NODE_IDS})")
+
+    @property
+    def node_id(self) -> int:
+        return self._node
+
+    def set_node(self, node_id: int) -> None:
+        self._check(node_id)
+        with self._lock:
+            self._node = node_id
+
+    def follow(self, lease: NodeLease) -> None:
+        """Use the lease's node id, now and whenever the registry moves it."""
+        self.set_node(lease.node_id)
+        lease.on_change(self.set_node)
 
     def next_id(self) -> int:
         with self._lock:
@@ -38,13 +67,6 @@ class MsgIdGenerator:
                 self._seq = 0
             self._last_ms = now
             return (now << (_NODE_BITS + _SEQ_BITS)) | (self._node << _SEQ_BITS) | self._seq
-
-
-def node_id_for(name: str) -> int:
-    """A stable node id derived from a process name (connector id)."""
-    import zlib
-
-    return zlib.crc32(name.encode()) % (1 << _NODE_BITS)
 
 
 DIRECT_PREFIX = "d:"

@@ -29,7 +29,6 @@ from im.ids import (
     direct_conversation_id,
     group_conversation_id,
     is_valid_conversation_id,
-    node_id_for,
 )
 from im.sqlservice import ServiceError, rpc_errors
 from im.v1 import group_pb2, group_pb2_grpc
@@ -47,8 +46,9 @@ MAX_NAME_CHARS = 255
 MAX_SQL_INT = (1 << 63) - 1  # BIGINT columns: larger uint64 values cannot be stored
 # Keys per IN (...) list: far below SQLite's bound-parameter limit, short for MySQL.
 IN_CHUNK = 900
-# Group ids are time-ordered; replicas share a node id, so two of them can mint the
-# same id within one millisecond. The primary key catches it and we draw again.
+# Group ids are time-ordered and carry the replica's leased node id; should two ever
+# meet anyway (a lease moved after a registry session loss), the primary key catches
+# it and we draw again.
 CREATE_ATTEMPTS = 5
 
 _members = MemberRow.__table__
@@ -138,10 +138,12 @@ class GroupStore:
     Methods return protobuf messages, so no ORM object outlives its session.
     """
 
-    def __init__(self, engine: Engine, max_group_size: int, node_id: int, clock: Clock) -> None:
+    def __init__(
+        self, engine: Engine, max_group_size: int, ids: MsgIdGenerator, clock: Clock
+    ) -> None:
         self._engine = engine
         self._max_group_size = max_group_size
-        self._ids = MsgIdGenerator(node_id, clock)
+        self._ids = ids
         self._clock = clock
 
     # --- helpers ---------------------------------------------------------------
@@ -480,11 +482,14 @@ class GroupStore:
             return _member(row) if row is not None else None
 
     # --- cursors -----------------------------------------------------------------
-    def update_cursors(self, targets: dict[tuple[str, int], tuple[int, int]]) -> int:
+    def update_cursors(
+        self, targets: dict[tuple[str, int], tuple[int, int]]
+    ) -> tuple[int, list[group_pb2.CursorUpdate]]:
         """Moves (delivered_seq, read_seq) of each (conversation, user) forward only.
 
         ``targets`` is already coalesced: one entry per member, delivered >= read.
-        Returns the number of member rows that changed.
+        Returns the number of member rows that changed, and the requested read cursors
+        that are now stored (the member exists and its read_seq equals the request).
         """
         # A fixed key order makes concurrent batches lock rows in the same order on
         # MySQL, so they cannot deadlock each other.
@@ -492,13 +497,27 @@ class GroupStore:
             {"c": conversation_id, "u": user_id, "d": to_delivered, "r": to_read}
             for (conversation_id, user_id), (to_delivered, to_read) in sorted(targets.items())
         ]
+        reads = {key: read for key, (_delivered, read) in targets.items() if read > 0}
         with self._engine.begin() as connection:
             # One statement compiled once and sent as an executemany. CASE rather than
             # GREATEST(): SQLite has no GREATEST, and MAX(a, b) is SQLite-only. The
             # WHERE skips rows already at or past the target, so rowcount counts
             # real changes.
             result = connection.execute(_UPDATE_CURSORS, params)
-            return max(result.rowcount, 0)
+            stored = _stored_reads(connection, reads) if reads else []
+            return max(result.rowcount, 0), stored
+
+    def member_of(self, user_id: int, conversation_ids: list[str]) -> list[str]:
+        """Those of ``conversation_ids`` the user belongs to."""
+        with Session(self._engine) as session:
+            found: list[str] = []
+            for chunk in _chunks(conversation_ids):
+                found += session.scalars(
+                    select(_members.c.conversation_id).where(
+                        _members.c.user_id == user_id, _members.c.conversation_id.in_(chunk)
+                    )
+                ).all()
+            return found
 
     def get_cursors(self, conversation_id: str, user_ids: list[int]) -> list[group_pb2.Member]:
         with Session(self._engine) as session:
@@ -512,6 +531,33 @@ class GroupStore:
                 found += session.execute(base.where(_members.c.user_id.in_(chunk))).all()
             found.sort(key=lambda r: r.user_id)
             return [_member(r) for r in found]
+
+
+def _stored_reads(
+    connection: Any, reads: dict[tuple[str, int], int]
+) -> list[group_pb2.CursorUpdate]:
+    """The (conversation, user) -> read_seq pairs whose member row now holds exactly
+    that read_seq: a read that moved a real member's cursor (now or earlier)."""
+    by_conversation: dict[str, list[int]] = {}
+    for conversation_id, user_id in reads:
+        by_conversation.setdefault(conversation_id, []).append(user_id)
+    stored = []
+    for conversation_id, user_ids in by_conversation.items():
+        for chunk in _chunks(user_ids):
+            rows = connection.execute(
+                select(_members.c.user_id, _members.c.read_seq).where(
+                    _members.c.conversation_id == conversation_id,
+                    _members.c.user_id.in_(chunk),
+                )
+            )
+            for user_id, read_seq in rows:
+                if read_seq == reads[(conversation_id, user_id)]:
+                    stored.append(
+                        group_pb2.CursorUpdate(
+                            conversation_id=conversation_id, user_id=user_id, read_seq=read_seq
+                        )
+                    )
+    return stored
 
 
 _UPDATE_CURSORS = (
@@ -561,28 +607,50 @@ def coalesce_cursor_updates(
     updates: Iterable[group_pb2.CursorUpdate],
 ) -> dict[tuple[str, int], tuple[int, int]]:
     """One (delivered, read) target per member: the highest of each asked for, and
-    delivered raised to read (having read a message implies having received it)."""
+    delivered raised to read (having read a message implies having received it).
+
+    Entries that can match no member or hold a seq no column can store are skipped,
+    not refused: one bad entry must not fail the batch it came in."""
     targets: dict[tuple[str, int], tuple[int, int]] = {}
+    skipped = 0
     for u in updates:
-        if u.user_id <= 0 or not u.conversation_id:
-            continue  # can match no member: ignored like any unknown member
-        _require_seq(u.delivered_seq, "delivered_seq")
-        _require_seq(u.read_seq, "read_seq")
+        if (
+            u.user_id <= 0
+            or not is_valid_conversation_id(u.conversation_id)
+            or u.delivered_seq > MAX_SQL_INT
+            or u.read_seq > MAX_SQL_INT
+        ):
+            skipped += 1
+            continue
         key = (u.conversation_id, u.user_id)
         delivered, read = targets.get(key, (0, 0))
         read = max(read, u.read_seq)
         delivered = max(delivered, u.delivered_seq, read)
         targets[key] = (delivered, read)
+    if skipped:
+        log.warning("skipped %d cursor updates that can match no member or seq", skipped)
     return {key: value for key, value in targets.items() if value[0] > 0}
 
 
+MAX_MEMBERSHIP_CHECKS = 1000
+
+
 class GroupServicer(group_pb2_grpc.GroupServiceServicer):
-    def __init__(self, settings: Settings, engine: Engine, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        clock: Clock | None = None,
+        ids: MsgIdGenerator | None = None,
+    ) -> None:
+        """``ids`` mints group ids; its node id should come from a registry lease
+        (the app does that). Without one, node 0: fine for a single test process."""
+        clock = clock or SystemClock()
         self._store = GroupStore(
             engine,
             max_group_size=settings.max_group_size,
-            node_id=node_id_for("group"),
-            clock=clock or SystemClock(),
+            ids=ids or MsgIdGenerator(0, clock),
+            clock=clock,
         )
 
     @_rpc
@@ -701,14 +769,27 @@ class GroupServicer(group_pb2_grpc.GroupServiceServicer):
         return group_pb2.CheckMemberResponse(is_member=True, member=member)
 
     @_rpc
+    async def CheckMembers(
+        self, request: group_pb2.CheckMembersRequest, context: grpc.aio.ServicerContext
+    ) -> group_pb2.CheckMembersResponse:
+        if len(request.conversation_ids) > MAX_MEMBERSHIP_CHECKS:
+            raise _invalid(f"at most {MAX_MEMBERSHIP_CHECKS} conversation ids per call")
+        # As CheckMember: a malformed id is simply not a membership.
+        wanted = [c for c in dict.fromkeys(request.conversation_ids) if is_valid_conversation_id(c)]
+        if request.user_id <= 0 or not wanted:
+            return group_pb2.CheckMembersResponse()
+        found = await asyncio.to_thread(self._store.member_of, request.user_id, wanted)
+        return group_pb2.CheckMembersResponse(member_of=found)
+
+    @_rpc
     async def UpdateCursors(
         self, request: group_pb2.UpdateCursorsRequest, context: grpc.aio.ServicerContext
     ) -> group_pb2.UpdateCursorsResponse:
         targets = coalesce_cursor_updates(request.updates)
         if not targets:
             return group_pb2.UpdateCursorsResponse(applied=0)
-        applied = await asyncio.to_thread(self._store.update_cursors, targets)
-        return group_pb2.UpdateCursorsResponse(applied=applied)
+        applied, stored = await asyncio.to_thread(self._store.update_cursors, targets)
+        return group_pb2.UpdateCursorsResponse(applied=applied, stored_reads=stored)
 
     @_rpc
     async def GetCursors(

@@ -11,7 +11,6 @@ from im.ids import (
     direct_conversation_id,
     group_conversation_id,
     is_valid_conversation_id,
-    node_id_for,
     parse_direct,
 )
 
@@ -57,9 +56,16 @@ def test_node_id_must_fit_ten_bits(node_id: int) -> None:
         MsgIdGenerator(node_id)
 
 
-def test_node_id_for_is_stable_and_in_range() -> None:
-    assert node_id_for("connector-7070") == node_id_for("connector-7070")
-    assert 0 <= node_id_for("group") < 1024
+def test_generator_follows_a_lease_that_moves() -> None:
+    from im.ports import NodeLease
+
+    clock = FakeClock()
+    lease = NodeLease(7, "connector-a")
+    ids = MsgIdGenerator(0, clock)
+    ids.follow(lease)
+    assert (ids.next_id() >> 12) & 0x3FF == 7
+    lease.move_to(9)  # the registry lost the session and 7 was taken meanwhile
+    assert (ids.next_id() >> 12) & 0x3FF == 9
 
 
 def test_direct_id_is_symmetric_and_parses_back() -> None:

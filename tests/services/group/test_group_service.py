@@ -475,10 +475,61 @@ async def test_cursor_updates_are_coalesced_per_member(groups: Stub) -> None:
     assert await cursors(groups, group, 1) == (0, 0)
 
 
-async def test_cursor_seq_beyond_bigint_is_invalid(groups: Stub) -> None:
-    group = (await create_group(groups, owner=1)).conversation_id
-    code = await status_of(lambda: update_cursors(groups, (group, 1, 1 << 63, 0)))
-    assert code == grpc.StatusCode.INVALID_ARGUMENT
+async def test_invalid_cursor_entries_are_skipped_not_the_request(groups: Stub) -> None:
+    # One hostile or corrupt entry (a seq no BIGINT holds, a malformed id) must not
+    # fail the batch of honest cursor moves it arrived with.
+    group = (await create_group(groups, owner=1, members=[2])).conversation_id
+    applied = await update_cursors(
+        groups,
+        (group, 1, 1 << 63, 0),
+        (group, 1, 0, (1 << 64) - 1),
+        ("not-a-conversation", 1, 5, 5),
+        (group, 2, 3, 2),
+    )
+    assert applied == 1
+    assert await cursors(groups, group, 1) == (0, 0)
+    assert await cursors(groups, group, 2) == (3, 2)
+
+
+async def test_stored_reads_name_only_real_members_at_that_seq(groups: Stub) -> None:
+    group = (await create_group(groups, owner=1, members=[2, 3])).conversation_id
+    await update_cursors(groups, (group, 3, 9, 9))
+    reply = await groups.UpdateCursors(
+        group_pb2.UpdateCursorsRequest(
+            updates=[
+                group_pb2.CursorUpdate(conversation_id=group, user_id=2, read_seq=4),
+                group_pb2.CursorUpdate(conversation_id=group, user_id=3, read_seq=5),  # behind
+                group_pb2.CursorUpdate(conversation_id=group, user_id=99, read_seq=4),  # stranger
+                group_pb2.CursorUpdate(conversation_id=group, user_id=1, delivered_seq=4),
+            ]
+        )
+    )
+    assert [(r.conversation_id, r.user_id, r.read_seq) for r in reply.stored_reads] == [
+        (group, 2, 4)
+    ]
+    # The same read again moves nothing but is still what is stored (the gateway
+    # writes REST reads itself before the router sees them).
+    again = await groups.UpdateCursors(
+        group_pb2.UpdateCursorsRequest(
+            updates=[group_pb2.CursorUpdate(conversation_id=group, user_id=2, read_seq=4)]
+        )
+    )
+    assert again.applied == 0
+    assert [(r.user_id, r.read_seq) for r in again.stored_reads] == [(2, 4)]
+
+
+async def test_check_members_answers_for_many_conversations(groups: Stub) -> None:
+    a = (await create_group(groups, owner=1, members=[2])).conversation_id
+    b = (await create_group(groups, owner=3)).conversation_id
+    reply = await groups.CheckMembers(
+        group_pb2.CheckMembersRequest(user_id=2, conversation_ids=[a, b, "g:404", "junk", a])
+    )
+    assert list(reply.member_of) == [a]
+    many = [f"g:{i}" for i in range(1001)]
+    too_many = await status_of(
+        lambda: groups.CheckMembers(group_pb2.CheckMembersRequest(user_id=2, conversation_ids=many))
+    )
+    assert too_many == grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def test_get_cursors_for_some_or_all_members(groups: Stub) -> None:
