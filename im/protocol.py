@@ -49,38 +49,66 @@ def parse_frame(payload: bytes) -> wire_pb2.Frame:
 
 
 class FrameDecoder:
-    """Incremental decoder of a length-prefixed frame stream."""
+    """Incremental decoder of a length-prefixed frame stream.
 
-    __slots__ = ("_buf", "_max")
+    ``feed`` returns every complete frame at once. A server that must stay fair to
+    other connections uses ``push`` then ``take(limit)`` instead, so one read holding
+    thousands of small frames is decoded and handled a slice at a time."""
+
+    __slots__ = ("_buf", "_max", "_pos")
 
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME) -> None:
         self._buf = bytearray()
+        self._pos = 0  # start of the first frame not taken yet
         self._max = max_frame_bytes
 
     def feed(self, data: bytes) -> list[wire_pb2.Frame]:
+        self.push(data)
+        return self.take()
+
+    def push(self, data: bytes) -> None:
         self._buf += data
+
+    def take(self, limit: int | None = None) -> list[wire_pb2.Frame]:
+        """Up to ``limit`` complete frames (all when None), in stream order."""
         frames: list[wire_pb2.Frame] = []
         buf = self._buf
-        pos = 0
+        pos = self._pos
         end = len(buf)
-        while end - pos >= 4:
-            (length,) = HEADER.unpack_from(buf, pos)
-            if length > self._max:
-                raise ProtocolError(
-                    wire_pb2.ERROR_CODE_FRAME_TOO_LARGE,
-                    f"frame of {length} bytes exceeds the limit of {self._max}",
-                )
+        while end - pos >= 4 and (limit is None or len(frames) < limit):
+            length = self._length_at(pos)
             if end - pos - 4 < length:
                 break
             frames.append(parse_frame(bytes(buf[pos + 4 : pos + 4 + length])))
             pos += 4 + length
-        if pos:
+        self._pos = pos
+        # Compact once the consumed head is most of the buffer: one memmove per
+        # buffer's worth of frames, not one per slice.
+        if pos and pos * 2 >= end:
             del buf[:pos]
+            self._pos = 0
         return frames
+
+    def has_frame(self) -> bool:
+        """A complete frame (or an oversized header, which take() will refuse) waits."""
+        pos, end = self._pos, len(self._buf)
+        if end - pos < 4:
+            return False
+        (length,) = HEADER.unpack_from(self._buf, pos)
+        return length > self._max or end - pos - 4 >= length
+
+    def _length_at(self, pos: int) -> int:
+        (length,) = HEADER.unpack_from(self._buf, pos)
+        if length > self._max:
+            raise ProtocolError(
+                wire_pb2.ERROR_CODE_FRAME_TOO_LARGE,
+                f"frame of {length} bytes exceeds the limit of {self._max}",
+            )
+        return length
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return len(self._buf) - self._pos
 
 
 def error_frame(code: int, message: str, client_msg_id: str = "", request_id: int = 0) -> bytes:

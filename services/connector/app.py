@@ -10,6 +10,7 @@ import logging
 from im.auth import TokenVerifier, load_keys
 from im.config import Settings
 from im.grpcutil import GrpcServer, service_name
+from im.ids import NODE_IDS
 from im.ports import Backends, ConnectorInfo
 from im.runtime import local_connectors
 from im.v1 import bus_pb2, connector_pb2, connector_pb2_grpc
@@ -42,6 +43,9 @@ class ConnectorApp:
 
     async def start(self) -> None:
         s = self.settings
+        # msg ids embed a node id no other live process holds.
+        lease = await self.backends.registry.lease_node_id(self.core.connector_id, NODE_IDS)
+        self.core.ids.follow(lease)
         grpc_port = await self._grpc.start()
         self._tcp = await start_tcp(self.core, s.host, s.connector_tcp_port)
         self.tcp_port = self._tcp.sockets[0].getsockname()[1]

@@ -19,6 +19,8 @@ log = logging.getLogger("im.connector.transport")
 # A client that does not read what we send is cut off rather than allowed to grow
 # the connector's memory; it syncs when it comes back.
 MAX_WRITE_BUFFER = 4 * 1024 * 1024
+# Frames one connection may have handled before the others get a turn.
+FRAMES_PER_TURN = 64
 
 
 class TcpConn(Conn):
@@ -50,17 +52,24 @@ class TcpConn(Conn):
 
 
 class TcpProtocol(asyncio.Protocol):
-    """One per TCP connection; no task per connection, frames handled as they arrive."""
+    """One per TCP connection; no task per connection, frames handled as they arrive.
 
-    __slots__ = ("_conn", "_core", "_decoder")
+    At most FRAMES_PER_TURN frames are handled per event-loop turn: if a read brought
+    more, the socket stops reading and the rest is handled on the next turns, after
+    the other connections had theirs."""
+
+    __slots__ = ("_conn", "_core", "_decoder", "_paused", "_transport")
 
     def __init__(self, core: ConnectorCore) -> None:
         self._core = core
         self._decoder = FrameDecoder(core.settings.max_frame_bytes)
         self._conn: TcpConn | None = None
+        self._transport: asyncio.Transport | None = None
+        self._paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         core = self._core
+        self._transport = transport  # type: ignore[assignment]
         # uvloop's transports do not subclass asyncio.Transport but behave like one.
         self._conn = TcpConn(core.new_conn_id(), core.clock.monotonic(), transport)  # type: ignore[arg-type]
         core.opened(self._conn)
@@ -69,19 +78,39 @@ class TcpProtocol(asyncio.Protocol):
         conn = self._conn
         if conn is None or conn.closed:
             return
+        self._decoder.push(data)
+        if not self._paused:
+            self._handle_some()
+
+    def _handle_some(self) -> None:
+        conn = self._conn
+        if conn is None or conn.closed:
+            return
         try:
-            frames = self._decoder.feed(data)
+            frames = self._decoder.take(FRAMES_PER_TURN)
         except ProtocolError as exc:
             self._core.protocol_error(conn, exc.code, exc.message)
             return
         on_frame = self._core.on_frame
         for frame in frames:
             on_frame(conn, frame)
+        transport = self._transport
+        if transport is None or conn.closed:
+            return
+        if self._decoder.has_frame():
+            if not self._paused:
+                self._paused = True
+                transport.pause_reading()
+            asyncio.get_running_loop().call_soon(self._handle_some)
+        elif self._paused:
+            self._paused = False
+            transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._conn is not None:
             self._core.closed(self._conn)
             self._conn = None
+        self._transport = None
 
 
 class WsConn(Conn):
@@ -125,10 +154,16 @@ def ws_handler(core: ConnectorCore):  # type: ignore[no-untyped-def]
         conn = WsConn(core.new_conn_id(), core.clock.monotonic(), ws)
         core.opened(conn)
         writer = asyncio.get_running_loop().create_task(_ws_writer(conn))
+        handled = 0
         try:
             async for message in ws:
                 if conn.closed:
                     break
+                handled += 1
+                if handled % FRAMES_PER_TURN == 0:
+                    # Buffered messages come back without suspending: give the other
+                    # connections their turn.
+                    await asyncio.sleep(0)
                 if isinstance(message, str):
                     core.protocol_error(
                         conn, wire_pb2.ERROR_CODE_BAD_FRAME, "frames are binary messages"

@@ -4,113 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
-from im.adapters.memory import MemoryBus, MemoryKV, MemoryRegistry
-from im.auth import TokenIssuer, TokenVerifier, generate_key_pair
-from im.clock import FakeClock
-from im.config import Settings
-from im.ports import Backends
-from im.v1 import bus_pb2, connector_pb2, wire_pb2
-from services.connector.service import Conn, ConnectorCore
+from im.adapters.memory import MemoryBus, MemoryKV
+from im.v1 import bus_pb2, wire_pb2
+from tests.services.connector.helpers import authed, deliver_request, open_conn, send
 
 E = wire_pb2
-
-
-class RecordingConn(Conn):
-    """A connection whose socket is a list of frames."""
-
-    __slots__ = ("frames", "was_closed")
-
-    def __init__(self, conn_id: int, now: float) -> None:
-        super().__init__(conn_id, now)
-        self.frames: list[wire_pb2.Frame] = []
-        self.was_closed = False
-
-    def _write(self, payload: bytes) -> None:
-        self.frames.append(wire_pb2.Frame.FromString(payload))
-
-    def _close(self) -> None:
-        self.was_closed = True
-
-    def kinds(self) -> list[str]:
-        return [f.WhichOneof("kind") for f in self.frames]
-
-    def last(self, kind: str) -> wire_pb2.Frame:
-        return [f for f in self.frames if f.WhichOneof("kind") == kind][-1]
-
-
-class AllowList:
-    def __init__(self, allowed: set[tuple[int, str]]) -> None:
-        self.allowed = allowed
-
-    async def may_send(self, user_id: int, conversation_id: str) -> bool:
-        return (user_id, conversation_id) in self.allowed
-
-
-@pytest.fixture
-def keys():
-    private, public = generate_key_pair()
-    return TokenIssuer(private, "test", 3600), TokenVerifier(public, "test")
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def setup(keys, clock, tmp_path):
-    settings = Settings(
-        data_dir=tmp_path,
-        heartbeat_interval=10,
-        heartbeat_misses=3,
-        auth_timeout=5,
-        retransmit_timeout=2,
-        retransmit_attempts=3,
-        send_rate_per_second=1,
-        send_burst=3,
-        max_body_bytes=100,
-    )
-    bus = MemoryBus(partitions=2)
-    kv = MemoryKV(clock)
-    backends = Backends(
-        bus=bus,
-        registry=MemoryRegistry(),
-        presence=kv,
-        sessions=kv,
-        idempotency=kv,
-        rate_limits=kv,
-    )
-    core = ConnectorCore(settings, backends, keys[1], clock=clock)
-    core.authorizer = AllowList({(1, "d:1:2"), (2, "d:1:2")})
-    return core, keys[0], bus, kv
-
-
-def open_conn(core: ConnectorCore) -> RecordingConn:
-    conn = RecordingConn(core.new_conn_id(), core.clock.monotonic())
-    core.opened(conn)
-    return conn
-
-
-async def authed(core: ConnectorCore, issuer: TokenIssuer, user: int, device: str = "d1"):
-    conn = open_conn(core)
-    token, _ = issuer.issue(user, device)
-    core.on_frame(conn, wire_pb2.Frame(auth=wire_pb2.Auth(token=token)))
-    await core.wait_background()
-    assert conn.kinds()[-1] == "auth_ok", conn.frames
-    return conn
-
-
-def send(conn_core, conn, cid: str, conv: str = "d:1:2", body: bytes = b"hi") -> None:
-    conn_core.on_frame(
-        conn,
-        wire_pb2.Frame(
-            send=wire_pb2.Send(
-                client_msg_id=cid, conversation_id=conv, content_type="text/plain", body=body
-            )
-        ),
-    )
 
 
 async def test_first_frame_must_be_auth(setup):
@@ -209,7 +107,7 @@ async def test_idempotency_survives_reconnect(setup):
     first = await authed(core, issuer, 1)
     send(core, first, "c9")
     await core.wait_background()
-    core._recent_acks.clear()  # as if the retransmit reached another connector
+    core.sends.recent_acks.clear()  # as if the retransmit reached another connector
     second = await authed(core, issuer, 1, "d1")
     send(core, second, "c9")
     await core.wait_background()
@@ -254,19 +152,6 @@ async def test_rate_limit_refills_with_time(setup, clock):
     send(core, conn, "r9")
     await core.wait_background()
     assert conn.last("send_ack").send_ack.client_msg_id == "r9"
-
-
-def deliver_request(seq: int, user: int = 2, device: str = "d1") -> connector_pb2.DeliverRequest:
-    msg = wire_pb2.Message(
-        msg_id=1000 + seq, conversation_id="d:1:2", seq=seq, sender_id=1, body=b"m"
-    )
-    return connector_pb2.DeliverRequest(
-        deliveries=[
-            connector_pb2.Delivery(
-                message=msg, targets=[connector_pb2.DeviceRef(user_id=user, device_id=device)]
-            )
-        ]
-    )
 
 
 async def test_retransmit_with_backoff_then_give_up(setup, clock):
@@ -319,6 +204,8 @@ async def test_acks_are_coalesced_into_one_report(setup):
         core.on_frame(
             conn, wire_pb2.Frame(deliver_ack=wire_pb2.DeliverAck(conversation_id="d:1:2", seq=seq))
         )
+    await core.wait_background()  # the one membership lookup for d:1:2
+    assert core.authorizer.lookups == [["d:1:2"]]
     assert await core.flush_cursor_reports() == 1
     records = await bus.consumer(["im.cursors"], "g").poll(100, 0.01)
     assert len(records) == 1
@@ -393,3 +280,100 @@ async def test_retry_after_a_failed_publish_reuses_the_msg_id(setup):
     records = await bus.consumer(["im.messages"], "g").poll(10, 0.01)
     ids = [bus_pb2.InboundMessage.FromString(r.value).message.msg_id for r in records]
     assert ids == [ack.msg_id, ack.msg_id]  # two records, one message: the router dedupes
+
+
+# ------------------------------------------------------------- before AuthOk
+
+
+async def test_a_ping_before_auth_closes_instead_of_ponging(setup):
+    core, *_ = setup
+    conn = open_conn(core)
+    for _ in range(1000):  # a pre-auth flood costs one frame of work
+        core.on_frame(conn, wire_pb2.Frame(ping=wire_pb2.Ping()))
+    assert conn.kinds() == ["error"]
+    assert conn.last("error").error.code == E.ERROR_CODE_AUTH_REQUIRED
+    assert conn.was_closed
+    assert core.connection_count() == 0
+
+
+class SlowSessions:
+    """A session store whose is_revoked waits until released, or raises."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.release = asyncio.Event()
+        self.error = error
+
+    async def is_revoked(self, session_id: str) -> bool:
+        if self.error is not None:
+            raise self.error
+        await self.release.wait()
+        return False
+
+
+async def test_frames_before_auth_ok_close_the_connection(setup, keys):
+    core, issuer, *_ = setup
+    core.backends.sessions = SlowSessions()
+    conn = open_conn(core)
+    token, _ = issuer.issue(1, "d1")
+    core.on_frame(conn, wire_pb2.Frame(auth=wire_pb2.Auth(token=token)))
+    await asyncio.sleep(0)
+    send(core, conn, "c1")  # did not wait for AuthOk
+    assert conn.last("error").error.code == E.ERROR_CODE_AUTH_REQUIRED
+    assert conn.was_closed
+    core.backends.sessions.release.set()
+    await core.wait_background()
+    assert "auth_ok" not in conn.kinds()
+    assert core.by_device == {}
+
+
+async def test_a_hung_backend_during_auth_hits_the_auth_deadline(setup, clock):
+    core, issuer, _bus, kv = setup
+    core.backends.sessions = SlowSessions()
+    conn = open_conn(core)
+    token, _ = issuer.issue(1, "d1")
+    core.on_frame(conn, wire_pb2.Frame(auth=wire_pb2.Auth(token=token)))
+    await asyncio.sleep(0)
+    clock.advance(5.1)
+    core.tick()
+    assert conn.last("error").error.code == E.ERROR_CODE_AUTH_TIMEOUT
+    assert conn.was_closed
+    core.backends.sessions.release.set()  # the backend answers after all: too late
+    await core.wait_background()
+    assert "auth_ok" not in conn.kinds()
+    assert core.by_device == {} and core.connection_count() == 0
+    assert await kv.routes([1]) == {}
+
+
+async def test_a_session_store_failure_closes_instead_of_half_authenticating(setup):
+    from im.ports import BackendUnavailable
+
+    core, issuer, *_ = setup
+    core.backends.sessions = SlowSessions(BackendUnavailable("redis", "down"))
+    conn = open_conn(core)
+    token, _ = issuer.issue(1, "d1")
+    core.on_frame(conn, wire_pb2.Frame(auth=wire_pb2.Auth(token=token)))
+    await core.wait_background()
+    assert conn.kinds() == ["error"]
+    assert conn.last("error").error.code == E.ERROR_CODE_UNAVAILABLE
+    assert conn.was_closed and not conn.authed
+    assert core.connection_count() == 0
+
+
+class BrokenPresence(MemoryKV):
+    async def connect(self, user_id, device_id, connector_id, ttl):  # type: ignore[no-untyped-def]
+        raise ConnectionError("reset by peer")
+
+
+async def test_a_presence_failure_closes_instead_of_half_authenticating(setup, clock):
+    core, issuer, *_ = setup
+    core.backends.presence = BrokenPresence(clock)
+    conn = open_conn(core)
+    token, _ = issuer.issue(1, "d1")
+    core.on_frame(conn, wire_pb2.Frame(auth=wire_pb2.Auth(token=token)))
+    await core.wait_background()
+    assert conn.kinds() == ["error"]
+    assert conn.last("error").error.code == E.ERROR_CODE_UNAVAILABLE
+    assert conn.was_closed
+    assert core.by_device == {} and core.connection_count() == 0
+    # Nothing is delivered to a connection that never got AuthOk.
+    assert core.deliver(deliver_request(1, user=1)).pushed == 0

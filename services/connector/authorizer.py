@@ -1,0 +1,123 @@
+"""Who may write to, ack or read a conversation: a cache in front of the group service,
+so the hot path is a dict hit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from im.clock import Clock
+from im.config import Settings
+from im.grpcutil import ChannelPool
+from im.ids import parse_direct
+from im.v1 import group_pb2, group_pb2_grpc, user_pb2, user_pb2_grpc
+
+RPC_TIMEOUT = 5.0
+CHECK_CHUNK = 1000  # the group service's limit of ids per CheckMembers call
+MAX_CACHED = 500_000
+
+
+class Authorizer:
+    """Membership answers, cached per (user, conversation).
+
+    1:1 conversations are created on first send: if the sender is one of the pair and
+    the peer exists, the group service creates it. Acks and reads never create one.
+    """
+
+    def __init__(self, settings: Settings, channels: ChannelPool, clock: Clock) -> None:
+        self._settings = settings
+        self._channels = channels
+        self._clock = clock
+        self._cache: dict[tuple[int, str], tuple[bool, float]] = {}
+        # Membership events invalidate entries at once; the TTL bounds staleness if
+        # an event is missed.
+        self.positive_ttl = 30.0
+        self.negative_ttl = 5.0
+
+    def _group(self) -> group_pb2_grpc.GroupServiceStub:
+        return group_pb2_grpc.GroupServiceStub(self._channels.get(self._settings.group_addr()))
+
+    def _user(self) -> user_pb2_grpc.UserServiceStub:
+        return user_pb2_grpc.UserServiceStub(self._channels.get(self._settings.user_addr()))
+
+    def cached(self, user_id: int, conversation_id: str) -> bool | None:
+        hit = self._cache.get((user_id, conversation_id))
+        if hit is None or hit[1] < self._clock.monotonic():
+            return None
+        return hit[0]
+
+    def _remember(self, user_id: int, conversation_id: str, allowed: bool) -> None:
+        ttl = self.positive_ttl if allowed else self.negative_ttl
+        if len(self._cache) > MAX_CACHED:
+            self._cache.clear()  # bounded memory; it refills from the group service
+        self._cache[(user_id, conversation_id)] = (allowed, self._clock.monotonic() + ttl)
+
+    def forget(self, conversation_id: str, user_ids: Iterable[int] | None = None) -> None:
+        if user_ids is None:
+            for key in [k for k in self._cache if k[1] == conversation_id]:
+                del self._cache[key]
+        else:
+            for uid in user_ids:
+                self._cache.pop((uid, conversation_id), None)
+
+    async def may_send(self, user_id: int, conversation_id: str) -> bool:
+        hit = self.cached(user_id, conversation_id)
+        if hit is not None:
+            return hit
+        allowed = await self._ask(user_id, conversation_id)
+        self._remember(user_id, conversation_id, allowed)
+        return allowed
+
+    async def members_of(self, user_id: int, conversation_ids: list[str]) -> set[str]:
+        """Those of ``conversation_ids`` the user belongs to now (no 1:1 is created)."""
+        found: set[str] = set()
+        unknown: list[str] = []
+        for conversation_id in conversation_ids:
+            hit = self.cached(user_id, conversation_id)
+            if hit:
+                found.add(conversation_id)
+            elif hit is None:
+                unknown.append(conversation_id)
+        for start in range(0, len(unknown), CHECK_CHUNK):
+            chunk = unknown[start : start + CHECK_CHUNK]
+            reply = await self._group().CheckMembers(
+                group_pb2.CheckMembersRequest(user_id=user_id, conversation_ids=chunk),
+                timeout=RPC_TIMEOUT,
+            )
+            members = set(reply.member_of)
+            found |= members
+            for conversation_id in chunk:
+                if conversation_id in members:
+                    self._remember(user_id, conversation_id, True)
+                elif not _may_become_member(user_id, conversation_id):
+                    # Not cached for the user's own uncreated 1:1: its first send
+                    # creates it, and a cached "no" would refuse that send.
+                    self._remember(user_id, conversation_id, False)
+        return found
+
+    async def _ask(self, user_id: int, conversation_id: str) -> bool:
+        reply = await self._group().CheckMember(
+            group_pb2.CheckMemberRequest(conversation_id=conversation_id, user_id=user_id),
+            timeout=RPC_TIMEOUT,
+        )
+        if reply.is_member:
+            return True
+        if not _may_become_member(user_id, conversation_id):
+            return False
+        pair = parse_direct(conversation_id)
+        assert pair is not None
+        peer = pair[0] if pair[1] == user_id else pair[1]
+        users = await self._user().GetUsers(
+            user_pb2.GetUsersRequest(user_ids=[peer]), timeout=RPC_TIMEOUT
+        )
+        if not users.users:
+            return False
+        await self._group().GetOrCreateDirect(
+            group_pb2.GetOrCreateDirectRequest(user_a=user_id, user_b=peer), timeout=RPC_TIMEOUT
+        )
+        return True
+
+
+def _may_become_member(user_id: int, conversation_id: str) -> bool:
+    """A 1:1 conversation of this user: created by its first send."""
+    pair = parse_direct(conversation_id)
+    return pair is not None and user_id in pair

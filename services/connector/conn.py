@@ -1,0 +1,120 @@
+"""One client connection as the connector core sees it, whatever the socket type, and
+the frames the connector writes on its own (errors, kicks)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict, deque
+
+from im.v1 import wire_pb2
+from services.connector.timers import TokenBucket
+
+E = wire_pb2  # short alias for error codes and frame types
+
+# Errors after which the stream cannot be trusted or the connection has no purpose.
+CLOSE_AFTER = frozenset(
+    {
+        E.ERROR_CODE_BAD_FRAME,
+        E.ERROR_CODE_FRAME_TOO_LARGE,
+        E.ERROR_CODE_AUTH_REQUIRED,
+        E.ERROR_CODE_AUTH_FAILED,
+        E.ERROR_CODE_AUTH_TIMEOUT,
+        E.ERROR_CODE_HEARTBEAT_TIMEOUT,
+    }
+)
+
+
+def frame_payload(**kind) -> bytes:  # type: ignore[no-untyped-def]
+    return wire_pb2.Frame(**kind).SerializeToString()
+
+
+def error_payload(code: int, message: str, client_msg_id: str = "", request_id: int = 0) -> bytes:
+    return wire_pb2.Frame(
+        request_id=request_id,
+        error=wire_pb2.Error(code=code, message=message, client_msg_id=client_msg_id),
+    ).SerializeToString()
+
+
+def kick_payload(reason: int, detail: str) -> bytes:
+    return frame_payload(kick=wire_pb2.Kick(reason=reason, detail=detail))
+
+
+class Conn:
+    """One client socket. Transports subclass it with ``_write`` and ``_close``."""
+
+    __slots__ = (
+        "auth_started",
+        "authed",
+        "bucket",
+        "closed",
+        "conn_id",
+        "created_at",
+        "cursor_bucket",
+        "device_id",
+        "last_seen",
+        "pending",
+        "send_queue",
+        "send_worker",
+        "session_id",
+        "unverified",
+        "user_id",
+        "verify_worker",
+    )
+
+    def __init__(self, conn_id: int, now: float) -> None:
+        self.conn_id = conn_id
+        self.created_at = now
+        self.last_seen = now
+        self.auth_started = False  # one Auth frame per connection
+        self.authed = False  # AuthOk sent and presence recorded
+        self.closed = False
+        self.user_id = 0
+        self.device_id = ""
+        self.session_id = ""
+        self.bucket: TokenBucket | None = None  # Send frames
+        self.cursor_bucket: TokenBucket | None = None  # new (conversation) cursor reports
+        # conversation -> seq -> serialised Deliver frame (bare, length-prefixed)
+        self.pending: dict[str, OrderedDict[int, tuple[bytes, bytes]]] = {}
+        self.send_queue: deque[tuple[int, wire_pb2.Send]] = deque()
+        self.send_worker: asyncio.Task | None = None
+        # Acks and reads for conversations whose membership is being looked up:
+        # conversation -> [delivered_seq, read_seq, request_id of the latest frame]
+        self.unverified: dict[str, list[int]] = {}
+        self.verify_worker: asyncio.Task | None = None
+
+    # Transports implement these two.
+    def _write(self, payload: bytes) -> None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+    def write(self, payload: bytes) -> None:
+        if not self.closed:
+            self._write(payload)
+
+    def write_framed(self, payload: bytes, framed: bytes) -> None:
+        """Write a frame whose length-prefixed form was built once for many sockets
+        (a group message); transports without the prefix use ``payload``."""
+        if not self.closed:
+            self._write(payload)
+
+    def close(self, last_payload: bytes | None = None) -> None:
+        """Write a last frame (Error or Kick), then close once it is flushed."""
+        if self.closed:
+            return
+        if last_payload is not None:
+            self._write(last_payload)
+        self.closed = True
+        self._close()
+
+    def fail(self, code: int, message: str, client_msg_id: str = "", request_id: int = 0) -> None:
+        """Answer with an Error frame; close after the codes that end a connection."""
+        payload = error_payload(code, message, client_msg_id, request_id)
+        if code in CLOSE_AFTER:
+            self.close(payload)
+        else:
+            self.write(payload)
+
+    def pending_count(self) -> int:
+        return sum(len(p) for p in self.pending.values())

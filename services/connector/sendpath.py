@@ -1,0 +1,293 @@
+"""The send path: validate a Send, authorize it, give it a msg_id (idempotent per
+user and client_msg_id), publish it to the bus, and answer.
+
+Every Send gets exactly one answer, SendAck or an Error frame, whatever a backend
+raises or however long it hangs (each call has a deadline). An answer is owed from
+the moment a Send is queued; the code below settles it per item, and a ``finally``
+settles whatever an unexpected error left open, so no in-flight entry outlives its
+batch and a retry with the same client_msg_id is always handled afresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from im.clock import Clock
+from im.config import Settings
+from im.ids import MsgIdGenerator, is_valid_conversation_id
+from im.ports import Backends
+from im.v1 import bus_pb2, wire_pb2
+from services.connector.authorizer import Authorizer
+from services.connector.conn import Conn, frame_payload
+
+log = logging.getLogger("im.connector")
+
+E = wire_pb2
+ACK_RECORD = struct.Struct(">Qq")  # msg_id, server_ts: the idempotency record
+MAX_CLIENT_MSG_ID = 64
+MAX_CONTENT_TYPE = 64
+RECENT_ACKS = 100_000
+# A backend call on the send path that takes longer is answered UNAVAILABLE (the
+# adapters have their own, usually shorter, timeouts; this is the backstop).
+BACKEND_DEADLINE = 10.0
+
+Spawn = Callable[[Coroutine[Any, Any, None]], asyncio.Task]
+
+
+@dataclass(slots=True)
+class Accepted:
+    """A Send that passed the checks and holds its msg_id, waiting for the bus."""
+
+    request_id: int
+    send: wire_pb2.Send
+    key: str  # user:client_msg_id
+    msg_id: int
+    server_ts: int
+    future: asyncio.Future  # the ack record, or None if it failed; others may wait on it
+
+
+@dataclass(slots=True)
+class SendStats:
+    sends: int = 0
+    send_acks: int = 0
+    send_errors: int = 0
+
+
+class SendPath:
+    def __init__(
+        self,
+        settings: Settings,
+        backends: Backends,
+        authorizer: Authorizer,
+        ids: MsgIdGenerator,
+        clock: Clock,
+        spawn: Spawn,
+    ) -> None:
+        self._settings = settings
+        self._backends = backends
+        self.authorizer = authorizer
+        self._ids = ids
+        self._clock = clock
+        self._spawn = spawn
+        self.stats = SendStats()
+        self._inflight: dict[str, asyncio.Future] = {}
+        self.recent_acks: OrderedDict[str, bytes] = OrderedDict()
+        # Consecutive publishes the bus refused: readiness turns NOT_SERVING at 3, so a
+        # broker that takes connections but not messages does not look healthy.
+        self.publish_failures = 0
+
+    # ------------------------------------------------------------------ intake
+
+    def on_send(self, conn: Conn, send: wire_pb2.Send, request_id: int) -> None:
+        self.stats.sends += 1
+        problem = self._check(conn, send)
+        if problem is not None:
+            self._fail(conn, problem[0], problem[1], send, request_id)
+            return
+        conn.send_queue.append((request_id, send))
+        if conn.send_worker is None:
+            conn.send_worker = self._spawn(self._drain(conn))
+
+    def _check(self, conn: Conn, send: wire_pb2.Send) -> tuple[int, str] | None:
+        """What is wrong with this Send by itself, as (error code, message)."""
+        if conn.bucket is not None and not conn.bucket.take(self._clock.monotonic()):
+            return E.ERROR_CODE_RATE_LIMITED, "send rate exceeded"
+        if not send.client_msg_id or len(send.client_msg_id) > MAX_CLIENT_MSG_ID:
+            return E.ERROR_CODE_INVALID_ARGUMENT, (
+                f"client_msg_id must be 1..{MAX_CLIENT_MSG_ID} characters"
+            )
+        if not is_valid_conversation_id(send.conversation_id):
+            return E.ERROR_CODE_INVALID_ARGUMENT, (
+                f"malformed conversation_id {send.conversation_id[:80]!r}"
+            )
+        if len(send.body) > self._settings.max_body_bytes:
+            return E.ERROR_CODE_BODY_TOO_LARGE, (
+                f"body exceeds {self._settings.max_body_bytes} bytes"
+            )
+        if len(send.content_type) > MAX_CONTENT_TYPE:
+            return E.ERROR_CODE_INVALID_ARGUMENT, "content_type too long"
+        return None
+
+    async def _drain(self, conn: Conn) -> None:
+        # One worker per connection while it has sends queued: keeps the connection's
+        # messages in order and lets a pipelining client be served in batches.
+        try:
+            while conn.send_queue and not conn.closed:
+                batch = list(conn.send_queue)
+                conn.send_queue.clear()
+                await self._send_batch(conn, batch)
+        finally:
+            conn.send_worker = None
+            for request_id, send in conn.send_queue:  # only if the worker itself failed
+                self._fail(conn, E.ERROR_CODE_INTERNAL, "internal error", send, request_id)
+            conn.send_queue.clear()
+
+    # ------------------------------------------------------------------- batch
+
+    async def _send_batch(self, conn: Conn, batch: list[tuple[int, wire_pb2.Send]]) -> None:
+        accepted: list[Accepted] = []
+        waits: list[tuple[int, wire_pb2.Send, asyncio.Future]] = []
+        try:
+            for request_id, send in batch:
+                try:
+                    item = await self._admit(conn, request_id, send, waits)
+                except Exception:
+                    log.exception("send path failed")
+                    self._fail(conn, E.ERROR_CODE_INTERNAL, "internal error", send, request_id)
+                    continue
+                if item is not None:
+                    accepted.append(item)
+            if accepted:
+                await self._publish(conn, accepted)
+        finally:
+            # Settle what cancellation left open: the client gets an answer and a retry
+            # of the same client_msg_id is not parked on a dead future.
+            for item in accepted:
+                if not item.future.done():
+                    self._settle(conn, item, None)
+        for request_id, send, future in waits:
+            try:
+                record = await future
+            except Exception:
+                record = None
+            self._answer(conn, request_id, send, record)
+
+    async def _admit(
+        self,
+        conn: Conn,
+        request_id: int,
+        send: wire_pb2.Send,
+        waits: list[tuple[int, wire_pb2.Send, asyncio.Future]],
+    ) -> Accepted | None:
+        """Authorize one Send and claim its msg_id; answers it itself unless it is
+        returned (to publish) or parked on an identical Send already in flight."""
+        try:
+            allowed = await asyncio.wait_for(
+                self.authorizer.may_send(conn.user_id, send.conversation_id), BACKEND_DEADLINE
+            )
+        except Exception as exc:
+            log.warning("authorization lookup failed: %r", exc)
+            self._fail(conn, E.ERROR_CODE_UNAVAILABLE, "try again", send, request_id)
+            return None
+        if not allowed:
+            message = f"not a member of {send.conversation_id}"
+            self._fail(conn, E.ERROR_CODE_FORBIDDEN, message, send, request_id)
+            return None
+        key = f"{conn.user_id}:{send.client_msg_id}"
+        recent = self.recent_acks.get(key)
+        if recent is not None:
+            self._reply_ack(conn, request_id, send, recent)
+            return None
+        inflight = self._inflight.get(key)
+        if inflight is not None:
+            waits.append((request_id, send, inflight))
+            return None
+        msg_id, ts = self._ids.next_id(), self._clock.wall_ms()
+        try:
+            existing = await asyncio.wait_for(
+                self._backends.idempotency.claim(
+                    key, ACK_RECORD.pack(msg_id, ts), self._settings.idempotency_ttl_seconds
+                ),
+                BACKEND_DEADLINE,
+            )
+        except Exception as exc:
+            log.warning("idempotency claim failed: %r", exc)
+            self._fail(conn, E.ERROR_CODE_UNAVAILABLE, "try again", send, request_id)
+            return None
+        if existing is not None:
+            # Seen before (perhaps through another connector): publish again under
+            # the same msg_id; the router stores and numbers a msg_id only once.
+            msg_id, ts = ACK_RECORD.unpack(existing)
+        future = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        return Accepted(request_id, send, key, msg_id, ts, future)
+
+    async def _publish(self, conn: Conn, accepted: list[Accepted]) -> None:
+        records = [
+            (item.send.conversation_id, _inbound(conn, item).SerializeToString())
+            for item in accepted
+        ]
+        try:
+            await asyncio.wait_for(
+                self._backends.bus.publish_many(self._settings.topic_messages, records),
+                self._settings.publish_timeout,
+            )
+        except Exception as exc:
+            log.warning("bus refused %d messages: %r", len(records), exc)
+            self.publish_failures += 1
+            # Keep the claims: part of the batch may have reached the bus, so a retry
+            # must go out under the same msg_id (stored once).
+            for item in accepted:
+                self._settle(conn, item, None)
+            return
+        self.publish_failures = 0
+        for item in accepted:
+            record = ACK_RECORD.pack(item.msg_id, item.server_ts)
+            self._remember_ack(item.key, record)
+            self._settle(conn, item, record)
+
+    def _settle(self, conn: Conn, item: Accepted, record: bytes | None) -> None:
+        if self._inflight.get(item.key) is item.future:
+            del self._inflight[item.key]
+        if not item.future.done():
+            item.future.set_result(record)
+        self._answer(conn, item.request_id, item.send, record)
+
+    # ---------------------------------------------------------------- answers
+
+    def _answer(
+        self, conn: Conn, request_id: int, send: wire_pb2.Send, record: bytes | None
+    ) -> None:
+        if record is None:
+            message = "message bus unavailable, retry"
+            self._fail(conn, E.ERROR_CODE_UNAVAILABLE, message, send, request_id)
+        else:
+            self._reply_ack(conn, request_id, send, record)
+
+    def _fail(
+        self, conn: Conn, code: int, message: str, send: wire_pb2.Send, request_id: int
+    ) -> None:
+        self.stats.send_errors += 1
+        conn.fail(code, message, send.client_msg_id, request_id)
+
+    def _remember_ack(self, key: str, record: bytes) -> None:
+        self.recent_acks[key] = record
+        if len(self.recent_acks) > RECENT_ACKS:
+            self.recent_acks.popitem(last=False)
+
+    def _reply_ack(self, conn: Conn, request_id: int, send: wire_pb2.Send, record: bytes) -> None:
+        msg_id, ts = ACK_RECORD.unpack(record)
+        self.stats.send_acks += 1
+        conn.write(
+            frame_payload(
+                request_id=request_id,
+                send_ack=wire_pb2.SendAck(
+                    client_msg_id=send.client_msg_id,
+                    msg_id=msg_id,
+                    server_ts=ts,
+                    conversation_id=send.conversation_id,
+                ),
+            )
+        )
+
+
+def _inbound(conn: Conn, item: Accepted) -> bus_pb2.InboundMessage:
+    send = item.send
+    return bus_pb2.InboundMessage(
+        message=wire_pb2.Message(
+            msg_id=item.msg_id,
+            conversation_id=send.conversation_id,
+            sender_id=conn.user_id,
+            sender_device=conn.device_id,
+            client_msg_id=send.client_msg_id,
+            content_type=send.content_type,
+            body=send.body,
+            server_ts=item.server_ts,
+        )
+    )

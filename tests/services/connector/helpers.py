@@ -1,0 +1,89 @@
+"""Helpers of the connector's unit tests: connections whose socket is a list of
+frames, a fixed membership list, and frame shortcuts."""
+
+from __future__ import annotations
+
+from im.auth import TokenIssuer
+from im.v1 import connector_pb2, wire_pb2
+from services.connector.service import Conn, ConnectorCore
+
+
+class RecordingConn(Conn):
+    """A connection whose socket is a list of frames."""
+
+    __slots__ = ("frames", "was_closed")
+
+    def __init__(self, conn_id: int, now: float) -> None:
+        super().__init__(conn_id, now)
+        self.frames: list[wire_pb2.Frame] = []
+        self.was_closed = False
+
+    def _write(self, payload: bytes) -> None:
+        self.frames.append(wire_pb2.Frame.FromString(payload))
+
+    def _close(self) -> None:
+        self.was_closed = True
+
+    def kinds(self) -> list[str]:
+        return [f.WhichOneof("kind") for f in self.frames]
+
+    def last(self, kind: str) -> wire_pb2.Frame:
+        return [f for f in self.frames if f.WhichOneof("kind") == kind][-1]
+
+
+class AllowList:
+    """The authorizer's interface over a fixed set of memberships (nothing cached, so
+    acks and reads take the lookup path)."""
+
+    def __init__(self, allowed: set[tuple[int, str]]) -> None:
+        self.allowed = allowed
+        self.lookups: list[list[str]] = []
+
+    async def may_send(self, user_id: int, conversation_id: str) -> bool:
+        return (user_id, conversation_id) in self.allowed
+
+    def cached(self, user_id: int, conversation_id: str) -> bool | None:
+        return None
+
+    async def members_of(self, user_id: int, conversation_ids: list[str]) -> set[str]:
+        self.lookups.append(list(conversation_ids))
+        return {c for c in conversation_ids if (user_id, c) in self.allowed}
+
+
+def open_conn(core: ConnectorCore) -> RecordingConn:
+    conn = RecordingConn(core.new_conn_id(), core.clock.monotonic())
+    core.opened(conn)
+    return conn
+
+
+async def authed(core: ConnectorCore, issuer: TokenIssuer, user: int, device: str = "d1"):
+    conn = open_conn(core)
+    token, _ = issuer.issue(user, device)
+    core.on_frame(conn, wire_pb2.Frame(auth=wire_pb2.Auth(token=token)))
+    await core.wait_background()
+    assert conn.kinds()[-1] == "auth_ok", conn.frames
+    return conn
+
+
+def send(conn_core, conn, cid: str, conv: str = "d:1:2", body: bytes = b"hi") -> None:
+    conn_core.on_frame(
+        conn,
+        wire_pb2.Frame(
+            send=wire_pb2.Send(
+                client_msg_id=cid, conversation_id=conv, content_type="text/plain", body=body
+            )
+        ),
+    )
+
+
+def deliver_request(seq: int, user: int = 2, device: str = "d1") -> connector_pb2.DeliverRequest:
+    msg = wire_pb2.Message(
+        msg_id=1000 + seq, conversation_id="d:1:2", seq=seq, sender_id=1, body=b"m"
+    )
+    return connector_pb2.DeliverRequest(
+        deliveries=[
+            connector_pb2.Delivery(
+                message=msg, targets=[connector_pb2.DeviceRef(user_id=user, device_id=device)]
+            )
+        ]
+    )

@@ -1,0 +1,109 @@
+"""The send path when backends fail: every Send gets one answer, nothing stays in
+flight, and a retry of the same client_msg_id is handled afresh."""
+
+from __future__ import annotations
+
+import grpc
+
+from im.adapters.memory import MemoryKV
+from im.ports import BackendUnavailable
+from im.v1 import bus_pb2, wire_pb2
+from tests.services.connector.helpers import authed, send
+
+E = wire_pb2
+
+
+def answers(conn) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """client_msg_id -> "ack" or the error code's name, for every answered Send."""
+    out: dict[str, str] = {}
+    for f in conn.frames:
+        if f.WhichOneof("kind") == "send_ack":
+            out[f.send_ack.client_msg_id] = "ack"
+        elif f.WhichOneof("kind") == "error" and f.error.client_msg_id:
+            out[f.error.client_msg_id] = E.ErrorCode.Name(f.error.code)
+    return out
+
+
+class FlakyClaims(MemoryKV):
+    """Idempotency keys whose claim raises for the listed client_msg_ids, once each."""
+
+    def __init__(self, clock, failing: set[str]) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(clock)
+        self.failing = set(failing)
+
+    async def claim(self, key: str, value: bytes, ttl: float) -> bytes | None:
+        cid = key.split(":", 1)[1]
+        if cid in self.failing:
+            self.failing.discard(cid)
+            raise BackendUnavailable("redis", "connection reset")
+        return await super().claim(key, value, ttl)
+
+
+async def test_a_claim_failure_mid_batch_answers_every_send(setup, clock):
+    core, issuer, bus, _kv = setup
+    conn = await authed(core, issuer, 1)
+    core.backends.idempotency = FlakyClaims(clock, {"c2"})
+    for cid in ("c1", "c2", "c3"):  # pipelined: one batch
+        send(core, conn, cid)
+    await core.wait_background()
+    assert answers(conn) == {"c1": "ack", "c2": "ERROR_CODE_UNAVAILABLE", "c3": "ack"}
+    assert not core.sends._inflight
+
+    clock.advance(1.0)  # the rate limit refills one Send
+    send(core, conn, "c2")  # the client's retry is handled afresh
+    await core.wait_background()
+    assert answers(conn)["c2"] == "ack"
+    records = await bus.consumer(["im.messages"], "g").poll(10, 0.01)
+    published = [bus_pb2.InboundMessage.FromString(r.value).message.client_msg_id for r in records]
+    assert published == ["c1", "c3", "c2"]
+
+
+class BrokenBus:
+    """A bus whose publish raises something no one planned for."""
+
+    async def publish_many(self, topic, records):  # type: ignore[no-untyped-def]
+        raise RuntimeError("unexpected")
+
+
+async def test_an_unexpected_publish_error_answers_and_frees_the_client_msg_id(setup, clock):
+    core, issuer, *_ = setup
+    first = await authed(core, issuer, 1, "a")
+    second = await authed(core, issuer, 1, "b")
+    real_bus = core.backends.bus
+    core.backends.bus = BrokenBus()
+    send(core, first, "same")
+    send(core, second, "same")  # the same message retried from another device meanwhile
+    await core.wait_background()
+    assert answers(first) == {"same": "ERROR_CODE_UNAVAILABLE"}
+    assert answers(second) == {"same": "ERROR_CODE_UNAVAILABLE"}
+    assert not core.sends._inflight
+
+    core.backends.bus = real_bus
+    send(core, first, "same")
+    await core.wait_background()
+    assert answers(first) == {"same": "ack"}
+
+
+class FailingAuthorizer:
+    async def may_send(self, user_id: int, conversation_id: str) -> bool:
+        raise grpc.aio.AioRpcError(
+            grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "down"
+        )
+
+
+class CrashingAuthorizer:
+    async def may_send(self, user_id: int, conversation_id: str) -> bool:
+        raise KeyError("a bug")
+
+
+async def test_an_authorization_failure_is_answered_per_send(setup):
+    core, issuer, *_ = setup
+    conn = await authed(core, issuer, 1)
+    core.sends.authorizer = FailingAuthorizer()
+    send(core, conn, "c1")
+    await core.wait_background()
+    core.sends.authorizer = CrashingAuthorizer()
+    send(core, conn, "c2")
+    await core.wait_background()
+    assert answers(conn) == {"c1": "ERROR_CODE_UNAVAILABLE", "c2": "ERROR_CODE_UNAVAILABLE"}
+    assert not conn.was_closed
