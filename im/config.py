@@ -7,6 +7,8 @@ in-process bus, registry and presence.
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 
 from pydantic import Field
@@ -78,6 +80,9 @@ class Settings(BaseSettings):
     connector_id: str = Field(
         "", description="This connector's id in the registry (empty: connector-<port>)."
     )
+    router_id: str = Field(
+        "", description="This router's id in the registry (empty: router-<host name>-<pid>)."
+    )
 
     # --- auth ---------------------------------------------------------------------
     jwt_private_key_file: str = Field(
@@ -113,6 +118,19 @@ class Settings(BaseSettings):
     )
     retransmit_attempts: int = Field(
         3, description="Resends before giving up (the message waits for sync)."
+    )
+    publish_timeout: float = Field(
+        10.0,
+        description="Seconds a Send waits for the bus to take it; then it is answered "
+        "UNAVAILABLE and the client retries under the same client_msg_id (stored once).",
+    )
+    cursor_reports_per_second: float = Field(
+        200.0,
+        description="New (per conversation) acks and reads a connection may report per "
+        "second; repeats for one conversation are coalesced and free.",
+    )
+    cursor_report_burst: int = Field(
+        2000, description="Acks and reads for new conversations a connection may burst."
     )
     idempotency_ttl_seconds: int = Field(
         86400, description="How long a client_msg_id is remembered per user."
@@ -167,6 +185,9 @@ class Settings(BaseSettings):
 
     def resolved_connector_id(self) -> str:
         return self.connector_id or f"connector-{self.connector_tcp_port}"
+
+    def resolved_router_id(self) -> str:
+        return self.router_id or f"router-{socket.gethostname()}-{os.getpid()}"
 
 
 def settings_table() -> str:

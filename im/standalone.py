@@ -15,6 +15,7 @@ from im.runtime import Service, install_uvloop, run_until_signal, setup_logging
 log = logging.getLogger("im")
 
 SERVICES = ("user", "group", "connector", "router", "gateway")
+STOP_ORDER = ("gateway", "connector", "router", "group", "user")
 
 
 def build_service(name: str, settings: Settings, backends: Backends) -> Service:
@@ -49,8 +50,12 @@ class Suite:
         self.settings = settings
 
     async def stop(self) -> None:
-        # Reverse order: stop taking requests before the services behind them go.
-        for name in reversed(list(self.services)):
+        # Stop taking requests before the services behind them go: the gateway, then
+        # the connectors (no more Sends), then the router (it stores what the
+        # connectors handed over), then the services everything calls.
+        for name in STOP_ORDER:
+            if name not in self.services:
+                continue
             try:
                 await self.services[name].stop()
             except Exception:

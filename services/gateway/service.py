@@ -739,13 +739,15 @@ class Gateway:
 
     # ----------------------------------------------------------------- readiness
     async def readiness(self) -> tuple[bool, dict[str, str]]:
-        """Checks the real request path: both services, the store, a connector."""
-        names = ["user", "group", "message_store", "connectors"]
+        """Checks the real request path: both services, the store, a connector, and a
+        router that serves (without one, messages are acked but never delivered)."""
+        names = ["user", "group", "message_store", "connectors", "routers"]
         results = await asyncio.gather(
             self._grpc_health(self.settings.user_addr()),
             self._grpc_health(self.settings.group_addr()),
             self._store_health(),
             self._connectors_health(),
+            self._routers_health(),
             return_exceptions=True,
         )
         checks: dict[str, str] = {}
@@ -776,3 +778,9 @@ class Gateway:
             self._backends.registry.connectors(), HEALTH_TIMEOUT * 2
         )
         return "ok" if connectors else "no connector registered"
+
+    async def _routers_health(self) -> str:
+        routers = await asyncio.wait_for(self._backends.registry.routers(), HEALTH_TIMEOUT * 2)
+        if any(routers.values()):
+            return "ok"
+        return "no router serving" if routers else "no router registered"

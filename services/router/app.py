@@ -1,4 +1,5 @@
-"""Router process: one member of the routers' consumer group."""
+"""Router process: one member of the routers' consumer group, announced in the
+registry (so the gateway's readiness knows whether any router serves)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,16 @@ from services.router.service import Router
 
 log = logging.getLogger("im.router")
 
+HEALTH_EVERY = 0.25
+# The registry entry is written on every change, and again this often in case it was
+# lost with a registry that forgot its data.
+ANNOUNCE_EVERY = 15.0
+FAILED_BATCHES_UNHEALTHY = 3
+# A loop turn takes at most a poll (0.5 s) plus a batch; one that has not completed
+# for this long is stuck on something (a backend call without an answer).
+STALLED_AFTER = 30.0
+DRAIN_SECONDS = 5.0
+
 
 class RouterApp:
     name = "router"
@@ -25,27 +36,54 @@ class RouterApp:
         self.backends = backends
         self.store = store or build_message_store(settings)
         self.router = Router(settings, backends, self.store)
+        self.router_id = settings.resolved_router_id()
         self._consumer: BusConsumer | None = None
         self._stop = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._health_task: asyncio.Task | None = None
+        self._serving = False
         # Health and reflection only: probes see whether batches go through (a
         # router whose store or bus fails keeps running but reports NOT_SERVING).
         self._grpc = GrpcServer(settings.host, settings.router_grpc_port)
 
+    def serving(self) -> bool:
+        """Batches go through: the consumer joined its group, the last batches did not
+        fail, and the loop is not stuck."""
+        router = self.router
+        stalled = router.clock.monotonic() - router.last_progress > STALLED_AFTER
+        return router.joined and router.failing < FAILED_BATCHES_UNHEALTHY and not stalled
+
     async def _watch_health(self) -> None:
-        serving = True
+        clock = self.router.clock
+        announced_at = clock.monotonic()
         while True:
-            await asyncio.sleep(1.0)
-            now_serving = self.router.failing < 3
-            if now_serving != serving:
-                serving = now_serving
-                log.warning("router %s", "recovered" if serving else "is failing its batches")
-                await self._grpc.set_serving(serving)
+            await asyncio.sleep(HEALTH_EVERY)
+            now_serving = self.serving()
+            changed = now_serving != self._serving
+            if changed:
+                self._serving = now_serving
+                log.log(
+                    logging.INFO if now_serving else logging.WARNING,
+                    "router %s %s",
+                    self.router_id,
+                    "serving" if now_serving else "is not serving (failing or stuck)",
+                )
+                await self._grpc.set_serving(now_serving)
+            if changed or clock.monotonic() - announced_at > ANNOUNCE_EVERY:
+                announced_at = clock.monotonic()
+                await self._announce(now_serving)
+
+    async def _announce(self, serving: bool) -> None:
+        try:
+            await self.backends.registry.announce_router(self.router_id, serving)
+        except Exception as exc:
+            log.warning("could not announce router %s: %r", self.router_id, exc)
 
     async def start(self) -> None:
         s = self.settings
         await self._grpc.start()
+        await self._grpc.set_serving(False)  # until the consumer joined its group
+        await self.backends.registry.announce_router(self.router_id, False)
         self._health_task = asyncio.get_running_loop().create_task(self._watch_health())
         self._consumer = self.backends.bus.consumer(
             [s.topic_messages, s.topic_cursors, s.topic_membership], s.router_group
@@ -62,11 +100,18 @@ class RouterApp:
             except TimeoutError:
                 self._task.cancel()
                 await asyncio.gather(self._task, return_exceptions=True)
+        if self._consumer is not None:
+            # What the connectors handed over before they stopped is stored now,
+            # not left to a bus that may not outlive this process (standalone).
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.router.drain(self._consumer), DRAIN_SECONDS)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.router.flush(), 5)
         if self._health_task is not None:
             self._health_task.cancel()
             await asyncio.gather(self._health_task, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.backends.registry.withdraw_router(self.router_id)
         await self._grpc.stop(0.5)
         if self._consumer is not None:
             await self._consumer.close()

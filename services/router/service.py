@@ -1,30 +1,54 @@
 """The router's loop: take a batch from the bus, number and store its messages, apply
-cursor reports, commit, then deliver messages and read receipts to the connectors
-holding the members' devices.
+cursor reports, set aside what cannot be applied, commit, then deliver messages and
+read receipts to the connectors holding the members' devices.
 
 The bus position is committed only after the store write (goim #134: committing
-before storing lost messages on restart); delivery failures lose nothing because the
-message waits in the store for sync.
+before storing lost messages on restart) and after the cursors and dead letters are
+written. A record that cannot be applied never fails its batch: it is checked on
+its own (``records.py``) or refused by the store on its own, and set aside as a dead
+letter. Only a backend that fails as a whole rewinds the batch, with backoff; and an
+unexpected error, which might be a record nobody foresaw, makes the next attempt go
+one record at a time, so such a record is found and set aside too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import grpc
 
+from im.clock import Clock, SystemClock
 from im.config import Settings
 from im.grpcutil import ChannelPool
-from im.ids import parse_direct
-from im.ports import Backends, BusConsumer, BusRecord, DeviceRoute, MessageStore
-from im.runtime import local_connectors
-from im.v1 import bus_pb2, connector_pb2, connector_pb2_grpc, group_pb2, group_pb2_grpc, wire_pb2
-from services.router.sequencer import Sequencer
+from im.ports import (
+    Backends,
+    BackendUnavailable,
+    BusConsumer,
+    BusRecord,
+    DeadLetter,
+    DeadLetterStore,
+    MessageStore,
+)
+from im.v1 import bus_pb2, group_pb2, group_pb2_grpc, wire_pb2
+from services.router import records
+from services.router.delivery import Deliverer
+from services.router.sequencer import Outcome, Sequencer
 
 log = logging.getLogger("im.router")
+
+CURSOR_RPC_TIMEOUT = 10.0
+BACKOFF_FIRST, BACKOFF_MAX = 0.2, 10.0
+# gRPC codes that say "the service is not there right now", not "this request is bad".
+_UNAVAILABLE_CODES = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.CANCELLED,
+}
 
 
 @dataclass(slots=True)
@@ -32,68 +56,28 @@ class RouterStats:
     batches: int = 0
     stored: int = 0
     replayed: int = 0
+    dead_lettered: int = 0
+    collisions: int = 0
     cursor_writes: int = 0
     cursor_reports: int = 0
-    receipts: int = 0
+    clamped_reports: int = 0
     membership_events: int = 0
-    pushed: int = 0
-    rerouted: int = 0
-    delivery_failures: int = 0
+    isolated_batches: int = 0
 
 
-@dataclass(slots=True)
-class Audience:
-    """Who may receive a conversation's messages: member id -> seq they joined after."""
-
-    joined: dict[int, int]
-    version: int = 0
-
-
-class MemberCache:
-    """Members per conversation. A 1:1 id names both members; a group's list is cached
-    and revalidated once per batch by its member_version (one small RPC that answers
-    "unchanged" without the list), so a removed member gets nothing after removal."""
-
-    def __init__(self, settings: Settings, channels: ChannelPool) -> None:
-        self._settings = settings
-        self._channels = channels
-        self._groups: dict[str, Audience] = {}
-        self.fetches = 0
-
-    def forget(self, conversation_id: str) -> None:
-        self._groups.pop(conversation_id, None)
-
-    async def audience(self, conversation_id: str) -> Audience:
-        pair = parse_direct(conversation_id)
-        if pair is not None:
-            return Audience(dict.fromkeys(pair, 0))
-        cached = self._groups.get(conversation_id)
-        stub = group_pb2_grpc.GroupServiceStub(self._channels.get(self._settings.group_addr()))
-        reply = await stub.ListMemberIds(
-            group_pb2.ListMemberIdsRequest(
-                conversation_id=conversation_id,
-                known_version=cached.version if cached else 0,
-            ),
-            timeout=10,
-        )
-        if reply.unchanged and cached is not None:
-            return cached
-        self.fetches += 1
-        audience = Audience(
-            dict(zip(reply.user_ids, reply.joined_seqs, strict=True)), reply.member_version
-        )
-        if len(self._groups) > 10_000:
-            self._groups.clear()  # bounded memory; lists are fetched again when needed
-        self._groups[conversation_id] = audience
-        return audience
+def is_outage(exc: BaseException) -> bool:
+    """A backend failing as a whole (retry the batch later), as opposed to something
+    about the records at hand."""
+    if isinstance(exc, BackendUnavailable | TimeoutError | ConnectionError):
+        return True
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return exc.code() in _UNAVAILABLE_CODES
+    return False
 
 
-@dataclass(slots=True)
-class Outbox:
-    """What one connector gets in one Deliver call."""
-
-    deliveries: list[connector_pb2.Delivery] = field(default_factory=list)
-    receipts: list[connector_pb2.ReceiptDelivery] = field(default_factory=list)
+def backoff(failures: int) -> float:
+    """Seconds to wait after the n-th consecutive failed batch."""
+    return min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** max(0, failures - 1))
 
 
 class Router:
@@ -103,86 +87,109 @@ class Router:
         backends: Backends,
         store: MessageStore,
         channels: ChannelPool | None = None,
+        clock: Clock | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.settings = settings
         self.backends = backends
         self.store = store
+        self.clock = clock or SystemClock()
+        self._sleep = sleep
         self.channels = channels or ChannelPool()
         self.sequencer = Sequencer(store)
-        self.members = MemberCache(settings, self.channels)
+        self.delivery = Deliverer(settings, backends, self.channels)
         self.stats = RouterStats()
         self.failing = 0  # consecutive failed batches; readiness reflects the real path
+        self.last_progress = self.clock.monotonic()  # a loop turn completed
+        self.joined = False  # the consumer got its first partition assignment
+        self._isolate = False  # next batch one record at a time
         self._delivering: asyncio.Task | None = None
         self._generation = -1
+
+    @property
+    def members(self):  # type: ignore[no-untyped-def]
+        return self.delivery.members
 
     def _group(self) -> group_pb2_grpc.GroupServiceStub:
         return group_pb2_grpc.GroupServiceStub(self.channels.get(self.settings.group_addr()))
 
+    # -------------------------------------------------------------------- loop
+
     async def run(self, consumer: BusConsumer, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            try:
-                records = await consumer.poll(self.settings.router_batch_size, 0.5)
-                if consumer.generation != self._generation:
-                    self._generation = consumer.generation
-                    self.sequencer.reset()
-                if records:
-                    await self.handle(records, consumer)
-                self.failing = 0
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                self.failing += 1
-                # Nothing was committed for this batch: back off and take it again.
-                log.exception("router batch failed; retrying from the last commit")
-                await asyncio.sleep(1.0)
-                await consumer.rewind()
+            await self.turn(consumer)
 
-    async def handle(self, records: list[BusRecord], consumer: BusConsumer | None) -> None:
+    async def turn(self, consumer: BusConsumer) -> None:
+        """One poll and its batch; on failure, back off and rewind."""
+        try:
+            records_ = await consumer.poll(self.settings.router_batch_size, 0.5)
+            if consumer.generation != self._generation:
+                self._generation = consumer.generation
+                self.sequencer.reset()
+            self.joined = self.joined or consumer.generation > 0
+            if records_:
+                await self._handle_polled(records_, consumer)
+            self.failing = 0
+            self.last_progress = self.clock.monotonic()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.failing += 1
+            if is_outage(exc):
+                log.warning("router batch failed (%r); retrying from the last commit", exc)
+            else:
+                # Perhaps a record nobody foresaw: the next attempt goes one by one.
+                log.exception("router batch failed; retrying it one record at a time")
+                self._isolate = True
+            await self._sleep(backoff(self.failing))
+            await consumer.rewind()
+
+    async def drain(self, consumer: BusConsumer) -> None:
+        """Handle what is already on the bus, without waiting for more (shutdown)."""
+        while polled := await consumer.poll(self.settings.router_batch_size, 0):
+            await self._handle_polled(polled, consumer)
+
+    async def _handle_polled(self, polled: list[BusRecord], consumer: BusConsumer) -> None:
+        if not self._isolate:
+            await self.handle(polled, consumer)
+            return
+        self.stats.isolated_batches += 1
+        for record in polled:
+            try:
+                await self.handle([record], None)
+            except Exception as exc:
+                if is_outage(exc):
+                    raise
+                log.exception("setting aside a record that failed on its own")
+                letter = records.dead_letter(record, f"failed on its own: {exc!r}", self._now())
+                await self._set_aside([letter])
+        await consumer.commit()
+        self._isolate = False
+
+    # ------------------------------------------------------------------- batch
+
+    async def handle(self, polled: list[BusRecord], consumer: BusConsumer | None) -> None:
         self.stats.batches += 1
-        s = self.settings
-        inbound: list[wire_pb2.Message] = []
-        reports: list[bus_pb2.CursorReport] = []
-        for record in records:
-            try:
-                if record.topic == s.topic_messages:
-                    inbound.append(bus_pb2.InboundMessage.FromString(record.value).message)
-                elif record.topic == s.topic_cursors:
-                    reports.append(bus_pb2.CursorReport.FromString(record.value))
-                elif record.topic == s.topic_membership:
-                    event = bus_pb2.MembershipEvent.FromString(record.value)
-                    self.members.forget(event.conversation_id)
-                    self.stats.membership_events += 1
-            except Exception:
-                log.error(
-                    "skipping undecodable record %s/%s@%s",
-                    record.topic,
-                    record.partition,
-                    record.offset,
-                )
+        batch = records.decode(polled, self.settings, self._now())
+        for event in batch.membership:
+            self.members.forget(event.conversation_id)
+        self.stats.membership_events += len(batch.membership)
 
-        new, replayed = await self.sequencer.store(inbound) if inbound else ([], [])
-        self.stats.stored += len(new)
-        self.stats.replayed += len(replayed)
-        messages = sorted(new + replayed, key=lambda m: (m.conversation_id, m.seq))
+        outcome = await self.sequencer.store(batch.messages) if batch.messages else Outcome()
+        self._count(outcome)
+        for message, reason in outcome.rejected:
+            letter = records.message_letter(batch, self.settings, message, reason, self._now())
+            batch.letters.append(letter)
+        messages = sorted(outcome.new + outcome.replayed, key=lambda m: (m.conversation_id, m.seq))
 
-        # The sender has read its own message; members' acks and reads move forward.
-        # All of a batch's cursor moves are one write (many acks -> one update each).
-        cursors: dict[tuple[str, int], list[int]] = {}
-        for m in messages:
-            _merge(cursors, m.conversation_id, m.sender_id, m.seq, m.seq)
-        receipts: dict[tuple[str, int], int] = {}
-        for r in reports:
-            _merge(cursors, r.conversation_id, r.user_id, r.delivered_seq, r.read_seq)
-            if r.read_seq:
-                key = (r.conversation_id, r.user_id)
-                receipts[key] = max(receipts.get(key, 0), r.read_seq)
-        self.stats.cursor_reports += len(reports)
-
-        if cursors:
-            await self._write_cursors(cursors)
-        # The bus position is committed once the batch's messages are stored and its
-        # cursors written: a crash before this replays the batch (stored messages are
-        # recognised by msg_id, cursors only move forward).
+        reports = await self._clamp(batch.reports)
+        receipts = await self._apply_cursors(messages, reports)
+        if batch.letters:
+            await self._set_aside(batch.letters)
+        # The bus position is committed once the batch's messages are stored, its
+        # cursors written and its bad records set aside: a crash before this replays
+        # the batch (stored messages are recognised by msg_id, cursors only move
+        # forward, dead letters are stored once).
         if consumer is not None:
             await consumer.commit()
         # Delivery runs while the next batch is taken and stored: one delivery in
@@ -193,14 +200,80 @@ class Router:
                 self._deliver_quietly(messages, receipts)
             )
 
-    async def flush(self) -> None:
-        """Wait for the delivery in flight (tests, shutdown)."""
-        if self._delivering is not None:
-            await self._delivering
-            self._delivering = None
+    def _count(self, outcome: Outcome) -> None:
+        self.stats.stored += len(outcome.new)
+        self.stats.replayed += len(outcome.replayed)
+        self.stats.collisions += outcome.collisions
 
-    async def _write_cursors(self, cursors: dict[tuple[str, int], list[int]]) -> None:
-        await self._group().UpdateCursors(
+    def _now(self) -> int:
+        return self.clock.wall_ms()
+
+    async def _set_aside(self, letters: list[DeadLetter]) -> None:
+        for letter in letters:
+            log.warning(
+                "dead letter %s from %s/%s@%s: %s",
+                letter.letter_id,
+                letter.topic,
+                letter.partition,
+                letter.offset,
+                letter.reason,
+            )
+        store: DeadLetterStore = self.store  # type: ignore[assignment]
+        await store.put_dead_letters(letters)
+        self.stats.dead_lettered += len(letters)
+
+    # ----------------------------------------------------------------- cursors
+
+    async def _clamp(self, reports: list[bus_pb2.CursorReport]) -> list[bus_pb2.CursorReport]:
+        """Cursors never pass the last stored message (a cursor beyond it would hide
+        messages still to come, and count unread wrongly)."""
+        if not reports:
+            return []
+        last = {
+            r.conversation_id: self.sequencer.last_known(r.conversation_id) or 0 for r in reports
+        }
+        unsure = [
+            r.conversation_id
+            for r in reports
+            if max(r.delivered_seq, r.read_seq) > last[r.conversation_id]
+        ]
+        if unsure:
+            stored = await self.store.last_seqs(list(dict.fromkeys(unsure)))
+            for conversation_id, seq in stored.items():
+                last[conversation_id] = max(last[conversation_id], seq)
+        out = []
+        for r in reports:
+            limit = last[r.conversation_id]
+            if r.delivered_seq > limit or r.read_seq > limit:
+                self.stats.clamped_reports += 1
+                r = bus_pb2.CursorReport(
+                    conversation_id=r.conversation_id,
+                    user_id=r.user_id,
+                    device_id=r.device_id,
+                    delivered_seq=min(r.delivered_seq, limit),
+                    read_seq=min(r.read_seq, limit),
+                )
+            out.append(r)
+        return out
+
+    async def _apply_cursors(
+        self, messages: list[wire_pb2.Message], reports: list[bus_pb2.CursorReport]
+    ) -> dict[tuple[str, int], int]:
+        """One write for all of a batch's cursor moves (many acks -> one update each).
+        Returns the read receipts to push: reads now stored for a real member."""
+        # The sender has read its own message; members' acks and reads move forward.
+        cursors: dict[tuple[str, int], list[int]] = {}
+        for m in messages:
+            _merge(cursors, m.conversation_id, m.sender_id, m.seq, m.seq)
+        reads: set[tuple[str, int]] = set()
+        for r in reports:
+            _merge(cursors, r.conversation_id, r.user_id, r.delivered_seq, r.read_seq)
+            if r.read_seq:
+                reads.add((r.conversation_id, r.user_id))
+        self.stats.cursor_reports += len(reports)
+        if not cursors:
+            return {}
+        reply = await self._group().UpdateCursors(
             group_pb2.UpdateCursorsRequest(
                 updates=[
                     group_pb2.CursorUpdate(
@@ -209,9 +282,24 @@ class Router:
                     for (conv, uid), (d, r) in cursors.items()
                 ]
             ),
-            timeout=10,
+            timeout=CURSOR_RPC_TIMEOUT,
         )
         self.stats.cursor_writes += 1
+        # A receipt only for a reader whose stored read cursor is what it reported: no
+        # receipts for strangers, made-up conversations or stale reports.
+        return {
+            (s.conversation_id, s.user_id): s.read_seq
+            for s in reply.stored_reads
+            if (s.conversation_id, s.user_id) in reads
+        }
+
+    # ---------------------------------------------------------------- delivery
+
+    async def flush(self) -> None:
+        """Wait for the delivery in flight (tests, shutdown)."""
+        if self._delivering is not None:
+            await self._delivering
+            self._delivering = None
 
     async def _deliver_quietly(
         self, messages: list[wire_pb2.Message], receipts: dict[tuple[str, int], int]
@@ -219,120 +307,15 @@ class Router:
         # A failed delivery loses nothing (the messages are stored; devices sync), so
         # it must not fail the batch and make it replay.
         try:
-            await self.deliver(messages, receipts)
+            await self.delivery.deliver(messages, receipts)
         except Exception:
-            self.stats.delivery_failures += 1
+            self.delivery.stats.delivery_failures += 1
             log.exception("delivery of a batch failed; its messages wait for sync")
-
-    # ---------------------------------------------------------------- delivery
 
     async def deliver(
         self, messages: list[wire_pb2.Message], receipts: dict[tuple[str, int], int] | None = None
     ) -> None:
-        receipts = receipts or {}
-        by_conv: dict[str, list[wire_pb2.Message]] = defaultdict(list)
-        for m in messages:
-            by_conv[m.conversation_id].append(m)
-        conversations = list(dict.fromkeys([*by_conv, *(c for c, _ in receipts)]))
-        audiences = dict(
-            zip(
-                conversations,
-                await asyncio.gather(*(self._audience(c) for c in conversations)),
-                strict=True,
-            )
-        )
-        users = list({u for a in audiences.values() if a is not None for u in a.joined})
-        routes = await self.backends.presence.routes(users) if users else {}
-
-        plan: dict[str, Outbox] = defaultdict(Outbox)
-        for conv, msgs in by_conv.items():
-            audience = audiences[conv]
-            if audience is not None:
-                _plan_messages(plan, msgs, audience, routes)
-        for (conv, reader), read_seq in receipts.items():
-            audience = audiences[conv]
-            if audience is None:
-                continue
-            # Everyone's devices, the reader's own included (multi-device: reading on
-            # one device clears unread on the others). In very large groups only the
-            # reader's devices: the others pull counts from the receipts endpoint.
-            if len(audience.joined) <= self.settings.receipt_push_max_members:
-                targets = list(audience.joined)
-            else:
-                targets = [reader]
-            receipt = wire_pb2.Receipt(conversation_id=conv, reader_id=reader, read_seq=read_seq)
-            _plan_receipt(plan, receipt, targets, routes)
-            self.stats.receipts += 1
-
-        missing = await self._send_plan(plan)
-        if missing:
-            # A route can be stale (the device moved, goim #230): look once more.
-            fresh = await self.backends.presence.routes(list({u for u, _d, _m, _c in missing}))
-            retry: dict[str, Outbox] = defaultdict(Outbox)
-            seen: dict[tuple[str, int], connector_pb2.Delivery] = {}
-            for user_id, device_id, message, old_connector in missing:
-                for route in fresh.get(user_id, []):
-                    if route.device_id == device_id and route.connector_id != old_connector:
-                        key = (route.connector_id, id(message))
-                        delivery = seen.get(key)
-                        if delivery is None:
-                            delivery = seen[key] = connector_pb2.Delivery(message=message)
-                            retry[route.connector_id].deliveries.append(delivery)
-                        delivery.targets.add(user_id=user_id, device_id=device_id)
-                        self.stats.rerouted += 1
-            if retry:
-                await self._send_plan(retry)
-
-    async def _audience(self, conversation_id: str) -> Audience | None:
-        try:
-            return await self.members.audience(conversation_id)
-        except grpc.RpcError as exc:
-            if isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.NOT_FOUND:
-                return None  # e.g. a receipt for a conversation that does not exist
-            raise
-
-    async def _send_plan(
-        self, plan: dict[str, Outbox]
-    ) -> list[tuple[int, str, wire_pb2.Message, str]]:
-        if not plan:
-            return []
-        connectors = {c.connector_id: c for c in await self.backends.registry.connectors()}
-        calls = []
-        for connector_id, outbox in plan.items():
-            info = connectors.get(connector_id)
-            if info is None:
-                continue  # connector gone: its devices are offline and will sync
-            request = connector_pb2.DeliverRequest(
-                deliveries=outbox.deliveries, receipts=outbox.receipts
-            )
-            local = local_connectors.get(connector_id)
-            if local is not None:
-                calls.append((connector_id, outbox, _now(local, request)))
-                continue
-            stub = connector_pb2_grpc.ConnectorServiceStub(self.channels.get(info.grpc_addr))
-            calls.append((connector_id, outbox, stub.Deliver(request, timeout=5)))
-        missing = []
-        results = await asyncio.gather(*(c[2] for c in calls), return_exceptions=True)
-        for (connector_id, outbox, _call), result in zip(calls, results, strict=True):
-            if isinstance(result, BaseException):
-                self.stats.delivery_failures += 1
-                if isinstance(result, grpc.RpcError):
-                    log.warning("deliver to %s failed: %s", connector_id, result.code())
-                else:
-                    log.warning("deliver to %s failed: %r", connector_id, result)
-                continue
-            self.stats.pushed += result.pushed
-            if result.missing:
-                wanted = {(t.user_id, t.device_id) for t in result.missing}
-                for delivery in outbox.deliveries:
-                    for t in delivery.targets:
-                        if (t.user_id, t.device_id) in wanted:
-                            missing.append((t.user_id, t.device_id, delivery.message, connector_id))
-        return missing
-
-
-async def _now(deliver, request):  # type: ignore[no-untyped-def]
-    return deliver(request)
+        await self.delivery.deliver(messages, receipts)
 
 
 def _merge(
@@ -344,68 +327,3 @@ def _merge(
     else:
         entry[0] = max(entry[0], delivered)
         entry[1] = max(entry[1], read)
-
-
-def _devices_by_connector(
-    user_ids: list[int], routes: dict[int, list[DeviceRoute]]
-) -> dict[str, list[connector_pb2.DeviceRef]]:
-    out: dict[str, list[connector_pb2.DeviceRef]] = defaultdict(list)
-    for user_id in user_ids:
-        for route in routes.get(user_id, ()):
-            out[route.connector_id].append(
-                connector_pb2.DeviceRef(user_id=user_id, device_id=route.device_id)
-            )
-    return out
-
-
-def _plan_messages(
-    plan: dict[str, Outbox],
-    msgs: list[wire_pb2.Message],
-    audience: Audience,
-    routes: dict[int, list[DeviceRoute]],
-) -> None:
-    """Each message once per connector, with every device there that may see it.
-
-    Work is proportional to the online devices, not the members: a 10,000-member
-    group with a few hundred devices online costs a few hundred steps per message."""
-    joined = audience.joined
-    online = [
-        (
-            joined_seq,
-            route.connector_id,
-            connector_pb2.DeviceRef(user_id=uid, device_id=route.device_id),
-        )
-        for uid in routes.keys() & joined.keys()
-        for joined_seq in (joined[uid],)
-        for route in routes[uid]
-    ]
-    if not online:
-        return
-    latest_join = max(j for j, _c, _r in online)
-    shared = _group_refs(online) if latest_join < msgs[0].seq else None
-    for m in msgs:
-        # Members who joined at or after this seq do not get it (nor its history).
-        targets = shared or _group_refs([o for o in online if o[0] < m.seq])
-        for connector_id, refs in targets.items():
-            plan[connector_id].deliveries.append(connector_pb2.Delivery(message=m, targets=refs))
-
-
-def _group_refs(
-    online: list[tuple[int, str, connector_pb2.DeviceRef]],
-) -> dict[str, list[connector_pb2.DeviceRef]]:
-    out: dict[str, list[connector_pb2.DeviceRef]] = defaultdict(list)
-    for _joined, connector_id, ref in online:
-        out[connector_id].append(ref)
-    return out
-
-
-def _plan_receipt(
-    plan: dict[str, Outbox],
-    receipt: wire_pb2.Receipt,
-    user_ids: list[int],
-    routes: dict[int, list[DeviceRoute]],
-) -> None:
-    for connector_id, refs in _devices_by_connector(user_ids, routes).items():
-        plan[connector_id].receipts.append(
-            connector_pb2.ReceiptDelivery(receipt=receipt, targets=refs)
-        )

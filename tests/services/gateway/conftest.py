@@ -139,6 +139,7 @@ async def suite(tmp_path: Path, settings_overrides: dict[str, Any]) -> AsyncIter
         grpc_port = await connector_server.start()
         info = ConnectorInfo("conn-a", "127.0.0.1", 7070, 7071, grpc_port, connections=3)
         await registry.register(info)
+        await registry.announce_router("router-test", True)  # as a running router would
 
         gateway = build_gateway(settings, backends)
         await gateway.start()

@@ -424,7 +424,13 @@ async def test_health_and_readiness(suite: Suite) -> None:
     assert r.status_code == 200, r.text
     assert r.json() == {
         "status": "ready",
-        "checks": {"user": "ok", "group": "ok", "message_store": "ok", "connectors": "ok"},
+        "checks": {
+            "user": "ok",
+            "group": "ok",
+            "message_store": "ok",
+            "connectors": "ok",
+            "routers": "ok",
+        },
     }
     await suite.registry.deregister("conn-a")
     r = await suite.client.get("/readyz")
@@ -433,6 +439,21 @@ async def test_health_and_readiness(suite: Suite) -> None:
     assert body["status"] == "not_ready"
     assert body["checks"]["connectors"] != "ok"
     assert body["checks"]["user"] == body["checks"]["group"] == "ok"
+
+
+async def test_not_ready_while_no_router_serves(suite: Suite) -> None:
+    # Sends would be acked and never delivered: a load balancer must know.
+    await suite.registry.announce_router("router-a", False)
+    await suite.registry.withdraw_router("router-test")
+    r = await suite.client.get("/readyz")
+    assert r.status_code == 503
+    assert r.json()["checks"]["routers"] == "no router serving"
+    await suite.registry.withdraw_router("router-a")
+    r = await suite.client.get("/readyz")
+    assert r.json()["checks"]["routers"] == "no router registered"
+    await suite.registry.announce_router("router-b", True)
+    r = await suite.client.get("/readyz")
+    assert r.status_code == 200, r.text
 
 
 async def test_docs_openapi_and_metrics(suite: Suite) -> None:

@@ -12,10 +12,11 @@ from im.adapters.memory import MemoryBus, MemoryKV, MemoryRegistry
 from im.adapters.sqlstore import SqlMessageStore
 from im.config import Settings
 from im.grpcutil import GrpcServer, channel, service_name
-from im.ports import Backends, ConnectorInfo
+from im.ports import Backends, BackendUnavailable, ConnectorInfo, RecordRejected
 from im.v1 import bus_pb2, connector_pb2, connector_pb2_grpc, group_pb2, group_pb2_grpc, wire_pb2
 from services.group.app import build as build_group
-from services.router.service import Router
+from services.router import records
+from services.router.service import Router, backoff
 
 
 class RecordingConnector(connector_pb2_grpc.ConnectorServiceServicer):
@@ -71,6 +72,11 @@ class Harness:
             await self.router.flush()
         finally:
             await consumer.close()
+
+    def consumer(self):  # type: ignore[no-untyped-def]
+        """A member of the routers' group on every topic, as the router app uses."""
+        s = self.settings
+        return self.bus.consumer([s.topic_messages, s.topic_cursors, s.topic_membership], "routers")
 
     async def send(self, conv: str, sender: int, msg_id: int) -> None:
         message = wire_pb2.Message(
@@ -220,3 +226,194 @@ async def test_direct_messages_need_no_member_lookup(harness):
     await h.run_bus()
     assert sorted(h.connector.delivered()) == [(5, 1), (6, 1)]
     assert h.router.members.fetches == 0
+
+
+# ------------------------------------------------------------ poison records
+
+
+async def test_an_out_of_range_read_is_set_aside_and_the_batch_goes_on(harness):
+    h = harness
+    conv = await make_group(h, 1, [2])
+    await online(h, 1, 2)
+    # A stranger's read with a seq no BIGINT holds, in the middle of real traffic.
+    await h.send(conv, 1, 100)
+    await h.report(conv, 99, read=1 << 63)
+    await h.report("g:1", 99, delivered=(1 << 64) - 1)
+    await h.send(conv, 2, 101)
+    await h.run_bus()
+    assert sorted(h.connector.delivered()) == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    letters = await h.router.store.dead_letters(10)
+    assert len(letters) == 2
+    assert all("out of range" in letter.reason for letter in letters)
+    assert {letter.topic for letter in letters} == {h.settings.topic_cursors}
+    assert h.router.stats.dead_lettered == 2
+    assert h.connector.receipts() == []
+
+
+async def test_undecodable_and_invalid_records_are_set_aside(harness):
+    h = harness
+    conv = await make_group(h, 1, [2])
+    await online(h, 2)
+    await h.bus.publish(h.settings.topic_messages, conv, b"\xff\xff not protobuf")
+    nameless = wire_pb2.Message(msg_id=0, conversation_id=conv, sender_id=1)
+    await h.bus.publish(
+        h.settings.topic_messages,
+        conv,
+        bus_pb2.InboundMessage(message=nameless).SerializeToString(),
+    )
+    await h.send(conv, 1, 100)
+    await h.run_bus()
+    assert h.connector.delivered() == [(2, 1)]
+    reasons = sorted(letter.reason for letter in await h.router.store.dead_letters(10))
+    assert reasons[0] == "message without a msg_id"
+    assert reasons[1].startswith("undecodable")
+
+
+async def test_a_replayed_batch_stores_its_dead_letters_once(harness):
+    h = harness
+    await h.report("g:1", 5, read=1 << 63)
+    consumer = h.bus.consumer([h.settings.topic_cursors], "again")
+    records_ = await consumer.poll(10, 0.01)
+    await h.router.handle(records_, None)
+    await h.router.handle(records_, None)  # as after a rewind
+    assert len(await h.router.store.dead_letters(10)) == 1
+
+
+async def test_reads_are_clamped_to_the_last_message_and_strangers_get_no_receipt(harness):
+    h = harness
+    conv = await make_group(h, 1, [2])
+    await online(h, 1, 2, 3)
+    await h.send(conv, 1, 100)
+    await h.send(conv, 1, 101)
+    await h.run_bus()
+    await h.report(conv, 2, read=10**12)  # a member, far beyond the last message
+    await h.report(conv, 3, read=2)  # not a member: nothing to report to anyone
+    await h.run_bus()
+    assert sorted(h.connector.receipts()) == [(1, 2, 2), (2, 2, 2)]
+    cursors = await h.groups.GetCursors(
+        group_pb2.GetCursorsRequest(conversation_id=conv, user_ids=[2])
+    )
+    assert (cursors.members[0].delivered_seq, cursors.members[0].read_seq) == (2, 2)
+    assert h.router.stats.clamped_reports == 1
+
+
+class FlakyStore:
+    """The SQL store, with insert_many failing as a whole on demand, after storing a
+    prefix of the batch (as an unordered or interrupted write would)."""
+
+    def __init__(self, store: SqlMessageStore) -> None:
+        self._store = store
+        self.fail_after: int | None = None
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self._store, name)
+
+    async def insert_many(self, messages):  # type: ignore[no-untyped-def]
+        if self.fail_after is not None:
+            keep, self.fail_after = self.fail_after, None
+            await self._store.insert_many(messages[:keep])
+            raise BackendUnavailable("message store", "connection reset")
+        return await self._store.insert_many(messages)
+
+
+async def test_a_store_outage_rewinds_with_backoff_and_leaves_no_gap(harness):
+    h = harness
+    flaky = FlakyStore(h.router.store)
+    router = Router(h.settings, h.router.backends, flaky, sleep=record_sleeps(slept := []))
+    conv = await make_group(h, 1, [2])
+    await online(h, 2)
+    for i in range(3):
+        await h.send(conv, 1, 100 + i)
+    await router.turn(consumer := h.consumer())  # stores 100 and 101 ...
+    flaky.fail_after = 1
+    await h.send(conv, 1, 103)
+    await h.send(conv, 1, 104)
+    # (the first turn took all three; the next batch fails half-way, then is replayed)
+    await router.turn(consumer)
+    assert router.failing == 1 and slept == [0.2]
+    await router.turn(consumer)
+    await router.flush()
+    history = await h.router.store.history(conv, 0, 10)
+    assert [(m.msg_id, m.seq) for m in history] == [
+        (100, 1),
+        (101, 2),
+        (102, 3),
+        (103, 4),
+        (104, 5),
+    ]
+    assert router.failing == 0
+    await consumer.close()
+
+
+class RejectingStore(FlakyStore):
+    """Refuses one msg_id by itself, as a store refuses a value it cannot hold."""
+
+    def __init__(self, store: SqlMessageStore, bad: int) -> None:
+        super().__init__(store)
+        self.bad = bad
+
+    async def insert_many(self, messages):  # type: ignore[no-untyped-def]
+        for i, m in enumerate(messages):
+            if m.msg_id == self.bad:
+                await self._store.insert_many(messages[:i])
+                raise RecordRejected(i, "value too long")
+        return await self._store.insert_many(messages)
+
+
+async def test_a_message_the_store_refuses_is_set_aside_without_a_seq(harness):
+    h = harness
+    router = Router(h.settings, h.router.backends, RejectingStore(h.router.store, 101))
+    conv = await make_group(h, 1, [2])
+    for i in range(3):
+        await h.send(conv, 1, 100 + i)
+    consumer = h.consumer()
+    await router.turn(consumer)
+    await router.flush()
+    history = await h.router.store.history(conv, 0, 10)
+    assert [(m.msg_id, m.seq) for m in history] == [(100, 1), (102, 2)]
+    (letter,) = await h.router.store.dead_letters(10)
+    assert letter.reason == "value too long"
+    assert bus_pb2.InboundMessage.FromString(letter.value).message.msg_id == 101
+    assert router.failing == 0
+    await consumer.close()
+
+
+async def test_an_unforeseen_failure_is_isolated_to_its_record(harness, monkeypatch):
+    h = harness
+    router = Router(h.settings, h.router.backends, h.router.store, sleep=record_sleeps([]))
+    conv = await make_group(h, 1, [2])
+    real_report_problem = records.report_problem
+
+    def explode_on_user_66(report):  # type: ignore[no-untyped-def]
+        if report.user_id == 66:
+            raise KeyError("a bug nobody foresaw")
+        return real_report_problem(report)
+
+    monkeypatch.setattr(records, "report_problem", explode_on_user_66)
+    await h.send(conv, 1, 100)
+    await h.report(conv, 66, read=1)
+    await h.send(conv, 1, 101)
+    consumer = h.consumer()
+    await router.turn(consumer)  # fails as a batch
+    assert router.failing == 1
+    await router.turn(consumer)  # one record at a time: only the bad one is set aside
+    await router.flush()
+    assert [m.msg_id for m in await h.router.store.history(conv, 0, 10)] == [100, 101]
+    (letter,) = await h.router.store.dead_letters(10)
+    assert "a bug nobody foresaw" in letter.reason
+    assert router.stats.isolated_batches == 1
+    await router.turn(consumer)  # and back to whole batches
+    assert router.failing == 0 and not router._isolate
+    await consumer.close()
+
+
+def record_sleeps(slept: list[float]):  # type: ignore[no-untyped-def]
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    return sleep
+
+
+def test_backoff_doubles_and_is_capped() -> None:
+    assert [backoff(n) for n in (1, 2, 3, 4)] == [0.2, 0.4, 0.8, 1.6]
+    assert backoff(50) == 10.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from im.adapters.sqlstore import SqlMessageStore
+from im.ports import BackendUnavailable
 from im.v1 import wire_pb2
 from services.router.sequencer import Sequencer
 
@@ -22,39 +23,39 @@ def store(tmp_path):
 
 async def test_numbers_each_conversation_from_one_without_gaps(store):
     seq = Sequencer(store)
-    new, replayed = await seq.store([msg(1), msg(2, "g:7"), msg(3), msg(4, "g:7"), msg(5)])
-    assert replayed == []
-    assert [(m.conversation_id, m.seq) for m in new] == [
+    out = await seq.store([msg(1), msg(2, "g:7"), msg(3), msg(4, "g:7"), msg(5)])
+    assert out.replayed == []
+    assert [(m.conversation_id, m.seq) for m in out.new] == [
         ("d:1:2", 1),
         ("g:7", 1),
         ("d:1:2", 2),
         ("g:7", 2),
         ("d:1:2", 3),
     ]
-    new, _ = await seq.store([msg(6)])
-    assert new[0].seq == 4
+    out = await seq.store([msg(6)])
+    assert out.new[0].seq == 4
 
 
 async def test_replay_is_not_stored_or_numbered_twice(store):
     seq = Sequencer(store)
     await seq.store([msg(1), msg(2)])
-    new, replayed = await seq.store([msg(2), msg(3)])
-    assert [m.msg_id for m in new] == [3]
-    assert new[0].seq == 3
-    assert [(m.msg_id, m.seq) for m in replayed] == [(2, 2)]
+    out = await seq.store([msg(2), msg(3)])
+    assert [m.msg_id for m in out.new] == [3]
+    assert out.new[0].seq == 3
+    assert [(m.msg_id, m.seq) for m in out.replayed] == [(2, 2)]
     history = await store.history("d:1:2", 0, 10)
     assert [(m.msg_id, m.seq) for m in history] == [(1, 1), (2, 2), (3, 3)]
 
 
 async def test_duplicate_inside_one_batch_counts_once(store):
-    new, _ = await Sequencer(store).store([msg(1), msg(1), msg(2)])
-    assert [(m.msg_id, m.seq) for m in new] == [(1, 1), (2, 2)]
+    out = await Sequencer(store).store([msg(1), msg(1), msg(2)])
+    assert [(m.msg_id, m.seq) for m in out.new] == [(1, 1), (2, 2)]
 
 
 async def test_a_fresh_router_continues_from_the_store(store):
     await Sequencer(store).store([msg(1), msg(2)])
-    new, _ = await Sequencer(store).store([msg(3)])
-    assert new[0].seq == 3
+    out = await Sequencer(store).store([msg(3)])
+    assert out.new[0].seq == 3
 
 
 async def test_stale_counter_is_reseeded_on_conflict(store):
@@ -62,8 +63,68 @@ async def test_stale_counter_is_reseeded_on_conflict(store):
     await mine.store([msg(1)])
     # Another router owned the conversation for a while (a rebalance we missed).
     await Sequencer(store).store([msg(2), msg(3)])
-    new, _ = await mine.store([msg(4)])
-    assert new[0].seq == 4
+    out = await mine.store([msg(4)])
+    assert out.new[0].seq == 4
     assert mine.conflicts == 1
     seqs = [m.seq for m in await store.history("d:1:2", 0, 10)]
     assert seqs == [1, 2, 3, 4]
+
+
+class FailOnce:
+    """The store, with the next insert_many storing a prefix and then failing as a
+    whole (the connection dropped half-way)."""
+
+    def __init__(self, store: SqlMessageStore) -> None:
+        self._store = store
+        self.keep: int | None = None
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self._store, name)
+
+    async def insert_many(self, messages):  # type: ignore[no-untyped-def]
+        if self.keep is not None:
+            keep, self.keep = self.keep, None
+            await self._store.insert_many(messages[:keep])
+            raise BackendUnavailable("message store", "connection reset")
+        return await self._store.insert_many(messages)
+
+
+@pytest.mark.parametrize("keep", [0, 1, 2])
+async def test_a_failed_insert_then_its_replay_leaves_no_gap(store, keep):
+    flaky = FailOnce(store)
+    seq = Sequencer(flaky)
+    await seq.store([msg(1)])
+    flaky.keep = keep
+    with pytest.raises(BackendUnavailable):
+        await seq.store([msg(2), msg(3), msg(4)])
+    await seq.store([msg(2), msg(3), msg(4), msg(5)])  # the rewound batch, and more
+    history = await store.history("d:1:2", 0, 10)
+    assert [(m.msg_id, m.seq) for m in history] == [(1, 1), (2, 2), (3, 3), (4, 4), (5, 5)]
+
+
+def from_sender(msg_id: int, sender: int, cid: str, conv: str = "d:1:2") -> wire_pb2.Message:
+    return wire_pb2.Message(
+        msg_id=msg_id, conversation_id=conv, sender_id=sender, client_msg_id=cid, server_ts=1
+    )
+
+
+async def test_a_colliding_msg_id_is_stored_under_a_derived_id(store):
+    seq = Sequencer(store)
+    await seq.store([from_sender(1 << 40, 1, "a")])
+    out = await seq.store([from_sender(1 << 40, 2, "b")])  # another message, same id
+    assert out.collisions == 1 and out.replayed == []
+    (moved,) = out.new
+    assert moved.msg_id != 1 << 40
+    assert moved.msg_id >> 22 == (1 << 40) >> 22  # the same millisecond
+    # Its own retransmit (same id from the connector's idempotency record) is
+    # recognised as a replay of the stored copy, not stored again.
+    again = await seq.store([from_sender(1 << 40, 2, "b")])
+    assert again.new == [] and [m.msg_id for m in again.replayed] == [moved.msg_id]
+    history = await store.history("d:1:2", 0, 10)
+    assert [(m.sender_id, m.seq) for m in history] == [(1, 1), (2, 2)]
+
+
+async def test_a_collision_inside_one_batch(store):
+    out = await Sequencer(store).store([from_sender(7, 1, "a"), from_sender(7, 2, "b")])
+    assert [(m.sender_id, m.seq) for m in out.new] == [(1, 1), (2, 2)]
+    assert out.new[0].msg_id == 7 and out.new[1].msg_id != 7

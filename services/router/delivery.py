@@ -1,0 +1,285 @@
+"""Delivery: who may see a conversation's messages (cached member lists), where their
+devices are (presence), and one Deliver call per connector per batch.
+
+A failed delivery loses nothing (the messages are stored; devices sync), so nothing
+here fails a batch. A route looked up a moment ago can be stale (the device moved):
+the connector says which devices it no longer holds, and they are looked up once
+more; the router never fans out to every connector.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import grpc
+
+from im.config import Settings
+from im.grpcutil import ChannelPool
+from im.ids import parse_direct
+from im.ports import Backends, DeviceRoute
+from im.runtime import local_connectors
+from im.v1 import connector_pb2, connector_pb2_grpc, group_pb2, group_pb2_grpc, wire_pb2
+
+log = logging.getLogger("im.router")
+
+
+@dataclass(slots=True)
+class DeliveryStats:
+    pushed: int = 0
+    receipts: int = 0
+    rerouted: int = 0
+    delivery_failures: int = 0
+
+
+@dataclass(slots=True)
+class Audience:
+    """Who may receive a conversation's messages: member id -> seq they joined after."""
+
+    joined: dict[int, int]
+    version: int = 0
+
+
+class MemberCache:
+    """Members per conversation. A 1:1 id names both members; a group's list is cached
+    and revalidated once per batch by its member_version (one small RPC that answers
+    "unchanged" without the list), so a removed member gets nothing after removal."""
+
+    def __init__(self, settings: Settings, channels: ChannelPool) -> None:
+        self._settings = settings
+        self._channels = channels
+        self._groups: dict[str, Audience] = {}
+        self.fetches = 0
+
+    def forget(self, conversation_id: str) -> None:
+        self._groups.pop(conversation_id, None)
+
+    async def audience(self, conversation_id: str) -> Audience:
+        pair = parse_direct(conversation_id)
+        if pair is not None:
+            return Audience(dict.fromkeys(pair, 0))
+        cached = self._groups.get(conversation_id)
+        stub = group_pb2_grpc.GroupServiceStub(self._channels.get(self._settings.group_addr()))
+        reply = await stub.ListMemberIds(
+            group_pb2.ListMemberIdsRequest(
+                conversation_id=conversation_id,
+                known_version=cached.version if cached else 0,
+            ),
+            timeout=10,
+        )
+        if reply.unchanged and cached is not None:
+            return cached
+        self.fetches += 1
+        audience = Audience(
+            dict(zip(reply.user_ids, reply.joined_seqs, strict=True)), reply.member_version
+        )
+        if len(self._groups) > 10_000:
+            self._groups.clear()  # bounded memory; lists are fetched again when needed
+        self._groups[conversation_id] = audience
+        return audience
+
+
+@dataclass(slots=True)
+class Outbox:
+    """What one connector gets in one Deliver call."""
+
+    deliveries: list[connector_pb2.Delivery] = field(default_factory=list)
+    receipts: list[connector_pb2.ReceiptDelivery] = field(default_factory=list)
+
+
+class Deliverer:
+    def __init__(self, settings: Settings, backends: Backends, channels: ChannelPool) -> None:
+        self.settings = settings
+        self.backends = backends
+        self.channels = channels
+        self.members = MemberCache(settings, channels)
+        self.stats = DeliveryStats()
+
+    async def deliver(
+        self, messages: list[wire_pb2.Message], receipts: dict[tuple[str, int], int] | None = None
+    ) -> None:
+        receipts = receipts or {}
+        by_conv: dict[str, list[wire_pb2.Message]] = defaultdict(list)
+        for m in messages:
+            by_conv[m.conversation_id].append(m)
+        conversations = list(dict.fromkeys([*by_conv, *(c for c, _ in receipts)]))
+        audiences = dict(
+            zip(
+                conversations,
+                await asyncio.gather(*(self._audience(c) for c in conversations)),
+                strict=True,
+            )
+        )
+        users = list({u for a in audiences.values() if a is not None for u in a.joined})
+        routes = await self.backends.presence.routes(users) if users else {}
+
+        plan = self._plan(by_conv, receipts, audiences, routes)
+        missing = await self._send_plan(plan)
+        if missing:
+            await self._reroute(missing)
+
+    def _plan(
+        self,
+        by_conv: dict[str, list[wire_pb2.Message]],
+        receipts: dict[tuple[str, int], int],
+        audiences: dict[str, Audience | None],
+        routes: dict[int, list[DeviceRoute]],
+    ) -> dict[str, Outbox]:
+        plan: dict[str, Outbox] = defaultdict(Outbox)
+        for conv, msgs in by_conv.items():
+            audience = audiences[conv]
+            if audience is not None:
+                _plan_messages(plan, msgs, audience, routes)
+        for (conv, reader), read_seq in receipts.items():
+            audience = audiences[conv]
+            if audience is None:
+                continue
+            # Everyone's devices, the reader's own included (multi-device: reading on
+            # one device clears unread on the others). In very large groups only the
+            # reader's devices: the others pull counts from the receipts endpoint.
+            if len(audience.joined) <= self.settings.receipt_push_max_members:
+                targets = list(audience.joined)
+            else:
+                targets = [reader]
+            receipt = wire_pb2.Receipt(conversation_id=conv, reader_id=reader, read_seq=read_seq)
+            _plan_receipt(plan, receipt, targets, routes)
+            self.stats.receipts += 1
+
+        return plan
+
+    async def _reroute(self, missing: list[tuple[int, str, wire_pb2.Message, str]]) -> None:
+        """A route can be stale (the device moved since): look once more, and send to
+        where the device is now; otherwise the message waits for its sync."""
+        fresh = await self.backends.presence.routes(list({u for u, _d, _m, _c in missing}))
+        retry: dict[str, Outbox] = defaultdict(Outbox)
+        seen: dict[tuple[str, int], connector_pb2.Delivery] = {}
+        for user_id, device_id, message, old_connector in missing:
+            for route in fresh.get(user_id, []):
+                if route.device_id == device_id and route.connector_id != old_connector:
+                    key = (route.connector_id, id(message))
+                    delivery = seen.get(key)
+                    if delivery is None:
+                        delivery = seen[key] = connector_pb2.Delivery(message=message)
+                        retry[route.connector_id].deliveries.append(delivery)
+                    delivery.targets.add(user_id=user_id, device_id=device_id)
+                    self.stats.rerouted += 1
+        if retry:
+            await self._send_plan(retry)
+
+    async def _audience(self, conversation_id: str) -> Audience | None:
+        try:
+            return await self.members.audience(conversation_id)
+        except grpc.RpcError as exc:
+            if isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.NOT_FOUND:
+                return None  # e.g. a receipt for a conversation that does not exist
+            raise
+
+    async def _send_plan(
+        self, plan: dict[str, Outbox]
+    ) -> list[tuple[int, str, wire_pb2.Message, str]]:
+        if not plan:
+            return []
+        connectors = {c.connector_id: c for c in await self.backends.registry.connectors()}
+        calls = []
+        for connector_id, outbox in plan.items():
+            info = connectors.get(connector_id)
+            if info is None:
+                continue  # connector gone: its devices are offline and will sync
+            request = connector_pb2.DeliverRequest(
+                deliveries=outbox.deliveries, receipts=outbox.receipts
+            )
+            local = local_connectors.get(connector_id)
+            if local is not None:
+                calls.append((connector_id, outbox, _now(local, request)))
+                continue
+            stub = connector_pb2_grpc.ConnectorServiceStub(self.channels.get(info.grpc_addr))
+            calls.append((connector_id, outbox, stub.Deliver(request, timeout=5)))
+        missing = []
+        results = await asyncio.gather(*(c[2] for c in calls), return_exceptions=True)
+        for (connector_id, outbox, _call), result in zip(calls, results, strict=True):
+            if isinstance(result, BaseException):
+                self.stats.delivery_failures += 1
+                if isinstance(result, grpc.RpcError):
+                    log.warning("deliver to %s failed: %s", connector_id, result.code())
+                else:
+                    log.warning("deliver to %s failed: %r", connector_id, result)
+                continue
+            self.stats.pushed += result.pushed
+            if result.missing:
+                wanted = {(t.user_id, t.device_id) for t in result.missing}
+                for delivery in outbox.deliveries:
+                    for t in delivery.targets:
+                        if (t.user_id, t.device_id) in wanted:
+                            missing.append((t.user_id, t.device_id, delivery.message, connector_id))
+        return missing
+
+
+async def _now(deliver, request):  # type: ignore[no-untyped-def]
+    return deliver(request)
+
+
+def _devices_by_connector(
+    user_ids: list[int], routes: dict[int, list[DeviceRoute]]
+) -> dict[str, list[connector_pb2.DeviceRef]]:
+    out: dict[str, list[connector_pb2.DeviceRef]] = defaultdict(list)
+    for user_id in user_ids:
+        for route in routes.get(user_id, ()):
+            out[route.connector_id].append(
+                connector_pb2.DeviceRef(user_id=user_id, device_id=route.device_id)
+            )
+    return out
+
+
+def _plan_messages(
+    plan: dict[str, Outbox],
+    msgs: list[wire_pb2.Message],
+    audience: Audience,
+    routes: dict[int, list[DeviceRoute]],
+) -> None:
+    """Each message once per connector, with every device there that may see it.
+
+    Work is proportional to the online devices, not the members: a 10,000-member
+    group with a few hundred devices online costs a few hundred steps per message."""
+    joined = audience.joined
+    online = [
+        (
+            joined_seq,
+            route.connector_id,
+            connector_pb2.DeviceRef(user_id=uid, device_id=route.device_id),
+        )
+        for uid in routes.keys() & joined.keys()
+        for joined_seq in (joined[uid],)
+        for route in routes[uid]
+    ]
+    if not online:
+        return
+    latest_join = max(j for j, _c, _r in online)
+    shared = _group_refs(online) if latest_join < msgs[0].seq else None
+    for m in msgs:
+        # Members who joined at or after this seq do not get it (nor its history).
+        targets = shared or _group_refs([o for o in online if o[0] < m.seq])
+        for connector_id, refs in targets.items():
+            plan[connector_id].deliveries.append(connector_pb2.Delivery(message=m, targets=refs))
+
+
+def _group_refs(
+    online: list[tuple[int, str, connector_pb2.DeviceRef]],
+) -> dict[str, list[connector_pb2.DeviceRef]]:
+    out: dict[str, list[connector_pb2.DeviceRef]] = defaultdict(list)
+    for _joined, connector_id, ref in online:
+        out[connector_id].append(ref)
+    return out
+
+
+def _plan_receipt(
+    plan: dict[str, Outbox],
+    receipt: wire_pb2.Receipt,
+    user_ids: list[int],
+    routes: dict[int, list[DeviceRoute]],
+) -> None:
+    for connector_id, refs in _devices_by_connector(user_ids, routes).items():
+        plan[connector_id].receipts.append(
+            connector_pb2.ReceiptDelivery(receipt=receipt, targets=refs)
+        )
