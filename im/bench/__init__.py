@@ -1,4 +1,4 @@
-"""``imctl bench`` / ``make bench``: the benchmark of issue #5.
+"""``imctl bench`` / ``make bench``: the benchmark of the suite beside a bare relay.
 
 Scenarios (each selectable): ``connections`` (authenticated connections held on one
 connector, RSS per connection), ``direct`` (1:1 throughput and latency), ``group``

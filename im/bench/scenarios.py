@@ -1,4 +1,4 @@
-"""The four scenarios of issue #5: connections, direct, group, login.
+"""The four benchmark scenarios: connections, direct, group, login.
 
 Each takes a ``Context`` (options, the target suite, the relay) and returns a
 ``ScenarioResult``: tables for stdout, data for the JSON file, latency series for
@@ -536,7 +536,7 @@ def _create_group(gateway: str, token: str, name: str, member_ids: list[int]) ->
         reply = http.post("/v1/groups", json={"name": name, "member_ids": member_ids[:chunk]})
         if reply.status_code in (404, 405):
             raise Skip(
-                f"POST /v1/groups answered {reply.status_code}: the group API (issue 4) is not "
+                f"POST /v1/groups answered {reply.status_code}: the group API is not "
                 "in this suite yet"
             )
         if reply.status_code >= 400:

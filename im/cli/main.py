@@ -352,9 +352,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config-doc", help="print the settings table (markdown)")
     p.set_defaults(func=cmd_config_doc)
 
+    from im.cli import deadletters
+
+    deadletters.register(sub)
+
     from im.bench import add_bench_arguments
 
-    p = sub.add_parser("bench", help="benchmark a suite beside a bare relay (issue #5)")
+    p = sub.add_parser("bench", help="benchmark a suite beside a bare relay")
     add_bench_arguments(p)
     p.set_defaults(func=cmd_bench)
 
