@@ -128,7 +128,10 @@ class MemoryConsumer:
             return records
         self._bus._new_data.clear()
         try:
-            await asyncio.wait_for(self._bus._new_data.wait(), timeout)
+            # Not asyncio.wait_for: on Python 3.11 it can swallow a cancellation that
+            # arrives as the event is set (busy bus), and the polling task never ends.
+            async with asyncio.timeout(timeout):
+                await self._bus._new_data.wait()
         except TimeoutError:
             return []
         return self._take(max_records)

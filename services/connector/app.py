@@ -39,6 +39,9 @@ class ConnectorApp:
         self._loops: list[asyncio.Task] = []
         self._membership = None
         self._serving = True
+        # Loops also end by this flag: a cancellation can be lost in a wait that
+        # completes at the same moment (asyncio.wait_for on Python 3.11).
+        self._stopping = False
         self.tcp_port = self.ws_port = 0
 
     async def start(self) -> None:
@@ -87,7 +90,7 @@ class ConnectorApp:
 
     async def _follow_membership(self) -> None:
         consumer = self._membership
-        while True:
+        while not self._stopping:
             try:
                 for record in await consumer.poll(500, 1.0):
                     try:
@@ -103,7 +106,7 @@ class ConnectorApp:
 
     def _every(self, seconds: float, action) -> asyncio.Task:  # type: ignore[no-untyped-def]
         async def loop() -> None:
-            while True:
+            while not self._stopping:
                 await asyncio.sleep(seconds)
                 try:
                     result = action()
@@ -147,6 +150,7 @@ class ConnectorApp:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.core.wait_background(), 5)
         await self.core.flush_cursor_reports()
+        self._stopping = True
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
