@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import TYPE_CHECKING
 
@@ -104,7 +105,18 @@ def group_conversation_id(group_id: int) -> str:
     return f"{GROUP_PREFIX}{group_id}"
 
 
+MAX_CONVERSATION_ID = 64  # "d:<20 digits>:<20 digits>" is the longest valid one
+
+
 def is_valid_conversation_id(conversation_id: str) -> bool:
+    # Long strings are refused before the cache, so a client cannot fill it with them.
+    return len(conversation_id) <= MAX_CONVERSATION_ID and _is_valid(conversation_id)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _is_valid(conversation_id: str) -> bool:
+    """Cached: every message and ack on the hot paths asks, mostly about the same few
+    conversations."""
     if parse_direct(conversation_id) is not None:
         return True
     if conversation_id.startswith(GROUP_PREFIX):

@@ -61,6 +61,10 @@ class CursorReports:
         known_member: bool = False,
     ) -> None:
         """An ack (delivered) or read from an authenticated connection."""
+        delivered, read = min(delivered, MAX_SEQ), min(read, MAX_SEQ)
+        # Most acks land on an entry already checked in this flush window: merge first.
+        if self._merge(conn, conversation_id, delivered, read, request_id):
+            return
         if not is_valid_conversation_id(conversation_id):
             self._reject(
                 conn,
@@ -68,9 +72,6 @@ class CursorReports:
                 f"malformed conversation_id {conversation_id[:80]!r}",
                 request_id,
             )
-            return
-        delivered, read = min(delivered, MAX_SEQ), min(read, MAX_SEQ)
-        if self._merge(conn, conversation_id, delivered, read, request_id):
             return
         bucket = conn.cursor_bucket
         if bucket is not None and not bucket.take(self._clock.monotonic()):

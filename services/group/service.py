@@ -483,13 +483,13 @@ class GroupStore:
 
     # --- cursors -----------------------------------------------------------------
     def update_cursors(
-        self, targets: dict[tuple[str, int], tuple[int, int]]
+        self, targets: dict[tuple[str, int], tuple[int, int]], confirm: set[tuple[str, int]]
     ) -> tuple[int, list[group_pb2.CursorUpdate]]:
         """Moves (delivered_seq, read_seq) of each (conversation, user) forward only.
 
         ``targets`` is already coalesced: one entry per member, delivered >= read.
-        Returns the number of member rows that changed, and the requested read cursors
-        that are now stored (the member exists and its read_seq equals the request).
+        Returns the number of member rows that changed, and of the ``confirm`` keys the
+        read cursors now stored (the member exists and its read_seq equals the target).
         """
         # A fixed key order makes concurrent batches lock rows in the same order on
         # MySQL, so they cannot deadlock each other.
@@ -497,7 +497,7 @@ class GroupStore:
             {"c": conversation_id, "u": user_id, "d": to_delivered, "r": to_read}
             for (conversation_id, user_id), (to_delivered, to_read) in sorted(targets.items())
         ]
-        reads = {key: read for key, (_delivered, read) in targets.items() if read > 0}
+        reads = {key: targets[key][1] for key in confirm if key in targets and targets[key][1]}
         with self._engine.begin() as connection:
             # One statement compiled once and sent as an executemany. CASE rather than
             # GREATEST(): SQLite has no GREATEST, and MAX(a, b) is SQLite-only. The
@@ -605,13 +605,15 @@ def _require_seq(value: int, what: str) -> int:
 
 def coalesce_cursor_updates(
     updates: Iterable[group_pb2.CursorUpdate],
-) -> dict[tuple[str, int], tuple[int, int]]:
+) -> tuple[dict[tuple[str, int], tuple[int, int]], set[tuple[str, int]]]:
     """One (delivered, read) target per member: the highest of each asked for, and
-    delivered raised to read (having read a message implies having received it).
+    delivered raised to read (having read a message implies having received it); and
+    the members whose read is to be confirmed.
 
     Entries that can match no member or hold a seq no column can store are skipped,
     not refused: one bad entry must not fail the batch it came in."""
     targets: dict[tuple[str, int], tuple[int, int]] = {}
+    confirm: set[tuple[str, int]] = set()
     skipped = 0
     for u in updates:
         if (
@@ -627,9 +629,11 @@ def coalesce_cursor_updates(
         read = max(read, u.read_seq)
         delivered = max(delivered, u.delivered_seq, read)
         targets[key] = (delivered, read)
+        if u.confirm_read:
+            confirm.add(key)
     if skipped:
         log.warning("skipped %d cursor updates that can match no member or seq", skipped)
-    return {key: value for key, value in targets.items() if value[0] > 0}
+    return {key: value for key, value in targets.items() if value[0] > 0}, confirm
 
 
 MAX_MEMBERSHIP_CHECKS = 1000
@@ -785,10 +789,10 @@ class GroupServicer(group_pb2_grpc.GroupServiceServicer):
     async def UpdateCursors(
         self, request: group_pb2.UpdateCursorsRequest, context: grpc.aio.ServicerContext
     ) -> group_pb2.UpdateCursorsResponse:
-        targets = coalesce_cursor_updates(request.updates)
+        targets, confirm = coalesce_cursor_updates(request.updates)
         if not targets:
             return group_pb2.UpdateCursorsResponse(applied=0)
-        applied, stored = await asyncio.to_thread(self._store.update_cursors, targets)
+        applied, stored = await asyncio.to_thread(self._store.update_cursors, targets, confirm)
         return group_pb2.UpdateCursorsResponse(applied=applied, stored_reads=stored)
 
     @_rpc

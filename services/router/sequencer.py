@@ -205,7 +205,7 @@ class Sequencer:
     def _number(self, fresh: list[wire_pb2.Message]) -> list[wire_pb2.Message]:
         """Copies of ``fresh`` with the next seqs. The counters do not move: only
         ``_accept`` moves them, past what the store confirmed."""
-        next_seq = dict(self._last)
+        next_seq = {m.conversation_id: self._last[m.conversation_id] for m in fresh}
         out = []
         for m in fresh:
             seq = next_seq[m.conversation_id] + 1

@@ -277,7 +277,11 @@ class Router:
             group_pb2.UpdateCursorsRequest(
                 updates=[
                     group_pb2.CursorUpdate(
-                        conversation_id=conv, user_id=uid, delivered_seq=d, read_seq=r
+                        conversation_id=conv,
+                        user_id=uid,
+                        delivered_seq=d,
+                        read_seq=r,
+                        confirm_read=(conv, uid) in reads,
                     )
                     for (conv, uid), (d, r) in cursors.items()
                 ]
@@ -287,11 +291,7 @@ class Router:
         self.stats.cursor_writes += 1
         # A receipt only for a reader whose stored read cursor is what it reported: no
         # receipts for strangers, made-up conversations or stale reports.
-        return {
-            (s.conversation_id, s.user_id): s.read_seq
-            for s in reply.stored_reads
-            if (s.conversation_id, s.user_id) in reads
-        }
+        return {(s.conversation_id, s.user_id): s.read_seq for s in reply.stored_reads}
 
     # ---------------------------------------------------------------- delivery
 

@@ -239,6 +239,12 @@ async def test_floods_and_poison_leave_others_on_time(target: Target):
 
         async with httpx.AsyncClient() as http:
             assert (await http.get(f"{target.gateway}/readyz")).status_code == 200
+        print(
+            f"\nunder attack: {MESSAGES} messages, slowest {slowest * 1000:.0f} ms, "
+            f"median {sorted(latencies.values())[MESSAGES // 2] * 1000:.0f} ms; stranger got "
+            f"{len(stranger.error_codes())} errors {sorted(codes)}; pre-auth socket got "
+            f"{len(early.frames)} frame(s) for 20,000 pings"
+        )
         if target.cluster is not None:
             reasons = [letter["reason"] for letter in dead_letters(target.cluster)]
             assert any("out of range" in r for r in reasons), reasons

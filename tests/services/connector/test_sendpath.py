@@ -85,13 +85,16 @@ async def test_an_unexpected_publish_error_answers_and_frees_the_client_msg_id(s
 
 
 class FailingAuthorizer:
+    def cached(self, user_id: int, conversation_id: str) -> None:
+        return None
+
     async def may_send(self, user_id: int, conversation_id: str) -> bool:
         raise grpc.aio.AioRpcError(
             grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "down"
         )
 
 
-class CrashingAuthorizer:
+class CrashingAuthorizer(FailingAuthorizer):
     async def may_send(self, user_id: int, conversation_id: str) -> bool:
         raise KeyError("a bug")
 

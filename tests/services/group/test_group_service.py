@@ -491,16 +491,22 @@ async def test_invalid_cursor_entries_are_skipped_not_the_request(groups: Stub) 
     assert await cursors(groups, group, 2) == (3, 2)
 
 
+def confirm(conversation_id: str, user_id: int, read_seq: int) -> group_pb2.CursorUpdate:
+    return group_pb2.CursorUpdate(
+        conversation_id=conversation_id, user_id=user_id, read_seq=read_seq, confirm_read=True
+    )
+
+
 async def test_stored_reads_name_only_real_members_at_that_seq(groups: Stub) -> None:
     group = (await create_group(groups, owner=1, members=[2, 3])).conversation_id
     await update_cursors(groups, (group, 3, 9, 9))
     reply = await groups.UpdateCursors(
         group_pb2.UpdateCursorsRequest(
             updates=[
-                group_pb2.CursorUpdate(conversation_id=group, user_id=2, read_seq=4),
-                group_pb2.CursorUpdate(conversation_id=group, user_id=3, read_seq=5),  # behind
-                group_pb2.CursorUpdate(conversation_id=group, user_id=99, read_seq=4),  # stranger
-                group_pb2.CursorUpdate(conversation_id=group, user_id=1, delivered_seq=4),
+                confirm(group, 2, 4),
+                confirm(group, 3, 5),  # behind the stored 9
+                confirm(group, 99, 4),  # a stranger
+                group_pb2.CursorUpdate(conversation_id=group, user_id=1, read_seq=4),  # not asked
             ]
         )
     )
@@ -510,9 +516,7 @@ async def test_stored_reads_name_only_real_members_at_that_seq(groups: Stub) -> 
     # The same read again moves nothing but is still what is stored (the gateway
     # writes REST reads itself before the router sees them).
     again = await groups.UpdateCursors(
-        group_pb2.UpdateCursorsRequest(
-            updates=[group_pb2.CursorUpdate(conversation_id=group, user_id=2, read_seq=4)]
-        )
+        group_pb2.UpdateCursorsRequest(updates=[confirm(group, 2, 4)])
     )
     assert again.applied == 0
     assert [(r.user_id, r.read_seq) for r in again.stored_reads] == [(2, 4)]
