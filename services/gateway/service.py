@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from im.auth import Claims, TokenError, TokenIssuer, TokenVerifier
 from im.config import Settings
@@ -31,6 +30,7 @@ from im.v1 import (
     user_pb2_grpc,
     wire_pb2,
 )
+from services.gateway.readiness import check_readiness
 
 log = logging.getLogger("im.gateway")
 
@@ -38,7 +38,6 @@ T = TypeVar("T")
 
 RPC_TIMEOUT = 5.0  # every call to user/group
 KICK_TIMEOUT = 2.0  # logout answers even when the connector is slow or gone
-HEALTH_TIMEOUT = 1.0  # readiness probes must answer well within the kubelet's timeout
 TOKEN_LEEWAY = 5.0  # clock skew accepted when verifying tokens
 # Bus notifications follow a change that is already committed: a slow broker must not
 # hold the REST answer (routers and connectors also revalidate by member_version/TTL).
@@ -739,48 +738,6 @@ class Gateway:
 
     # ----------------------------------------------------------------- readiness
     async def readiness(self) -> tuple[bool, dict[str, str]]:
-        """Checks the real request path: both services, the store, a connector, and a
-        router that serves (without one, messages are acked but never delivered)."""
-        names = ["user", "group", "message_store", "connectors", "routers"]
-        results = await asyncio.gather(
-            self._grpc_health(self.settings.user_addr()),
-            self._grpc_health(self.settings.group_addr()),
-            self._store_health(),
-            self._connectors_health(),
-            self._routers_health(),
-            return_exceptions=True,
+        return await check_readiness(
+            self.settings, self._pool, self._messages, self._backends.registry
         )
-        checks: dict[str, str] = {}
-        for name, result in zip(names, results, strict=True):
-            if isinstance(result, BaseException):
-                log.warning("readiness check %s failed: %r", name, result)
-                checks[name] = "error"
-            else:
-                checks[name] = result
-        return all(v == "ok" for v in checks.values()), checks
-
-    async def _grpc_health(self, addr: str) -> str:
-        stub = health_pb2_grpc.HealthStub(self._pool.get(addr))
-        try:
-            response = await stub.Check(health_pb2.HealthCheckRequest(), timeout=HEALTH_TIMEOUT)
-        except grpc.aio.AioRpcError as exc:
-            return f"unreachable ({exc.code().name})"
-        if response.status != health_pb2.HealthCheckResponse.SERVING:
-            return "not serving"
-        return "ok"
-
-    async def _store_health(self) -> str:
-        healthy = await asyncio.wait_for(self._messages.healthy(), HEALTH_TIMEOUT * 2)
-        return "ok" if healthy else "unhealthy"
-
-    async def _connectors_health(self) -> str:
-        connectors = await asyncio.wait_for(
-            self._backends.registry.connectors(), HEALTH_TIMEOUT * 2
-        )
-        return "ok" if connectors else "no connector registered"
-
-    async def _routers_health(self) -> str:
-        routers = await asyncio.wait_for(self._backends.registry.routers(), HEALTH_TIMEOUT * 2)
-        if any(routers.values()):
-            return "ok"
-        return "no router serving" if routers else "no router registered"

@@ -1,6 +1,9 @@
-"""Fixtures: one standalone suite for the session, a distributed cluster per module."""
+"""Fixtures: one standalone suite for the session, a distributed cluster per module,
+and ``target``: the same test against both."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import pytest
 
@@ -25,3 +28,25 @@ def cluster(tmp_path_factory, real_server):
     running = start_cluster(tmp_path_factory, real_server)
     yield running
     stop_cluster(running)
+
+
+@dataclass
+class Target:
+    """Where a test that runs in both modes talks to."""
+
+    gateway: str
+    cluster: object | None = None  # im.cluster.Cluster in distributed mode
+
+
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param("standalone"),
+        pytest.param("distributed", marks=pytest.mark.integration),
+    ],
+)
+def target(request) -> Target:  # type: ignore[no-untyped-def]
+    if request.param == "standalone":
+        return Target(request.getfixturevalue("suite").gateway)
+    cluster = request.getfixturevalue("cluster")
+    return Target(cluster.gateway_url, cluster)

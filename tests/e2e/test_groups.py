@@ -20,17 +20,9 @@ from tests.e2e.helpers import (
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(
-    scope="module",
-    params=[
-        pytest.param("standalone"),
-        pytest.param("distributed", marks=pytest.mark.integration),
-    ],
-)
-def gateway(request) -> str:  # type: ignore[no-untyped-def]
-    if request.param == "standalone":
-        return request.getfixturevalue("suite").gateway
-    return request.getfixturevalue("cluster").gateway_url
+@pytest.fixture
+def gateway(target) -> str:  # type: ignore[no-untyped-def]
+    return target.gateway
 
 
 async def group_of(owner: ImClient, *members: ImClient, name: str = "team") -> str:

@@ -25,6 +25,7 @@ from im.client import ImClient
 from im.config import Settings
 from im.protocol import FrameDecoder, encode_frame
 from im.v1 import bus_pb2, wire_pb2
+from tests.e2e.conftest import Target
 from tests.e2e.harness import IMCTL
 from tests.e2e.helpers import new_user
 
@@ -33,26 +34,6 @@ pytestmark = pytest.mark.e2e
 MESSAGES = 20
 DEADLINE = 2.0  # seconds from send to the receiver, under attack
 MAX_SEQ = (1 << 63) - 1
-
-
-@dataclass
-class Target:
-    gateway: str
-    cluster: object | None = None  # im.cluster.Cluster in distributed mode
-
-
-@pytest.fixture(
-    scope="module",
-    params=[
-        pytest.param("standalone"),
-        pytest.param("distributed", marks=pytest.mark.integration),
-    ],
-)
-def target(request) -> Target:  # type: ignore[no-untyped-def]
-    if request.param == "standalone":
-        return Target(request.getfixturevalue("suite").gateway)
-    cluster = request.getfixturevalue("cluster")
-    return Target(cluster.gateway_url, cluster)
 
 
 # --------------------------------------------------------------------- attackers

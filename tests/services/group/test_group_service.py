@@ -3,132 +3,33 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from sqlalchemy import create_engine, update
 
 from im import sqlservice as app_module
 from im.config import Settings
-from im.db import MemberRow
 from im.ids import direct_conversation_id
-from im.v1 import group_pb2, group_pb2_grpc
+from im.v1 import group_pb2
 from services.group.app import build
-
-Stub = group_pb2_grpc.GroupServiceStub
-OWNER = group_pb2.MEMBER_ROLE_OWNER
-ADMIN = group_pb2.MEMBER_ROLE_ADMIN
-MEMBER = group_pb2.MEMBER_ROLE_MEMBER
-
-
-def make_settings(data_dir: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"data_dir": data_dir, "host": "127.0.0.1", "group_grpc_port": 0}
-    values.update(overrides)
-    return Settings(**values)
-
-
-@asynccontextmanager
-async def running_group_service(settings: Settings) -> AsyncIterator[Stub]:
-    app = build(settings)
-    await app.start()
-    channel = grpc.aio.insecure_channel(app.endpoints()["grpc"])
-    try:
-        yield group_pb2_grpc.GroupServiceStub(channel)
-    finally:
-        await channel.close()
-        await app.stop()
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return make_settings(tmp_path, max_group_size=50)
-
-
-@pytest.fixture
-async def groups(settings: Settings) -> AsyncIterator[Stub]:
-    async with running_group_service(settings) as stub:
-        yield stub
-
-
-async def status_of(call: Callable[[], Awaitable[Any]]) -> grpc.StatusCode:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call()
-    return caught.value.code()
-
-
-async def create_group(
-    stub: Stub, owner: int = 1, members: list[int] | None = None, name: str = "team"
-) -> group_pb2.Conversation:
-    reply = await stub.CreateGroup(
-        group_pb2.CreateGroupRequest(owner_id=owner, name=name, member_ids=members or [])
-    )
-    return reply.conversation
-
-
-async def add(
-    stub: Stub, conversation_id: str, actor: int, user_ids: list[int], at_seq: int = 0
-) -> list[group_pb2.Member]:
-    reply = await stub.AddMembers(
-        group_pb2.AddMembersRequest(
-            conversation_id=conversation_id, actor_id=actor, user_ids=user_ids, at_seq=at_seq
-        )
-    )
-    return list(reply.members)
-
-
-async def remove(stub: Stub, conversation_id: str, actor: int, user_id: int) -> None:
-    await stub.RemoveMember(
-        group_pb2.RemoveMemberRequest(
-            conversation_id=conversation_id, actor_id=actor, user_id=user_id
-        )
-    )
-
-
-async def member_count(stub: Stub, conversation_id: str) -> int:
-    reply = await stub.GetConversation(
-        group_pb2.GetConversationRequest(conversation_id=conversation_id)
-    )
-    return reply.conversation.member_count
-
-
-async def cursors(stub: Stub, conversation_id: str, user_id: int) -> tuple[int, int]:
-    reply = await stub.GetCursors(
-        group_pb2.GetCursorsRequest(conversation_id=conversation_id, user_ids=[user_id])
-    )
-    (member,) = reply.members
-    return member.delivered_seq, member.read_seq
-
-
-async def update_cursors(stub: Stub, *updates: tuple[str, int, int, int]) -> int:
-    reply = await stub.UpdateCursors(
-        group_pb2.UpdateCursorsRequest(
-            updates=[
-                group_pb2.CursorUpdate(conversation_id=c, user_id=u, delivered_seq=d, read_seq=r)
-                for c, u, d, r in updates
-            ]
-        )
-    )
-    return reply.applied
-
-
-def make_admin(settings: Settings, conversation_id: str, user_id: int) -> None:
-    # There is no RPC to change roles yet; set it the way an operator would.
-    engine = create_engine(settings.resolved_database_url())
-    try:
-        with engine.begin() as conn:
-            conn.execute(
-                update(MemberRow)
-                .where(MemberRow.conversation_id == conversation_id, MemberRow.user_id == user_id)
-                .values(role=ADMIN)
-            )
-    finally:
-        engine.dispose()
-
+from tests.services.group.helpers import (
+    ADMIN,
+    MEMBER,
+    OWNER,
+    Stub,
+    add,
+    create_group,
+    cursors,
+    make_admin,
+    make_settings,
+    member_count,
+    remove,
+    running_group_service,
+    status_of,
+    update_cursors,
+)
 
 # ------------------------------------------------------------- direct conversations
 
@@ -439,123 +340,6 @@ async def test_check_member(groups: Stub) -> None:
         assert not reply.is_member
 
 
-# ------------------------------------------------------------------------- cursors
-
-
-async def test_cursors_only_move_forward(groups: Stub) -> None:
-    group = (await create_group(groups, owner=1, members=[2])).conversation_id
-
-    assert await update_cursors(groups, (group, 2, 10, 0)) == 1
-    assert await cursors(groups, group, 2) == (10, 0)
-    assert await update_cursors(groups, (group, 2, 4, 0)) == 0  # backwards: ignored
-    assert await cursors(groups, group, 2) == (10, 0)
-    assert await update_cursors(groups, (group, 2, 0, 6)) == 1  # 0 leaves delivered alone
-    assert await cursors(groups, group, 2) == (10, 6)
-    assert await update_cursors(groups, (group, 2, 0, 14)) == 1  # read pulls delivered up
-    assert await cursors(groups, group, 2) == (14, 14)
-    assert await update_cursors(groups, (group, 2, 14, 14)) == 0  # no change, none applied
-    assert await update_cursors(groups, (group, 2, 0, 0)) == 0
-
-
-async def test_cursor_updates_are_coalesced_per_member(groups: Stub) -> None:
-    group = (await create_group(groups, owner=1, members=[2, 3])).conversation_id
-    applied = await update_cursors(
-        groups,
-        (group, 2, 5, 0),
-        (group, 2, 3, 0),
-        (group, 2, 0, 4),
-        (group, 2, 7, 2),
-        (group, 3, 0, 8),
-        (group, 99, 50, 50),  # not a member: ignored
-        ("g:404", 2, 50, 50),  # no such conversation: ignored
-    )
-    assert applied == 2  # one row per member, not one per update
-    assert await cursors(groups, group, 2) == (7, 4)
-    assert await cursors(groups, group, 3) == (8, 8)
-    assert await cursors(groups, group, 1) == (0, 0)
-
-
-async def test_invalid_cursor_entries_are_skipped_not_the_request(groups: Stub) -> None:
-    # One hostile or corrupt entry (a seq no BIGINT holds, a malformed id) must not
-    # fail the batch of honest cursor moves it arrived with.
-    group = (await create_group(groups, owner=1, members=[2])).conversation_id
-    applied = await update_cursors(
-        groups,
-        (group, 1, 1 << 63, 0),
-        (group, 1, 0, (1 << 64) - 1),
-        ("not-a-conversation", 1, 5, 5),
-        (group, 2, 3, 2),
-    )
-    assert applied == 1
-    assert await cursors(groups, group, 1) == (0, 0)
-    assert await cursors(groups, group, 2) == (3, 2)
-
-
-def confirm(conversation_id: str, user_id: int, read_seq: int) -> group_pb2.CursorUpdate:
-    return group_pb2.CursorUpdate(
-        conversation_id=conversation_id, user_id=user_id, read_seq=read_seq, confirm_read=True
-    )
-
-
-async def test_stored_reads_name_only_real_members_at_that_seq(groups: Stub) -> None:
-    group = (await create_group(groups, owner=1, members=[2, 3])).conversation_id
-    await update_cursors(groups, (group, 3, 9, 9))
-    reply = await groups.UpdateCursors(
-        group_pb2.UpdateCursorsRequest(
-            updates=[
-                confirm(group, 2, 4),
-                confirm(group, 3, 5),  # behind the stored 9
-                confirm(group, 99, 4),  # a stranger
-                group_pb2.CursorUpdate(conversation_id=group, user_id=1, read_seq=4),  # not asked
-            ]
-        )
-    )
-    assert [(r.conversation_id, r.user_id, r.read_seq) for r in reply.stored_reads] == [
-        (group, 2, 4)
-    ]
-    # The same read again moves nothing but is still what is stored (the gateway
-    # writes REST reads itself before the router sees them).
-    again = await groups.UpdateCursors(
-        group_pb2.UpdateCursorsRequest(updates=[confirm(group, 2, 4)])
-    )
-    assert again.applied == 0
-    assert [(r.user_id, r.read_seq) for r in again.stored_reads] == [(2, 4)]
-
-
-async def test_check_members_answers_for_many_conversations(groups: Stub) -> None:
-    a = (await create_group(groups, owner=1, members=[2])).conversation_id
-    b = (await create_group(groups, owner=3)).conversation_id
-    reply = await groups.CheckMembers(
-        group_pb2.CheckMembersRequest(user_id=2, conversation_ids=[a, b, "g:404", "junk", a])
-    )
-    assert list(reply.member_of) == [a]
-    many = [f"g:{i}" for i in range(1001)]
-    too_many = await status_of(
-        lambda: groups.CheckMembers(group_pb2.CheckMembersRequest(user_id=2, conversation_ids=many))
-    )
-    assert too_many == grpc.StatusCode.INVALID_ARGUMENT
-
-
-async def test_get_cursors_for_some_or_all_members(groups: Stub) -> None:
-    group = (await create_group(groups, owner=1, members=[2, 3])).conversation_id
-    await update_cursors(groups, (group, 3, 6, 5))
-
-    some = await groups.GetCursors(
-        group_pb2.GetCursorsRequest(conversation_id=group, user_ids=[3, 404, 1])
-    )
-    assert [(m.user_id, m.delivered_seq, m.read_seq) for m in some.members] == [
-        (1, 0, 0),
-        (3, 6, 5),
-    ]
-    every = await groups.GetCursors(group_pb2.GetCursorsRequest(conversation_id=group))
-    assert [m.user_id for m in every.members] == [1, 2, 3]
-
-    missing = await status_of(
-        lambda: groups.GetCursors(group_pb2.GetCursorsRequest(conversation_id="g:77"))
-    )
-    assert missing == grpc.StatusCode.NOT_FOUND
-
-
 # ------------------------------------------------------------- process plumbing
 
 
@@ -664,43 +448,5 @@ async def test_only_the_owner_sets_roles(groups: Stub) -> None:
     assert code == grpc.StatusCode.FAILED_PRECONDITION
     code = await status_of(
         lambda: groups.SetMemberRole(req(conversation_id=conv, actor_id=1, user_id=3, role=OWNER))
-    )
-    assert code == grpc.StatusCode.INVALID_ARGUMENT
-
-
-async def test_readers_come_from_read_cursors(groups: Stub) -> None:
-    conv = (await create_group(groups, owner=1, members=[2, 3, 4])).conversation_id
-    await add(groups, conv, 1, [5], at_seq=10)  # joined after message 10
-    await groups.UpdateCursors(
-        group_pb2.UpdateCursorsRequest(
-            updates=[
-                group_pb2.CursorUpdate(conversation_id=conv, user_id=1, read_seq=12),  # the sender
-                group_pb2.CursorUpdate(conversation_id=conv, user_id=2, read_seq=10),
-                group_pb2.CursorUpdate(conversation_id=conv, user_id=3, read_seq=9),
-            ]
-        )
-    )
-    count = await groups.CountReaders(
-        group_pb2.ReadersRequest(conversation_id=conv, seq=10, exclude_user_id=1)
-    )
-    assert (count.read_count, count.unread_count) == (1, 2)  # 2 read; 3 and 4 not; 5 n/a
-    later = await groups.CountReaders(
-        group_pb2.ReadersRequest(conversation_id=conv, seq=11, exclude_user_id=1)
-    )
-    assert (later.read_count, later.unread_count) == (0, 4)  # 5 counts from seq 11 on
-    unread = await groups.ListReaders(
-        group_pb2.ListReadersRequest(
-            conversation_id=conv, seq=10, exclude_user_id=1, read=False, limit=1
-        )
-    )
-    assert [m.user_id for m in unread.members] == [3] and unread.next_cursor == "3"
-    rest = await groups.ListReaders(
-        group_pb2.ListReadersRequest(
-            conversation_id=conv, seq=10, exclude_user_id=1, read=False, limit=1, cursor="3"
-        )
-    )
-    assert [m.user_id for m in rest.members] == [4] and rest.next_cursor == ""
-    code = await status_of(
-        lambda: groups.CountReaders(group_pb2.ReadersRequest(conversation_id=conv, seq=0))
     )
     assert code == grpc.StatusCode.INVALID_ARGUMENT

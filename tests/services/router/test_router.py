@@ -12,11 +12,12 @@ from im.adapters.memory import MemoryBus, MemoryKV, MemoryRegistry
 from im.adapters.sqlstore import SqlMessageStore
 from im.config import Settings
 from im.grpcutil import GrpcServer, channel, service_name
-from im.ports import Backends, BackendUnavailable, ConnectorInfo, RecordRejected
+from im.ports import Backends, ConnectorInfo
 from im.v1 import bus_pb2, connector_pb2, connector_pb2_grpc, group_pb2, group_pb2_grpc, wire_pb2
 from services.group.app import build as build_group
 from services.router import records
 from services.router.service import Router, backoff
+from tests.services.router.helpers import FailingStore, RejectingStore
 
 
 class RecordingConnector(connector_pb2_grpc.ConnectorServiceServicer):
@@ -297,28 +298,9 @@ async def test_reads_are_clamped_to_the_last_message_and_strangers_get_no_receip
     assert h.router.stats.clamped_reports == 1
 
 
-class FlakyStore:
-    """The SQL store, with insert_many failing as a whole on demand, after storing a
-    prefix of the batch (as an unordered or interrupted write would)."""
-
-    def __init__(self, store: SqlMessageStore) -> None:
-        self._store = store
-        self.fail_after: int | None = None
-
-    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
-        return getattr(self._store, name)
-
-    async def insert_many(self, messages):  # type: ignore[no-untyped-def]
-        if self.fail_after is not None:
-            keep, self.fail_after = self.fail_after, None
-            await self._store.insert_many(messages[:keep])
-            raise BackendUnavailable("message store", "connection reset")
-        return await self._store.insert_many(messages)
-
-
 async def test_a_store_outage_rewinds_with_backoff_and_leaves_no_gap(harness):
     h = harness
-    flaky = FlakyStore(h.router.store)
+    flaky = FailingStore(h.router.store)
     router = Router(h.settings, h.router.backends, flaky, sleep=record_sleeps(slept := []))
     conv = await make_group(h, 1, [2])
     await online(h, 2)
@@ -343,21 +325,6 @@ async def test_a_store_outage_rewinds_with_backoff_and_leaves_no_gap(harness):
     ]
     assert router.failing == 0
     await consumer.close()
-
-
-class RejectingStore(FlakyStore):
-    """Refuses one msg_id by itself, as a store refuses a value it cannot hold."""
-
-    def __init__(self, store: SqlMessageStore, bad: int) -> None:
-        super().__init__(store)
-        self.bad = bad
-
-    async def insert_many(self, messages):  # type: ignore[no-untyped-def]
-        for i, m in enumerate(messages):
-            if m.msg_id == self.bad:
-                await self._store.insert_many(messages[:i])
-                raise RecordRejected(i, "value too long")
-        return await self._store.insert_many(messages)
 
 
 async def test_a_message_the_store_refuses_is_set_aside_without_a_seq(harness):

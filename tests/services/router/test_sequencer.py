@@ -8,6 +8,7 @@ from im.adapters.sqlstore import SqlMessageStore
 from im.ports import BackendUnavailable
 from im.v1 import wire_pb2
 from services.router.sequencer import Sequencer
+from tests.services.router.helpers import FailingStore
 
 
 def msg(msg_id: int, conv: str = "d:1:2") -> wire_pb2.Message:
@@ -70,31 +71,12 @@ async def test_stale_counter_is_reseeded_on_conflict(store):
     assert seqs == [1, 2, 3, 4]
 
 
-class FailOnce:
-    """The store, with the next insert_many storing a prefix and then failing as a
-    whole (the connection dropped half-way)."""
-
-    def __init__(self, store: SqlMessageStore) -> None:
-        self._store = store
-        self.keep: int | None = None
-
-    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
-        return getattr(self._store, name)
-
-    async def insert_many(self, messages):  # type: ignore[no-untyped-def]
-        if self.keep is not None:
-            keep, self.keep = self.keep, None
-            await self._store.insert_many(messages[:keep])
-            raise BackendUnavailable("message store", "connection reset")
-        return await self._store.insert_many(messages)
-
-
 @pytest.mark.parametrize("keep", [0, 1, 2])
 async def test_a_failed_insert_then_its_replay_leaves_no_gap(store, keep):
-    flaky = FailOnce(store)
+    flaky = FailingStore(store)
     seq = Sequencer(flaky)
     await seq.store([msg(1)])
-    flaky.keep = keep
+    flaky.fail_after = keep
     with pytest.raises(BackendUnavailable):
         await seq.store([msg(2), msg(3), msg(4)])
     await seq.store([msg(2), msg(3), msg(4), msg(5)])  # the rewound batch, and more

@@ -1,0 +1,69 @@
+"""The gateway's readiness: the real request path, each part checked with a short
+deadline (probes must answer well within the kubelet's timeout)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from im.config import Settings
+from im.grpcutil import ChannelPool
+from im.ports import MessageStore, Registry
+
+log = logging.getLogger("im.gateway")
+
+HEALTH_TIMEOUT = 1.0
+
+
+async def check_readiness(
+    settings: Settings, pool: ChannelPool, store: MessageStore, registry: Registry
+) -> tuple[bool, dict[str, str]]:
+    """Both services, the store, a connector, and a router that serves (without one,
+    messages are acked but never delivered). Returns (ready, check -> "ok" or why not)."""
+    checks = {
+        "user": _grpc_health(pool, settings.user_addr()),
+        "group": _grpc_health(pool, settings.group_addr()),
+        "message_store": _store_health(store),
+        "connectors": _connectors_health(registry),
+        "routers": _routers_health(registry),
+    }
+    results = await asyncio.gather(*checks.values(), return_exceptions=True)
+    out: dict[str, str] = {}
+    for name, result in zip(checks, results, strict=True):
+        if isinstance(result, BaseException):
+            log.warning("readiness check %s failed: %r", name, result)
+            out[name] = "error"
+        else:
+            out[name] = result
+    return all(v == "ok" for v in out.values()), out
+
+
+async def _grpc_health(pool: ChannelPool, addr: str) -> str:
+    stub = health_pb2_grpc.HealthStub(pool.get(addr))
+    try:
+        response = await stub.Check(health_pb2.HealthCheckRequest(), timeout=HEALTH_TIMEOUT)
+    except grpc.aio.AioRpcError as exc:
+        return f"unreachable ({exc.code().name})"
+    if response.status != health_pb2.HealthCheckResponse.SERVING:
+        return "not serving"
+    return "ok"
+
+
+async def _store_health(store: MessageStore) -> str:
+    healthy = await asyncio.wait_for(store.healthy(), HEALTH_TIMEOUT * 2)
+    return "ok" if healthy else "unhealthy"
+
+
+async def _connectors_health(registry: Registry) -> str:
+    connectors = await asyncio.wait_for(registry.connectors(), HEALTH_TIMEOUT * 2)
+    return "ok" if connectors else "no connector registered"
+
+
+async def _routers_health(registry: Registry) -> str:
+    routers = await asyncio.wait_for(registry.routers(), HEALTH_TIMEOUT * 2)
+    if any(routers.values()):
+        return "ok"
+    return "no router serving" if routers else "no router registered"
