@@ -78,7 +78,17 @@ class Bus(Protocol):
         batch longer and poll less)."""
         ...
 
-    async def healthy(self) -> bool: ...
+    async def healthy(self) -> bool:
+        """Reachable, and its topics as the settings say (a topic with another
+        partition count is unhealthy, never silently used)."""
+        ...
+
+    @property
+    def epoch(self) -> int:
+        """Changes when the bus may have lost records it had acknowledged (the broker
+        came back without its topics). Publishers that keep their recent records
+        publish them again then; consumers recognise the replays."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -245,7 +255,15 @@ class Registry(Protocol):
         RuntimeError when all are taken. Released by close()."""
         ...
 
-    async def close(self) -> None: ...
+    def healthy(self) -> bool:
+        """This process holds a live registry session: its entries are visible to the
+        others (a connector without one must not be handed out)."""
+        ...
+
+    async def close(self) -> None:
+        """Release this process's entries and leases; returns within a few seconds
+        even when the registry is unreachable."""
+        ...
 
 
 # ------------------------------------------------------ presence, sessions, keys

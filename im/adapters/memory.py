@@ -78,6 +78,10 @@ class MemoryBus:
     async def healthy(self) -> bool:
         return not self._closed
 
+    @property
+    def epoch(self) -> int:
+        return 0  # it never loses what it accepted while the process lives
+
     async def close(self) -> None:
         self._closed = True
         self._new_data.set()
@@ -189,6 +193,9 @@ class MemoryRegistry:
                 self._node_ids.add(node_id)
                 return NodeLease(node_id, owner)
         raise RuntimeError(f"all {limit} node ids are taken")
+
+    def healthy(self) -> bool:
+        return True  # in-process: there is no session to lose
 
     async def close(self) -> None:
         self._node_ids.clear()
