@@ -6,7 +6,7 @@ PROTOS := $(wildcard protos/im/v1/*.proto)
 STAMP_INSTALL := $(VENV)/.installed
 STAMP_PROTO := im/v1/.generated
 
-.PHONY: install proto run test test-unit lint format clean services-up services-down cluster bench
+.PHONY: install proto run test test-unit test-faults lint format clean services-up services-down cluster bench
 
 install: $(STAMP_INSTALL) $(STAMP_PROTO)
 
@@ -49,7 +49,13 @@ bench: install
 	$(BIN)/imctl bench $(BENCH_ARGS)
 
 test-unit: install
-	$(BIN)/pytest -m "not e2e and not integration"
+	$(BIN)/pytest -m "not e2e and not integration and not faults"
+
+# Kills and restarts every backend and service under traffic, on instances of its own
+# (free ports); the shared test servers are left alone.
+test-faults: install
+	scripts/dev-services.sh up >/dev/null  # installs the server packages the suite runs
+	$(BIN)/pytest -m faults tests/faults
 
 lint: install
 	$(BIN)/ruff check .
