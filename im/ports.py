@@ -288,7 +288,14 @@ class Presence(Protocol):
         ...
 
     async def refresh(self, entries: list[tuple[int, str]], connector_id: str, ttl: float) -> None:
-        """Extend the lifetime of these (user, device) entries held by connector_id."""
+        """Re-assert that these (user, device) are online at connector_id: extend its
+        entries, and write again the ones that are missing or expired (a restarted
+        store lost them); a live entry of another connector (the device moved) stays."""
+        ...
+
+    async def instance(self) -> str:
+        """Names the store's current incarnation: it changes when the store restarted
+        (and may have forgotten every entry), so holders know to re-assert theirs."""
         ...
 
     async def routes(self, user_ids: list[int]) -> dict[int, list[DeviceRoute]]:

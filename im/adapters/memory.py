@@ -222,6 +222,9 @@ class MemoryKV:
     def _now(self) -> float:
         return self._clock.monotonic()
 
+    async def instance(self) -> str:
+        return "memory"  # lives and dies with the process that holds the presence
+
     def _sweep(self) -> None:
         # Expired entries are ignored on read; a full sweep every 30 s keeps memory
         # bounded without costing the hot path (a sweep per N writes did, at 100k keys).
@@ -262,11 +265,13 @@ class MemoryKV:
             self._presence.pop(user_id, None)
 
     async def refresh(self, entries: list[tuple[int, str]], connector_id: str, ttl: float) -> None:
-        expires = self._now() + ttl
+        now = self._now()
         for user_id, device_id in entries:
-            devices = self._presence.get(user_id)
-            if devices and devices.get(device_id, ("",))[0] == connector_id:
-                devices[device_id] = (connector_id, expires)
+            devices = self._presence[user_id]
+            held = devices.get(device_id)
+            # A live entry of another connector: the device moved there.
+            if held is None or held[0] == connector_id or held[1] <= now:
+                devices[device_id] = (connector_id, now + ttl)
 
     async def routes(self, user_ids: list[int]) -> dict[int, list[DeviceRoute]]:
         now = self._now()

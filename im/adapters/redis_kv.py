@@ -111,7 +111,7 @@ return 0
 """
 )
 
-# KEYS[1] hash; ARGV connector, ttl_ms, device... -> number of entries extended.
+# KEYS[1] hash; ARGV connector, ttl_ms, device... -> number of entries written.
 _REFRESH = (
     _LUA_HELPERS
     + """
@@ -119,9 +119,11 @@ local now = now_ms()
 local ttl = tonumber(ARGV[2])
 local n = 0
 for i = 3, #ARGV do
-  local conn = parse(redis.call('HGET', KEYS[1], ARGV[i]))
-  if conn == ARGV[1] then
-    redis.call('HSET', KEYS[1], ARGV[i], conn .. '|' .. (now + ttl))
+  local conn, exp = parse(redis.call('HGET', KEYS[1], ARGV[i]))
+  -- ours, missing (a restarted Redis lost it) or expired: (re)write it; a live entry
+  -- of another connector means the device moved there: leave it
+  if conn == ARGV[1] or not conn or exp <= now then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[1] .. '|' .. (now + ttl))
     n = n + 1
   end
 end
@@ -275,6 +277,13 @@ class RedisKV:
         if count <= limit:
             return 0.0
         return max(ttl_ms, 1) / 1000.0
+
+    @_unavailable_on_failure
+    async def instance(self) -> str:
+        # run_id is new at every server start: a restarted (empty) Redis, or a
+        # failover to a replica, shows up here even between two failed calls.
+        info = await self._redis.info("server")
+        return str(info["run_id"])
 
     # -------------------------------------------------------------- lifecycle
     async def healthy(self) -> bool:

@@ -77,7 +77,7 @@ class ConnectorApp:
             self._every(idle, self._sweep_idle),
             self._every(0.05, self.core.flush_cursor_reports),
             self._every(3.0, self._report_load),
-            self._every(30.0, self.core.refresh_presence),
+            self._every(1.0, self.core.watch_presence),
             self._every(1.0, self._report_health),
         ]
         log.info(
@@ -124,10 +124,21 @@ class ConnectorApp:
         self.core.sweep_idle()
 
     async def _report_health(self) -> None:
-        serving = self.core.publish_failures < 3 and not self.core.draining
+        # Not serving while it cannot publish, drains, or has no registry session
+        # (its entry is gone then: the gateway must not hand it out, routers cannot
+        # find it).
+        serving = (
+            self.core.publish_failures < 3
+            and not self.core.draining
+            and self.backends.registry.healthy()
+        )
         if serving != self._serving:
             self._serving = serving
-            log.warning("connector %s", "serving again" if serving else "cannot publish")
+            log.warning(
+                "connector %s %s",
+                self.core.connector_id,
+                "serving again" if serving else "not serving (bus, registry or draining)",
+            )
             await self._grpc.set_serving(serving)
 
     async def _report_load(self) -> None:

@@ -40,6 +40,7 @@ log = logging.getLogger("im.connector")
 E = wire_pb2  # short alias for error codes and frame types
 MAX_PENDING_PER_CONNECTION = 2048  # unacked deliveries tracked; older ones wait for sync
 PRESENCE_TTL = 90.0
+PRESENCE_REFRESH = 30.0
 
 
 @dataclass(slots=True)
@@ -85,6 +86,8 @@ class ConnectorCore:
         self._background: set[asyncio.Task] = set()
         self.draining = False
         self.info: ConnectorInfo | None = None
+        self._presence_instance = ""  # the presence store incarnation last written to
+        self._next_presence_refresh = 0.0
 
     @property
     def publish_failures(self) -> int:
@@ -408,6 +411,30 @@ class ConnectorCore:
         entries = [(c.user_id, c.device_id) for c in self.by_device.values() if c.authed]
         if entries:
             await self.backends.presence.refresh(entries, self.connector_id, PRESENCE_TTL)
+
+    async def watch_presence(self) -> None:
+        """Called every second. Re-asserts the presence of every connection held here
+        when the presence store restarted (its instance changed: a restarted Redis is
+        empty, and without this its devices would get nothing live until they
+        reconnect) or could not be reached last time; otherwise every
+        PRESENCE_REFRESH seconds, well inside the entries' TTL."""
+        now = self.clock.monotonic()
+        try:
+            instance = await self.backends.presence.instance()
+            if instance == self._presence_instance and now < self._next_presence_refresh:
+                return
+            if self._presence_instance not in ("", instance):
+                log.warning(
+                    "presence store restarted: re-asserting %d devices", len(self.by_device)
+                )
+            await self.refresh_presence()
+        except Exception as exc:
+            if self._presence_instance:
+                log.warning("presence store unreachable (%r): re-asserting once it is back", exc)
+            self._presence_instance = ""  # unknown: re-assert at the next success
+            return
+        self._presence_instance = instance
+        self._next_presence_refresh = now + PRESENCE_REFRESH
 
     def drain(self) -> None:
         """Ask every client to reconnect elsewhere (SIGTERM)."""

@@ -115,6 +115,7 @@ class RouterApp:
         await self._grpc.stop(0.5)
         if self._consumer is not None:
             await self._consumer.close()
+        self.router.delivery.close()
         await self.router.channels.close()
         await self.store.close()
 

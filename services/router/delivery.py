@@ -19,11 +19,16 @@ import grpc
 from im.config import Settings
 from im.grpcutil import ChannelPool
 from im.ids import parse_direct
-from im.ports import Backends, DeviceRoute
+from im.ports import Backends, ConnectorInfo, DeviceRoute
 from im.runtime import local_connectors
 from im.v1 import connector_pb2, connector_pb2_grpc, group_pb2, group_pb2_grpc, wire_pb2
 
 log = logging.getLogger("im.router")
+
+DELIVER_TIMEOUT = 5.0
+LANE_DEPTH = 64  # Deliver calls queued per connector before newer ones are dropped
+# (user, device, message, connector that did not hold the device)
+Missing = tuple[int, str, wire_pb2.Message, str]
 
 
 @dataclass(slots=True)
@@ -32,6 +37,7 @@ class DeliveryStats:
     receipts: int = 0
     rerouted: int = 0
     delivery_failures: int = 0
+    dropped: int = 0  # outboxes a lagging connector's lane had no room for
 
 
 @dataclass(slots=True)
@@ -96,6 +102,7 @@ class Deliverer:
         self.channels = channels
         self.members = MemberCache(settings, channels)
         self.stats = DeliveryStats()
+        self._lanes: dict[str, Lane] = {}
 
     async def deliver(
         self, messages: list[wire_pb2.Message], receipts: dict[tuple[str, int], int] | None = None
@@ -118,7 +125,7 @@ class Deliverer:
         plan = self._plan(by_conv, receipts, audiences, routes)
         missing = await self._send_plan(plan)
         if missing:
-            await self._reroute(missing)
+            await self.reroute(missing)
 
     def _plan(
         self,
@@ -149,7 +156,7 @@ class Deliverer:
 
         return plan
 
-    async def _reroute(self, missing: list[tuple[int, str, wire_pb2.Message, str]]) -> None:
+    async def reroute(self, missing: list[Missing]) -> None:
         """A route can be stale (the device moved since): look once more, and send to
         where the device is now; otherwise the message waits for its sync."""
         fresh = await self.backends.presence.routes(list({u for u, _d, _m, _c in missing}))
@@ -176,13 +183,15 @@ class Deliverer:
                 return None  # e.g. a receipt for a conversation that does not exist
             raise
 
-    async def _send_plan(
-        self, plan: dict[str, Outbox]
-    ) -> list[tuple[int, str, wire_pb2.Message, str]]:
+    async def _send_plan(self, plan: dict[str, Outbox]) -> list[Missing]:
+        """Hands each connector its outbox: a local one (same process) at once, a
+        remote one through its lane. Returns the targets a local connector did not
+        hold; remote lanes reroute theirs themselves."""
         if not plan:
             return []
         connectors = {c.connector_id: c for c in await self.backends.registry.connectors()}
-        calls = []
+        self._close_lanes_except(connectors)
+        missing: list[Missing] = []
         for connector_id, outbox in plan.items():
             info = connectors.get(connector_id)
             if info is None:
@@ -192,32 +201,106 @@ class Deliverer:
             )
             local = local_connectors.get(connector_id)
             if local is not None:
-                calls.append((connector_id, outbox, _now(local, request)))
-                continue
-            stub = connector_pb2_grpc.ConnectorServiceStub(self.channels.get(info.grpc_addr))
-            calls.append((connector_id, outbox, stub.Deliver(request, timeout=5)))
-        missing = []
-        results = await asyncio.gather(*(c[2] for c in calls), return_exceptions=True)
-        for (connector_id, outbox, _call), result in zip(calls, results, strict=True):
-            if isinstance(result, BaseException):
-                self.stats.delivery_failures += 1
-                if isinstance(result, grpc.RpcError):
-                    log.warning("deliver to %s failed: %s", connector_id, result.code())
-                else:
-                    log.warning("deliver to %s failed: %r", connector_id, result)
-                continue
-            self.stats.pushed += result.pushed
-            if result.missing:
-                wanted = {(t.user_id, t.device_id) for t in result.missing}
-                for delivery in outbox.deliveries:
-                    for t in delivery.targets:
-                        if (t.user_id, t.device_id) in wanted:
-                            missing.append((t.user_id, t.device_id, delivery.message, connector_id))
+                missing += self.accept(connector_id, outbox, local(request))
+            else:
+                self._lane(info).offer(outbox, request)
         return missing
 
+    def accept(
+        self, connector_id: str, outbox: Outbox, result: connector_pb2.DeliverResponse
+    ) -> list[Missing]:
+        """Count a connector's answer; the targets it no longer holds."""
+        self.stats.pushed += result.pushed
+        if not result.missing:
+            return []
+        wanted = {(t.user_id, t.device_id) for t in result.missing}
+        return [
+            (t.user_id, t.device_id, delivery.message, connector_id)
+            for delivery in outbox.deliveries
+            for t in delivery.targets
+            if (t.user_id, t.device_id) in wanted
+        ]
 
-async def _now(deliver, request):  # type: ignore[no-untyped-def]
-    return deliver(request)
+    def _lane(self, info: ConnectorInfo) -> Lane:
+        lane = self._lanes.get(info.connector_id)
+        if lane is None or lane.addr != info.grpc_addr:
+            if lane is not None:
+                lane.close()
+            stub = connector_pb2_grpc.ConnectorServiceStub(self.channels.get(info.grpc_addr))
+            lane = self._lanes[info.connector_id] = Lane(
+                info.connector_id, info.grpc_addr, stub, self
+            )
+        return lane
+
+    def _close_lanes_except(self, live: dict[str, ConnectorInfo]) -> None:
+        for connector_id in [c for c in self._lanes if c not in live]:
+            self._lanes.pop(connector_id).close()  # its queued outboxes wait for sync
+
+    async def idle(self) -> None:
+        """Until every lane has sent what it was given (tests, shutdown)."""
+        for lane in list(self._lanes.values()):
+            await lane.idle()
+
+    def close(self) -> None:
+        for lane in self._lanes.values():
+            lane.close()
+        self._lanes.clear()
+
+
+class Lane:
+    """Deliver calls to one remote connector: in order, one at a time, from a bounded
+    queue, so a slow or dead connector delays only its own clients (their messages
+    wait for retransmit or sync), never the batches behind it for everyone else."""
+
+    def __init__(
+        self,
+        connector_id: str,
+        addr: str,
+        stub: connector_pb2_grpc.ConnectorServiceStub,
+        deliverer: Deliverer,
+    ) -> None:
+        self.connector_id = connector_id
+        self.addr = addr
+        self._stub = stub
+        self._deliverer = deliverer
+        self._queue: asyncio.Queue[tuple[Outbox, connector_pb2.DeliverRequest]] = asyncio.Queue(
+            LANE_DEPTH
+        )
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def offer(self, outbox: Outbox, request: connector_pb2.DeliverRequest) -> None:
+        try:
+            self._queue.put_nowait((outbox, request))
+        except asyncio.QueueFull:
+            # The connector is far behind or gone: its devices get these by sync.
+            self._deliverer.stats.dropped += 1
+            log.warning(
+                "connector %s is %d batches behind: dropping one", self.connector_id, LANE_DEPTH
+            )
+
+    async def _run(self) -> None:
+        stats = self._deliverer.stats
+        while True:
+            outbox, request = await self._queue.get()
+            try:
+                result = await self._stub.Deliver(request, timeout=DELIVER_TIMEOUT)
+                missing = self._deliverer.accept(self.connector_id, outbox, result)
+                if missing:
+                    await self._deliverer.reroute(missing)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                stats.delivery_failures += 1
+                code = exc.code() if isinstance(exc, grpc.RpcError) else repr(exc)
+                log.warning("deliver to %s failed: %s", self.connector_id, code)
+            finally:
+                self._queue.task_done()
+
+    async def idle(self) -> None:
+        await self._queue.join()
+
+    def close(self) -> None:
+        self._task.cancel()
 
 
 def _devices_by_connector(

@@ -193,9 +193,11 @@ class Router:
         if consumer is not None:
             await consumer.commit()
         # Delivery runs while the next batch is taken and stored: one delivery in
-        # flight at a time, so batches still reach the connectors in bus order.
+        # flight at a time, so batches still reach the connectors in bus order. (The
+        # connector lanes then send on their own: a slow connector holds up nobody.)
         if messages or receipts:
-            await self.flush()
+            if self._delivering is not None:
+                await self._delivering
             self._delivering = asyncio.get_running_loop().create_task(
                 self._deliver_quietly(messages, receipts)
             )
@@ -296,10 +298,11 @@ class Router:
     # ---------------------------------------------------------------- delivery
 
     async def flush(self) -> None:
-        """Wait for the delivery in flight (tests, shutdown)."""
+        """Wait for the delivery in flight and the connector lanes (tests, shutdown)."""
         if self._delivering is not None:
             await self._delivering
             self._delivering = None
+        await self.delivery.idle()
 
     async def _deliver_quietly(
         self, messages: list[wire_pb2.Message], receipts: dict[tuple[str, int], int]

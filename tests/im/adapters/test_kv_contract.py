@@ -116,19 +116,27 @@ async def test_disconnect_only_by_the_owner(kv: KV) -> None:
     await p.disconnect(99, "tablet", "c1")
 
 
-async def test_refresh_extends_only_owned_entries(kv: KV) -> None:
+async def test_refresh_extends_ours_recreates_lost_ones_and_leaves_others(kv: KV) -> None:
     p = kv.store
     await p.connect(1, "phone", "c1", SHORT)
     await p.connect(2, "phone", "c1", SHORT)
-    await p.connect(3, "phone", "c2", SHORT)  # held by another connector
-    await p.refresh([(1, "phone"), (2, "phone"), (3, "phone"), (4, "ghost")], "c1", LONG)
+    await p.connect(3, "phone", "c2", SHORT)  # the device moved to another connector
+    await p.refresh([(1, "phone"), (2, "phone"), (3, "phone"), (4, "lost")], "c1", LONG)
     await kv.wait(SHORT + 0.3)
     routes = await p.routes([1, 2, 3, 4])
     assert routes_of(routes, 1) == {("phone", "c1")}
     assert routes_of(routes, 2) == {("phone", "c1")}
-    assert 3 not in routes  # c1 could not extend c2's entry: it expired
-    assert 4 not in routes  # refresh never creates entries
+    assert 3 not in routes  # c1 did not take over c2's live entry; it expired since
+    # An entry the store lost (a restart) is written again by the connector holding it.
+    assert routes_of(routes, 4) == {("lost", "c1")}
+    await p.refresh([(3, "phone")], "c1", LONG)  # expired now: c1 holds it again
+    assert routes_of(await p.routes([3]), 3) == {("phone", "c1")}
     await p.refresh([], "c1", LONG)  # no-op
+
+
+async def test_instance_names_the_current_incarnation(kv: KV) -> None:
+    first = await kv.store.instance()
+    assert first and await kv.store.instance() == first
 
 
 async def test_routes_for_many_users(kv: KV) -> None:
@@ -387,6 +395,7 @@ async def test_redis_hung_then_restarted_same_adapter_recovers() -> None:
     try:
         assert await kv.claim("u1:m1", b"ack-1", LONG) is None
         assert await kv.connect(1, "phone", "c1", LONG) is None  # scripts now loaded
+        before = await kv.instance()
 
         server.pause()
         error = await _unavailable_within(kv.claim("u1:m2", b"ack-2", LONG))
@@ -395,6 +404,8 @@ async def test_redis_hung_then_restarted_same_adapter_recovers() -> None:
         # Back, empty (and without the scripts): the same adapter carries on.
         await server.kill()
         await server.start()
+        assert await kv.instance() != before  # how a connector learns to re-assert
+        assert await kv.routes([1]) == {}  # the restart lost the presence
         assert await kv.claim("u1:m1", b"ack-3", LONG) is None
         assert await kv.connect(1, "phone", "c2", LONG) is None  # NOSCRIPT: reloaded
         await kv.refresh([(1, "phone")], "c2", LONG)  # its own NOSCRIPT path

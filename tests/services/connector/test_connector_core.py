@@ -377,3 +377,53 @@ async def test_a_presence_failure_closes_instead_of_half_authenticating(setup, c
     assert core.by_device == {} and core.connection_count() == 0
     # Nothing is delivered to a connection that never got AuthOk.
     assert core.deliver(deliver_request(1, user=1)).pushed == 0
+
+
+# ------------------------------------------------------------------- presence
+
+
+class RestartingPresence(MemoryKV):
+    """In-process presence that can 'restart' empty, or be unreachable."""
+
+    def __init__(self, clock) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(clock)
+        self.incarnation = "one"
+        self.down = False
+
+    async def instance(self) -> str:
+        if self.down:
+            raise ConnectionError("presence store unreachable")
+        return self.incarnation
+
+    def restart(self) -> None:
+        self._presence.clear()
+        self.incarnation += "+1"
+
+
+async def test_presence_is_reasserted_after_the_store_restarts(setup, clock):
+    core, issuer, *_ = setup
+    store = core.backends.presence = RestartingPresence(clock)
+    await authed(core, issuer, 1, "phone")
+    await authed(core, issuer, 2, "web")
+    await core.watch_presence()
+    store.restart()  # a Redis that came back empty: nobody would get anything live
+    assert await store.routes([1, 2]) == {}
+    clock.advance(1)
+    await core.watch_presence()  # one second later, not thirty
+    routes = await store.routes([1, 2])
+    assert {(u, r.device_id) for u, rs in routes.items() for r in rs} == {(1, "phone"), (2, "web")}
+
+
+async def test_presence_is_reasserted_once_an_unreachable_store_is_back(setup, clock):
+    core, issuer, *_ = setup
+    store = core.backends.presence = RestartingPresence(clock)
+    await authed(core, issuer, 1, "phone")
+    await core.watch_presence()
+    store.down = True
+    store._presence.clear()  # lost while it was away, same incarnation (a failover)
+    clock.advance(1)
+    await core.watch_presence()
+    store.down = False
+    clock.advance(1)
+    await core.watch_presence()
+    assert [r.device_id for r in (await store.routes([1]))[1]] == ["phone"]

@@ -3,6 +3,7 @@ with in-process bus, presence and registry."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ from im.grpcutil import GrpcServer, channel, service_name
 from im.ports import Backends, ConnectorInfo
 from im.v1 import bus_pb2, connector_pb2, connector_pb2_grpc, group_pb2, group_pb2_grpc, wire_pb2
 from services.group.app import build as build_group
-from services.router import records
+from services.router import delivery, records
 from services.router.service import Router, backoff
 from tests.services.router.helpers import FailingStore, RejectingStore
 
@@ -384,3 +385,57 @@ def record_sleeps(slept: list[float]):  # type: ignore[no-untyped-def]
 def test_backoff_doubles_and_is_capped() -> None:
     assert [backoff(n) for n in (1, 2, 3, 4)] == [0.2, 0.4, 0.8, 1.6]
     assert backoff(50) == 10.0
+
+
+# ------------------------------------------------------------ connector lanes
+
+
+class StuckConnector(RecordingConnector):
+    """Takes Deliver calls and answers none until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def Deliver(self, request, context):  # type: ignore[no-untyped-def]
+        self.requests.append(request)
+        await self.release.wait()
+        return connector_pb2.DeliverResponse()
+
+
+async def serve_connector(servicer) -> tuple[GrpcServer, int]:  # type: ignore[no-untyped-def]
+    server = GrpcServer("127.0.0.1", 0)
+    server.add(
+        connector_pb2_grpc.add_ConnectorServiceServicer_to_server,
+        servicer,
+        service_name(connector_pb2, "ConnectorService"),
+    )
+    return server, await server.start()
+
+
+async def test_a_stuck_connector_delays_only_its_own_devices(harness, monkeypatch):
+    h = harness
+    monkeypatch.setattr(delivery, "LANE_DEPTH", 2)
+    stuck = StuckConnector()
+    server, port = await serve_connector(stuck)
+    try:
+        await h.router.backends.registry.register(ConnectorInfo("c2", "127.0.0.1", 1, 2, port))
+        await h.kv.connect(1, "dev1", "c1", 60)
+        await h.kv.connect(2, "dev2", "c2", 60)  # on the stuck connector
+        consumer = h.consumer()
+        for i in range(6):  # one batch each: the stuck lane fills up, c1 goes on
+            await h.send("d:1:2", 1, 100 + i)
+            await h.router.handle(await consumer.poll(100, 0.01), consumer)
+            await h.router._delivering
+        await asyncio.wait_for(h.router.delivery._lanes["c1"].idle(), 5)  # c1 is not held up
+        assert [seq for user, seq in h.connector.delivered() if user == 1] == [1, 2, 3, 4, 5, 6]
+        assert len(stuck.requests) == 1  # still waiting for its answer
+        assert h.router.delivery.stats.dropped == 3  # 1 in flight, 2 queued, 3 dropped
+        stuck.release.set()
+        await h.router.flush()
+        assert len(stuck.requests) == 3
+        await consumer.close()
+    finally:
+        stuck.release.set()
+        h.router.delivery.close()
+        await server.stop(0)
