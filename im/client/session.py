@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 
 from im.client.connection import Connection, Event, SeenIds, Transport
-from im.client.errors import ApiError, AuthError, ClientError
+from im.client.errors import ApiError, AuthError, ClientError, ConnectionClosed
 from im.client.gateway import GatewayClient, LoginResult, as_group_id
 from im.ids import direct_conversation_id
 from im.v1 import wire_pb2
@@ -100,8 +100,8 @@ class ImClient:
         """Open the socket to the assigned connector, then (by default) sync.
 
         Logs in again when needed: never logged in with a token, token about to
-        expire, or the previous connection ended with a Kick (a draining connector
-        wants us to get another one).
+        expire, a previous connection that ended (kicked by a draining connector, or
+        cut off), or a connector that refuses the connection.
         """
         if transport is not None:
             self.transport = transport
@@ -111,7 +111,9 @@ class ImClient:
         relogin = (
             self.login_result is None
             or self.login_result.expires_within(30)
-            or (previous is not None and previous.kick is not None)
+            # Kicked (a draining connector wants us elsewhere) or cut off (it may have
+            # died): ask the gateway which connector to use now.
+            or previous is not None
         )
         if relogin:
             await self._relogin()
@@ -130,6 +132,13 @@ class ImClient:
         except AuthError as exc:
             # a revoked/expired token: one fresh login, then give up
             if self._credentials is None or exc.code != wire_pb2.ERROR_CODE_AUTH_FAILED:
+                raise
+            await self._relogin()
+            conn = await self._open()
+        except ConnectionClosed:
+            # The connector is gone (refused, reset, unreachable): log in again, which
+            # hands out a live one, and try that once.
+            if self._credentials is None:
                 raise
             await self._relogin()
             conn = await self._open()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -30,6 +29,7 @@ from im.v1 import (
     user_pb2_grpc,
     wire_pb2,
 )
+from services.gateway.assignment import ConnectorProber, RecentAssignments, pick_connector
 from services.gateway.readiness import check_readiness
 
 log = logging.getLogger("im.gateway")
@@ -42,6 +42,7 @@ TOKEN_LEEWAY = 5.0  # clock skew accepted when verifying tokens
 # Bus notifications follow a change that is already committed: a slow broker must not
 # hold the REST answer (routers and connectors also revalidate by member_version/TTL).
 PUBLISH_TIMEOUT = 2.0
+DEGRADED_LOG_EVERY = 10.0
 USER_LOOKUP_CHUNK = 1000  # the user service's MAX_USERS_PER_LOOKUP
 UNKNOWN_IDS_IN_DETAIL = 20  # the problem's user_ids member carries them all
 
@@ -192,45 +193,6 @@ class ReceiptsView:
     unread: tuple[list[int], str | None] | None
 
 
-def pick_connector(
-    connectors: list[ConnectorInfo],
-    current_connector_id: str | None,
-    recent: dict[str, int] | None = None,
-) -> ConnectorInfo | None:
-    """The connector a device should use: the one it is still connected to (so a
-    reconnect does not bounce between pods), else the least loaded one. ``recent``
-    counts this gateway's own assignments that the registry's load figures (refreshed
-    every few seconds) cannot show yet, so a burst of logins is spread out."""
-    if not connectors:
-        return None
-    if current_connector_id is not None:
-        for info in connectors:
-            if info.connector_id == current_connector_id:
-                return info
-    recent = recent or {}
-    return min(
-        connectors, key=lambda c: (c.connections + recent.get(c.connector_id, 0), c.connector_id)
-    )
-
-
-class RecentAssignments:
-    """Assignments made by this gateway in the last ``window`` seconds, per connector."""
-
-    def __init__(self, window: float = 5.0) -> None:
-        self.window = window
-        self._stamps: dict[str, deque[float]] = {}
-
-    def counts(self, now: float) -> dict[str, int]:
-        horizon = now - self.window
-        for stamps in self._stamps.values():
-            while stamps and stamps[0] < horizon:
-                stamps.popleft()
-        return {cid: len(stamps) for cid, stamps in self._stamps.items() if stamps}
-
-    def add(self, connector_id: str, now: float) -> None:
-        self._stamps.setdefault(connector_id, deque()).append(now)
-
-
 class Gateway:
     def __init__(
         self,
@@ -252,14 +214,18 @@ class Gateway:
         self._users: user_pb2_grpc.UserServiceStub | None = None
         self._groups: group_pb2_grpc.GroupServiceStub | None = None
         self._recent = RecentAssignments()
+        self._prober = ConnectorProber(backends.registry, self._connector_pool)
+        self._degraded_logged: dict[str, float] = {}
 
     # ------------------------------------------------------------------ lifecycle
     async def open(self) -> None:
         """Create the channels; grpc.aio channels belong to the running loop."""
         self._users = user_pb2_grpc.UserServiceStub(self._pool.get(self.settings.user_addr()))
         self._groups = group_pb2_grpc.GroupServiceStub(self._pool.get(self.settings.group_addr()))
+        self._prober.start()
 
     async def close(self) -> None:
+        await self._prober.stop()
         await self._pool.close()
         await self._connector_pool.close()
 
@@ -320,6 +286,20 @@ class Gateway:
             log.warning("%s failed: %r", what, exc)
             raise ApiError(503, "unavailable", f"{what} is unavailable; retry later") from exc
 
+    async def _degraded(self, what: str, op: Awaitable[T], fallback: T, consequence: str) -> T:
+        """A call whose answer only sharpens a request (a revocation check, a rate
+        limit): when its backend is down, go on without it, and say so in the log
+        (at most every DEGRADED_LOG_EVERY seconds per backend), rather than turn every
+        request away while, say, Redis restarts."""
+        try:
+            return await op
+        except Exception as exc:
+            now = time.monotonic()
+            if now - self._degraded_logged.get(what, -DEGRADED_LOG_EVERY) >= DEGRADED_LOG_EVERY:
+                self._degraded_logged[what] = now
+                log.warning("%s unavailable (%r): %s", what, exc, consequence)
+            return fallback
+
     # ---------------------------------------------------------------------- auth
     async def register(self, username: str, password: str, display_name: str) -> user_pb2.User:
         request = user_pb2.RegisterRequest(
@@ -331,9 +311,11 @@ class Gateway:
     async def login(self, username: str, password: str, device_id: str) -> LoginResult:
         limit = self.settings.login_attempts_per_minute
         if limit > 0:
-            retry_after = await self._backend(
+            retry_after = await self._degraded(
                 "rate limiter",
                 self._backends.rate_limits.hit(f"login:{username.lower()}", limit, 60.0),
+                0.0,
+                "login attempts are not limited",
             )
             if retry_after:
                 raise ApiError(
@@ -356,15 +338,24 @@ class Gateway:
         )
 
     async def _assign_connector(self, user_id: int, device_id: str) -> ConnectorInfo:
-        connectors = await self._backend("registry", self._backends.registry.connectors())
+        listed = await self._backend("registry", self._backends.registry.connectors())
+        connectors = self._prober.usable(listed)
         if not connectors:
             raise ApiError(503, "no_connector", "no connector is available; retry later")
-        current = await self._device_connector(user_id, device_id)
+        current = await self._sticky_connector(user_id, device_id)
         now = time.monotonic()
         chosen = pick_connector(connectors, current, self._recent.counts(now))
         assert chosen is not None
         self._recent.add(chosen.connector_id, now)
         return chosen
+
+    async def _sticky_connector(self, user_id: int, device_id: str) -> str | None:
+        """The connector the device is on now, if presence can tell: only a preference,
+        so a presence outage must not fail the login."""
+        try:
+            return await self._device_connector(user_id, device_id)
+        except ApiError:
+            return None
 
     async def _device_connector(self, user_id: int, device_id: str) -> str | None:
         routes = await self._backend("presence", self._backends.presence.routes([user_id]))
@@ -378,8 +369,11 @@ class Gateway:
             claims = self._verifier.verify(token)
         except TokenError as exc:
             raise unauthorized("invalid or expired access token") from exc
-        revoked = await self._backend(
-            "sessions", self._backends.sessions.is_revoked(claims.session_id)
+        revoked = await self._degraded(
+            "sessions",
+            self._backends.sessions.is_revoked(claims.session_id),
+            False,
+            "logged-out tokens are accepted until they expire",
         )
         if revoked:
             raise unauthorized("the session has been logged out")

@@ -9,7 +9,7 @@ import pytest
 
 from im.auth import TokenVerifier, load_keys
 from im.ids import direct_conversation_id
-from im.ports import ConnectorInfo
+from im.ports import BackendUnavailable, ConnectorInfo
 from im.v1 import group_pb2, wire_pb2
 from tests.services.gateway.helpers import assert_problem, message
 
@@ -521,3 +521,23 @@ async def test_login_attempts_are_rate_limited_per_user(suite: Suite) -> None:
     right = {"username": "ALICE", "password": "secret-pass-1", "device_id": "d"}
     assert (await suite.client.post("/v1/auth/login", json=right)).status_code == 429
     await suite.login("bob")
+
+
+class DownKV:
+    """Sessions and rate limits on a store that is down (a Redis restarting)."""
+
+    async def is_revoked(self, session_id: str) -> bool:
+        raise BackendUnavailable("redis", "connection refused")
+
+    async def hit(self, key: str, limit: int, window: float) -> float:
+        raise BackendUnavailable("redis", "connection refused")
+
+
+async def test_a_down_session_store_degrades_instead_of_failing_requests(
+    suite: Suite, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, headers = await suite.user("dora")
+    suite.backends.sessions = suite.backends.rate_limits = DownKV()  # type: ignore[assignment]
+    assert (await suite.client.get("/v1/users/me", headers=headers)).status_code == 200
+    await suite.login("dora", device_id="tablet")  # the login limit is skipped, not fatal
+    assert "logged-out tokens are accepted until they expire" in caplog.text
