@@ -62,6 +62,19 @@ class LocalConnectors:
 local_connectors = LocalConnectors()
 
 
+async def bounded(what: str, operation: Awaitable[Any], seconds: float) -> None:
+    """One step of a graceful stop: it may fail or hang (its backend is gone), and
+    the stop goes on either way after ``seconds``, so SIGTERM always ends the process
+    within its grace period."""
+    try:
+        async with asyncio.timeout(seconds):
+            await operation
+    except TimeoutError:
+        log.warning("stopping: %s took over %.0f s; going on without it", what, seconds)
+    except Exception as exc:
+        log.warning("stopping: %s failed (%r); going on", what, exc)
+
+
 def setup_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(),

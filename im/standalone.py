@@ -10,7 +10,7 @@ import sys
 from im.adapters import build_backends
 from im.config import Settings
 from im.ports import Backends
-from im.runtime import Service, install_uvloop, run_until_signal, setup_logging
+from im.runtime import Service, bounded, install_uvloop, run_until_signal, setup_logging
 
 log = logging.getLogger("im")
 
@@ -62,7 +62,7 @@ class Suite:
                 log.exception("stopping %s failed", name)
         self.services.clear()
         if self.backends is not None:
-            await self.backends.close()
+            await bounded("closing the backends", self.backends.close(), 10)
 
     def endpoints(self) -> dict[str, dict[str, str]]:
         return {name: s.endpoints() for name, s in self.services.items()}
@@ -109,7 +109,7 @@ async def serve_one(name: str, settings: Settings) -> None:
 
     async def stop() -> None:
         await service.stop()
-        await backends.close()
+        await bounded("closing the backends", backends.close(), 10)
 
     await run_until_signal(start, stop)
 

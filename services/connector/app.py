@@ -4,7 +4,6 @@ entry, and the periodic work (retransmits, heartbeats, cursor flushes, load)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from im.auth import TokenVerifier, load_keys
@@ -12,7 +11,7 @@ from im.config import Settings
 from im.grpcutil import GrpcServer, service_name
 from im.ids import NODE_IDS
 from im.ports import Backends, ConnectorInfo
-from im.runtime import local_connectors
+from im.runtime import bounded, local_connectors
 from im.v1 import bus_pb2, connector_pb2, connector_pb2_grpc
 from services.connector.service import ConnectorCore, ConnectorServicer
 from services.connector.transport import start_tcp, start_ws
@@ -149,31 +148,29 @@ class ConnectorApp:
 
     async def stop(self) -> None:
         # Leave the registry first so nothing new is routed or assigned here, then
-        # ask clients to reconnect elsewhere, flush what is owed, and stop.
+        # ask clients to reconnect elsewhere, flush what is owed, and stop. Each step
+        # is bounded: SIGTERM must end the process even with every backend gone.
         local_connectors.remove(self.core.connector_id)
-        with contextlib.suppress(Exception):
-            await self.backends.registry.deregister(self.core.connector_id)
+        registry = self.backends.registry
+        await bounded("leaving the registry", registry.deregister(self.core.connector_id), 3)
         if self._tcp is not None:
             self._tcp.close()
         if self._ws is not None:
             self._ws.close(close_connections=False)
         self.core.drain()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.core.wait_background(), 5)
-        await self.core.flush_cursor_reports()
+        await bounded("background work", self.core.wait_background(), 5)
+        await bounded("flushing acks and reads", self.core.flush_cursor_reports(), 3)
         self._stopping = True
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
-        with contextlib.suppress(Exception):
-            await self._membership.close()
+        if self._membership is not None:
+            await bounded("membership consumer", self._membership.close(), 3)
         await self._grpc.stop(1.0)
         if self._tcp is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._tcp.wait_closed(), 2)
+            await bounded("TCP listener", self._tcp.wait_closed(), 2)
         if self._ws is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._ws.wait_closed(), 2)
+            await bounded("WebSocket listener", self._ws.wait_closed(), 2)
         await self.core.channels.close()
 
     def endpoints(self) -> dict[str, str]:

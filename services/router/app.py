@@ -4,13 +4,13 @@ registry (so the gateway's readiness knows whether any router serves)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from im.adapters import build_message_store
 from im.config import Settings
 from im.grpcutil import GrpcServer
 from im.ports import Backends, BusConsumer, MessageStore
+from im.runtime import bounded
 from services.router.service import Router
 
 log = logging.getLogger("im.router")
@@ -23,7 +23,6 @@ FAILED_BATCHES_UNHEALTHY = 3
 # A loop turn takes at most a poll (0.5 s) plus a batch; one that has not completed
 # for this long is stuck on something (a backend call without an answer).
 STALLED_AFTER = 30.0
-DRAIN_SECONDS = 5.0
 
 
 class RouterApp:
@@ -93,6 +92,7 @@ class RouterApp:
         )
 
     async def stop(self) -> None:
+        # Each step bounded: SIGTERM must end the process even with every backend gone.
         self._stop.set()
         if self._task is not None:
             try:
@@ -103,21 +103,20 @@ class RouterApp:
         if self._consumer is not None:
             # What the connectors handed over before they stopped is stored now,
             # not left to a bus that may not outlive this process (standalone).
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.router.drain(self._consumer), DRAIN_SECONDS)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.router.flush(), 5)
+            await bounded("storing what is on the bus", self.router.drain(self._consumer), 5)
+        await bounded("deliveries in flight", self.router.flush(), 5)
         if self._health_task is not None:
             self._health_task.cancel()
             await asyncio.gather(self._health_task, return_exceptions=True)
-        with contextlib.suppress(Exception):
-            await self.backends.registry.withdraw_router(self.router_id)
+        await bounded(
+            "leaving the registry", self.backends.registry.withdraw_router(self.router_id), 3
+        )
         await self._grpc.stop(0.5)
         if self._consumer is not None:
-            await self._consumer.close()
+            await bounded("leaving the consumer group", self._consumer.close(), 5)
         self.router.delivery.close()
         await self.router.channels.close()
-        await self.store.close()
+        await bounded("closing the message store", self.store.close(), 3)
 
     def endpoints(self) -> dict[str, str]:
         return {
