@@ -124,6 +124,12 @@ class Settings(BaseSettings):
         description="Seconds a Send waits for the bus to take it; then it is answered "
         "UNAVAILABLE and the client retries under the same client_msg_id (stored once).",
     )
+    replay_window_seconds: float = Field(
+        60.0,
+        description="How long a connector keeps the messages it acked, to publish them "
+        "again if the bus lost acknowledged records (a broker that came back without its "
+        "topics). The router stores each msg_id once. 0 disables.",
+    )
     cursor_reports_per_second: float = Field(
         200.0,
         description="New (per conversation) acks and reads a connection may report per "

@@ -25,6 +25,7 @@ from im.ports import Backends
 from im.v1 import bus_pb2, wire_pb2
 from services.connector.authorizer import Authorizer
 from services.connector.conn import Conn, frame_payload
+from services.connector.replay import ReplayWindow
 
 log = logging.getLogger("im.connector")
 
@@ -33,6 +34,9 @@ ACK_RECORD = struct.Struct(">Qq")  # msg_id, server_ts: the idempotency record
 MAX_CLIENT_MSG_ID = 64
 MAX_CONTENT_TYPE = 64
 RECENT_ACKS = 100_000
+REPLAY_MAX_RECORDS = 200_000
+REPUBLISH_CHUNK = 500
+REPUBLISH_ATTEMPTS = 5
 
 Spawn = Callable[[Coroutine[Any, Any, None]], asyncio.Task]
 
@@ -75,6 +79,7 @@ class SendPath:
         self.stats = SendStats()
         self._inflight: dict[str, asyncio.Future] = {}
         self.recent_acks: OrderedDict[str, bytes] = OrderedDict()
+        self._replay = ReplayWindow(settings.replay_window_seconds, REPLAY_MAX_RECORDS)
         # Consecutive publishes the bus refused: readiness turns NOT_SERVING at 3, so a
         # broker that takes connections but not messages does not look healthy.
         self.publish_failures = 0
@@ -225,6 +230,29 @@ class SendPath:
             record = ACK_RECORD.pack(item.msg_id, item.server_ts)
             self._remember_ack(item.key, record)
             self._settle(conn, item, record)
+        self._keep_for_replay(records)
+
+    def _keep_for_replay(self, records: list[tuple[str, bytes]]) -> None:
+        self._replay.add(records, self._clock.monotonic())
+        lost = self._replay.lost_since(self._backends.bus.epoch)
+        if lost:
+            log.warning(
+                "the bus may have lost acknowledged records: publishing the last %d again",
+                len(lost),
+            )
+            self._spawn(self._republish(lost))
+
+    async def _republish(self, records: list[tuple[str, bytes]]) -> None:
+        topic = self._settings.topic_messages
+        for start in range(0, len(records), REPUBLISH_CHUNK):
+            chunk = records[start : start + REPUBLISH_CHUNK]
+            for attempt in range(REPUBLISH_ATTEMPTS):
+                try:
+                    await self._backends.bus.publish_many(topic, chunk)
+                    break
+                except Exception as exc:
+                    log.warning("publishing %d kept messages again failed: %r", len(chunk), exc)
+                    await asyncio.sleep(min(5.0, 0.5 * 2**attempt))
 
     def _settle(self, conn: Conn, item: Accepted, record: bytes | None) -> None:
         if self._inflight.get(item.key) is item.future:

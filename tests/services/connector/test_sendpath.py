@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import grpc
 
-from im.adapters.memory import MemoryKV
+from im.adapters.memory import MemoryBus, MemoryKV
 from im.ports import BackendUnavailable
 from im.v1 import bus_pb2, wire_pb2
 from tests.services.connector.helpers import authed, send
@@ -110,3 +110,51 @@ async def test_an_authorization_failure_is_answered_per_send(setup):
     await core.wait_background()
     assert answers(conn) == {"c1": "ERROR_CODE_UNAVAILABLE", "c2": "ERROR_CODE_UNAVAILABLE"}
     assert not conn.was_closed
+
+
+class ForgetfulBus(MemoryBus):
+    """A bus whose broker can come back without what it had acknowledged."""
+
+    def __init__(self) -> None:
+        super().__init__(partitions=2)
+        self._epoch = 0
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def lose_everything(self) -> None:
+        self._logs.clear()
+        self._epoch += 1
+
+
+async def test_acked_messages_are_published_again_when_the_bus_lost_them(setup, clock):
+    core, issuer, *_ = setup
+    bus = core.backends.bus = ForgetfulBus()
+    conn = await authed(core, issuer, 1)
+    send(core, conn, "before-1")
+    send(core, conn, "before-2")
+    await core.wait_background()
+    bus.lose_everything()  # acked, then gone with the broker's memory
+    clock.advance(1.0)
+    send(core, conn, "after")
+    await core.wait_background()
+    records = await bus.consumer(["im.messages"], "g").poll(100, 0.01)
+    cids = sorted(bus_pb2.InboundMessage.FromString(r.value).message.client_msg_id for r in records)
+    # The lost ones again, under their msg_ids (the router stores each once).
+    assert cids == ["after", "after", "before-1", "before-2"]
+
+
+async def test_messages_older_than_the_window_are_not_kept(setup, clock):
+    core, issuer, *_ = setup
+    bus = core.backends.bus = ForgetfulBus()
+    conn = await authed(core, issuer, 1)
+    send(core, conn, "old")
+    await core.wait_background()
+    clock.advance(core.settings.replay_window_seconds + 1)
+    bus.lose_everything()
+    send(core, conn, "new")
+    await core.wait_background()
+    records = await bus.consumer(["im.messages"], "g").poll(100, 0.01)
+    cids = [bus_pb2.InboundMessage.FromString(r.value).message.client_msg_id for r in records]
+    assert "old" not in cids
