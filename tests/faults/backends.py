@@ -361,6 +361,7 @@ class SecantusServer(Server):
             directConnection=True,
             serverSelectionTimeoutMS=500,
             connectTimeoutMS=500,
+            socketTimeoutMS=1000,
         )
         try:
             client.admin.command("ping")
@@ -431,8 +432,16 @@ class MariaDbServer(Server):
     def _root(self):  # type: ignore[no-untyped-def]
         import pymysql
 
+        # Every phase bounded: a paused server accepts the TCP connection, then says nothing.
         return pymysql.connect(
-            host=HOST, port=self.port, user="root", password="", connect_timeout=1, autocommit=True
+            host=HOST,
+            port=self.port,
+            user="root",
+            password="",
+            connect_timeout=1,
+            read_timeout=2,
+            write_timeout=2,
+            autocommit=True,
         )
 
     def ready(self) -> bool:
@@ -456,7 +465,9 @@ class MariaDbServer(Server):
                     f"CREATE USER IF NOT EXISTS '{self.user}'@'{host}' "
                     f"IDENTIFIED BY '{self.password}'"
                 )
-                cursor.execute(f"GRANT ALL PRIVILEGES ON `{self.database}`.* TO '{self.user}'@'{host}'")
+                cursor.execute(
+                    f"GRANT ALL PRIVILEGES ON `{self.database}`.* TO '{self.user}'@'{host}'"
+                )
 
     def cleanup(self) -> None:
         super().cleanup()
@@ -518,14 +529,14 @@ class Backends:
         for server in self.servers:
             server.wait_ready(timeout)
 
-    def urls(self, run: str) -> dict[str, str]:
-        """The cluster's IM_* backend settings; ``run`` names its Mongo database and
-        ZooKeeper root (isolated like the e2e cluster, though the servers are ours)."""
+    def urls(self, run: str, registry_root: str) -> dict[str, str]:
+        """The cluster's IM_* backend settings; ``run`` names its Mongo database
+        (isolated like the e2e cluster, though the servers are ours)."""
         return {
             "IM_DATABASE_URL": self.mariadb.url,
             "IM_MESSAGE_STORE_URL": self.store.url(f"im_faults_{run}"),
             "IM_BUS_URL": self.broker.url,
-            "IM_REGISTRY_URL": self.zookeeper.url(f"/im-faults-{run}"),
+            "IM_REGISTRY_URL": self.zookeeper.url(registry_root),
             "IM_KV_URL": self.redis.url,
         }
 
