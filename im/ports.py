@@ -293,6 +293,10 @@ class Presence(Protocol):
         store lost them); a live entry of another connector (the device moved) stays."""
         ...
 
+    async def healthy(self) -> bool:
+        """Answers now (within a short timeout)."""
+        ...
+
     async def instance(self) -> str:
         """Names the store's current incarnation: it changes when the store restarted
         (and may have forgotten every entry), so holders know to re-assert theirs."""

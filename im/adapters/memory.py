@@ -222,6 +222,9 @@ class MemoryKV:
     def _now(self) -> float:
         return self._clock.monotonic()
 
+    async def healthy(self) -> bool:
+        return True
+
     async def instance(self) -> str:
         return "memory"  # lives and dies with the process that holds the presence
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from im.config import Settings
 from im.grpcutil import ChannelPool
-from im.ports import MessageStore, Registry
+from im.ports import Backends, MessageStore, Registry
 
 log = logging.getLogger("im.gateway")
 
@@ -19,16 +20,20 @@ HEALTH_TIMEOUT = 1.0
 
 
 async def check_readiness(
-    settings: Settings, pool: ChannelPool, store: MessageStore, registry: Registry
+    settings: Settings, pool: ChannelPool, store: MessageStore, backends: Backends
 ) -> tuple[bool, dict[str, str]]:
-    """Both services, the store, a connector, and a router that serves (without one,
-    messages are acked but never delivered). Returns (ready, check -> "ok" or why not)."""
+    """Both services, the store, a connector, a router that serves (without one,
+    messages are acked but never delivered), the bus and presence (without them no
+    message goes anywhere). Returns (ready, check -> "ok" or why not)."""
+    registry, bus, presence = backends.registry, backends.bus, backends.presence
     checks = {
         "user": _grpc_health(pool, settings.user_addr()),
         "group": _grpc_health(pool, settings.group_addr()),
         "message_store": _store_health(store),
         "connectors": _connectors_health(registry),
         "routers": _routers_health(registry),
+        "bus": _port_health(bus.healthy()),
+        "presence": _port_health(presence.healthy()),
     }
     results = await asyncio.gather(*checks.values(), return_exceptions=True)
     out: dict[str, str] = {}
@@ -50,6 +55,11 @@ async def _grpc_health(pool: ChannelPool, addr: str) -> str:
     if response.status != health_pb2.HealthCheckResponse.SERVING:
         return "not serving"
     return "ok"
+
+
+async def _port_health(check: Awaitable[bool]) -> str:
+    healthy = await asyncio.wait_for(check, HEALTH_TIMEOUT * 2)
+    return "ok" if healthy else "unhealthy"
 
 
 async def _store_health(store: MessageStore) -> str:

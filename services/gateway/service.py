@@ -732,6 +732,4 @@ class Gateway:
 
     # ----------------------------------------------------------------- readiness
     async def readiness(self) -> tuple[bool, dict[str, str]]:
-        return await check_readiness(
-            self.settings, self._pool, self._messages, self._backends.registry
-        )
+        return await check_readiness(self.settings, self._pool, self._messages, self._backends)

@@ -19,6 +19,10 @@ HEALTH_EVERY = 0.25
 # The registry entry is written on every change, and again this often in case it was
 # lost with a registry that forgot its data.
 ANNOUNCE_EVERY = 15.0
+# The bus and presence are asked less often than the rest is looked at: a Kafka health
+# check is a round trip to the cluster.
+BACKEND_CHECK_EVERY = 2.0
+BACKEND_CHECK_TIMEOUT = 3.0
 FAILED_BATCHES_UNHEALTHY = 3
 # A loop turn takes at most a poll (0.5 s) plus a batch; one that has not completed
 # for this long is stuck on something (a backend call without an answer).
@@ -41,22 +45,42 @@ class RouterApp:
         self._task: asyncio.Task | None = None
         self._health_task: asyncio.Task | None = None
         self._serving = False
+        self._backends_ok = True  # bus and presence, as of the last check
         # Health and reflection only: probes see whether batches go through (a
         # router whose store or bus fails keeps running but reports NOT_SERVING).
         self._grpc = GrpcServer(settings.host, settings.router_grpc_port)
 
     def serving(self) -> bool:
         """Batches go through: the consumer joined its group, the last batches did not
-        fail, and the loop is not stuck."""
+        fail, the loop is not stuck, and the bus and presence answer (a poll against a
+        dead broker just comes back empty, it does not fail)."""
         router = self.router
         stalled = router.clock.monotonic() - router.last_progress > STALLED_AFTER
-        return router.joined and router.failing < FAILED_BATCHES_UNHEALTHY and not stalled
+        return (
+            router.joined
+            and router.failing < FAILED_BATCHES_UNHEALTHY
+            and not stalled
+            and self._backends_ok
+        )
+
+    async def _check_backends(self) -> None:
+        checks = (self.backends.bus.healthy(), self.backends.presence.healthy())
+        try:
+            async with asyncio.timeout(BACKEND_CHECK_TIMEOUT):
+                results = await asyncio.gather(*checks)
+        except Exception:
+            results = [False]
+        self._backends_ok = all(results)
 
     async def _watch_health(self) -> None:
         clock = self.router.clock
         announced_at = clock.monotonic()
+        checked_at = -BACKEND_CHECK_EVERY
         while True:
             await asyncio.sleep(HEALTH_EVERY)
+            if clock.monotonic() - checked_at >= BACKEND_CHECK_EVERY:
+                checked_at = clock.monotonic()
+                await self._check_backends()
             now_serving = self.serving()
             changed = now_serving != self._serving
             if changed:
@@ -65,7 +89,7 @@ class RouterApp:
                     logging.INFO if now_serving else logging.WARNING,
                     "router %s %s",
                     self.router_id,
-                    "serving" if now_serving else "is not serving (failing or stuck)",
+                    "serving" if now_serving else "is not serving (failing, stuck or cut off)",
                 )
                 await self._grpc.set_serving(now_serving)
             if changed or clock.monotonic() - announced_at > ANNOUNCE_EVERY:

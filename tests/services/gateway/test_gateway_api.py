@@ -430,6 +430,8 @@ async def test_health_and_readiness(suite: Suite) -> None:
             "message_store": "ok",
             "connectors": "ok",
             "routers": "ok",
+            "bus": "ok",
+            "presence": "ok",
         },
     }
     await suite.registry.deregister("conn-a")
@@ -541,3 +543,21 @@ async def test_a_down_session_store_degrades_instead_of_failing_requests(
     assert (await suite.client.get("/v1/users/me", headers=headers)).status_code == 200
     await suite.login("dora", device_id="tablet")  # the login limit is skipped, not fatal
     assert "logged-out tokens are accepted until they expire" in caplog.text
+
+
+class Unhealthy:
+    async def healthy(self) -> bool:
+        return False
+
+
+async def test_not_ready_while_the_bus_or_presence_is_down(suite: Suite) -> None:
+    bus, presence = suite.backends.bus, suite.backends.presence
+    try:
+        suite.backends.bus = Unhealthy()  # type: ignore[assignment]
+        r = await suite.client.get("/readyz")
+        assert r.status_code == 503 and r.json()["checks"]["bus"] == "unhealthy"
+        suite.backends.bus, suite.backends.presence = bus, Unhealthy()  # type: ignore[assignment]
+        r = await suite.client.get("/readyz")
+        assert r.status_code == 503 and r.json()["checks"]["presence"] == "unhealthy"
+    finally:
+        suite.backends.bus, suite.backends.presence = bus, presence
