@@ -71,10 +71,20 @@ class FaultEnv:
     def start(self) -> None:
         """Backends, schema (``imctl db upgrade`` in Cluster.start), then the services."""
         self.backends.start()
-        try:
-            self.cluster.start(timeout=90)
-        finally:
-            self._remember_processes()
+        for attempt in range(3):
+            try:
+                self.cluster.start(timeout=90)
+                break
+            except RuntimeError as exc:
+                # A free port chosen for a service can be taken (an outgoing
+                # connection's ephemeral port) before the service binds it: start
+                # again on new ports, as the e2e harness does.
+                if "address already in use" not in str(exc) or attempt == 2:
+                    raise
+                self._stop_services(timeout=10.0)
+                self.cluster.procs.clear()
+            finally:
+                self._remember_processes()
         self.initial_pids = {name: p.process.pid for name, p in self.cluster.procs.items()}
 
     def _remember_processes(self) -> None:

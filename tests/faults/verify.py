@@ -111,10 +111,15 @@ def check_storage(
     outcome.acked = len(acked)
     outcome.stored = sum(len(messages) for messages in history.values())
 
-    lost = [m.client_msg_id for m in acked if m.client_msg_id not in copies]
+    lost = [m for m in acked if m.client_msg_id not in copies]
     outcome.lost = len(lost)
     if lost:
-        outcome.problems.append(f"{len(lost)} acked messages not stored: {sample(lost)}")
+        detail = [
+            f"{m.client_msg_id} msg_id={m.msg_id} {m.conversation_id} tries={m.tries} "
+            f"acked at {m.acked_at:.3f} (monotonic)"
+            for m in lost[:5]
+        ]
+        outcome.problems.append(f"{len(lost)} acked messages not stored: {detail}")
 
     twice = {cmid: len(c) for cmid, c in copies.items() if len(c) > 1}
     outcome.duplicated += sum(n - 1 for n in twice.values())
