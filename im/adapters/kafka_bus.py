@@ -326,6 +326,11 @@ class KafkaBus:
                 self._epoch,
             )
 
+    def known_topic_id(self, topic: str) -> str:
+        """The id of the topic as we last ensured it ("" if unknown)."""
+        with self._topics_lock:
+            return self._ensured.get(topic) or ""
+
     def _replaced(self, topic: str, topic_id: str) -> bool:
         """The topic was deleted and created again since we saw it (by anyone)."""
         known = self._ensured[topic]

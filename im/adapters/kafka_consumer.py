@@ -220,6 +220,12 @@ class KafkaBusConsumer:
             raise
         self._poll_failures = 0
         self._unstick_join()
+        if batches and self._logs_replaced(consumer, {tp.topic for tp in batches}):
+            # These records come from a topic created again since we last looked,
+            # read from positions in its old log: they may skip the new log's first
+            # records. Look now (moves the epoch), before anything is handed out.
+            self._check_topics = True
+            self._check_tried_at = float("-inf")
         try:
             self._maybe_check_topics()
         except TopicLayoutError:
@@ -237,6 +243,20 @@ class KafkaBusConsumer:
                 key = r.key.decode("utf-8", "replace") if r.key is not None else ""
                 out.append(BusRecord(tp.topic, tp.partition, r.offset, key, r.value or b""))
         return out
+
+    def _logs_replaced(self, consumer: KafkaConsumer, topics: set[str]) -> bool:
+        """kafka-python's metadata (refreshed after the reconnect that a broker
+        restart causes) names another id for one of these topics than the one ensured.
+        A local look: no request. Executor thread."""
+        cluster = getattr(getattr(consumer, "_client", None), "cluster", None)
+        topic_id = getattr(cluster, "topic_id", None)
+        if not callable(topic_id):
+            return False
+        for topic in topics:
+            seen, known = topic_id(topic), self._bus.known_topic_id(topic)
+            if seen is not None and known and str(seen) != known:
+                return True
+        return False
 
     def _poll_failed(self, exc: BaseException) -> None:
         self._bus._note_failure()

@@ -81,7 +81,7 @@ class FaultEnv:
                 # again on new ports, as the e2e harness does.
                 if "address already in use" not in str(exc) or attempt == 2:
                     raise
-                self._stop_services(timeout=10.0)
+                self.stop_services(timeout=10.0)
                 self.cluster.procs.clear()
             finally:
                 self._remember_processes()
@@ -94,11 +94,11 @@ class FaultEnv:
 
     def stop(self) -> dict[str, int | None]:
         """Stop everything started here, whatever state it is in; exit codes of ours."""
-        codes = self._stop_services(timeout=15.0)
+        codes = self.stop_services(timeout=15.0)
         self.backends.cleanup()
         return codes
 
-    def _stop_services(self, timeout: float) -> dict[str, int | None]:
+    def stop_services(self, timeout: float) -> dict[str, int | None]:
         procs = [p for p in self.cluster.procs.values() if p.process is not None]
         for proc in procs:
             if proc.process.poll() is None:
