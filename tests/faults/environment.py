@@ -46,24 +46,8 @@ class FaultEnv:
 
     @classmethod
     def create(cls, root: Path) -> FaultEnv:
-        run = uuid.uuid4().hex[:8]
-        registry_root = f"/im-faults-{run}"
         backends = Backends.create(root / "backends")
-        cluster = Cluster(
-            log_dir=root / "cluster",
-            backends=backends.urls(run, registry_root),
-            connectors=2,
-            routers=2,
-            extra_env={
-                **CLUSTER_ENV,
-                # Names isolated as the e2e cluster does, though these servers are ours.
-                "IM_KV_PREFIX": f"im-faults-{run}:",
-                "IM_TOPIC_MESSAGES": f"faults-{run}.messages",
-                "IM_TOPIC_CURSORS": f"faults-{run}.cursors",
-                "IM_TOPIC_MEMBERSHIP": f"faults-{run}.membership",
-                "IM_ROUTER_GROUP": f"faults-{run}-routers",
-            },
-        )
+        cluster, registry_root = _new_cluster(root / "cluster", backends)
         return cls(root=root, backends=backends, cluster=cluster, registry_root=registry_root)
 
     # ---------------------------------------------------------------- lifecycle
@@ -82,7 +66,10 @@ class FaultEnv:
                 if "address already in use" not in str(exc) or attempt == 2:
                     raise
                 self.stop_services(timeout=10.0)
-                self.cluster.procs.clear()
+                # New names too: a member that left mid-join can wedge its consumer
+                # group on the Kafka-protocol test broker for longer than a start.
+                folder = self.root / f"cluster-{attempt + 2}"
+                self.cluster, self.registry_root = _new_cluster(folder, self.backends)
             finally:
                 self._remember_processes()
         self.initial_pids = {name: p.process.pid for name, p in self.cluster.procs.items()}
@@ -200,3 +187,26 @@ class FaultEnv:
             lines.append(f"{proc.name}: {len(notes) - errors} warnings, {errors} errors")
             lines.extend(f"    {line[:220]}" for line in ours[-per_log:])
         return lines
+
+
+def _new_cluster(log_dir: Path, backends: Backends) -> tuple[Cluster, str]:
+    """A cluster of ours on ``backends``, its names (topics, group, registry root, key
+    prefix) its own."""
+    run = uuid.uuid4().hex[:8]
+    registry_root = f"/im-faults-{run}"
+    cluster = Cluster(
+        log_dir=log_dir,
+        backends=backends.urls(run, registry_root),
+        connectors=2,
+        routers=2,
+        extra_env={
+            **CLUSTER_ENV,
+            # Names isolated as the e2e cluster does, though these servers are ours.
+            "IM_KV_PREFIX": f"im-faults-{run}:",
+            "IM_TOPIC_MESSAGES": f"faults-{run}.messages",
+            "IM_TOPIC_CURSORS": f"faults-{run}.cursors",
+            "IM_TOPIC_MEMBERSHIP": f"faults-{run}.membership",
+            "IM_ROUTER_GROUP": f"faults-{run}-routers",
+        },
+    )
+    return cluster, registry_root

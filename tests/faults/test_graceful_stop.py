@@ -18,7 +18,7 @@ GRACE = 30.0  # Kubernetes' default terminationGracePeriodSeconds
 async def test_sigterm_ends_every_process_with_the_backends_gone(
     fault_env: FaultEnv, how: str
 ) -> None:
-    for server in fault_env.backends.servers():
+    for server in fault_env.backends.servers:
         if how == "killed":
             server.kill()
         else:
@@ -28,7 +28,7 @@ async def test_sigterm_ends_every_process_with_the_backends_gone(
         codes = fault_env.stop_services(timeout=GRACE)
         took = time.monotonic() - started
     finally:
-        for server in fault_env.backends.servers():
+        for server in fault_env.backends.servers:
             if how == "frozen":
                 server.resume()
     print(f"\nSIGTERM with every backend {how}: all processes gone after {took:.1f} s: {codes}")
