@@ -150,7 +150,11 @@ async def test_new_member_sees_messages_from_when_they_joined(gateway):
     try:
         conv = await group_of(alice, bob)
         await alice.connect()
+        await bob.connect()
         await alice.send(conv, "old news")
+        # A SendAck means the bus has it; the join boundary is its seq, so the join waits
+        # until "old news" is numbered (bob got it), else it is numbered after dave joined.
+        await take_messages(bob, 1)
         await alice.gateway.add_members(conv, [dave.user_id])
         await dave.connect()
         fresh = await alice.send(conv, "welcome dave")
