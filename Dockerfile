@@ -24,12 +24,11 @@ RUN python -m venv /opt/venv
 
 WORKDIR /src
 
-# The runtime dependencies first, pinned in pyproject.toml, so this layer is rebuilt only
-# when they change. Only [project].dependencies: no dev or test-servers extras.
+# The runtime dependencies first, every one (transitive ones included) from the lock at
+# its hash, so this layer is rebuilt only when the lock changes. No dev or test extras.
+COPY requirements/runtime.lock ./requirements/
+RUN pip install --require-hashes -r requirements/runtime.lock
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt
 
 COPY README.md ./
 COPY protos ./protos

@@ -6,15 +6,25 @@ PROTOS := $(wildcard protos/im/v1/*.proto)
 STAMP_INSTALL := $(VENV)/.installed
 STAMP_PROTO := im/v1/.generated
 
-.PHONY: install proto run test test-unit test-faults lint format clean services-up services-down cluster bench
+.PHONY: install lock proto run test test-unit test-faults lint format clean services-up services-down cluster bench
 
 install: $(STAMP_INSTALL) $(STAMP_PROTO)
 
-$(STAMP_INSTALL): pyproject.toml
+# Every package, transitive ones included, comes from the lock at its hash; the project
+# itself is then installed on top without resolving anything again.
+$(STAMP_INSTALL): pyproject.toml requirements/dev.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,test-servers]'
+	$(BIN)/pip install -q --require-hashes -r requirements/dev.lock
+	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/pip check
 	touch $@
+
+# Re-resolve the locks after a change to pyproject.toml's pins (or to take patch
+# releases of transitive packages): both files are regenerated from pyproject.toml.
+LOCK_FLAGS := --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links -q
+lock: $(STAMP_INSTALL)
+	$(BIN)/pip-compile $(LOCK_FLAGS) -o requirements/runtime.lock pyproject.toml
+	$(BIN)/pip-compile $(LOCK_FLAGS) --extra dev --extra test-servers -o requirements/dev.lock pyproject.toml
 
 # The protobuf/gRPC modules are generated from protos/, never edited by hand.
 $(STAMP_PROTO): $(PROTOS) $(STAMP_INSTALL)
