@@ -92,3 +92,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # type: igno
 def real_server():
     """``real_server(name)`` -> URL, for fixtures of wider scope than a test."""
     return server_url
+
+
+@pytest.fixture(autouse=True)
+def _restore_umask():  # type: ignore[no-untyped-def]
+    """A suite started in-process makes its data private by setting the process umask;
+    the next test gets the umask the run started with."""
+    old = os.umask(0o022)
+    os.umask(old)
+    yield
+    os.umask(old)

@@ -4,8 +4,13 @@
 | --- | --- | --- |
 | bus_url | memory:// | kafka://host:9092[,host:9092] |
 | registry_url | memory:// | zk://host:2181[,host:2181]/root |
-| kv_url | memory:// | redis://host:6379/db |
+| kv_url | memory:// (*) | redis://host:6379/db |
 | message_store_url | (the SQL database) | mongodb://host:27017/db or a SQLAlchemy URL |
+
+(*) memory:// keeps presence and rate-limit windows in the process (live state a
+restart may lose), but revoked sessions and idempotency keys in ``state.db`` in the
+data dir: a restart must neither revive a logged-out token nor store a retried
+message twice.
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ from __future__ import annotations
 from urllib.parse import urlparse
 
 from im.adapters.memory import MemoryBus, MemoryKV, MemoryRegistry
+from im.adapters.sqlite_state import STATE_FILE, SqliteStateStore
 from im.config import Settings
-from im.ports import Backends, MessageStore
+from im.ports import Backends, IdempotencyStore, MessageStore, SessionStore
 
 # memory:// adapters are shared by every service of one process (standalone mode);
 # memory://<name> gives a separate set, e.g. for two suites in one test process.
@@ -71,11 +77,16 @@ def build_backends(settings: Settings, client_id: str = "im") -> Backends:
     scheme = _scheme(settings.kv_url)
     if scheme == "memory":
         kv = _memory_set(settings.kv_url, settings)[2]
+        state = SqliteStateStore(settings.data_dir / STATE_FILE)
+        closers.append(state.close)
+        sessions: SessionStore = state
+        idempotency: IdempotencyStore = state
     elif scheme in ("redis", "rediss", "unix"):
         from im.adapters.redis_kv import RedisKV
 
         kv = RedisKV(settings.kv_url, prefix=settings.kv_prefix)
         closers.append(kv.close)
+        sessions = idempotency = kv
     else:
         raise ValueError(f"unsupported kv URL {settings.kv_url!r}")
 
@@ -83,8 +94,8 @@ def build_backends(settings: Settings, client_id: str = "im") -> Backends:
         bus=bus,
         registry=registry,
         presence=kv,
-        sessions=kv,
-        idempotency=kv,
+        sessions=sessions,
+        idempotency=idempotency,
         rate_limits=kv,
         closers=closers,
         starters=starters,

@@ -46,12 +46,14 @@ class Conn:
         "auth_started",
         "authed",
         "bucket",
+        "close_reason",
         "closed",
         "conn_id",
         "created_at",
         "cursor_bucket",
         "device_id",
         "last_seen",
+        "peer",
         "pending",
         "send_queue",
         "send_worker",
@@ -68,6 +70,10 @@ class Conn:
         self.auth_started = False  # one Auth frame per connection
         self.authed = False  # AuthOk sent and presence recorded
         self.closed = False
+        self.peer = ""  # client IP address, set by the transport ("" unknown: not limited)
+        # WebSocket close code and reason for the close handshake (other transports
+        # say it with the last Error frame).
+        self.close_reason: tuple[int, str] | None = None
         self.user_id = 0
         self.device_id = ""
         self.session_id = ""
@@ -107,6 +113,14 @@ class Conn:
             self._write(last_payload)
         self.closed = True
         self._close()
+
+    def close_with_reason(self, code: int, message: str, ws_close_code: int) -> None:
+        """Refuse or end the connection: an Error frame, and on WebSocket a close
+        handshake that carries the same reason."""
+        if self.closed:
+            return
+        self.close_reason = (ws_close_code, message)
+        self.close(error_payload(code, message))
 
     def fail(self, code: int, message: str, client_msg_id: str = "", request_id: int = 0) -> None:
         """Answer with an Error frame; close after the codes that end a connection."""

@@ -30,6 +30,7 @@ from im.v1 import bus_pb2, connector_pb2, connector_pb2_grpc, wire_pb2
 from services.connector.authorizer import Authorizer
 from services.connector.conn import Conn, error_payload, frame_payload, kick_payload
 from services.connector.cursors import CursorReports
+from services.connector.limits import REFUSED_MESSAGE, WS_POLICY_VIOLATION, UnauthenticatedLimit
 from services.connector.sendpath import SendPath
 from services.connector.timers import RetransmitSchedule, TokenBucket
 
@@ -82,7 +83,10 @@ class ConnectorCore:
         self._conn_ids = itertools.count(1)
         self.conns: dict[int, Conn] = {}
         self.by_device: dict[tuple[int, str], Conn] = {}
-        self._unauthed: set[int] = set()  # until AuthOk: the auth deadline applies
+        # conn id -> client address, until AuthOk: the auth deadline and the
+        # per-address cap apply.
+        self._unauthed: dict[int, str] = {}
+        self.unauthenticated = UnauthenticatedLimit(settings.max_unauthenticated_per_address)
         self._background: set[asyncio.Task] = set()
         self.draining = False
         self.info: ConnectorInfo | None = None
@@ -99,8 +103,11 @@ class ConnectorCore:
         return next(self._conn_ids)
 
     def opened(self, conn: Conn) -> None:
+        if not self.unauthenticated.take(conn.peer):
+            conn.close_with_reason(E.ERROR_CODE_RATE_LIMITED, REFUSED_MESSAGE, WS_POLICY_VIOLATION)
+            return
         self.conns[conn.conn_id] = conn
-        self._unauthed.add(conn.conn_id)
+        self._unauthed[conn.conn_id] = conn.peer
         if self.draining:
             conn.close(kick_payload(E.KICK_REASON_RECONNECT, "connector is draining"))
 
@@ -108,11 +115,16 @@ class ConnectorCore:
         """The transport saw the socket close (either side)."""
         conn.closed = True
         self.conns.pop(conn.conn_id, None)
-        self._unauthed.discard(conn.conn_id)
+        self._leave_unauthed(conn.conn_id)
         conn.pending.clear()
         conn.send_queue.clear()
         conn.unverified.clear()
         self._release_device(conn)
+
+    def _leave_unauthed(self, conn_id: int) -> None:
+        """Authenticated or gone: no auth deadline, and a slot free for its address."""
+        if conn_id in self._unauthed:
+            self.unauthenticated.give_back(self._unauthed.pop(conn_id))
 
     def _release_device(self, conn: Conn) -> None:
         key = (conn.user_id, conn.device_id)
@@ -241,7 +253,7 @@ class ConnectorCore:
         now = self.clock.monotonic()
         s = self.settings
         conn.authed = True
-        self._unauthed.discard(conn.conn_id)
+        self._leave_unauthed(conn.conn_id)
         conn.bucket = TokenBucket(s.send_rate_per_second, s.send_burst, now)
         conn.cursor_bucket = TokenBucket(s.cursor_reports_per_second, s.cursor_report_burst, now)
         conn.write(
@@ -388,9 +400,9 @@ class ConnectorCore:
             for conn_id in list(self._unauthed):
                 conn = self.conns.get(conn_id)
                 if conn is None:
-                    self._unauthed.discard(conn_id)
+                    self._leave_unauthed(conn_id)
                 elif conn.created_at <= deadline:
-                    self._unauthed.discard(conn_id)
+                    self._leave_unauthed(conn_id)
                     self.fail(conn, E.ERROR_CODE_AUTH_TIMEOUT, "not authenticated in time")
                     self.closed(conn)
 

@@ -34,6 +34,9 @@ class FakeTransport:
     def get_write_buffer_size(self) -> int:
         return 0
 
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
     def close(self) -> None: ...
 
     def abort(self) -> None: ...
