@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
 from im.config import Settings
+from im.validation import InvalidInput, parse_id_text
 
 # RS256 by default: connectors verify a token on every connect, and RSA verification is
 # about 4x cheaper than Ed25519's here (~26k/s against ~6k/s per core); signing, which
@@ -32,6 +33,7 @@ DEFAULT_ALGORITHM = "RS256"
 RSA_BITS = 2048
 _SEGMENT = re.compile(rb"[A-Za-z0-9_-]*")
 _REQUIRED = ("sub", "did", "sid", "exp", "iat", "iss")
+MAX_TEXT_CLAIM = 128  # did and sid: device ids are at most 64, session ids 32
 
 
 def _algorithm_for(key: object) -> str:
@@ -61,9 +63,18 @@ class TokenIssuer:
         self._issuer = issuer
         self.ttl_seconds = ttl_seconds
 
-    def issue(self, user_id: int, device_id: str, now: float | None = None) -> tuple[str, Claims]:
+    def issue(
+        self,
+        user_id: int,
+        device_id: str,
+        now: float | None = None,
+        session_id: str | None = None,
+    ) -> tuple[str, Claims]:
+        """A token of a new session, or of ``session_id`` (a refresh keeps the session:
+        revoking it then ends every token it was given)."""
         issued = int(now if now is not None else time.time())
-        claims = Claims(user_id, device_id, uuid.uuid4().hex, issued + self.ttl_seconds)
+        sid = session_id or uuid.uuid4().hex
+        claims = Claims(user_id, device_id, sid, issued + self.ttl_seconds)
         token = jwt.encode(
             {
                 "sub": str(user_id),
@@ -143,11 +154,33 @@ class TokenVerifier:
                 raise TokenError("signature has expired")
             if iat > current + self._leeway:
                 raise TokenError("token is not yet valid (iat)")
-            return Claims(int(data["sub"]), str(data["did"]), str(data["sid"]), exp)
+            return Claims(
+                _subject(data["sub"]),
+                _text_claim(data["did"], "did"),
+                _text_claim(data["sid"], "sid"),
+                exp,
+            )
         except TokenError:
             raise
         except (ValueError, TypeError, UnicodeError, binascii.Error) as exc:
             raise TokenError(f"malformed token: {exc}") from exc
+
+
+def _subject(sub: object) -> int:
+    """The user id in ``sub``: a decimal string in the users.id column's range. Anything
+    else is refused here, so no caller ever holds an id no column or message can carry."""
+    if not isinstance(sub, str):
+        raise TokenError("sub must be a string")
+    try:
+        return parse_id_text(sub, "sub")
+    except InvalidInput as exc:
+        raise TokenError(str(exc)) from None
+
+
+def _text_claim(value: object, name: str) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_TEXT_CLAIM:
+        raise TokenError(f"{name} must be a string of 1 to {MAX_TEXT_CLAIM} characters")
+    return value
 
 
 def generate_key_pair(algorithm: str = DEFAULT_ALGORITHM) -> tuple[bytes, bytes]:

@@ -10,6 +10,7 @@ from im.config import Settings
 from im.grpcutil import ChannelPool
 from im.ids import parse_direct
 from im.v1 import group_pb2, group_pb2_grpc, user_pb2, user_pb2_grpc
+from im.validation import is_id
 
 RPC_TIMEOUT = 5.0
 CHECK_CHUNK = 1000  # the group service's limit of ids per CheckMembers call
@@ -118,6 +119,7 @@ class Authorizer:
 
 
 def _may_become_member(user_id: int, conversation_id: str) -> bool:
-    """A 1:1 conversation of this user: created by its first send."""
+    """A 1:1 conversation of this user: created by its first send. Only between ids a
+    column can hold: a larger peer id names nobody (and fits no request)."""
     pair = parse_direct(conversation_id)
-    return pair is not None and user_id in pair
+    return pair is not None and user_id in pair and is_id(pair[0]) and is_id(pair[1])

@@ -17,6 +17,7 @@ from im.config import Settings
 from im.ids import MsgIdGenerator, is_valid_conversation_id
 from im.sqlservice import rpc_errors
 from im.v1 import group_pb2, group_pb2_grpc
+from im.validation import InvalidInput, is_id, parse_id_text, require_clean_name
 from services.group.store import MAX_NAME_CHARS, MAX_SQL_INT, GroupStore, invalid
 
 log = logging.getLogger("im.group")
@@ -34,9 +35,36 @@ def _require_conversation_id(conversation_id: str) -> None:
 
 def _require_user_ids(user_ids: Iterable[int], what: str) -> list[int]:
     ids = list(user_ids)
-    if any(uid <= 0 for uid in ids):
+    if not all(is_id(uid) for uid in ids):
         raise invalid(f"{what} must be positive user ids")
     return ids
+
+
+def _require_user_id(user_id: int, what: str) -> int:
+    if not is_id(user_id):
+        raise invalid(f"{what} must be a positive user id")
+    return user_id
+
+
+def _page_after(cursor: str) -> int | None:
+    """The user id a page cursor (a previous page's last member) names; None: from the
+    start. A cursor no column can hold is refused before it reaches the database."""
+    if not cursor:
+        return None
+    try:
+        return parse_id_text(cursor, "cursor")
+    except InvalidInput:
+        raise invalid(f"malformed cursor {cursor[:40]!r}") from None
+
+
+def _require_group_name(raw: str) -> str:
+    name = raw.strip()
+    if not 1 <= len(name) <= MAX_NAME_CHARS:
+        raise invalid(f"group name must be 1 to {MAX_NAME_CHARS} characters")
+    try:
+        return require_clean_name(name, "group name")
+    except InvalidInput as exc:
+        raise invalid(str(exc)) from None
 
 
 def _require_seq(value: int, what: str) -> int:
@@ -118,9 +146,7 @@ class GroupServicer(group_pb2_grpc.GroupServiceServicer):
     ) -> group_pb2.ConversationResponse:
         if request.owner_id <= 0:
             raise invalid("owner_id must be a positive user id")
-        name = request.name.strip()
-        if not 1 <= len(name) <= MAX_NAME_CHARS:
-            raise invalid(f"group name must be 1 to {MAX_NAME_CHARS} characters")
+        name = _require_group_name(request.name)
         member_ids = _require_user_ids(request.member_ids, "member_ids")
         conversation = await asyncio.to_thread(
             self._store.create_group, request.owner_id, name, member_ids, request.history_visible
@@ -143,6 +169,7 @@ class GroupServicer(group_pb2_grpc.GroupServiceServicer):
         self, request: group_pb2.AddMembersRequest, context: grpc.aio.ServicerContext
     ) -> group_pb2.MembersResponse:
         _require_conversation_id(request.conversation_id)
+        _require_user_id(request.actor_id, "actor_id")
         user_ids = _require_user_ids(request.user_ids, "user_ids")
         at_seq = _require_seq(request.at_seq, "at_seq")
         added = await asyncio.to_thread(
@@ -155,6 +182,8 @@ class GroupServicer(group_pb2_grpc.GroupServiceServicer):
         self, request: group_pb2.RemoveMemberRequest, context: grpc.aio.ServicerContext
     ) -> group_pb2.MembersResponse:
         _require_conversation_id(request.conversation_id)
+        _require_user_id(request.actor_id, "actor_id")
+        _require_user_id(request.user_id, "user_id")
         removed = await asyncio.to_thread(
             self._store.remove_member,
             request.conversation_id,
@@ -168,12 +197,7 @@ class GroupServicer(group_pb2_grpc.GroupServiceServicer):
         self, request: group_pb2.ListMembersRequest, context: grpc.aio.ServicerContext
     ) -> group_pb2.MembersResponse:
         _require_conversation_id(request.conversation_id)
-        after: int | None = None
-        if request.cursor:
-            try:
-                after = int(request.cursor)
-            except ValueError:
-                raise invalid(f"malformed cursor {request.cursor!r}") from None
+        after = _page_after(request.cursor)
         members, next_cursor = await asyncio.to_thread(
             self._store.list_members, request.conversation_id, after, request.limit
         )
@@ -242,7 +266,7 @@ class GroupServicer(group_pb2_grpc.GroupServiceServicer):
         self, request: group_pb2.GetCursorsRequest, context: grpc.aio.ServicerContext
     ) -> group_pb2.MembersResponse:
         _require_conversation_id(request.conversation_id)
-        user_ids = list(dict.fromkeys(request.user_ids))
+        user_ids = list(dict.fromkeys(_require_user_ids(request.user_ids, "user_ids")))
         members = await asyncio.to_thread(
             self._store.get_cursors, request.conversation_id, user_ids
         )
@@ -253,6 +277,8 @@ class GroupServicer(group_pb2_grpc.GroupServiceServicer):
         self, request: group_pb2.SetMemberRoleRequest, context: grpc.aio.ServicerContext
     ) -> group_pb2.MembersResponse:
         _require_conversation_id(request.conversation_id)
+        _require_user_id(request.actor_id, "actor_id")
+        _require_user_id(request.user_id, "user_id")
         member = await asyncio.to_thread(
             self._store.set_member_role,
             request.conversation_id,
@@ -283,12 +309,7 @@ class GroupServicer(group_pb2_grpc.GroupServiceServicer):
         seq = _require_seq(request.seq, "seq")
         if seq <= 0:
             raise invalid("seq must be positive")
-        after: int | None = None
-        if request.cursor:
-            try:
-                after = int(request.cursor)
-            except ValueError:
-                raise invalid(f"malformed cursor {request.cursor!r}") from None
+        after = _page_after(request.cursor)
         limit = min(request.limit or 100, 1000)  # bounded pages: memory stays flat
         members, next_cursor = await asyncio.to_thread(
             self._store.list_readers,

@@ -183,3 +183,45 @@ def test_verifier_agrees_with_pyjwt_on_good_and_bad_tokens(algorithm: str) -> No
         if accepted:
             assert got == _Claims(7, "phone", got.session_id, got.expires_at)
     assert _pyjwt_accepts(_cases(private, public, algorithm)["valid"], public, algorithm)
+
+
+# ------------------------------------------------- claims outside what we can store
+
+
+def _signed(private: bytes, **overrides: object) -> str:
+    now = int(_time.time())
+    claims = {"sub": "7", "did": "phone", "sid": "s1", "iss": "iss", "iat": now, "exp": now + 60}
+    claims.update(overrides)
+    return _jwt.encode(claims, _load_private(private), algorithm="RS256")
+
+
+@_pytest.mark.parametrize(
+    "claims",
+    [
+        {"sub": str(2**70)},
+        {"sub": str(2**63)},
+        {"sub": "-5"},
+        {"sub": "0"},
+        {"sub": "x"},
+        {"sub": " 7"},
+        {"sub": "+7"},
+        {"sub": "\u0667"},  # an Arabic-Indic digit: int() takes it, no column should
+        {"sub": 7},
+        {"did": {"a": 1}},
+        {"did": ""},
+        {"sid": "s" * 500},
+    ],
+    ids=repr,
+)
+def test_validly_signed_token_with_an_impossible_claim_is_rejected(claims: dict) -> None:
+    private, public = _pair("RS256")
+    verifier = _Verifier(public, "iss")
+    assert verifier.verify(_signed(private)).user_id == 7  # the same token otherwise passes
+    with _pytest.raises(_TokenError):
+        verifier.verify(_signed(private, **claims))
+
+
+def test_largest_user_id_is_accepted() -> None:
+    private, public = _pair("RS256")
+    claims = _Verifier(public, "iss").verify(_signed(private, sub=str(2**63 - 1)))
+    assert claims.user_id == 2**63 - 1
