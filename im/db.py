@@ -41,6 +41,28 @@ class UserRow(Base):
     created_at: Mapped[int] = mapped_column(BigInteger, nullable=False)
 
 
+class SessionRow(Base):
+    """A login session of the user service: what a refresh token renews. Its id is
+    the access tokens' ``sid``. Refresh tokens are kept only as SHA-256 hashes; the
+    one replaced last stays known, so a stolen copy used after rotation is caught."""
+
+    __tablename__ = "sessions"
+    __table_args__ = (
+        Index("ix_sessions_refresh", "refresh_hash", unique=True),
+        Index("ix_sessions_previous", "previous_hash"),
+        Index("ix_sessions_user_device", "user_id", "device_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    device_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    refresh_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    previous_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    expires_at: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    revoked_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
 class ConversationRow(Base):
     __tablename__ = "conversations"
 

@@ -7,7 +7,7 @@ import zlib
 from collections import defaultdict
 
 from im.clock import Clock, SystemClock
-from im.ports import BackendUnavailable, BusRecord, ConnectorInfo, DeviceRoute, NodeLease
+from im.ports import BackendUnavailable, Backoff, BusRecord, ConnectorInfo, DeviceRoute, NodeLease
 
 # --------------------------------------------------------------------------- bus
 
@@ -217,6 +217,8 @@ class MemoryKV:
         self._revoked: dict[str, float] = {}
         self._keys: dict[str, tuple[bytes, float]] = {}
         self._windows: dict[str, tuple[float, int]] = {}  # key -> (window end, count)
+        # key -> (failures, blocked until, forgotten at)
+        self._failures: dict[str, tuple[int, float, float]] = {}
         self._next_sweep = 0.0
 
     def _now(self) -> float:
@@ -238,6 +240,7 @@ class MemoryKV:
         self._revoked = {k: t for k, t in self._revoked.items() if t > now}
         self._keys = {k: v for k, v in self._keys.items() if v[1] > now}
         self._windows = {k: v for k, v in self._windows.items() if v[0] > now}
+        self._failures = {k: v for k, v in self._failures.items() if v[2] > now}
         for user in list(self._presence):
             devices = {d: v for d, v in self._presence[user].items() if v[1] > now}
             if devices:
@@ -320,3 +323,22 @@ class MemoryKV:
         count += 1
         self._windows[key] = (end, count)
         return 0.0 if count <= limit else end - now
+
+    async def blocked(self, keys: list[str]) -> float:
+        now = self._now()
+        waits = [self._failures[k][1] - now for k in keys if k in self._failures]
+        return max([0.0, *waits])
+
+    async def fail(self, key: str, backoff: Backoff) -> float:
+        self._sweep()
+        now = self._now()
+        count, _, forgotten_at = self._failures.get(key, (0, 0.0, 0.0))
+        if forgotten_at <= now:
+            count = 0
+        count += 1
+        wait = backoff.wait_after(count)
+        self._failures[key] = (count, now + wait, now + wait + backoff.window)
+        return wait
+
+    async def forgive(self, key: str) -> None:
+        self._failures.pop(key, None)

@@ -11,6 +11,9 @@ Same semantics as ``im.adapters.memory.MemoryKV``. Keys, under a configurable pr
 - ``{prefix}revoked:{session_id}``: a flag with the revocation's TTL.
 - ``{prefix}idem:{key}``: the claimed value, ``SET NX GET PX`` (needs Redis >= 7.0).
 - ``{prefix}rate:{key}``: a fixed-window counter (INCR, PEXPIRE NX on the first hit).
+- ``{prefix}fail:{key}``: failures of a backoff key, a hash ``n`` (count) and
+  ``until`` (end of its wait, Redis server time in ms), expiring ``window`` after the
+  wait; counted by one Lua script.
 
 Every hot-path call (connect, disconnect, routes, is_revoked, claim) is one round
 trip: a Lua script (EVALSHA) or one pipeline. Scripts touch one key each, so the
@@ -32,7 +35,7 @@ from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from im.adapters.errors import unavailable_on
-from im.ports import DeviceRoute
+from im.ports import Backoff, DeviceRoute
 
 # Seconds for a connect and for each reply, unless the URL sets socket_timeout /
 # socket_connect_timeout. redis-py's own default is 5 s each.
@@ -133,6 +136,26 @@ return n
 )
 
 
+# KEYS[1] hash; ARGV allowed, base_ms, cap_ms, window_ms -> the wait now imposed (ms).
+# Numbers go back to Redis through %d: a bare Lua number may be written as 1.7e+12.
+_FAIL = (
+    _LUA_HELPERS
+    + """
+local now = now_ms()
+local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
+local over = n - tonumber(ARGV[1])
+local wait = 0
+if over > 0 then
+  wait = math.min(tonumber(ARGV[3]), tonumber(ARGV[2]) * 2 ^ math.min(over - 1, 64))
+  wait = math.floor(wait)
+end
+redis.call('HSET', KEYS[1], 'until', string.format('%d', now + wait))
+redis.call('PEXPIRE', KEYS[1], string.format('%d', wait + tonumber(ARGV[4])))
+return wait
+"""
+)
+
+
 def _ms(ttl: float) -> int:
     # PX 0 is an error and a TTL below 1 ms is meaningless: round up to 1 ms.
     return max(1, int(ttl * 1000))
@@ -171,6 +194,7 @@ class RedisKV:
         self._connect = self._redis.register_script(_CONNECT)
         self._disconnect = self._redis.register_script(_DISCONNECT)
         self._refresh = self._redis.register_script(_REFRESH)
+        self._fail = self._redis.register_script(_FAIL)
 
     @property
     def prefix(self) -> str:
@@ -277,6 +301,33 @@ class RedisKV:
         if count <= limit:
             return 0.0
         return max(ttl_ms, 1) / 1000.0
+
+    # -- failure backoff: a hash per key, counted by a script, read in one pipeline
+    def _fail_key(self, key: str) -> str:
+        return f"{self._prefix}fail:{key}"
+
+    @_unavailable_on_failure
+    async def blocked(self, keys: list[str]) -> float:
+        if not keys:
+            return 0.0
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.time()  # waits are in server time, as the script wrote them
+        for key in keys:
+            pipe.hget(self._fail_key(key), "until")
+        (secs, usecs), *ends = await pipe.execute()
+        now_ms = int(secs) * 1000 + int(usecs) // 1000
+        longest = max([0, *(int(end) - now_ms for end in ends if end is not None)])
+        return longest / 1000.0
+
+    @_unavailable_on_failure
+    async def fail(self, key: str, backoff: Backoff) -> float:
+        args = [backoff.allowed, _ms(backoff.base), _ms(backoff.cap), _ms(backoff.window)]
+        wait_ms = await self._fail(keys=[self._fail_key(key)], args=args)
+        return int(wait_ms) / 1000.0
+
+    @_unavailable_on_failure
+    async def forgive(self, key: str) -> None:
+        await self._redis.delete(self._fail_key(key))
 
     @_unavailable_on_failure
     async def instance(self) -> str:

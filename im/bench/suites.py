@@ -31,7 +31,11 @@ from im.cluster import DEFAULT_BACKENDS, Cluster, free_port
 SUITE_ENV = {
     "IM_SEND_RATE_PER_SECOND": "1000000",
     "IM_SEND_BURST": "1000000",
-    "IM_LOGIN_ATTEMPTS_PER_MINUTE": "0",
+    "IM_LOGIN_FAILURES_PER_USER_ADDRESS": "0",
+    "IM_LOGIN_FAILURES_PER_ADDRESS": "0",
+    "IM_REGISTRATIONS_PER_ADDRESS_PER_HOUR": "0",
+    # Every generated connection comes from this machine's one address.
+    "IM_MAX_UNAUTHENTICATED_PER_ADDRESS": "0",
     "IM_LOG_LEVEL": "WARNING",
 }
 
@@ -227,7 +231,7 @@ def external(gateway: str, connector_pid: int | None = None) -> Target:
         target.pids["connector"] = connector_pid
     target.notes.append(
         "external suite (--gateway): tokens come from real logins, the per-connection send "
-        "limit (IM_SEND_RATE_PER_SECOND) and login limit (IM_LOGIN_ATTEMPTS_PER_MINUTE) are "
+        "limit (IM_SEND_RATE_PER_SECOND) and login and registration limits are "
         "the server's own, argon2 parameters are assumed from this environment"
     )
     return target

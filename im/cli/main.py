@@ -92,7 +92,10 @@ def _run_client(coro_fn: Callable[[argparse.Namespace], Awaitable[int]]) -> Call
         try:
             return asyncio.run(coro_fn(args))  # type: ignore[arg-type]
         except ClientError as exc:
-            _print_problem(exc.to_dict())
+            problem = exc.to_dict()
+            if problem.get("retry_after") is not None:
+                problem["hint"] = f"retry after {problem['retry_after']:g} s"
+            _print_problem(problem)
         except (OSError, TimeoutError) as exc:
             _print_problem({"error": type(exc).__name__, "detail": str(exc) or repr(exc)})
         return 1
@@ -174,7 +177,7 @@ def cmd_config_doc(args: argparse.Namespace) -> int:
 def _client(args: argparse.Namespace) -> Any:
     from im.client.session import ImClient
 
-    return ImClient(args.gateway, transport=args.transport)
+    return ImClient(args.gateway, transport=args.transport, ca_file=args.ca_file)
 
 
 async def _register(args: argparse.Namespace) -> int:
@@ -183,7 +186,7 @@ async def _register(args: argparse.Namespace) -> int:
     password = args.password
     if password is None:
         password = getpass.getpass(f"new password for {args.username}: ")
-    async with GatewayClient(args.gateway) as gw:
+    async with GatewayClient(args.gateway, ca_file=args.ca_file) as gw:
         _print_json(await gw.register(args.username, password, args.display_name))
     return 0
 
@@ -315,12 +318,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=gateway_default,
         help=f"gateway base URL (env IM_GATEWAY_URL, default {DEFAULT_GATEWAY})",
     )
+    parser.add_argument(
+        "--ca-file",
+        default=os.environ.get("IM_CA_FILE") or None,
+        help="CA certificate to trust for a TLS gateway/connector (env IM_CA_FILE)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     # Client commands accept --gateway after the subcommand too; SUPPRESS keeps the
     # top-level value when it is not repeated there.
     gateway_opt = argparse.ArgumentParser(add_help=False)
     gateway_opt.add_argument("--gateway", default=argparse.SUPPRESS, help="gateway base URL")
+    gateway_opt.add_argument("--ca-file", default=argparse.SUPPRESS, help="CA to trust (TLS)")
 
     account = argparse.ArgumentParser(add_help=False, parents=[gateway_opt])
     account.add_argument("--user", "-u", required=True, help="username")
@@ -355,6 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
     from im.cli import deadletters
 
     deadletters.register(sub)
+
+    from im.cli import certs
+
+    certs.register(sub)
 
     from im.bench import add_bench_arguments
 

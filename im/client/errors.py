@@ -35,20 +35,35 @@ class ApiError(ClientError):
     ``status`` is 0 when the gateway could not be reached at all.
     """
 
-    def __init__(self, status: int, code: str, detail: str, title: str = "") -> None:
-        super().__init__(f"{status} {code}: {detail}" if detail else f"{status} {code}")
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        title: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        text = f"{status} {code}: {detail}" if detail else f"{status} {code}"
+        if retry_after is not None:
+            text += f" (retry after {retry_after:g} s)"
+        super().__init__(text)
         self.status = status
         self.code = code
         self.detail = detail
         self.title = title
+        # Seconds the gateway asked to wait (its Retry-After), e.g. on 429 and 503.
+        self.retry_after = retry_after
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "status": self.status,
             "code": self.code,
             "title": self.title,
             "detail": self.detail,
         }
+        if self.retry_after is not None:
+            out["retry_after"] = self.retry_after
+        return out
 
 
 class ConnectionClosed(ClientError):

@@ -6,7 +6,10 @@ into ``wire_pb2.Message`` so history and live deliveries have one type.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import datetime
+import email.utils
 import json
 import logging
 import time
@@ -17,6 +20,7 @@ from urllib.parse import quote
 
 import httpx
 
+from im.client.connection import tls_context
 from im.client.errors import ApiError
 from im.v1 import wire_pb2
 
@@ -31,7 +35,8 @@ GROUP_PREFIX = "g:"
 class ConnectorInfo:
     id: str
     tcp: str  # "host:port"
-    ws: str  # "ws://host:port/ws"
+    ws: str  # "ws://host:port/ws" ("wss://" with TLS)
+    tls: bool = False  # both endpoints speak TLS
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +49,8 @@ class LoginResult:
     connector: ConnectorInfo
     heartbeat_interval: float  # seconds
     obtained_at: float  # time.monotonic() when the answer arrived
+    refresh_token: str = ""  # for GatewayClient.refresh (empty from an older gateway)
+    refresh_expires_in: int = 0
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LoginResult:
@@ -55,10 +62,15 @@ class LoginResult:
             user_id=int(data["user_id"]),
             device_id=str(data["device_id"]),
             connector=ConnectorInfo(
-                id=str(conn.get("id", "")), tcp=str(conn.get("tcp", "")), ws=str(conn.get("ws", ""))
+                id=str(conn.get("id", "")),
+                tcp=str(conn.get("tcp", "")),
+                ws=str(conn.get("ws", "")),
+                tls=bool(conn.get("tls", False)),
             ),
             heartbeat_interval=float(data.get("heartbeat_interval", 20.0)),
             obtained_at=time.monotonic(),
+            refresh_token=str(data.get("refresh_token") or ""),
+            refresh_expires_in=int(data.get("refresh_expires_in") or 0),
         )
 
     def expires_within(self, seconds: float) -> bool:
@@ -130,9 +142,31 @@ def _problem(response: httpx.Response) -> ApiError:
             code,
             detail or (title if isinstance(title, str) else "") or response.reason_phrase,
             title if isinstance(title, str) else "",
+            retry_after=_retry_after(response),
         )
     text = response.text.strip()[:500]
-    return ApiError(status, _code_for_status(status), text or response.reason_phrase)
+    return ApiError(
+        status,
+        _code_for_status(status),
+        text or response.reason_phrase,
+        retry_after=_retry_after(response),
+    )
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """Retry-After as seconds: delay-seconds or an HTTP date (RFC 9110 10.2.3)."""
+    value = response.headers.get("retry-after", "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, (when - datetime.datetime.now(datetime.UTC)).total_seconds())
 
 
 def _code_for_status(status: int) -> str:
@@ -143,6 +177,7 @@ def _code_for_status(status: int) -> str:
         404: "not_found",
         409: "conflict",
         422: "invalid_request",
+        429: "rate_limited",
         503: "unavailable",
     }.get(status, f"http_{status}")
 
@@ -157,7 +192,11 @@ def _group_path(group_id: str | int) -> str:
 
 
 class GatewayClient:
-    """One gateway base URL, one bearer token (set by ``login``)."""
+    """One gateway base URL, one bearer token (set by ``login``), and the session's
+    refresh token, used by itself when the access token has expired."""
+
+    refresh_token: str | None = None
+    _refresh_lock: asyncio.Lock | None = None
 
     def __init__(
         self,
@@ -166,7 +205,10 @@ class GatewayClient:
         token: str | None = None,
         timeout: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        ca_file: str | None = None,
     ) -> None:
+        """``ca_file``: trust only this CA for an https gateway (a private or dev CA);
+        otherwise the usual trusted CAs. Certificates are always verified."""
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.last_login: LoginResult | None = None
@@ -174,6 +216,7 @@ class GatewayClient:
             base_url=self.base_url,
             timeout=timeout,
             transport=transport,
+            verify=tls_context(ca_file) if ca_file else True,
             headers={"accept": "application/json"},
         )
 
@@ -189,6 +232,45 @@ class GatewayClient:
     # ------------------------------------------------------------------ plumbing
 
     async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+        auth: bool = True,
+    ) -> Any:
+        """One call; an expired or revoked access token is refreshed once (when a
+        refresh token is held) and the call repeated with the new one."""
+        sent = self.token
+        try:
+            return await self._request_once(
+                method, path, json_body=json_body, params=params, auth=auth
+            )
+        except ApiError as exc:
+            if not (auth and exc.status == 401 and exc.code == "unauthorized"):
+                raise
+            if not self.refresh_token or not await self._refresh_after(sent):
+                raise
+        return await self._request_once(method, path, json_body=json_body, params=params, auth=auth)
+
+    async def _refresh_after(self, sent: str | None) -> bool:
+        """Refresh unless another call did since ``sent`` was used: a refresh token
+        is spent by one refresh, and a second one with it would end the session."""
+        if self._refresh_lock is None:
+            self._refresh_lock = asyncio.Lock()
+        async with self._refresh_lock:
+            if self.token != sent:
+                return self.token is not None
+            try:
+                await self.refresh()
+            except ApiError as exc:
+                if exc.status != 401:
+                    raise
+                return False
+        return True
+
+    async def _request_once(
         self,
         method: str,
         path: str,
@@ -243,14 +325,48 @@ class GatewayClient:
             json_body={"username": username, "password": password, "device_id": device_id},
             auth=False,
         )
-        result = LoginResult.from_json(data)
+        return self._logged_in(LoginResult.from_json(data))
+
+    def _logged_in(self, result: LoginResult) -> LoginResult:
         self.token = result.access_token
+        self.refresh_token = result.refresh_token or None
         self.last_login = result
         return result
 
+    async def refresh(self) -> LoginResult:
+        """New access and refresh tokens (and connector) for this session, without the
+        password. Raises ApiError 401 when the session has ended (log in again)."""
+        if not self.refresh_token:
+            raise ApiError(401, "unauthorized", "no refresh token: log in first")
+        try:
+            data = await self._request_once(
+                "POST",
+                "/v1/auth/refresh",
+                json_body={"refresh_token": self.refresh_token},
+                auth=False,
+            )
+        except ApiError as exc:
+            if exc.status == 401:
+                self.token = self.refresh_token = None  # the session is over
+            raise
+        return self._logged_in(LoginResult.from_json(data))
+
     async def logout(self) -> None:
         await self._request("POST", "/v1/auth/logout")
-        self.token = None
+        self.token = self.refresh_token = None
+
+    async def logout_all(self) -> None:
+        """End every session of this user (every device), this one included."""
+        await self._request("POST", "/v1/auth/logout-all")
+        self.token = self.refresh_token = None
+
+    async def change_password(self, current_password: str, new_password: str) -> None:
+        """Set a new password; every other session of the user ends, this one stays."""
+        await self._request(
+            "POST",
+            "/v1/users/me/password",
+            json_body={"current_password": current_password, "new_password": new_password},
+        )
 
     # --------------------------------------------------------------------- users
 

@@ -26,11 +26,23 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from im.auth import Claims
 from im.v1 import group_pb2, user_pb2, wire_pb2
+from im.validation import MAX_INT64
+from services.gateway.guards import BodyLimitMiddleware, SecurityHeadersMiddleware
+from services.gateway.inputs import (
+    AfterSeqQuery,
+    DisplayName,
+    GroupName,
+    PageCursor,
+    Seq,
+    UserId,
+    UserIdPath,
+)
 from services.gateway.service import (
     ApiError,
     ConversationView,
     Gateway,
     GroupView,
+    LoginResult,
     ReceiptsView,
     group_id_from_path,
     role_name,
@@ -42,7 +54,6 @@ log = logging.getLogger("im.gateway")
 PROBLEM_BASE = "https://im.example/problems/"
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,64}$"
-MAX_INT64 = (1 << 63) - 1  # ids and seqs are 64-bit columns: larger values cannot exist
 MAX_IDS_PER_REQUEST = 5000  # user ids per create/add: bounds one request's work
 MAX_GROUP_NAME = 255
 
@@ -61,6 +72,7 @@ _TITLES = {
     "group_full": "Group full",
     "owner_cannot_leave": "Owner cannot leave",
     "owner_role_fixed": "Owner role fixed",
+    "payload_too_large": "Payload too large",
 }
 
 # Status codes of errors the framework raises itself (unknown route, bad method...).
@@ -87,7 +99,7 @@ class Problem(BaseModel):
         description="Stable machine-readable code: invalid_request, username_taken, "
         "invalid_credentials, unauthorized, forbidden, not_found, no_connector, "
         "unavailable, rate_limited, unknown_users, group_full, owner_cannot_leave, "
-        "owner_role_fixed, internal."
+        "owner_role_fixed, payload_too_large, internal."
     )
     user_ids: list[int] | None = Field(
         None, description="`unknown_users` only: every requested user id that does not exist."
@@ -101,8 +113,11 @@ class RegisterRequest(BaseModel):
     password: str = Field(
         min_length=1, max_length=1024, description="Password (hashed with argon2id)."
     )
-    display_name: str = Field(
-        "", max_length=128, description="Name shown to others (optional).", examples=["Alice"]
+    display_name: DisplayName = Field(
+        "",
+        max_length=128,
+        description="Name shown to others (optional); no control or bidi characters.",
+        examples=["Alice"],
     )
 
 
@@ -127,7 +142,8 @@ class LoginRequest(BaseModel):
 class ConnectorAddress(BaseModel):
     id: str = Field(description="Connector id (stable per connector pod).")
     tcp: str = Field(description="`host:port` of the length-prefixed TCP endpoint.")
-    ws: str = Field(description="WebSocket URL, `ws://host:port/ws`.")
+    ws: str = Field(description="WebSocket URL, `ws://host:port/ws` (`wss://` with TLS).")
+    tls: bool = Field(False, description="Both endpoints speak TLS: verify the certificate.")
 
 
 class LoginResponse(BaseModel):
@@ -138,6 +154,11 @@ class LoginResponse(BaseModel):
     device_id: str = Field(description="The device id the token is bound to.")
     connector: ConnectorAddress = Field(description="Where to open the real-time socket.")
     heartbeat_interval: float = Field(description="Seconds between client pings.")
+    refresh_token: str = Field(
+        description="Opaque; `POST /v1/auth/refresh` trades it for new tokens, once (a "
+        "spent one used again ends the session). Keep it secret."
+    )
+    refresh_expires_in: int = Field(description="Seconds until the refresh token expires.")
 
 
 class UserOut(BaseModel):
@@ -152,7 +173,7 @@ class UserList(BaseModel):
 
 
 class DirectRequest(BaseModel):
-    peer_id: int = Field(gt=0, description="The other user of the 1:1 conversation.")
+    peer_id: UserId = Field(description="The other user of the 1:1 conversation.")
 
 
 class ConversationOut(BaseModel):
@@ -194,16 +215,18 @@ class MessagePage(BaseModel):
 
 
 class CursorRequest(BaseModel):
-    seq: int = Field(ge=0, description="Cumulative: everything up to this seq.")
+    seq: Seq = Field(description="Cumulative: everything up to this seq.")
 
 
-UserId = Annotated[int, Field(gt=0, le=MAX_INT64)]
 RoleName = Literal["owner", "admin", "member"]
 
 
 class CreateGroupRequest(BaseModel):
-    name: str = Field(
-        min_length=1, max_length=MAX_GROUP_NAME, description="Group name.", examples=["team"]
+    name: GroupName = Field(
+        min_length=1,
+        max_length=MAX_GROUP_NAME,
+        description="Group name; no control or bidi characters.",
+        examples=["team"],
     )
     member_ids: list[UserId] = Field(
         default_factory=list,
@@ -555,11 +578,12 @@ router = APIRouter()
     status_code=201,
     response_model=RegisteredUser,
     tags=["auth"],
-    responses=_responses(409, 422, 503),
+    responses=_responses(409, 422, 429, 503),
 )
-async def register(gateway: GatewayDep, body: RegisterRequest) -> RegisteredUser:
-    """Create a user."""
-    u = await gateway.register(body.username, body.password, body.display_name)
+async def register(gateway: GatewayDep, body: RegisterRequest, request: Request) -> RegisteredUser:
+    """Create a user. Registrations per client address are limited (429)."""
+    address = gateway.limits.address_of(request)
+    u = await gateway.register(body.username, body.password, body.display_name, address)
     return RegisteredUser(user_id=u.user_id, username=u.username, display_name=u.display_name)
 
 
@@ -569,9 +593,15 @@ async def register(gateway: GatewayDep, body: RegisterRequest) -> RegisteredUser
     tags=["auth"],
     responses=_responses(401, 422, 429, 503),
 )
-async def login(gateway: GatewayDep, body: LoginRequest) -> LoginResponse:
-    """Check the password, issue an access token and assign a connector."""
-    r = await gateway.login(body.username, body.password, body.device_id)
+async def login(gateway: GatewayDep, body: LoginRequest, request: Request) -> LoginResponse:
+    """Check the password, issue an access and a refresh token and assign a connector.
+    Failed logins back off per (username, client address) and per address (429)."""
+    address = gateway.limits.address_of(request)
+    r = await gateway.login(body.username, body.password, body.device_id, address)
+    return login_response(r)
+
+
+def login_response(r: LoginResult) -> LoginResponse:
     info = r.connector
     return LoginResponse(
         access_token=r.access_token,
@@ -581,9 +611,12 @@ async def login(gateway: GatewayDep, body: LoginRequest) -> LoginResponse:
         connector=ConnectorAddress(
             id=info.connector_id,
             tcp=f"{info.host}:{info.tcp_port}",
-            ws=f"ws://{info.host}:{info.ws_port}/ws",
+            ws=f"{'wss' if info.tls else 'ws'}://{info.host}:{info.ws_port}/ws",
+            tls=info.tls,
         ),
         heartbeat_interval=r.heartbeat_interval,
+        refresh_token=r.refresh_token,
+        refresh_expires_in=r.refresh_expires_in,
     )
 
 
@@ -615,9 +648,7 @@ async def me(gateway: GatewayDep, claims: Auth) -> UserOut:
     tags=["users"],
     responses=_responses(401, 404, 422, 503),
 )
-async def user_by_id(
-    gateway: GatewayDep, _auth: Auth, user_id: Annotated[int, Path(description="User id.")]
-) -> UserOut:
+async def user_by_id(gateway: GatewayDep, _auth: Auth, user_id: UserIdPath) -> UserOut:
     """A user by id."""
     return _user(await gateway.get_user(user_id))
 
@@ -685,7 +716,7 @@ async def history(
     gateway: GatewayDep,
     claims: Auth,
     conversation_id: ConversationId,
-    after_seq: Annotated[int, Query(ge=0, description="Return messages after this seq.")] = 0,
+    after_seq: AfterSeqQuery = 0,
     limit: Annotated[int, Query(ge=1, le=500, description="Page size.")] = 100,
 ) -> MessagePage:
     """Messages with seq > after_seq, ascending; 403 for a non-member."""
@@ -738,9 +769,7 @@ async def receipts(
     claims: Auth,
     conversation_id: ConversationId,
     seq: Annotated[int, Query(ge=1, le=MAX_INT64, description="The message's seq.")],
-    cursor: Annotated[
-        str, Query(max_length=32, description="`next_cursor` of the previous page.")
-    ] = "",
+    cursor: PageCursor = "",
     limit: Annotated[int, Query(ge=1, le=1000, description="Page size of each list.")] = 100,
     list_: Annotated[
         Literal["read", "unread", "both"],
@@ -805,9 +834,7 @@ async def list_members(
     gateway: GatewayDep,
     claims: Auth,
     group_id: GroupId,
-    cursor: Annotated[
-        str, Query(max_length=32, description="`next_cursor` of the previous page.")
-    ] = "",
+    cursor: PageCursor = "",
     limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 100,
 ) -> MemberPage:
     """A page of members with their roles and cursors. Members only."""
@@ -877,7 +904,11 @@ async def readyz(gateway: GatewayDep) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
 
-@router.get("/metrics", tags=["operations"], include_in_schema=False)
+# On the API port only when configured so (create_app): else on an internal port.
+metrics_router = APIRouter()
+
+
+@metrics_router.get("/metrics", tags=["operations"], include_in_schema=False)
 async def metrics_endpoint(request: Request) -> Response:
     """Prometheus text exposition."""
     registry = request.app.state.metrics.registry
@@ -885,7 +916,7 @@ async def metrics_endpoint(request: Request) -> Response:
 
 
 # --------------------------------------------------------------------------- app
-def create_app(gateway: Gateway) -> FastAPI:
+def create_app(gateway: Gateway, metrics_on_api: bool = True) -> FastAPI:
     app = FastAPI(
         title="IM gateway",
         version="1",
@@ -896,8 +927,36 @@ def create_app(gateway: Gateway) -> FastAPI:
     app.state.gateway = gateway
     app.state.metrics = metrics = Metrics()
     app.include_router(router)
+    from services.gateway.api_sessions import router as sessions_router  # imports this module
+
+    app.include_router(sessions_router)
+    if metrics_on_api:
+        app.include_router(metrics_router)
+    _add_guards(app, gateway)
     app.add_middleware(ObserveMiddleware, metrics=metrics)
+    # Outermost (added last): every answer gets the headers, 500s and 413s included.
+    app.add_middleware(
+        SecurityHeadersMiddleware,
+        docs_paths=[
+            p for p in (app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url) if p
+        ],
+        no_store_prefixes=["/v1/"],  # tokens and user data: never cached
+        hsts=gateway.settings.public_tls(),
+    )
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     return app
+
+
+def _add_guards(app: FastAPI, gateway: Gateway) -> None:
+    """The body limit runs inside the metrics (413s are counted) and before anything
+    reads the body: routing, authentication, parsing."""
+    limit = gateway.settings.max_request_body_bytes
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=limit,
+        refuse=lambda: problem(
+            413, "payload_too_large", f"the request body is larger than {limit} bytes"
+        ),
+    )

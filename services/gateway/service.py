@@ -30,7 +30,9 @@ from im.v1 import (
     wire_pb2,
 )
 from services.gateway.assignment import ConnectorProber, RecentAssignments, pick_connector
+from services.gateway.limits import LoginLimits, RateLimited
 from services.gateway.readiness import check_readiness
+from services.gateway.sessions import Issued, RefreshRefused, Sessions
 
 log = logging.getLogger("im.gateway")
 
@@ -119,6 +121,16 @@ def rpc_error(
     return ApiError(status, problem, exc.details() or problem)
 
 
+def rate_limited(exc: RateLimited) -> ApiError:
+    return ApiError(
+        429,
+        "rate_limited",
+        exc.detail,
+        {"Retry-After": exc.retry_after_header},
+        extra={"retry_after": int(exc.retry_after_header)},
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class LoginResult:
     access_token: str
@@ -127,6 +139,8 @@ class LoginResult:
     device_id: str
     connector: ConnectorInfo
     heartbeat_interval: float
+    refresh_token: str = ""
+    refresh_expires_in: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,13 +223,24 @@ class Gateway:
         self._issuer = issuer
         self._verifier = verifier
         self._timeout = rpc_timeout
-        self._pool = ChannelPool()  # user + group: channels live as long as the gateway
-        self._connector_pool = ChannelPool()  # connectors come and go; dropped on failure
+        self._pool = ChannelPool.for_settings(settings)  # user + group: live as long as we do
+        self._connector_pool = ChannelPool.for_settings(settings)  # dropped on failure
         self._users: user_pb2_grpc.UserServiceStub | None = None
         self._groups: group_pb2_grpc.GroupServiceStub | None = None
         self._recent = RecentAssignments()
         self._prober = ConnectorProber(backends.registry, self._connector_pool)
         self._degraded_logged: dict[str, float] = {}
+        self.limits = LoginLimits(settings, lambda: self._backends.rate_limits, self._degraded)
+        self.sessions = Sessions(
+            settings,
+            issuer,
+            lambda: self.users,
+            lambda: self._backends.sessions,
+            self._rpc,
+            self._backend,
+            self._kick,
+            TOKEN_LEEWAY,
+        )
 
     # ------------------------------------------------------------------ lifecycle
     async def open(self) -> None:
@@ -301,40 +326,81 @@ class Gateway:
             return fallback
 
     # ---------------------------------------------------------------------- auth
-    async def register(self, username: str, password: str, display_name: str) -> user_pb2.User:
+    async def register(
+        self, username: str, password: str, display_name: str, address: str = ""
+    ) -> user_pb2.User:
+        try:
+            await self.limits.register(address)
+        except RateLimited as exc:
+            raise rate_limited(exc) from None
         request = user_pb2.RegisterRequest(
             username=username, password=password, display_name=display_name
         )
         response = await self._rpc(self.users.Register, request)
         return response.user
 
-    async def login(self, username: str, password: str, device_id: str) -> LoginResult:
-        limit = self.settings.login_attempts_per_minute
-        if limit > 0:
-            retry_after = await self._degraded(
-                "rate limiter",
-                self._backends.rate_limits.hit(f"login:{username.lower()}", limit, 60.0),
-                0.0,
-                "login attempts are not limited",
-            )
-            if retry_after:
-                raise ApiError(
-                    429,
-                    "rate_limited",
-                    "too many login attempts for this user; retry later",
-                    {"Retry-After": str(max(1, int(retry_after + 0.999)))},
-                )
+    async def login(
+        self, username: str, password: str, device_id: str, address: str = ""
+    ) -> LoginResult:
+        """Checks the password (failures from this address back off), opens a session
+        (ending the device's previous one) and assigns a connector."""
         request = user_pb2.AuthenticateRequest(username=username, password=password)
-        user = (await self._rpc(self.users.Authenticate, request)).user
-        connector = await self._assign_connector(user.user_id, device_id)
-        token, claims = self._issuer.issue(user.user_id, device_id)
+        user = await self._limited_call(
+            username, address, self._rpc(self.users.Authenticate, request)
+        )
+        connector = await self._assign_connector(user.user.user_id, device_id)
+        issued = await self.sessions.open(user.user.user_id, device_id, time.time())
+        return self._login_result(issued, connector)
+
+    async def refresh(self, refresh_token: str, address: str = "") -> LoginResult:
+        """New access and refresh tokens for a session; the old refresh token is spent."""
+        # Refresh tokens cannot be guessed, but each try costs a database look-up:
+        # wrong ones back off like wrong passwords.
+        issued = await self._limited_call(
+            "(refresh)", address, self.sessions.refresh(refresh_token, time.time())
+        )
+        connector = await self._assign_connector(issued.claims.user_id, issued.claims.device_id)
+        return self._login_result(issued, connector)
+
+    async def change_password(
+        self, claims: Claims, current: str, new: str, address: str = ""
+    ) -> int:
+        """Wrong current passwords count as failed logins of this user and address."""
+        return await self._limited_call(
+            f"#{claims.user_id}", address, self.sessions.change_password(claims, current, new)
+        )
+
+    async def _limited_call(self, who: str, address: str, call: Awaitable[T]) -> T:
+        """Runs a credential check under the failed-login limits of (who, address)."""
+        try:
+            await self.limits.check(who, address)
+        except RateLimited as exc:
+            close = getattr(call, "close", None)
+            if close is not None:
+                close()  # never awaited: do not leave a "never awaited" warning
+            raise rate_limited(exc) from None
+        try:
+            result = await call
+        except RefreshRefused:
+            await self.limits.failed(who, address)
+            raise unauthorized("invalid, expired or revoked refresh token") from None
+        except ApiError as exc:
+            if exc.status == 401:
+                await self.limits.failed(who, address)
+            raise
+        await self.limits.succeeded(who, address)
+        return result
+
+    def _login_result(self, issued: Issued, connector: ConnectorInfo) -> LoginResult:
         return LoginResult(
-            access_token=token,
+            access_token=issued.access_token,
             expires_in=self._issuer.ttl_seconds,
-            user_id=claims.user_id,
-            device_id=device_id,
+            user_id=issued.claims.user_id,
+            device_id=issued.claims.device_id,
             connector=connector,
             heartbeat_interval=self.settings.heartbeat_interval,
+            refresh_token=issued.refresh_token,
+            refresh_expires_in=issued.refresh_expires_in,
         )
 
     async def _assign_connector(self, user_id: int, device_id: str) -> ConnectorInfo:
@@ -380,19 +446,14 @@ class Gateway:
         return claims
 
     async def logout(self, claims: Claims) -> None:
-        # Remember the revocation until the token could no longer verify anyway.
-        ttl = max(1.0, claims.expires_at - time.time() + TOKEN_LEEWAY)
-        await self._backend("sessions", self._backends.sessions.revoke(claims.session_id, ttl))
-        try:
-            await self._kick(claims)
-        except Exception as exc:
-            # The token is already revoked: a connector that missed the kick still
-            # refuses the session at its next Auth.
-            log.warning(
-                "kick of user %s device %s failed: %r", claims.user_id, claims.device_id, exc
-            )
+        """Ends this token's session, its refresh token included; kicks its socket."""
+        await self.sessions.logout(claims)
 
-    async def _kick(self, claims: Claims) -> None:
+    async def logout_all(self, claims: Claims) -> int:
+        """Ends every session of the user and kicks every socket of theirs."""
+        return await self.sessions.logout_all(claims)
+
+    async def _kick(self, claims: Claims, reason: int) -> None:
         connector_id = await self._device_connector(claims.user_id, claims.device_id)
         if connector_id is None:
             return
@@ -404,7 +465,7 @@ class Gateway:
         request = connector_pb2.KickRequest(
             user_id=claims.user_id,
             device_id=claims.device_id,
-            reason=wire_pb2.KICK_REASON_TOKEN_REVOKED,
+            reason=reason,
             session_id=claims.session_id,
         )
         try:

@@ -30,6 +30,8 @@ from im.config import Settings
 from im.db import UserRow
 from im.sqlservice import ServiceError, rpc_errors
 from im.v1 import user_pb2, user_pb2_grpc
+from im.validation import InvalidInput, require_clean_name, require_ids
+from services.user.sessions import SessionTable, session_pb
 
 log = logging.getLogger("im.user")
 
@@ -38,6 +40,7 @@ MIN_PASSWORD_CHARS = 8
 MAX_PASSWORD_CHARS = 256
 MAX_DISPLAY_NAME_CHARS = 128
 MAX_USERS_PER_LOOKUP = 1000
+SHA256_HEX_CHARS = 64
 # Placeholder verified when the user is unknown, so both failures cost the same time.
 _DUMMY_PASSWORD = "not-a-real-password-only-for-timing"
 
@@ -76,7 +79,10 @@ def validate_registration(username: str, password: str, display_name: str) -> st
     display_name = display_name.strip() or username
     if len(display_name) > MAX_DISPLAY_NAME_CHARS:
         raise _invalid(f"display_name must be at most {MAX_DISPLAY_NAME_CHARS} characters")
-    return display_name
+    try:
+        return require_clean_name(display_name, "display_name")
+    except InvalidInput as exc:
+        raise _invalid(str(exc)) from None
 
 
 class UserStore:
@@ -138,6 +144,7 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
         hash_workers: int | None = None,
     ) -> None:
         self._store = UserStore(engine)
+        self._sessions = SessionTable(engine)
         self._hasher: PasswordHasher = password_hasher(settings)
         self._clock = clock or SystemClock()
         self._hash_pool = ThreadPoolExecutor(
@@ -203,12 +210,102 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
     ) -> user_pb2.GetUsersResponse:
         if len(request.user_ids) + len(request.usernames) > MAX_USERS_PER_LOOKUP:
             raise _invalid(f"at most {MAX_USERS_PER_LOOKUP} user ids and names per call")
-        user_ids = list(dict.fromkeys(i for i in request.user_ids if i > 0))
+        try:
+            user_ids = list(dict.fromkeys(require_ids(request.user_ids, "user_ids")))
+        except InvalidInput as exc:
+            raise _invalid(str(exc)) from None
         usernames = list(dict.fromkeys(normalize_username(n) for n in request.usernames if n))
         rows = await asyncio.to_thread(self._store.lookup, user_ids, usernames)
         return user_pb2.GetUsersResponse(
             users=[_to_user(r) for r in _in_request_order(rows, user_ids, usernames)]
         )
+
+    # ---------------------------------------------------------------- sessions
+    @_rpc
+    async def CreateSession(
+        self, request: user_pb2.CreateSessionRequest, context: grpc.aio.ServicerContext
+    ) -> user_pb2.CreateSessionResponse:
+        if not (request.user_id > 0 and request.device_id and request.session_id):
+            raise _invalid("user_id, device_id and session_id are required")
+        if len(request.refresh_token_hash) != SHA256_HEX_CHARS:
+            raise _invalid("refresh_token_hash must be a hex SHA-256")
+        revoked = await asyncio.to_thread(
+            self._sessions.create,
+            request.user_id,
+            request.device_id,
+            request.session_id,
+            request.refresh_token_hash,
+            self._clock.wall_ms(),
+            request.expires_at,
+        )
+        return user_pb2.CreateSessionResponse(revoked=[session_pb(r) for r in revoked])
+
+    @_rpc
+    async def RotateSession(
+        self, request: user_pb2.RotateSessionRequest, context: grpc.aio.ServicerContext
+    ) -> user_pb2.RotateSessionResponse:
+        if len(request.new_refresh_token_hash) != SHA256_HEX_CHARS:
+            raise _invalid("new_refresh_token_hash must be a hex SHA-256")
+        row, reused = await asyncio.to_thread(
+            self._sessions.rotate,
+            request.refresh_token_hash,
+            request.new_refresh_token_hash,
+            self._clock.wall_ms(),
+            request.expires_at,
+        )
+        if row is None:
+            raise UserError(grpc.StatusCode.UNAUTHENTICATED, "invalid or expired refresh token")
+        if reused:
+            log.warning("refresh token reused: session %s of user %d revoked", row.id, row.user_id)
+        return user_pb2.RotateSessionResponse(session=session_pb(row), reused=reused)
+
+    @_rpc
+    async def RevokeSessions(
+        self, request: user_pb2.RevokeSessionsRequest, context: grpc.aio.ServicerContext
+    ) -> user_pb2.RevokeSessionsResponse:
+        revoked = await asyncio.to_thread(
+            self._sessions.revoke,
+            request.user_id,
+            request.session_id,
+            request.except_session_id,
+            self._clock.wall_ms(),
+        )
+        return user_pb2.RevokeSessionsResponse(revoked=[session_pb(r) for r in revoked])
+
+    @_rpc
+    async def ChangePassword(
+        self, request: user_pb2.ChangePasswordRequest, context: grpc.aio.ServicerContext
+    ) -> user_pb2.ChangePasswordResponse:
+        if not MIN_PASSWORD_CHARS <= len(request.new_password) <= MAX_PASSWORD_CHARS:
+            raise _invalid(
+                f"password must be {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters"
+            )
+        rejected = UserError(grpc.StatusCode.UNAUTHENTICATED, "wrong current password")
+        if not 0 < len(request.current_password) <= MAX_PASSWORD_CHARS:
+            raise rejected
+        rows = await asyncio.to_thread(self._store.lookup, [request.user_id], [])
+        if not rows:
+            raise UserError(grpc.StatusCode.NOT_FOUND, f"user {request.user_id} does not exist")
+        old_hash = rows[0].password_hash
+        ok = await self._hashing(verify_password, self._hasher, old_hash, request.current_password)
+        if not ok:
+            raise rejected
+        new_hash = await self._hashing(self._hasher.hash, request.new_password)
+        revoked = await asyncio.to_thread(
+            self._sessions.change_password,
+            request.user_id,
+            old_hash,
+            new_hash,
+            request.keep_session_id,
+            self._clock.wall_ms(),
+        )
+        if revoked is None:
+            # Changed by a concurrent request since we checked: check against that one.
+            raise UserError(grpc.StatusCode.ABORTED, "the password changed meanwhile; retry")
+        log.info(
+            "user %d changed the password; %d other sessions revoked", request.user_id, len(revoked)
+        )
+        return user_pb2.ChangePasswordResponse(revoked=[session_pb(r) for r in revoked])
 
 
 def _in_request_order(

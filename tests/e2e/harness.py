@@ -58,6 +58,7 @@ def _start_suite_once(data_dir: Path, **overrides: str) -> RunningSuite:
             "IM_ARGON2_TIME_COST": "1",
             "IM_ARGON2_MEMORY_KIB": "8192",
             "IM_LOG_LEVEL": "INFO",
+            "IM_REGISTRATIONS_PER_ADDRESS_PER_HOUR": "0",  # every test user is 127.0.0.1
         }
     )
     env.update({f"IM_{k.upper()}": v for k, v in overrides.items()})
@@ -146,6 +147,7 @@ def start_cluster(tmp_path_factory, real_server, **env: str):  # type: ignore[no
             "IM_ARGON2_MEMORY_KIB": "8192",
             "IM_HEARTBEAT_INTERVAL": "2",
             "IM_RETRANSMIT_TIMEOUT": "1",
+            "IM_REGISTRATIONS_PER_ADDRESS_PER_HOUR": "0",  # every test user is 127.0.0.1
             **{f"IM_{k.upper()}": v for k, v in env.items()},
         },
     )

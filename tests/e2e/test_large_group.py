@@ -28,7 +28,6 @@ PAGE = 1000
 FAST = {
     "argon2_time_cost": "1",
     "argon2_memory_kib": "1024",
-    "login_attempts_per_minute": "0",
     "log_level": "WARNING",
 }
 

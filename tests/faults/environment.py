@@ -27,7 +27,9 @@ CLUSTER_ENV = {
     # Clients log in again after every lost or refused connection; the login guard
     # against password guessing would only blur what is measured here: the backends'
     # recovery.
-    "IM_LOGIN_ATTEMPTS_PER_MINUTE": "0",
+    "IM_LOGIN_FAILURES_PER_USER_ADDRESS": "0",
+    "IM_LOGIN_FAILURES_PER_ADDRESS": "0",
+    "IM_REGISTRATIONS_PER_ADDRESS_PER_HOUR": "0",
     "IM_LOG_LEVEL": "INFO",
 }
 

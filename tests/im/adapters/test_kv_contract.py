@@ -24,7 +24,7 @@ import redis.exceptions
 from im.adapters.memory import MemoryKV
 from im.adapters.redis_kv import RedisKV
 from im.clock import FakeClock
-from im.ports import BackendUnavailable
+from im.ports import BackendUnavailable, Backoff
 
 # Short TTLs keep the Redis runs quick; long ones are "forever" for a test.
 SHORT = 0.4
@@ -248,6 +248,60 @@ async def test_rate_limit_window_resets(kv: KV) -> None:
     assert await k.hit("login:carol", 1, SHORT) == 0.0
 
 
+# Two free failures, then waits of 0.2, 0.4, 0.8, 0.8 s; forgotten 0.4 s after a wait.
+BACKOFF = Backoff(allowed=2, window=0.4, base=0.2, cap=0.8)
+
+
+async def test_failures_back_off_exponentially_up_to_the_cap(kv: KV) -> None:
+    k = kv.store
+    assert await k.blocked(["login:alice|a"]) == 0.0
+    waits = [await k.fail("login:alice|a", BACKOFF) for _ in range(6)]
+    assert waits == [0.0, 0.0, 0.2, 0.4, 0.8, 0.8]
+    assert 0.6 < await k.blocked(["login:alice|a"]) <= 0.8
+    # The longest wait of the keys asked about; keys never failed do not wait.
+    await k.fail("login-addr:a", BACKOFF)
+    assert 0.6 < await k.blocked(["login-addr:a", "login:alice|a", "x"]) <= 0.8
+    assert await k.blocked(["login-addr:a", "x"]) == 0.0
+    assert await k.blocked([]) == 0.0
+
+
+async def test_a_wait_ends_and_the_count_is_forgotten_after_the_window(kv: KV) -> None:
+    k = kv.store
+    for _ in range(3):
+        await k.fail("login:bob|a", BACKOFF)  # the third waits 0.2 s
+    assert await k.blocked(["login:bob|a"]) > 0
+    await kv.wait(0.25)
+    assert await k.blocked(["login:bob|a"]) == 0.0
+    # Still counted: the next failure waits twice as long.
+    assert await k.fail("login:bob|a", BACKOFF) == 0.4
+    await kv.wait(0.4 + BACKOFF.window + 0.1)
+    assert await k.fail("login:bob|a", BACKOFF) == 0.0  # forgotten: a fresh allowance
+
+
+async def test_forgive_clears_failures(kv: KV) -> None:
+    k = kv.store
+    for _ in range(4):
+        await k.fail("login:carol|a", BACKOFF)
+    await k.forgive("login:carol|a")
+    assert await k.blocked(["login:carol|a"]) == 0.0
+    assert await k.fail("login:carol|a", BACKOFF) == 0.0
+    await k.forgive("never-failed")
+
+
+async def test_concurrent_failures_are_each_counted(kv: KV) -> None:
+    k = kv.store
+    many = Backoff(allowed=5, window=LONG, base=1.0, cap=LONG)
+    waits = await asyncio.gather(*(k.fail("login-addr:b", many) for _ in range(10)))
+    # Ten atomic increments: five free, then 1, 2, 4, 8, 16 in some order.
+    assert sorted(waits) == [0.0] * 5 + [1.0, 2.0, 4.0, 8.0, 16.0]
+
+
+def test_backoff_wait_after() -> None:
+    b = Backoff(allowed=3, window=60, base=1.0, cap=900)
+    assert [b.wait_after(n) for n in range(1, 8)] == [0, 0, 0, 1, 2, 4, 8]
+    assert b.wait_after(10_000) == 900  # no float overflow for an endless attack
+
+
 # ------------------------------------------------------- Redis-only details
 
 
@@ -364,6 +418,9 @@ async def test_redis_unreachable_every_call_raises_backend_unavailable() -> None
         "claim": lambda: kv.claim("u1:m1", b"ack", LONG),
         "release": lambda: kv.release("u1:m1"),
         "hit": lambda: kv.hit("login:alice", 3, LONG),
+        "blocked": lambda: kv.blocked(["login:alice|a"]),
+        "fail": lambda: kv.fail("login:alice|a", BACKOFF),
+        "forgive": lambda: kv.forgive("login:alice|a"),
     }
     try:
         for name, call in calls.items():

@@ -88,6 +88,7 @@ async def test_login(suite: Suite) -> None:
         "id": "conn-a",
         "tcp": "127.0.0.1:7070",
         "ws": "ws://127.0.0.1:7071/ws",
+        "tls": False,
     }
     # Connectors verify with the public key alone.
     _, public = load_keys(suite.settings, need_private=False)
@@ -152,6 +153,9 @@ async def test_connector_assignment(suite: Suite) -> None:
 
 async def test_a_burst_of_logins_is_spread_over_connectors(suite: Suite) -> None:
     await suite.register("alice")
+    # conn-b and conn-c are addresses nobody answers at: the prober would take them
+    # out of the choice before a slow run's sixth login.
+    await suite.gateway.gateway._prober.stop()
     await suite.registry.register(ConnectorInfo("conn-b", "10.0.0.2", 4, 5, 6, connections=0))
     await suite.registry.register(ConnectorInfo("conn-c", "10.0.0.3", 1, 2, 3, connections=0))
     chosen = [(await suite.login("alice", f"dev-{i}"))["connector"]["id"] for i in range(6)]
@@ -508,23 +512,6 @@ async def test_unexpected_errors_are_opaque(suite: Suite, monkeypatch: pytest.Mo
     assert (await suite.client.get("/healthz")).status_code == 200
 
 
-async def test_login_attempts_are_rate_limited_per_user(suite: Suite) -> None:
-    await suite.register("alice")
-    await suite.register("bob")
-    limit = suite.settings.login_attempts_per_minute
-    wrong = {"username": "alice", "password": "not-her-password", "device_id": "d"}
-    for _ in range(limit):
-        r = await suite.client.post("/v1/auth/login", json=wrong)
-        assert r.status_code == 401
-    r = await suite.client.post("/v1/auth/login", json=wrong)
-    assert_problem(r, 429, "rate_limited")
-    assert 1 <= int(r.headers["retry-after"]) <= 60
-    # Even the right password waits now; other users are not affected.
-    right = {"username": "ALICE", "password": "secret-pass-1", "device_id": "d"}
-    assert (await suite.client.post("/v1/auth/login", json=right)).status_code == 429
-    await suite.login("bob")
-
-
 class DownKV:
     """Sessions and rate limits on a store that is down (a Redis restarting)."""
 
@@ -532,6 +519,15 @@ class DownKV:
         raise BackendUnavailable("redis", "connection refused")
 
     async def hit(self, key: str, limit: int, window: float) -> float:
+        raise BackendUnavailable("redis", "connection refused")
+
+    async def blocked(self, keys: list[str]) -> float:
+        raise BackendUnavailable("redis", "connection refused")
+
+    async def fail(self, key: str, backoff: object) -> float:
+        raise BackendUnavailable("redis", "connection refused")
+
+    async def forgive(self, key: str) -> None:
         raise BackendUnavailable("redis", "connection refused")
 
 
@@ -542,6 +538,10 @@ async def test_a_down_session_store_degrades_instead_of_failing_requests(
     suite.backends.sessions = suite.backends.rate_limits = DownKV()  # type: ignore[assignment]
     assert (await suite.client.get("/v1/users/me", headers=headers)).status_code == 200
     await suite.login("dora", device_id="tablet")  # the login limit is skipped, not fatal
+    wrong = {"username": "dora", "password": "not-hers", "device_id": "d"}
+    assert (await suite.client.post("/v1/auth/login", json=wrong)).status_code == 401
+    await suite.register("dora2")  # so is the registration limit
+    assert "failed logins are not limited" in caplog.text
     assert "logged-out tokens are accepted until they expire" in caplog.text
 
 
