@@ -60,20 +60,23 @@ RUN groupadd --system --gid 10001 im \
 # byte-compiled at install): nothing else from the build is needed.
 COPY --from=builder /opt/venv /opt/venv
 
-# IM_HOST: listen on every interface in a container. IM_DATA_DIR: under /tmp, the only
+# IM_HOST, IM_INTERNAL_HOST: listen on every interface in a container (internal gRPC
+# still requires the suite's certificate, docs/security.md). IM_DATA_DIR: under /tmp, the only
 # writable place when the root filesystem is read-only (Kubernetes mounts an emptyDir).
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     IM_HOST=0.0.0.0 \
+    IM_INTERNAL_HOST=0.0.0.0 \
     IM_DATA_DIR=/tmp/im-data
 
 WORKDIR /home/im
 USER 10001:10001
 
-# gateway http, user/group/connector gRPC, connector client TCP and WebSocket
-EXPOSE 8080 50051 50052 50053 50060 7070 7071
+# gateway http, user/group/connector/router gRPC, connector client TCP and WebSocket,
+# gateway metrics (internal)
+EXPOSE 8080 50051 50052 50053 50060 7070 7071 9464
 
 # imctl is PID 1 and handles SIGTERM itself (graceful stop; connectors drain).
 ENTRYPOINT ["imctl"]

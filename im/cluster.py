@@ -15,7 +15,10 @@ from pathlib import Path
 
 import httpx
 
+from im import datadir
 from im.auth import generate_key_pair
+from im.config import Settings
+from im.tls import ensure_internal
 
 DEFAULT_BACKENDS = {
     "IM_DATABASE_URL": "mysql+pymysql://im:im@127.0.0.1:3306/im?charset=utf8mb4",
@@ -59,13 +62,18 @@ class Cluster:
         return default if self.fixed_ports else free_port()
 
     def _base_env(self) -> dict[str, str]:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        # Holds the JWT private key, the logs and the data dir: private, like standalone's.
+        datadir.prepare(self.log_dir)
         private, public = self.log_dir / "jwt-private.pem", self.log_dir / "jwt-public.pem"
         if not private.exists():
             priv, pub = generate_key_pair()
             private.write_bytes(priv)
             private.chmod(0o600)
             public.write_bytes(pub)
+        # One dev CA and certificate for every process: internal gRPC is mutual TLS.
+        internal = ensure_internal(
+            self.log_dir / "tls" / "internal", Settings().internal_server_name
+        )
         env = dict(os.environ)
         env.update(self.backends)
         env.update(
@@ -74,6 +82,9 @@ class Cluster:
                 "IM_JWT_PRIVATE_KEY_FILE": str(private),
                 "IM_JWT_PUBLIC_KEY_FILE": str(public),
                 "IM_AUTO_MIGRATE": "false",
+                "IM_INTERNAL_CA_FILE": str(internal.ca),
+                "IM_INTERNAL_CERT_FILE": str(internal.cert),
+                "IM_INTERNAL_KEY_FILE": str(internal.key),
             }
         )
         env.update(self.extra_env)
@@ -131,7 +142,12 @@ class Cluster:
             Proc(
                 "gateway",
                 "gateway",
-                {**base, **shared, "IM_GATEWAY_PORT": str(gateway_port)},
+                {
+                    **base,
+                    **shared,
+                    "IM_GATEWAY_PORT": str(gateway_port),
+                    "IM_GATEWAY_METRICS_PORT": str(self._port(9464)),
+                },
                 self.log_dir / "gateway.log",
             )
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -51,7 +52,9 @@ class Settings(BaseSettings):
     )
     kv_url: str = Field(
         "memory://",
-        description="Presence, sessions, idempotency keys: `memory://` or `redis://host:6379/0`.",
+        description="Presence, sessions, idempotency keys: `memory://` or `redis://host:6379/0`. "
+        "With `memory://` revoked sessions and idempotency keys are kept in `state.db` in "
+        "data_dir, so they outlive a restart.",
     )
     kv_prefix: str = Field("im:", description="Prefix of every Redis key (share a Redis).")
 
@@ -99,6 +102,47 @@ class Settings(BaseSettings):
     argon2_memory_kib: int = Field(19456, description="argon2id memory cost in KiB.")
     argon2_parallelism: int = Field(1, description="argon2id lanes.")
 
+    # --- internal gRPC security and client TLS -----------------------------------
+    internal_host: str = Field(
+        "127.0.0.1",
+        description="Interface every internal gRPC server (user, group, connector, router) "
+        "binds to; `host` is for the public listeners (gateway HTTP, connector TCP/WS).",
+    )
+    internal_ca_file: str = Field(
+        "",
+        description="PEM file of the suite's internal CA: internal gRPC accepts only peers "
+        "whose certificate it signed (mutual TLS). Standalone and `imctl cluster` generate "
+        "a dev CA in data_dir on first run.",
+    )
+    internal_cert_file: str = Field(
+        "", description="PEM certificate this process presents on internal gRPC (both ways)."
+    )
+    internal_key_file: str = Field("", description="PEM private key of internal_cert_file.")
+    internal_server_name: str = Field(
+        "im-internal",
+        description="Name every internal certificate carries (DNS SAN) and that gRPC clients "
+        "verify, whatever address they dial (pod IPs, DNS names).",
+    )
+    internal_insecure: bool = Field(
+        False,
+        description="Let a single service (`imctl serve`) run internal gRPC without TLS. "
+        "Development only: without certificates a service refuses to start otherwise.",
+    )
+    grpc_health_port: int = Field(
+        0,
+        description="Plaintext port serving only the gRPC health service, for probes that "
+        "cannot do TLS (Kubernetes). 0: none. One gRPC server per process (not standalone).",
+    )
+    grpc_reflection: bool = Field(
+        False, description="Serve gRPC reflection on the internal ports (debugging)."
+    )
+    tls_cert_file: str = Field(
+        "",
+        description="PEM certificate (chain) for the public listeners: with tls_key_file the "
+        "gateway serves HTTPS and the connector TLS on TCP and WebSocket (wss).",
+    )
+    tls_key_file: str = Field("", description="PEM private key of tls_cert_file.")
+
     # --- connections --------------------------------------------------------------
     heartbeat_interval: float = Field(
         20.0, description="Seconds between client pings; told to clients at login."
@@ -141,17 +185,86 @@ class Settings(BaseSettings):
     idempotency_ttl_seconds: int = Field(
         86400, description="How long a client_msg_id is remembered per user."
     )
-    login_attempts_per_minute: int = Field(
-        30,
-        description="Login attempts per username per minute before 429 (guards against "
-        "password guessing; 0 disables).",
-    )
     receipt_push_max_members: int = Field(
         500,
         description="Groups up to this size get every read receipt pushed to every member; "
         "larger ones push only to the reader's devices (others pull the receipts endpoint).",
     )
     max_group_size: int = Field(10000, description="Most members a group may have.")
+
+    # --- connector socket limits ----------------------------------------------------
+    max_outbox_bytes: int = Field(
+        4 * 1024 * 1024,
+        description="Bytes a connector may hold queued for one client socket (TCP or "
+        "WebSocket) that does not read them; past it the socket is closed with a reason "
+        "(Error UNAVAILABLE; WebSocket close code 1013) and the client syncs on reconnect.",
+    )
+    max_unauthenticated_per_address: int = Field(
+        64,
+        description="Open sockets per client IP address (TCP and WebSocket together) that "
+        "have not authenticated yet; a socket over it is refused at once (Error "
+        "RATE_LIMITED; WebSocket close code 1008). Behind a proxy that hides client "
+        "addresses every socket comes from the proxy: raise it there. 0 disables.",
+    )
+
+    # --- login limits and sessions -------------------------------------------------
+    login_failures_per_user_address: int = Field(
+        5,
+        description="Failed logins of one username from one client address before that "
+        "pair must wait (exponential backoff). Other addresses are not affected, so the "
+        "owner still logs in from elsewhere. 0 disables.",
+    )
+    login_failures_per_address: int = Field(
+        20,
+        description="Failed logins from one client address, whatever the usernames, "
+        "before that address must wait (exponential backoff). 0 disables.",
+    )
+    login_failure_window_seconds: float = Field(
+        900.0,
+        description="A failure count is forgotten this many seconds after its last failure "
+        "(and its wait) ended; a successful login clears its (username, address) count.",
+    )
+    login_backoff_base_seconds: float = Field(
+        1.0,
+        description="Wait after the first failure over a limit; doubled by each further one.",
+    )
+    login_backoff_max_seconds: float = Field(
+        900.0, description="Longest wait a failed-login backoff imposes."
+    )
+    registrations_per_address_per_hour: int = Field(
+        20, description="Registrations accepted from one client address per hour. 0 disables."
+    )
+    trusted_proxies: str = Field(
+        "",
+        description="Comma-separated CIDRs (e.g. `10.0.0.0/8,::1/128`) of reverse proxies "
+        "whose `X-Forwarded-For` names the client address. Empty: the TCP peer is the client "
+        "and the header is ignored.",
+    )
+    refresh_token_ttl_seconds: int = Field(
+        30 * 86400,
+        description="Refresh token lifetime; each refresh issues a new one with a new "
+        "lifetime (an idle session ends after this long).",
+    )
+
+    # --- HTTP request limits and surfaces ------------------------------------------
+    max_request_body_bytes: int = Field(
+        65536,
+        gt=0,
+        description="Largest HTTP request body the gateway accepts; larger ones get 413, "
+        "refused on their Content-Length before any byte is read (streamed bodies are cut "
+        "off at the limit).",
+    )
+    gateway_metrics: Literal["auto", "api", "internal"] = Field(
+        "auto",
+        description="Where the gateway serves `/metrics`: `api` (its public API port), "
+        "`internal` (internal_host:gateway_metrics_port only), `auto` (api in standalone, "
+        "i.e. with a `memory://` registry; internal in distributed mode).",
+    )
+    gateway_metrics_port: int = Field(
+        9464,
+        description="Internal port of the gateway's `/metrics` when it is not on the API "
+        "port (0: any free port).",
+    )
 
     # --- bus ----------------------------------------------------------------------
     topic_messages: str = Field("im.messages", description="Topic of inbound messages.")
@@ -183,11 +296,19 @@ class Settings(BaseSettings):
     def public_host(self) -> str:
         return self.advertise_host or self.host
 
+    def internal_public_host(self) -> str:
+        """Where other services reach this process's internal gRPC servers."""
+        return self.advertise_host or self.internal_host
+
     def user_addr(self) -> str:
-        return self.user_service_addr or f"{self.public_host()}:{self.user_grpc_port}"
+        return self.user_service_addr or f"{self.internal_public_host()}:{self.user_grpc_port}"
 
     def group_addr(self) -> str:
-        return self.group_service_addr or f"{self.public_host()}:{self.group_grpc_port}"
+        return self.group_service_addr or f"{self.internal_public_host()}:{self.group_grpc_port}"
+
+    def public_tls(self) -> bool:
+        """The public listeners serve TLS (both files are needed)."""
+        return bool(self.tls_cert_file and self.tls_key_file)
 
     def resolved_connector_id(self) -> str:
         return self.connector_id or f"connector-{self.connector_tcp_port}"

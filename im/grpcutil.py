@@ -1,15 +1,19 @@
-"""gRPC plumbing shared by every service: servers with health and reflection,
-client channels, and status helpers."""
+"""gRPC plumbing shared by every service: servers with health (and reflection when
+asked), mutual TLS between the suite's services, client channels, and status helpers."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+
+from im.config import Settings
 
 _SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -22,22 +26,119 @@ _CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 30000),
     ("grpc.enable_retries", 1),
 ]
+_HEALTH_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+class InsecureInternalError(RuntimeError):
+    """A service would serve internal gRPC to anyone who can reach its port."""
+
+
+@dataclass(frozen=True)
+class GrpcSecurity:
+    """Mutual TLS between the suite's services: a peer is one of us when its
+    certificate was signed by the suite's CA, on both sides of every call.
+
+    Clients verify ``server_name`` (which every internal certificate carries) rather
+    than the dialled address, so pod IPs and DNS names need no certificate of their own.
+    """
+
+    root_certificates: bytes
+    certificate_chain: bytes
+    private_key: bytes
+    server_name: str
+
+    @classmethod
+    def load(cls, ca_file: str, cert_file: str, key_file: str, server_name: str) -> GrpcSecurity:
+        return cls(
+            Path(ca_file).read_bytes(),
+            Path(cert_file).read_bytes(),
+            Path(key_file).read_bytes(),
+            server_name,
+        )
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials(
+            [(self.private_key, self.certificate_chain)],
+            root_certificates=self.root_certificates,
+            require_client_auth=True,
+        )
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.root_certificates,
+            private_key=self.private_key,
+            certificate_chain=self.certificate_chain,
+        )
+
+
+def grpc_security(settings: Settings) -> GrpcSecurity | None:
+    """The internal mutual TLS of these settings; None when no file is configured."""
+    files = (settings.internal_ca_file, settings.internal_cert_file, settings.internal_key_file)
+    if not any(files):
+        return None
+    if not all(files):
+        raise ValueError(
+            "internal TLS needs all of IM_INTERNAL_CA_FILE, IM_INTERNAL_CERT_FILE and "
+            "IM_INTERNAL_KEY_FILE"
+        )
+    return GrpcSecurity.load(*files, settings.internal_server_name)
+
+
+def require_internal_security(settings: Settings) -> None:
+    """Refuse to run one service of a distributed suite with open internal gRPC."""
+    if grpc_security(settings) is None and not settings.internal_insecure:
+        raise InsecureInternalError(
+            "internal gRPC has no credentials: set IM_INTERNAL_CA_FILE, "
+            "IM_INTERNAL_CERT_FILE and IM_INTERNAL_KEY_FILE (`imctl certs init` makes a dev "
+            "set), or IM_INTERNAL_INSECURE=true to accept any caller (development only)"
+        )
 
 
 class GrpcServer:
-    """A grpc.aio server with the standard health and reflection services."""
+    """A grpc.aio server with the standard health service; mutual TLS when given
+    ``security``; reflection only when asked.
 
-    def __init__(self, host: str, port: int) -> None:
+    Probes that cannot do TLS (Kubernetes gRPC probes) get ``health_port``: a plaintext
+    listener that serves the health service and nothing else (0: any free port, None:
+    no such listener).
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        security: GrpcSecurity | None = None,
+        reflection: bool = False,
+        health_port: int | None = None,
+    ) -> None:
         self._server = grpc.aio.server(options=_SERVER_OPTIONS)
         self._health = HealthServicer()
         self._host = host
         self._requested_port = port
-        self._names: list[str] = [
-            reflection.SERVICE_NAME,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-        ]
+        self._security = security
+        self._reflection = reflection
+        self._requested_health_port = health_port
+        self._health_server: grpc.aio.Server | None = None
+        self._names: list[str] = []  # the application services, for health and reflection
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         self.port = 0
+        self.health_port = 0
+
+    @classmethod
+    def for_settings(cls, settings: Settings, port: int) -> GrpcServer:
+        """An internal server as the settings configure it (bind address, TLS, probes)."""
+        return cls(
+            settings.internal_host,
+            port,
+            security=grpc_security(settings),
+            reflection=settings.grpc_reflection,
+            health_port=settings.grpc_health_port or None,
+        )
+
+    @property
+    def secure(self) -> bool:
+        return self._security is not None
 
     def add(
         self, register: Callable[[Any, grpc.aio.Server], None], servicer: Any, service_name: str
@@ -45,11 +146,28 @@ class GrpcServer:
         register(servicer, self._server)
         self._names.append(service_name)
 
+    def _bind(self, server: grpc.aio.Server, port: int, secure: bool) -> int:
+        address = f"{self._host}:{port}"
+        if secure and self._security is not None:
+            bound = server.add_secure_port(address, self._security.server_credentials())
+        else:
+            bound = server.add_insecure_port(address)
+        if bound == 0:
+            raise OSError(f"cannot bind gRPC server to {address}")
+        return bound
+
     async def start(self) -> int:
-        reflection.enable_server_reflection(self._names, self._server)
-        self.port = self._server.add_insecure_port(f"{self._host}:{self._requested_port}")
-        if self.port == 0:
-            raise OSError(f"cannot bind gRPC server to {self._host}:{self._requested_port}")
+        if self._reflection:
+            names = [*self._names, _HEALTH_NAME, reflection.SERVICE_NAME]
+            reflection.enable_server_reflection(names, self._server)
+        self.port = self._bind(self._server, self._requested_port, secure=True)
+        if self._requested_health_port is not None:
+            self._health_server = grpc.aio.server(options=_SERVER_OPTIONS)
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, self._health_server)
+            self.health_port = self._bind(
+                self._health_server, self._requested_health_port, secure=False
+            )
+            await self._health_server.start()
         await self._server.start()
         await self.set_serving(True)
         return self.port
@@ -60,32 +178,42 @@ class GrpcServer:
             if serving
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for name in ["", *self._names[2:]]:
+        for name in ["", *self._names]:
             await self._health.set(name, status)
 
     async def stop(self, grace: float = 2.0) -> None:
         await self.set_serving(False)
         await self._server.stop(grace)
+        if self._health_server is not None:
+            await self._health_server.stop(0)
 
 
 def service_name(pb2_module: Any, name: str) -> str:
     return pb2_module.DESCRIPTOR.services_by_name[name].full_name
 
 
-def channel(addr: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(addr, options=_CHANNEL_OPTIONS)
+def channel(addr: str, security: GrpcSecurity | None = None) -> grpc.aio.Channel:
+    if security is None:
+        return grpc.aio.insecure_channel(addr, options=_CHANNEL_OPTIONS)
+    options = [*_CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", security.server_name)]
+    return grpc.aio.secure_channel(addr, security.channel_credentials(), options=options)
 
 
 class ChannelPool:
     """One channel per address, reused (channels multiplex calls)."""
 
-    def __init__(self) -> None:
+    def __init__(self, security: GrpcSecurity | None = None) -> None:
+        self._security = security
         self._channels: dict[str, grpc.aio.Channel] = {}
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> ChannelPool:
+        return cls(grpc_security(settings))
 
     def get(self, addr: str) -> grpc.aio.Channel:
         ch = self._channels.get(addr)
         if ch is None:
-            ch = self._channels[addr] = channel(addr)
+            ch = self._channels[addr] = channel(addr, self._security)
         return ch
 
     async def drop(self, addr: str) -> None:

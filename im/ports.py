@@ -194,10 +194,12 @@ class ConnectorInfo:
     grpc_port: int
     connections: int = 0
     version: str = "1"
+    tls: bool = False  # the client ports (tcp, ws) speak TLS
+    grpc_host: str = ""  # internal gRPC host when not `host` (internal/public bind split)
 
     @property
     def grpc_addr(self) -> str:
-        return f"{self.host}:{self.grpc_port}"
+        return f"{self.grpc_host or self.host}:{self.grpc_port}"
 
 
 class NodeLease:
@@ -322,10 +324,44 @@ class IdempotencyStore(Protocol):
     async def release(self, key: str) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """How failures of one key are punished: ``allowed`` failures are free; each one
+    after that makes the key wait ``base * 2**(n - 1)`` seconds (n: failures over the
+    allowance), at most ``cap``. The count is forgotten ``window`` seconds after the
+    last failure's wait ended."""
+
+    allowed: int
+    window: float
+    base: float
+    cap: float
+
+    def wait_after(self, failures: int) -> float:
+        over = failures - self.allowed
+        if over <= 0:
+            return 0.0
+        # min() before the power would overflow a float for a long-running attack.
+        return min(self.cap, self.base * 2.0 ** min(over - 1, 64))
+
+
 class RateLimiter(Protocol):
     async def hit(self, key: str, limit: int, window: float) -> float:
         """Count one event for key in a fixed window of ``window`` seconds. Returns 0 if
         allowed, else the seconds until the window resets (for Retry-After)."""
+        ...
+
+    async def blocked(self, keys: list[str]) -> float:
+        """Seconds until every one of ``keys`` may try again (the longest backoff of
+        them), 0 if none waits. Counts nothing."""
+        ...
+
+    async def fail(self, key: str, backoff: Backoff) -> float:
+        """Count one failure for key, atomically; returns the wait it now imposes
+        (0 while within the allowance)."""
+        ...
+
+    async def forgive(self, key: str) -> None:
+        """Forget key's failures and wait (a success)."""
         ...
 
 

@@ -1,5 +1,6 @@
 """The shape shared by the SQL-backed gRPC services (user, group): open the database
-(migrating it if configured), serve one servicer with health and reflection, and keep
+(migrating it if configured), serve one servicer with health (mutual TLS when
+configured), and keep
 the health status following the database."""
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ class SqlGrpcService:
             open_database, s.resolved_database_url(), s.auto_migrate
         )
         self._servicer = self.make_servicer(s, self._engine)
-        self._server = GrpcServer(s.host, getattr(s, self.port_setting))
+        self._server = GrpcServer.for_settings(s, getattr(s, self.port_setting))
         self._server.add(type(self).register, self._servicer, self.service_name)
         self.port = await self._server.start()
         self._watch = asyncio.get_running_loop().create_task(self._watch_database())
@@ -139,4 +140,4 @@ class SqlGrpcService:
             self._engine.dispose()
 
     def endpoints(self) -> dict[str, str]:
-        return {"grpc": f"{self.settings.public_host()}:{self.port}"}
+        return {"grpc": f"{self.settings.internal_public_host()}:{self.port}"}

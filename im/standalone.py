@@ -7,10 +7,13 @@ import importlib
 import logging
 import sys
 
+from im import datadir
 from im.adapters import build_backends
 from im.config import Settings
+from im.grpcutil import InsecureInternalError, require_internal_security
 from im.ports import Backends
 from im.runtime import Service, bounded, install_uvloop, run_until_signal, setup_logging
+from im.tls import with_dev_internal_certs
 
 log = logging.getLogger("im")
 
@@ -35,7 +38,8 @@ class Suite:
 
     async def start(self) -> None:
         settings = self.settings
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        datadir.prepare(settings.data_dir)  # 0700, files 0600, umask 077
+        settings = with_dev_internal_certs(settings)  # mutual TLS between the services
         self.backends = build_backends(settings)
         await self.backends.start()
         for name in SERVICES:
@@ -98,6 +102,10 @@ async def run_standalone(settings: Settings) -> None:
 
 
 async def serve_one(name: str, settings: Settings) -> None:
+    try:
+        require_internal_security(settings)
+    except InsecureInternalError as exc:
+        raise SystemExit(f"{name}: {exc}") from None
     backends = build_backends(settings, client_id=f"im-{name}")
     service = build_service(name, settings, backends)
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -86,6 +87,14 @@ class _Link(Protocol):
     async def close(self) -> None: ...
 
 
+def tls_context(ca_file: str | None = None) -> ssl.SSLContext:
+    """A verifying TLS client context: the system's trusted CAs, or only those in
+    ``ca_file`` (a private or development CA). Host names are always checked."""
+    context = ssl.create_default_context(cafile=ca_file or None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
 def _split_host_port(address: str) -> tuple[str, int]:
     address = address.removeprefix("tcp://").rstrip("/")
     host, sep, port = address.rpartition(":")
@@ -103,9 +112,13 @@ class _TcpLink:
         self._decoder = FrameDecoder(max_frame)
 
     @classmethod
-    async def connect(cls, address: str, max_frame: int) -> _TcpLink:
+    async def connect(
+        cls, address: str, max_frame: int, context: ssl.SSLContext | None = None
+    ) -> _TcpLink:
         host, port = _split_host_port(address)
-        reader, writer = await asyncio.open_connection(host, port)
+        reader, writer = await asyncio.open_connection(
+            host, port, ssl=context, server_hostname=host if context is not None else None
+        )
         return cls(reader, writer, max_frame)
 
     async def send(self, payloads: list[bytes]) -> None:
@@ -134,14 +147,24 @@ class _WsLink:
         self._ws = ws
 
     @classmethod
-    async def connect(cls, address: str, max_frame: int, open_timeout: float) -> _WsLink:
+    async def connect(
+        cls,
+        address: str,
+        max_frame: int,
+        open_timeout: float,
+        context: ssl.SSLContext | None = None,
+    ) -> _WsLink:
         from websockets.asyncio.client import connect
 
         url = address
         if "://" not in url:
-            url = f"ws://{url.rstrip('/')}/ws"  # a bare host:port: the connector's WS path
+            # a bare host:port: the connector's WS path
+            url = f"{'wss' if context is not None else 'ws'}://{url.rstrip('/')}/ws"
+        if url.startswith("wss://") and context is None:
+            context = tls_context()
         ws = await connect(
             url,
+            ssl=context if url.startswith("wss://") else None,
             proxy=None,  # the connector is addressed directly; never via an env proxy
             compression=None,  # small protobuf frames: deflate costs more than it saves
             max_size=max_frame,
@@ -260,8 +283,13 @@ class Connection:
         max_frame_bytes: int = DEFAULT_MAX_FRAME,
         heartbeat_interval: float | None = None,
         heartbeat_misses: float = 3.0,
+        tls: ssl.SSLContext | None = None,
     ) -> Connection:
         """Connect, send Auth, wait for AuthOk (AuthError on an Error or no answer).
+
+        ``tls``: speak TLS, verifying the connector's certificate with this context (see
+        ``tls_context``); a ``wss://`` address always does, with the system's CAs unless
+        given one.
 
         ``auto_ack=False`` leaves DeliverAcks to the caller (``ack``), which then only
         acknowledges what it has really taken over; ImClient uses that.
@@ -275,9 +303,9 @@ class Connection:
         try:
             async with asyncio.timeout(connect_timeout):
                 if transport == "tcp":
-                    link = await _TcpLink.connect(address, max_frame_bytes)
+                    link = await _TcpLink.connect(address, max_frame_bytes, tls)
                 else:
-                    link = await _WsLink.connect(address, max_frame_bytes, connect_timeout)
+                    link = await _WsLink.connect(address, max_frame_bytes, connect_timeout, tls)
         except (OSError, TimeoutError, WebSocketException) as exc:
             # one exception type for "could not reach the connector"
             raise ConnectionClosed(f"cannot connect to {address}: {exc!r}") from exc

@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from im.client.connection import Connection, Event, SeenIds, Transport
+from im.client.connection import Connection, Event, SeenIds, Transport, tls_context
 from im.client.errors import ApiError, AuthError, ClientError, ConnectionClosed
 from im.client.gateway import GatewayClient, LoginResult, as_group_id
 from im.ids import direct_conversation_id
@@ -47,8 +47,14 @@ class ImClient:
         dedupe_size: int = 100_000,
         http_timeout: float = 10.0,
         http_transport: httpx.AsyncBaseTransport | None = None,
+        ca_file: str | None = None,
     ) -> None:
-        self.gateway = GatewayClient(gateway_url, timeout=http_timeout, transport=http_transport)
+        """``ca_file``: the CA that signed the gateway's and connectors' certificates,
+        when they serve TLS with a private or development CA."""
+        self.gateway = GatewayClient(
+            gateway_url, timeout=http_timeout, transport=http_transport, ca_file=ca_file
+        )
+        self.ca_file = ca_file
         self.transport: Transport = transport
         self.ack_every = ack_every
         self.ack_delay_ms = ack_delay_ms
@@ -152,16 +158,39 @@ class ImClient:
         self._pump = asyncio.create_task(self._run_pump(conn), name="im-client-pump")
 
     async def _relogin(self) -> None:
+        """New tokens and a connector: by the refresh token when there is one (no
+        password needed), else, or when the session has ended, by the password."""
+        if self.gateway.refresh_token:
+            try:
+                self.login_result = await self.gateway.refresh()
+                return
+            except ApiError as exc:
+                if exc.status != 401 or self._credentials is None:
+                    raise
         if self._credentials is None:
             raise ClientError("call login() first")
         await self.login(*self._credentials)
 
+    async def logout_all(self) -> None:
+        """End every session of this user, on every device (this one included)."""
+        await self.gateway.logout_all()
+        self._credentials = None
+
+    async def change_password(self, current_password: str, new_password: str) -> None:
+        """Set a new password; the user's other sessions end, this one goes on."""
+        await self.gateway.change_password(current_password, new_password)
+        if self._credentials is not None:
+            username, _, device_id = self._credentials
+            self._credentials = (username, new_password, device_id)
+
     async def _open(self) -> Connection:
         assert self.login_result is not None
+        secure = self.login_result.connector.tls
         return await Connection.open(
             self.login_result.address(self.transport),
             self.login_result.access_token,
             self.transport,
+            tls=tls_context(self.ca_file) if secure else None,
             ack_every=self.ack_every,
             ack_delay_ms=self.ack_delay_ms,
             auto_ack=False,  # we ack what we have handed out, see module doc

@@ -8,10 +8,11 @@ import logging
 
 from im.auth import TokenVerifier, load_keys
 from im.config import Settings
-from im.grpcutil import GrpcServer, service_name
+from im.grpcutil import ChannelPool, GrpcServer, service_name
 from im.ids import NODE_IDS
 from im.ports import Backends, ConnectorInfo
 from im.runtime import bounded, local_connectors
+from im.tls import public_ssl
 from im.v1 import bus_pb2, connector_pb2, connector_pb2_grpc
 from services.connector.service import ConnectorCore, ConnectorServicer
 from services.connector.transport import start_tcp, start_ws
@@ -26,8 +27,14 @@ class ConnectorApp:
         self.settings = settings
         self.backends = backends
         _, public = load_keys(settings, need_private=False)
-        self.core = ConnectorCore(settings, backends, TokenVerifier(public, settings.jwt_issuer))
-        self._grpc = GrpcServer(settings.host, settings.connector_grpc_port)
+        self.core = ConnectorCore(
+            settings,
+            backends,
+            TokenVerifier(public, settings.jwt_issuer),
+            channels=ChannelPool.for_settings(settings),
+        )
+        self._ssl = public_ssl(settings)
+        self._grpc = GrpcServer.for_settings(settings, settings.connector_grpc_port)
         self._grpc.add(
             connector_pb2_grpc.add_ConnectorServiceServicer_to_server,
             ConnectorServicer(self.core),
@@ -49,9 +56,9 @@ class ConnectorApp:
         lease = await self.backends.registry.lease_node_id(self.core.connector_id, NODE_IDS)
         self.core.ids.follow(lease)
         grpc_port = await self._grpc.start()
-        self._tcp = await start_tcp(self.core, s.host, s.connector_tcp_port)
+        self._tcp = await start_tcp(self.core, s.host, s.connector_tcp_port, self._ssl)
         self.tcp_port = self._tcp.sockets[0].getsockname()[1]
-        self._ws = await start_ws(self.core, s.host, s.connector_ws_port)
+        self._ws = await start_ws(self.core, s.host, s.connector_ws_port, self._ssl)
         self.ws_port = next(iter(self._ws.sockets)).getsockname()[1]
         self.core.info = ConnectorInfo(
             connector_id=self.core.connector_id,
@@ -59,6 +66,8 @@ class ConnectorApp:
             tcp_port=self.tcp_port,
             ws_port=self.ws_port,
             grpc_port=grpc_port,
+            tls=self._ssl is not None,
+            grpc_host=s.internal_public_host(),
         )
         await self.backends.registry.register(self.core.info)
         local_connectors.add(self.core.connector_id, self.core.deliver)
@@ -176,10 +185,12 @@ class ConnectorApp:
     def endpoints(self) -> dict[str, str]:
         host = self.settings.public_host()
         info = self.core.info
+        scheme = "wss" if self._ssl is not None else "ws"
         return {
             "tcp": f"{host}:{self.tcp_port}",
-            "ws": f"ws://{host}:{self.ws_port}/ws",
-            "grpc": f"{host}:{info.grpc_port if info else 0}",
+            "ws": f"{scheme}://{host}:{self.ws_port}/ws",
+            "grpc": info.grpc_addr if info else "",
+            "tls": "on" if self._ssl is not None else "off",
         }
 
 

@@ -6,29 +6,50 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from ssl import SSLContext
 
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
 
 from im.protocol import HEADER, FrameDecoder, ProtocolError, parse_frame
 from im.v1 import wire_pb2
+from services.connector.conn import error_payload
 from services.connector.service import Conn, ConnectorCore
 
 log = logging.getLogger("im.connector.transport")
 
-# A client that does not read what we send is cut off rather than allowed to grow
-# the connector's memory; it syncs when it comes back.
-MAX_WRITE_BUFFER = 4 * 1024 * 1024
+# A client that does not read what we send is cut off once more than
+# settings.max_outbox_bytes wait for it, rather than allowed to grow the connector's
+# memory; it syncs when it comes back. A closed socket whose peer does not read even
+# the last frames is aborted after CLOSE_GRACE seconds (a socket-level timer, like
+# websockets' close_timeout: nothing the core's clock decides).
+CLOSE_GRACE = 10.0
 # Frames one connection may have handled before the others get a turn.
 FRAMES_PER_TURN = 64
 
 
-class TcpConn(Conn):
-    __slots__ = ("transport",)
+def _peer_host(peername: object) -> str:
+    """The IP address of a peername tuple ("" when unknown, e.g. a Unix socket)."""
+    if isinstance(peername, tuple) and peername:
+        return str(peername[0])
+    return ""
 
-    def __init__(self, conn_id: int, now: float, transport: asyncio.Transport) -> None:
+
+def slow_reader_reason(limit: int) -> str:
+    # Short: a WebSocket close reason holds at most 123 bytes.
+    return f"not reading: over {limit} bytes queued; reconnect and sync"
+
+
+class TcpConn(Conn):
+    __slots__ = ("max_outbox", "transport")
+
+    def __init__(
+        self, conn_id: int, now: float, transport: asyncio.Transport, max_outbox: int
+    ) -> None:
         super().__init__(conn_id, now)
         self.transport = transport
+        self.max_outbox = max_outbox
 
     def _write(self, payload: bytes) -> None:
         self._send(HEADER.pack(len(payload)) + payload)
@@ -42,13 +63,39 @@ class TcpConn(Conn):
         if transport.is_closing():
             return
         transport.write(data)
-        if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
-            log.warning("closing connection %s: client is not reading", self.conn_id)
-            self.closed = True
-            transport.abort()
+        queued = transport.get_write_buffer_size()
+        if queued > self.max_outbox:
+            self._overflow(queued)
+
+    def _overflow(self, queued: int) -> None:
+        """Close a client that does not read: its reason goes behind what is queued (a
+        client that reads again gets it before the end of the stream), and the socket
+        is aborted after CLOSE_GRACE if it still does not read."""
+        log_slow_reader(self, "tcp", queued, self.max_outbox)
+        reason = slow_reader_reason(self.max_outbox)
+        payload = error_payload(wire_pb2.ERROR_CODE_UNAVAILABLE, reason)
+        self.transport.write(HEADER.pack(len(payload)) + payload)
+        self.closed = True
+        self._close()
 
     def _close(self) -> None:
-        self.transport.close()  # flushes what is buffered, then closes
+        transport = self.transport
+        transport.close()  # flushes what is buffered, then closes
+        asyncio.get_running_loop().call_later(CLOSE_GRACE, transport.abort)
+
+
+def log_slow_reader(conn: Conn, kind: str, queued: int, limit: int) -> None:
+    log.warning(
+        "closing %s connection %s (user %s device %r from %s): the client is not "
+        "reading, %d bytes queued for it (limit %d)",
+        kind,
+        conn.conn_id,
+        conn.user_id,
+        conn.device_id,
+        conn.peer or "?",
+        queued,
+        limit,
+    )
 
 
 class TcpProtocol(asyncio.Protocol):
@@ -71,8 +118,15 @@ class TcpProtocol(asyncio.Protocol):
         core = self._core
         self._transport = transport  # type: ignore[assignment]
         # uvloop's transports do not subclass asyncio.Transport but behave like one.
-        self._conn = TcpConn(core.new_conn_id(), core.clock.monotonic(), transport)  # type: ignore[arg-type]
-        core.opened(self._conn)
+        conn = TcpConn(
+            core.new_conn_id(),
+            core.clock.monotonic(),
+            transport,  # type: ignore[arg-type]
+            core.settings.max_outbox_bytes,
+        )
+        conn.peer = _peer_host(transport.get_extra_info("peername"))
+        self._conn = conn
+        core.opened(conn)
 
     def data_received(self, data: bytes) -> None:
         conn = self._conn
@@ -114,21 +168,37 @@ class TcpProtocol(asyncio.Protocol):
 
 
 class WsConn(Conn):
-    __slots__ = ("outbox", "ws")
+    __slots__ = ("max_outbox", "outbox", "outbox_bytes", "ws")
 
-    def __init__(self, conn_id: int, now: float, ws: ServerConnection) -> None:
+    def __init__(self, conn_id: int, now: float, ws: ServerConnection, max_outbox: int) -> None:
         super().__init__(conn_id, now)
         self.ws = ws
+        self.max_outbox = max_outbox
         # websockets' send() is a coroutine; a queue keeps writes ordered and lets the
         # core write synchronously. None marks "close after flushing".
         self.outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.outbox_bytes = 0  # payload bytes in the queue, not yet given to websockets
 
     def _write(self, payload: bytes) -> None:
-        if self.outbox.qsize() > 10_000:
-            self.closed = True
-            self.outbox.put_nowait(None)
+        self.outbox_bytes += len(payload)
+        if self.outbox_bytes > self.max_outbox:
+            self._overflow()
             return
         self.outbox.put_nowait(payload)
+
+    def _overflow(self) -> None:
+        """Close a client that does not read: what is queued is dropped (it syncs on
+        reconnect), the close handshake carries the reason, and the socket is aborted
+        after CLOSE_GRACE if the client does not read even that far."""
+        log_slow_reader(self, "websocket", self.outbox_bytes, self.max_outbox)
+        self.closed = True
+        while not self.outbox.empty():
+            self.outbox.get_nowait()
+        self.outbox_bytes = 0
+        self.close_reason = (CloseCode.TRY_AGAIN_LATER, slow_reader_reason(self.max_outbox))
+        self.outbox.put_nowait(None)
+        # The writer may be stuck in send() until the client reads.
+        asyncio.get_running_loop().call_later(CLOSE_GRACE, self.ws.transport.abort)
 
     def _close(self) -> None:
         self.outbox.put_nowait(None)
@@ -141,17 +211,29 @@ async def _ws_writer(conn: WsConn) -> None:
             payload = await conn.outbox.get()
             if payload is None:
                 break
+            conn.outbox_bytes -= len(payload)
             await ws.send(payload)
     except ConnectionClosed:
         pass
     finally:
-        with contextlib.suppress(Exception):
-            await ws.close()
+        code, reason = conn.close_reason or (CloseCode.NORMAL_CLOSURE, "")
+        try:
+            # close() waits for the close frame to be written: bounded, as the
+            # client may not be reading.
+            async with asyncio.timeout(CLOSE_GRACE):
+                await ws.close(code, reason)
+        except TimeoutError:
+            ws.transport.abort()
+        except Exception:
+            pass
 
 
 def ws_handler(core: ConnectorCore):  # type: ignore[no-untyped-def]
     async def handle(ws: ServerConnection) -> None:
-        conn = WsConn(core.new_conn_id(), core.clock.monotonic(), ws)
+        conn = WsConn(
+            core.new_conn_id(), core.clock.monotonic(), ws, core.settings.max_outbox_bytes
+        )
+        conn.peer = _peer_host(ws.remote_address)
         core.opened(conn)
         writer = asyncio.get_running_loop().create_task(_ws_writer(conn))
         handled = 0
@@ -186,21 +268,39 @@ def ws_handler(core: ConnectorCore):  # type: ignore[no-untyped-def]
             core.closed(conn)
             conn.outbox.put_nowait(None)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer, 5)
+                # The writer's close is bounded by CLOSE_GRACE.
+                await asyncio.wait_for(writer, CLOSE_GRACE + 1)
 
     return handle
 
 
-async def start_tcp(core: ConnectorCore, host: str, port: int) -> asyncio.Server:
+def _handshake_timeout(core: ConnectorCore, ssl: SSLContext | None) -> float | None:
+    # A TLS handshake is bounded like the Auth that follows it (asyncio's default is
+    # 60 s of an idle socket held per attempt).
+    return core.settings.auth_timeout if ssl is not None else None
+
+
+async def start_tcp(
+    core: ConnectorCore, host: str, port: int, ssl: SSLContext | None = None
+) -> asyncio.Server:
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: TcpProtocol(core), host, port, backlog=4096)
+    return await loop.create_server(
+        lambda: TcpProtocol(core),
+        host,
+        port,
+        backlog=4096,
+        ssl=ssl,
+        ssl_handshake_timeout=_handshake_timeout(core, ssl),
+    )
 
 
-async def start_ws(core: ConnectorCore, host: str, port: int):  # type: ignore[no-untyped-def]
+async def start_ws(core: ConnectorCore, host: str, port: int, ssl: SSLContext | None = None):  # type: ignore[no-untyped-def]
     return await serve(
         ws_handler(core),
         host,
         port,
+        ssl=ssl,
+        ssl_handshake_timeout=_handshake_timeout(core, ssl),
         # Larger than the frame limit so an oversized frame gets an Error frame, not
         # just a close code.
         max_size=core.settings.max_frame_bytes * 4,

@@ -10,11 +10,14 @@ import socket
 from collections.abc import Iterator
 
 import uvicorn
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry, make_asgi_app
 
 from im.adapters.factory import build_message_store
 from im.auth import TokenIssuer, TokenVerifier, load_keys
 from im.config import Settings
 from im.ports import Backends, MessageStore
+from im.tls import public_files
 from services.gateway.api import create_app
 from services.gateway.service import TOKEN_LEEWAY, Gateway
 
@@ -70,23 +73,30 @@ class GatewayService:
         self._server: _Server | None = None
         self._task: asyncio.Task[None] | None = None
         self._port = 0
+        self._metrics: MetricsPort | None = None
 
     async def start(self) -> None:
         await self.gateway.open()
+        tls = public_files(self._settings)
         sock = _bind(self._settings.host, self._settings.gateway_port)
         self._port = sock.getsockname()[1]
         config = uvicorn.Config(
-            create_app(self.gateway),
+            self._create_app(),
             log_level="warning",
             access_log=False,
             lifespan="off",  # start/stop are ours
             timeout_graceful_shutdown=SHUTDOWN_GRACE,
             server_header=False,
+            # X-Forwarded-For is ours to judge (IM_TRUSTED_PROXIES), not uvicorn's: it
+            # would believe any loopback peer by default.
+            proxy_headers=False,
             # Longer than clients' and load balancers' idle pools, so the server is not
             # the side that closes an idle keep-alive connection (a request sent on it
             # at that moment fails with "server disconnected").
             timeout_keep_alive=75,
             backlog=2048,
+            ssl_certfile=tls[0] if tls else None,
+            ssl_keyfile=tls[1] if tls else None,
         )
         self._server = _Server(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="gateway-http")
@@ -99,6 +109,20 @@ class GatewayService:
                 raise RuntimeError(f"gateway HTTP server did not start: {error!r}")
             await asyncio.sleep(0.01)
         log.info("gateway listening on %s", self.endpoints()["http"])
+        if self._metrics is not None:
+            await self._metrics.start()
+
+    def _create_app(self) -> FastAPI:
+        """The API app, with /metrics on it or, apart from it, on the internal port."""
+        on_api = metrics_on_api(self._settings)
+        app = create_app(self.gateway, metrics_on_api=on_api)
+        if not on_api:
+            self._metrics = MetricsPort(
+                self._settings.internal_host,
+                self._settings.gateway_metrics_port,
+                app.state.metrics.registry,
+            )
+        return app
 
     async def _close_after_failure(self) -> None:
         if self._task is not None and not self._task.done():
@@ -108,6 +132,8 @@ class GatewayService:
         await self.gateway.close()
 
     async def stop(self) -> None:
+        if self._metrics is not None:
+            await self._metrics.stop()
         if self._server is not None and self._task is not None:
             self._server.should_exit = True
             try:
@@ -129,7 +155,82 @@ class GatewayService:
         host = self._settings.public_host()
         if ":" in host:
             host = f"[{host}]"
-        return {"http": f"http://{host}:{self._port}"}
+        scheme = "https" if self._settings.public_tls() else "http"
+        endpoints = {"http": f"{scheme}://{host}:{self._port}"}
+        if self._metrics is not None and self._metrics.port:
+            endpoints["metrics"] = self._metrics.url()
+        return endpoints
+
+
+def metrics_on_api(settings: Settings) -> bool:
+    """``auto``: on the API port in standalone only (an in-process registry), where the
+    API port is a developer's; a deployment's public port must not expose it."""
+    if settings.gateway_metrics == "auto":
+        return settings.registry_url.startswith("memory://")
+    return settings.gateway_metrics == "api"
+
+
+class MetricsPort:
+    """The gateway's Prometheus exposition on an internal address, apart from the API.
+
+    A port that cannot be bound is logged and skipped: metrics must not keep the API
+    from serving (several gateways on one test host would clash on the default)."""
+
+    def __init__(self, host: str, port: int, registry: CollectorRegistry) -> None:
+        self._host = host
+        self._wanted = port
+        self._registry = registry
+        self._server: _Server | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.port = 0
+
+    def url(self) -> str:
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self.port}/metrics"
+
+    async def start(self) -> None:
+        try:
+            sock = _bind(self._host, self._wanted)
+        except OSError as exc:
+            log.error("gateway /metrics not served: %s:%d: %s", self._host, self._wanted, exc)
+            return
+        config = uvicorn.Config(
+            make_asgi_app(registry=self._registry),
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            server_header=False,
+        )
+        self._server = _Server(config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="gateway-metrics")
+        deadline = asyncio.get_running_loop().time() + STARTUP_TIMEOUT
+        while not self._server.started and not self._task.done():
+            if asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.01)
+        if not self._server.started:
+            sock.close()
+            await self.stop()
+            log.error("gateway /metrics server did not start")
+            return
+        self.port = sock.getsockname()[1]
+        log.info("gateway metrics on %s", self.url())
+
+    async def stop(self) -> None:
+        if self._server is None or self._task is None:
+            return
+        self._server.should_exit = True
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), SHUTDOWN_GRACE)
+        except TimeoutError:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        except Exception:
+            log.exception("gateway metrics server failed")
+        self._server = None
+        self._task = None
+        self.port = 0
 
 
 def build(

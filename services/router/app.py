@@ -8,7 +8,7 @@ import logging
 
 from im.adapters import build_message_store
 from im.config import Settings
-from im.grpcutil import GrpcServer
+from im.grpcutil import ChannelPool, GrpcServer
 from im.ports import Backends, BusConsumer, MessageStore
 from im.runtime import bounded
 from services.router.service import Router
@@ -38,7 +38,9 @@ class RouterApp:
         self.settings = settings
         self.backends = backends
         self.store = store or build_message_store(settings)
-        self.router = Router(settings, backends, self.store)
+        self.router = Router(
+            settings, backends, self.store, channels=ChannelPool.for_settings(settings)
+        )
         self.router_id = settings.resolved_router_id()
         self._consumer: BusConsumer | None = None
         self._stop = asyncio.Event()
@@ -46,9 +48,9 @@ class RouterApp:
         self._health_task: asyncio.Task | None = None
         self._serving = False
         self._backends_ok = True  # bus and presence, as of the last check
-        # Health and reflection only: probes see whether batches go through (a
+        # Health only: probes see whether batches go through (a
         # router whose store or bus fails keeps running but reports NOT_SERVING).
-        self._grpc = GrpcServer(settings.host, settings.router_grpc_port)
+        self._grpc = GrpcServer.for_settings(settings, settings.router_grpc_port)
 
     def serving(self) -> bool:
         """Batches go through: the consumer joined its group, the last batches did not
@@ -144,7 +146,7 @@ class RouterApp:
 
     def endpoints(self) -> dict[str, str]:
         return {
-            "grpc": f"{self.settings.public_host()}:{self._grpc.port}",
+            "grpc": f"{self.settings.internal_public_host()}:{self._grpc.port}",
             "bus": f"{self.settings.bus_url} group {self.settings.router_group}",
         }
 

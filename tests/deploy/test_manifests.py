@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import shutil
 import subprocess
-import sys
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,6 +37,21 @@ IMAGE = "im-suite"  # the image name the manifests use; overlays retag/rename it
 CONFIG_MAP = "im-config"
 ENV_SECRET = "im-secrets"
 JWT_SECRET = "im-jwt-keys"
+INTERNAL_TLS_SECRET = "im-internal-tls"
+SUITE_LABELS = {"app.kubernetes.io/name": "im"}  # every pod of the suite carries it
+# Services with an internal gRPC server (mutual TLS) and its plaintext health port.
+GRPC_PORTS = {
+    "user": "user_grpc_port",
+    "group": "group_grpc_port",
+    "connector": "connector_grpc_port",
+    "router": "router_grpc_port",
+}
+PUBLIC_PORTS = {
+    "gateway": ["gateway_port"],
+    "connector": ["connector_tcp_port", "connector_ws_port"],
+}
+# Internal listeners that are not gRPC: reached from the monitoring namespace only.
+INTERNAL_PORTS = {"gateway": ["gateway_metrics_port"]}
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job")
 # Services with nothing to probe (none today). test_services_without_health_endpoint
 # fails if one gets a port, so its probes are added then.
@@ -196,13 +208,9 @@ def container_ports(container: dict[str, Any]) -> dict[str, int]:
 
 
 def expected_ports(service: str, config: dict[str, str]) -> set[int]:
-    names = {
-        "gateway": ["gateway_port"],
-        "user": ["user_grpc_port"],
-        "group": ["group_grpc_port"],
-        "connector": ["connector_tcp_port", "connector_ws_port", "connector_grpc_port"],
-        "router": ["router_grpc_port"],
-    }[service]
+    names = list(PUBLIC_PORTS.get(service, [])) + INTERNAL_PORTS.get(service, [])
+    if service in GRPC_PORTS:
+        names += [GRPC_PORTS[service], "grpc_health_port"]
     return {setting(config, n) for n in names}
 
 
@@ -321,6 +329,7 @@ def test_the_example_secret_has_what_the_pods_read() -> None:
     example = {d["metadata"]["name"]: d for d in load_docs(K8S / "secret.example.yaml")}
     assert "IM_DATABASE_URL" in example[ENV_SECRET]["stringData"]
     assert set(example[JWT_SECRET]["stringData"]) == {"jwt-private.pem", "jwt-public.pem"}
+    assert set(example[INTERNAL_TLS_SECRET]["stringData"]) == {"ca.crt", "tls.crt", "tls.key"}
     text = (K8S / "secret.example.yaml").read_text()
     assert "CHANGE-ME" in text and "PLACEHOLDER" in text and "secret manager" in text
     # Never applied by a kustomization: it would overwrite the real secrets.
@@ -394,18 +403,16 @@ def test_gateway_probes_its_health_endpoints() -> None:
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
 
 
-@pytest.mark.parametrize(
-    ("service", "port"),
-    [
-        ("user", "user_grpc_port"),
-        ("group", "group_grpc_port"),
-        ("connector", "connector_grpc_port"),
-    ],
-)
-def test_grpc_services_use_native_grpc_readiness_probes(service: str, port: str) -> None:
+@pytest.mark.parametrize("service", sorted(GRPC_PORTS))
+def test_grpc_services_use_native_grpc_probes_on_the_health_port(service: str) -> None:
     _, container = SERVED[service]
-    # grpc probes take a number, not a port name
-    assert container["readinessProbe"]["grpc"]["port"] == setting(BASE_CONFIG, port)
+    # The kubelet's gRPC probes cannot present a client certificate: they ask the
+    # plaintext health-only port, never the mutual-TLS one.
+    health = setting(BASE_CONFIG, "grpc_health_port")
+    assert health and health != setting(BASE_CONFIG, GRPC_PORTS[service])
+    for kind in ("readinessProbe", "startupProbe"):
+        # grpc probes take a number, not a port name
+        assert container[kind]["grpc"]["port"] == health, kind
 
 
 def test_connector_is_a_statefulset_with_a_headless_service() -> None:
@@ -415,7 +422,9 @@ def test_connector_is_a_statefulset_with_a_headless_service() -> None:
     assert service["spec"]["clusterIP"] == "None"
     labels = workload["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= labels.items()
-    assert {p["port"] for p in service["spec"]["ports"]} == set(container_ports(container).values())
+    probes_only = {setting(BASE_CONFIG, "grpc_health_port")}
+    ports = set(container_ports(container).values()) - probes_only
+    assert {p["port"] for p in service["spec"]["ports"]} == ports
     # Its registry id is the pod's name (downward API), stable across restarts.
     fields = {
         item["name"]: item["valueFrom"]["fieldRef"]["fieldPath"]
@@ -634,16 +643,12 @@ def test_dockerfile_installs_no_dev_or_test_extras() -> None:
         assert "[dev" not in args and "test-servers" not in args, (op, args)
 
 
-def test_dockerfile_requirements_line_reads_the_runtime_dependencies() -> None:
-    """Runs the Dockerfile's own one-liner that lists the dependencies to pre-install."""
-    runs = [a for op, a in dockerfile_instructions() if op == "RUN" and "tomllib" in a]
-    assert len(runs) == 1
-    code = shlex.split(runs[0])[2]  # python -c "<code>" > /tmp/requirements.txt ...
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
-    )
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert out.stdout.split("\n")[:-1] == project["dependencies"]
+def test_dockerfile_installs_the_locked_runtime_dependencies_only() -> None:
+    """Dependencies come from the runtime lock at their hashes; the project's own install
+    resolves nothing more."""
+    installs = [a for op, a in dockerfile_instructions() if op == "RUN" and "pip install" in a]
+    assert installs[0] == "pip install --require-hashes -r requirements/runtime.lock"
+    assert all("--no-deps" in a for a in installs[1:]), installs
 
 
 def test_dockerfile_runs_imctl_as_a_non_root_user() -> None:
@@ -655,7 +660,8 @@ def test_dockerfile_runs_imctl_as_a_non_root_user() -> None:
     assert user not in ("root", "0")
     exposed = {int(p.split("/")[0]) for p in ops["EXPOSE"].split()}
     ports = {name for name in DEFAULTS if name.endswith("_port")}
-    assert exposed == {DEFAULTS[name].default for name in ports}
+    # 0: a listener that is off unless configured (the probes' health port)
+    assert exposed == {DEFAULTS[name].default for name in ports} - {0}
 
 
 def test_dockerignore_lets_in_exactly_what_the_build_copies() -> None:
