@@ -3,7 +3,11 @@ message store, and the engine factory (MySQL via pymysql, SQLite standalone)."""
 
 from __future__ import annotations
 
+import functools
+import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -18,7 +22,12 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+log = logging.getLogger("im.db")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY.
 Id64 = BigInteger().with_variant(Integer, "sqlite")
@@ -127,6 +136,49 @@ class DeadLetterRow(Base):
     value: Mapped[bytes] = mapped_column(LargeBinary(length=16 * 1024 * 1024), nullable=False)
     reason: Mapped[str] = mapped_column(String(DEAD_LETTER_REASON_CHARS), nullable=False)
     at_ms: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+# A transaction the database chose as a deadlock victim (or that waited too long for a
+# lock) was rolled back whole: running it again is the documented remedy. MySQL/MariaDB
+# error numbers; PostgreSQL SQLSTATEs (deadlock, serialization failure).
+_RETRYABLE_MYSQL = {1213, 1205}
+_RETRYABLE_SQLSTATE = {"40P01", "40001"}
+TRANSACTION_ATTEMPTS = 5
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether ``exc`` is a rolled-back transaction that may simply run again."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    orig = exc.orig
+    args = getattr(orig, "args", ())
+    if args and args[0] in _RETRYABLE_MYSQL:
+        return True
+    return getattr(orig, "sqlstate", None) in _RETRYABLE_SQLSTATE or (
+        getattr(orig, "pgcode", None) in _RETRYABLE_SQLSTATE
+    )
+
+
+def retry_transaction(
+    transaction: Callable[P, R], attempts: int = TRANSACTION_ATTEMPTS
+) -> Callable[P, R]:
+    """Runs ``transaction`` (one whole transaction, blocking) again when the database
+    rolled it back as a deadlock victim; other errors pass through. Concurrent logins
+    of different users take gap locks on one index in InnoDB, so deadlocks are normal
+    there, not a fault."""
+
+    @functools.wraps(transaction)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        for attempt in range(1, attempts + 1):
+            try:
+                return transaction(*args, **kwargs)
+            except DBAPIError as exc:
+                if attempt == attempts or not is_retryable(exc):
+                    raise
+                log.info("%s: transaction rolled back (%s), again", transaction.__name__, exc.orig)
+        raise AssertionError("unreachable")
+
+    return run
 
 
 def make_engine(url: str) -> Engine:

@@ -18,7 +18,7 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from im.db import SessionRow, UserRow
+from im.db import SessionRow, UserRow, retry_transaction
 from im.v1 import user_pb2
 
 
@@ -40,8 +40,14 @@ class SessionTable:
     """Blocking SQLAlchemy calls: run them in a worker thread."""
 
     def __init__(self, engine: Engine) -> None:
+        if engine.dialect.name != "sqlite":
+            # Each statement here names its rows (a user, a device, a token hash); under
+            # REPEATABLE READ InnoDB would also lock the gaps between them, and logins of
+            # neighbouring users would deadlock each other.
+            engine = engine.execution_options(isolation_level="READ COMMITTED")
         self._engine = engine
 
+    @retry_transaction
     def create(
         self,
         user_id: int,
@@ -78,6 +84,7 @@ class SessionTable:
             )
         return revoked
 
+    @retry_transaction
     def rotate(
         self, old_hash: str, new_hash: str, now: int, expires_at: int
     ) -> tuple[SessionRow | None, bool]:
@@ -100,6 +107,7 @@ class SessionTable:
             return reused[0], True
         return None, False
 
+    @retry_transaction
     def revoke(
         self, user_id: int, session_id: str = "", except_session_id: str = "", now: int = 0
     ) -> list[SessionRow]:
@@ -113,6 +121,7 @@ class SessionTable:
         with Session(self._engine, expire_on_commit=False) as db, db.begin():
             return self._revoke_where(db, now, *conditions)
 
+    @retry_transaction
     def change_password(
         self, user_id: int, old_hash: str, new_hash: str, keep_session_id: str, now: int
     ) -> list[SessionRow] | None:

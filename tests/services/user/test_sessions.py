@@ -160,3 +160,35 @@ async def test_session_rpcs_refuse_malformed_requests(
         assert await status_of(lambda: stub.RotateSession(unknown)) == (
             grpc.StatusCode.UNAUTHENTICATED
         )
+
+
+@pytest.mark.integration
+def test_concurrent_logins_of_many_users_on_mariadb_all_open_sessions(mysql_url: str) -> None:
+    """InnoDB takes gap locks on the (user, device) index for each login's clean-up, so
+    logins of neighbouring users deadlock each other now and then; each such victim is
+    run again, and every login gets its session."""
+    import uuid
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sqlalchemy import delete
+
+    engine = make_engine(mysql_url)
+    create_schema(engine)
+    table = SessionTable(engine)
+    base = 10**15 + uuid.uuid4().int % 10**12 * 1000  # users of this run only
+    users = [base + i for i in range(48)]
+
+    def login(user_id: int, round_: int) -> None:
+        token = f"{user_id}-{round_}"
+        table.create(user_id, "phone", uuid.uuid4().hex, h(token), NOW + round_, NOW + DAY)
+
+    try:
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            for round_ in range(4):
+                list(pool.map(login, users, [round_] * len(users)))
+        for user_id in users:
+            assert len(open_ids(table, user_id)) == 1, user_id
+    finally:
+        with engine.begin() as connection:
+            connection.execute(delete(SessionRow).where(SessionRow.user_id.in_(users)))
+        engine.dispose()
