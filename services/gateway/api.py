@@ -27,6 +27,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from im.auth import Claims
 from im.v1 import group_pb2, user_pb2, wire_pb2
 from im.validation import MAX_INT64
+from services.gateway.conversations import ConversationView, ReceiptsView
+from services.gateway.errors import ApiError, unauthorized
+from services.gateway.groups import GroupView, group_id_from_path, role_name
 from services.gateway.guards import BodyLimitMiddleware, SecurityHeadersMiddleware
 from services.gateway.inputs import (
     AfterSeqQuery,
@@ -37,17 +40,7 @@ from services.gateway.inputs import (
     UserId,
     UserIdPath,
 )
-from services.gateway.service import (
-    ApiError,
-    ConversationView,
-    Gateway,
-    GroupView,
-    LoginResult,
-    ReceiptsView,
-    group_id_from_path,
-    role_name,
-    unauthorized,
-)
+from services.gateway.service import Gateway, LoginResult
 
 log = logging.getLogger("im.gateway")
 
@@ -675,11 +668,11 @@ async def users_by_name(
 )
 async def open_direct(gateway: GatewayDep, claims: Auth, body: DirectRequest) -> ConversationOut:
     """Get or create the 1:1 conversation with `peer_id`."""
-    return _conversation(await gateway.open_direct(claims.user_id, body.peer_id))
+    return _conversation(await gateway.conversation_ops.open_direct(claims.user_id, body.peer_id))
 
 
 async def _conversation_list(gateway: Gateway, claims: Claims) -> ConversationList:
-    views = await gateway.conversations(claims.user_id)
+    views = await gateway.conversation_ops.conversations(claims.user_id)
     return ConversationList(conversations=[_conversation(v) for v in views])
 
 
@@ -720,7 +713,9 @@ async def history(
     limit: Annotated[int, Query(ge=1, le=500, description="Page size.")] = 100,
 ) -> MessagePage:
     """Messages with seq > after_seq, ascending; 403 for a non-member."""
-    messages, has_more = await gateway.history(claims.user_id, conversation_id, after_seq, limit)
+    messages, has_more = await gateway.conversation_ops.history(
+        claims.user_id, conversation_id, after_seq, limit
+    )
     return MessagePage(messages=[_message(m) for m in messages], has_more=has_more)
 
 
@@ -735,7 +730,7 @@ async def ack(
     gateway: GatewayDep, claims: Auth, conversation_id: ConversationId, body: CursorRequest
 ) -> Response:
     """Everything up to `seq` has been delivered (the cursor never moves back)."""
-    await gateway.update_cursor(
+    await gateway.conversation_ops.update_cursor(
         claims.user_id, conversation_id, body.seq, read=False, device_id=claims.device_id
     )
     return Response(status_code=204)
@@ -752,7 +747,7 @@ async def read(
     gateway: GatewayDep, claims: Auth, conversation_id: ConversationId, body: CursorRequest
 ) -> Response:
     """Everything up to `seq` has been read (moves the delivered cursor too)."""
-    await gateway.update_cursor(
+    await gateway.conversation_ops.update_cursor(
         claims.user_id, conversation_id, body.seq, read=True, device_id=claims.device_id
     )
     return Response(status_code=204)
@@ -778,7 +773,9 @@ async def receipts(
 ) -> ReceiptsOut:
     """Read receipts of message `seq`: counts, and pages of who has and has not read
     it (the sender excluded), from the members' read cursors. Members only."""
-    view = await gateway.receipts(claims.user_id, conversation_id, seq, cursor, limit, list_)
+    view = await gateway.conversation_ops.receipts(
+        claims.user_id, conversation_id, seq, cursor, limit, list_
+    )
     return _receipts(view)
 
 
@@ -792,7 +789,7 @@ async def receipts(
 )
 async def create_group(gateway: GatewayDep, claims: Auth, body: CreateGroupRequest) -> GroupOut:
     """Create a group; the caller becomes its owner."""
-    view = await gateway.create_group(
+    view = await gateway.group_ops.create_group(
         claims.user_id, body.name, body.member_ids, body.history_visible
     )
     return _group(view)
@@ -806,7 +803,7 @@ async def create_group(gateway: GatewayDep, claims: Auth, body: CreateGroupReque
 )
 async def get_group(gateway: GatewayDep, claims: Auth, group_id: GroupId) -> GroupOut:
     """A group and the caller's role in it. Members only."""
-    return _group(await gateway.get_group(claims.user_id, group_id))
+    return _group(await gateway.group_ops.get_group(claims.user_id, group_id))
 
 
 @router.post(
@@ -820,7 +817,7 @@ async def add_members(
 ) -> AddedMembers:
     """Add members (owner or admin). They see messages sent from now on, or the
     whole history if the group was created with `history_visible`."""
-    added = await gateway.add_members(claims.user_id, group_id, body.user_ids)
+    added = await gateway.group_ops.add_members(claims.user_id, group_id, body.user_ids)
     return AddedMembers(added=added)
 
 
@@ -838,7 +835,9 @@ async def list_members(
     limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 100,
 ) -> MemberPage:
     """A page of members with their roles and cursors. Members only."""
-    members, next_cursor = await gateway.list_members(claims.user_id, group_id, cursor, limit)
+    members, next_cursor = await gateway.group_ops.list_members(
+        claims.user_id, group_id, cursor, limit
+    )
     return MemberPage(members=[_member_out(m) for m in members], next_cursor=next_cursor)
 
 
@@ -852,7 +851,9 @@ async def set_member_role(
     gateway: GatewayDep, claims: Auth, group_id: GroupId, user_id: MemberId, body: RoleRequest
 ) -> MemberOut:
     """Make a member an admin or a plain member again (owner only)."""
-    return _member_out(await gateway.set_role(claims.user_id, group_id, user_id, body.role))
+    return _member_out(
+        await gateway.group_ops.set_role(claims.user_id, group_id, user_id, body.role)
+    )
 
 
 @router.delete(
@@ -867,7 +868,7 @@ async def remove_member(
 ) -> Response:
     """Remove a member (owner or admin; only the owner removes admins). Removing
     oneself is leaving."""
-    await gateway.remove_member(claims.user_id, group_id, user_id)
+    await gateway.group_ops.remove_member(claims.user_id, group_id, user_id)
     return Response(status_code=204)
 
 
@@ -880,7 +881,7 @@ async def remove_member(
 )
 async def leave_group(gateway: GatewayDep, claims: Auth, group_id: GroupId) -> Response:
     """Leave the group (the owner cannot)."""
-    await gateway.leave_group(claims.user_id, group_id)
+    await gateway.group_ops.leave_group(claims.user_id, group_id)
     return Response(status_code=204)
 
 
