@@ -6,13 +6,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
-from services.gateway.api import (
-    Auth,
-    GatewayDep,
-    LoginResponse,
-    _responses,
-    login_response,
-)
+from services.gateway.deps import Auth, GatewayDep
+from services.gateway.models import LoginResponse, login_response
+from services.gateway.problems import problem_responses
 
 MAX_REFRESH_TOKEN_CHARS = 128  # ours are 43; anything longer is not one of them
 MAX_PASSWORD_CHARS = 1024  # as at login: the user service refuses beyond its own bound
@@ -43,7 +39,7 @@ class PasswordChange(BaseModel):
     "/v1/auth/refresh",
     response_model=LoginResponse,
     tags=["auth"],
-    responses=_responses(401, 422, 429, 503),
+    responses=problem_responses(401, 422, 429, 503),
 )
 async def refresh(gateway: GatewayDep, body: RefreshRequest, request: Request) -> LoginResponse:
     """Trade a refresh token for a new access token, a new refresh token and a
@@ -58,7 +54,7 @@ async def refresh(gateway: GatewayDep, body: RefreshRequest, request: Request) -
     status_code=204,
     response_class=Response,
     tags=["auth"],
-    responses=_responses(401, 503),
+    responses=problem_responses(401, 503),
 )
 async def logout_all(gateway: GatewayDep, claims: Auth) -> Response:
     """End every session of the user, this one included: their access and refresh
@@ -72,7 +68,7 @@ async def logout_all(gateway: GatewayDep, claims: Auth) -> Response:
     status_code=204,
     response_class=Response,
     tags=["users"],
-    responses=_responses(401, 422, 429, 503),
+    responses=problem_responses(401, 422, 429, 503),
 )
 async def change_password(
     gateway: GatewayDep, claims: Auth, body: PasswordChange, request: Request

@@ -6,7 +6,8 @@ bus or registry says so only through its health. So the gateway also probes ever
 listed connector's gRPC health every PROBE_EVERY seconds and hands out only those that
 answer SERVING: a dead or ailing connector stops being handed out within about a
 second. Among those, a device keeps the connector it is on, else it gets the least
-loaded one.
+loaded one. Where a device is connected (presence) also tells which connector to ask
+to kick it off when its session ends.
 """
 
 from __future__ import annotations
@@ -14,18 +15,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from im.auth import Claims
 from im.grpcutil import ChannelPool
-from im.ports import ConnectorInfo, Registry
+from im.ports import Backends, ConnectorInfo, Registry
+from im.v1 import connector_pb2, connector_pb2_grpc
+from services.gateway.calls import Calls
+from services.gateway.errors import ApiError
 
 log = logging.getLogger("im.gateway")
 
 PROBE_EVERY = 0.5
 PROBE_TIMEOUT = 0.4
+KICK_TIMEOUT = 2.0  # logout answers even when the connector is slow or gone
 
 
 def pick_connector(
@@ -122,3 +129,69 @@ class ConnectorProber:
             await self._pool.drop(info.grpc_addr)
             return False
         return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+class ConnectorAssigner:
+    """Assigns connectors at login and kicks devices off the one they are on."""
+
+    def __init__(
+        self,
+        backends: Backends,
+        pool: ChannelPool,
+        prober: ConnectorProber,
+        calls: Calls,
+    ) -> None:
+        self._backends = backends
+        self._connector_pool = pool
+        self._prober = prober
+        self._calls = calls
+        self._recent = RecentAssignments()
+
+    async def assign(self, user_id: int, device_id: str) -> ConnectorInfo:
+        listed = await self._calls.backend("registry", self._backends.registry.connectors())
+        connectors = self._prober.usable(listed)
+        if not connectors:
+            raise ApiError(503, "no_connector", "no connector is available; retry later")
+        current = await self._sticky_connector(user_id, device_id)
+        now = time.monotonic()
+        chosen = pick_connector(connectors, current, self._recent.counts(now))
+        assert chosen is not None
+        self._recent.add(chosen.connector_id, now)
+        return chosen
+
+    async def _sticky_connector(self, user_id: int, device_id: str) -> str | None:
+        """The connector the device is on now, if presence can tell: only a preference,
+        so a presence outage must not fail the login."""
+        try:
+            return await self._device_connector(user_id, device_id)
+        except ApiError:
+            return None
+
+    async def _device_connector(self, user_id: int, device_id: str) -> str | None:
+        routes = await self._calls.backend("presence", self._backends.presence.routes([user_id]))
+        for route in routes.get(user_id, []):
+            if route.device_id == device_id:
+                return route.connector_id
+        return None
+
+    async def kick(self, claims: Claims, reason: int) -> None:
+        connector_id = await self._device_connector(claims.user_id, claims.device_id)
+        if connector_id is None:
+            return
+        connectors = await self._backends.registry.connectors()
+        info = next((c for c in connectors if c.connector_id == connector_id), None)
+        if info is None:
+            return  # the connector is gone, and the connection with it
+        stub = connector_pb2_grpc.ConnectorServiceStub(self._connector_pool.get(info.grpc_addr))
+        request = connector_pb2.KickRequest(
+            user_id=claims.user_id,
+            device_id=claims.device_id,
+            reason=reason,
+            session_id=claims.session_id,
+        )
+        try:
+            await stub.Kick(request, timeout=KICK_TIMEOUT)
+        except grpc.aio.AioRpcError:
+            # A dead address must not keep a channel around forever.
+            await self._connector_pool.drop(info.grpc_addr)
+            raise

@@ -28,9 +28,9 @@ log = logging.getLogger("im.gateway")
 T = TypeVar("T")
 REFRESH_TOKEN_BYTES = 32
 
-Rpc = Callable[..., Awaitable[Any]]  # Gateway._rpc: (call, request) -> response
-Backend = Callable[[str, Awaitable[T]], Awaitable[T]]  # Gateway._backend
-Kick = Callable[[Claims, int], Awaitable[None]]  # Gateway._kick(claims, reason)
+Rpc = Callable[..., Awaitable[Any]]  # Calls.rpc: (call, request) -> response
+Backend = Callable[[str, Awaitable[T]], Awaitable[T]]  # Calls.backend
+Kick = Callable[[Claims, int], Awaitable[None]]  # ConnectorAssigner.kick(claims, reason)
 
 
 def new_refresh_token() -> tuple[str, str]:
