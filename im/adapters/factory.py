@@ -15,6 +15,8 @@ message twice.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from urllib.parse import urlparse
 
 from im.adapters.memory import MemoryBus, MemoryKV, MemoryRegistry
@@ -40,6 +42,35 @@ def reset_memory(name: str | None = None) -> None:
         _memory.clear()
     else:
         _memory.pop(name, None)
+
+
+# One state store per file and process: it answers idempotency claims from memory, so
+# every service (and every connector) of the process must share it. Closed with its
+# last user.
+_state: dict[Path, tuple[SqliteStateStore, int]] = {}
+
+
+def _shared_state(path: Path) -> tuple[SqliteStateStore, Callable[[], Awaitable[None]]]:
+    path = path.resolve()
+    store, users = _state.get(path) or (SqliteStateStore(path), 0)
+    _state[path] = (store, users + 1)
+    closed = False
+
+    async def close() -> None:
+        nonlocal closed
+        if closed:
+            return
+        closed = True
+        entry = _state.get(path)
+        if entry is None or entry[0] is not store:
+            return
+        if entry[1] > 1:
+            _state[path] = (store, entry[1] - 1)
+            return
+        del _state[path]
+        await store.close()
+
+    return store, close
 
 
 def _scheme(url: str) -> str:
@@ -77,8 +108,8 @@ def build_backends(settings: Settings, client_id: str = "im") -> Backends:
     scheme = _scheme(settings.kv_url)
     if scheme == "memory":
         kv = _memory_set(settings.kv_url, settings)[2]
-        state = SqliteStateStore(settings.data_dir / STATE_FILE)
-        closers.append(state.close)
+        state, close_state = _shared_state(settings.data_dir / STATE_FILE)
+        closers.append(close_state)
         sessions: SessionStore = state
         idempotency: IdempotencyStore = state
     elif scheme in ("redis", "rediss", "unix"):

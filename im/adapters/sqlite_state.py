@@ -4,13 +4,20 @@ retried message a second time (the in-process presence may forget; these may not
 
 Expiry is by wall time (``clock.wall_ms``), the only time that means the same before
 and after a restart. Calls are queued and applied in one transaction per batch on a
-worker thread: the event loop never waits on the disk, and a burst of Sends costs
-one commit rather than one per message.
+worker thread: the event loop never waits on the disk.
+
+Idempotency keys are claimed once per Send, so they are answered from memory: every
+live key is loaded when the store opens (what the in-memory store of a process that
+ran for a whole TTL holds anyway) and new ones are written behind, a batch per turn of
+the event loop, and all of them when the store closes. A SIGKILL can lose the claims
+of the last moment, as it loses the messages the in-process bus had not stored yet.
+Revocations are rare and must hold once ``revoke`` returns: they are written through.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
 import threading
@@ -20,6 +27,8 @@ from typing import Any
 
 from im.clock import Clock, SystemClock
 from im.ports import BackendUnavailable
+
+log = logging.getLogger("im.adapters.sqlite_state")
 
 BACKEND = "state store"
 STATE_FILE = "state.db"
@@ -67,27 +76,39 @@ def _is_revoked(session_id: str) -> Op:
     return op
 
 
-def _claim(key: str, value: bytes, ttl: float) -> Op:
-    def op(db: sqlite3.Connection, now: float) -> bytes | None:
-        row = db.execute(
-            "SELECT value FROM idempotency_keys WHERE key = ? AND expires_at > ?", (key, now)
-        ).fetchone()
-        if row is not None:
-            return bytes(row[0])
-        db.execute(
-            "INSERT OR REPLACE INTO idempotency_keys (key, value, expires_at) VALUES (?, ?, ?)",
-            (key, value, now + ttl),
-        )
-        return None
-
-    return op
+# A claim written behind: (key, value, expires_at); value None deletes the key.
+ClaimWrite = tuple[str, bytes | None, float]
 
 
-def _release(key: str) -> Op:
+def _write_claims(writes: list[ClaimWrite]) -> Op:
     def op(db: sqlite3.Connection, now: float) -> None:
-        db.execute("DELETE FROM idempotency_keys WHERE key = ?", (key,))
+        # In order (a release after its claim), each run of claims in one statement.
+        puts: list[ClaimWrite] = []
+        for write in writes:
+            if write[1] is not None:
+                puts.append(write)
+                continue
+            _put_claims(db, puts)
+            puts = []
+            db.execute("DELETE FROM idempotency_keys WHERE key = ?", (write[0],))
+        _put_claims(db, puts)
 
     return op
+
+
+def _put_claims(db: sqlite3.Connection, puts: list[ClaimWrite]) -> None:
+    if puts:
+        db.executemany(
+            "INSERT OR REPLACE INTO idempotency_keys (key, value, expires_at) VALUES (?, ?, ?)",
+            puts,
+        )
+
+
+def _live_claims(db: sqlite3.Connection, now: float) -> dict[str, tuple[bytes, float]]:
+    rows = db.execute(
+        "SELECT key, value, expires_at FROM idempotency_keys WHERE expires_at > ?", (now,)
+    )
+    return {key: (bytes(value), expires_at) for key, value, expires_at in rows}
 
 
 def _open(path: Path) -> sqlite3.Connection:
@@ -117,6 +138,13 @@ class SqliteStateStore:
         self._drainer: asyncio.Task | None = None
         self._next_prune = 0.0
         self._closed = False
+        try:
+            self._claims = _live_claims(self._db, self._now())
+        except sqlite3.Error as exc:
+            raise BackendUnavailable(BACKEND, f"{path}: {exc}") from exc
+        self._claim_writes: list[ClaimWrite] = []
+        self._writer: asyncio.Task | None = None
+        self._next_sweep = self._now() + PRUNE_EVERY
 
     # ------------------------------------------------------------------ ports
 
@@ -127,10 +155,49 @@ class SqliteStateStore:
         return await self._call(_is_revoked(session_id))
 
     async def claim(self, key: str, value: bytes, ttl: float) -> bytes | None:
-        return await self._call(_claim(key, value, ttl))
+        if self._closed:
+            raise BackendUnavailable(BACKEND, "closed")
+        now = self._now()
+        self._sweep(now)
+        held = self._claims.get(key)
+        if held is not None and held[1] > now:
+            return held[0]
+        self._claims[key] = (value, now + ttl)
+        self._write_behind((key, value, now + ttl))
+        return None
 
     async def release(self, key: str) -> None:
-        await self._call(_release(key))
+        if self._claims.pop(key, None) is not None:
+            self._write_behind((key, None, 0.0))
+
+    def _sweep(self, now: float) -> None:
+        # Expired keys are ignored on read; one pass a minute keeps memory bounded.
+        if now >= self._next_sweep:
+            self._next_sweep = now + PRUNE_EVERY
+            self._claims = {k: v for k, v in self._claims.items() if v[1] > now}
+
+    def _write_behind(self, write: ClaimWrite) -> None:
+        self._claim_writes.append(write)
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write_claims())
+
+    async def _write_claims(self) -> None:
+        """Writes the claims made meanwhile, a batch at a time, until none are left. A
+        batch the disk refused is kept and tried again with the next one."""
+        try:
+            while self._claim_writes:
+                batch, self._claim_writes = self._claim_writes, []
+                try:
+                    # A transaction of its own: a failure here fails no revocation.
+                    await asyncio.to_thread(self._apply, [_write_claims(batch)], self._now())
+                except sqlite3.Error as exc:
+                    log.error("idempotency keys not written (%d): %r", len(batch), exc)
+                    self._claim_writes[:0] = batch
+                    if self._closed:
+                        return
+                    break
+        finally:
+            self._writer = None
 
     async def healthy(self) -> bool:
         try:
@@ -139,8 +206,16 @@ class SqliteStateStore:
             return False
         return True
 
+    async def flush(self) -> None:
+        """Returns once the claims made so far were written (or refused by the disk)."""
+        if self._writer is not None:
+            await self._writer
+        if self._claim_writes:  # whatever a running writer had not picked up
+            await self._write_claims()
+
     async def close(self) -> None:
         self._closed = True
+        await self.flush()
         if self._drainer is not None:
             await self._drainer
         with self._lock:

@@ -145,8 +145,9 @@ class SendPath:
                     continue
                 if item is not None:
                     accepted.append(item)
-            if accepted:
-                await self._publish(conn, accepted)
+            claimed = await self._claim_all(conn, accepted)
+            if claimed:
+                await self._publish(conn, claimed)
         finally:
             # Settle what cancellation left open: the client gets an answer and a retry
             # of the same client_msg_id is not parked on a dead future.
@@ -167,8 +168,9 @@ class SendPath:
         send: wire_pb2.Send,
         waits: list[tuple[int, wire_pb2.Send, asyncio.Future]],
     ) -> Accepted | None:
-        """Authorize one Send and claim its msg_id; answers it itself unless it is
-        returned (to publish) or parked on an identical Send already in flight."""
+        """Authorize one Send and give it a msg_id (its claim comes next, for the whole
+        batch at once); answers it itself unless it is returned (to claim and publish)
+        or parked on an identical Send already in flight."""
         try:
             # A dict hit on the hot path; a lookup (each RPC with its deadline) otherwise.
             allowed = self.authorizer.cached(conn.user_id, send.conversation_id)
@@ -191,23 +193,31 @@ class SendPath:
         if inflight is not None:
             waits.append((request_id, send, inflight))
             return None
-        msg_id, ts = self._ids.next_id(), self._clock.wall_ms()
-        try:
-            # Bounded by the adapter (Redis: its socket timeout), like every port call.
-            existing = await self._backends.idempotency.claim(
-                key, ACK_RECORD.pack(msg_id, ts), self._settings.idempotency_ttl_seconds
-            )
-        except Exception as exc:
-            log.warning("idempotency claim failed: %r", exc)
-            self._fail(conn, E.ERROR_CODE_UNAVAILABLE, "try again", send, request_id)
-            return None
-        if existing is not None:
-            # Seen before (perhaps through another connector): publish again under
-            # the same msg_id; the router stores and numbers a msg_id only once.
-            msg_id, ts = ACK_RECORD.unpack(existing)
         future = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
+        msg_id, ts = self._ids.next_id(), self._clock.wall_ms()
         return Accepted(request_id, send, key, msg_id, ts, future)
+
+    async def _claim_all(self, conn: Conn, accepted: list[Accepted]) -> list[Accepted]:
+        """Claims each accepted Send's msg_id; returns those to publish. A key seen
+        before (perhaps through another connector) keeps its first msg_id: the router
+        stores and numbers a msg_id only once. One at a time: the stores answer from
+        memory or in one round trip, and a failure fails only its own Send."""
+        ttl = self._settings.idempotency_ttl_seconds
+        claimed = []
+        for item in accepted:
+            record = ACK_RECORD.pack(item.msg_id, item.server_ts)
+            try:
+                # Bounded by the adapter (Redis: its socket timeout), like every port call.
+                existing = await self._backends.idempotency.claim(item.key, record, ttl)
+            except Exception as exc:
+                log.warning("idempotency claim failed: %r", exc)
+                self._settle_failed(conn, item, "try again")
+                continue
+            if existing is not None:
+                item.msg_id, item.server_ts = ACK_RECORD.unpack(existing)
+            claimed.append(item)
+        return claimed
 
     async def _publish(self, conn: Conn, accepted: list[Accepted]) -> None:
         records = [
@@ -253,6 +263,15 @@ class SendPath:
                 except Exception as exc:
                     log.warning("publishing %d kept messages again failed: %r", len(chunk), exc)
                     await asyncio.sleep(min(5.0, 0.5 * 2**attempt))
+
+    def _settle_failed(self, conn: Conn, item: Accepted, message: str) -> None:
+        """Ends an accepted Send with UNAVAILABLE before it reached the bus; Sends parked
+        on it are answered the same way."""
+        if self._inflight.get(item.key) is item.future:
+            del self._inflight[item.key]
+        if not item.future.done():
+            item.future.set_result(None)
+        self._fail(conn, E.ERROR_CODE_UNAVAILABLE, message, item.send, item.request_id)
 
     def _settle(self, conn: Conn, item: Accepted, record: bytes | None) -> None:
         if self._inflight.get(item.key) is item.future:

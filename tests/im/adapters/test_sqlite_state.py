@@ -150,14 +150,50 @@ async def test_a_database_error_is_unavailable_for_the_whole_batch(
 ) -> None:
     store = SqliteStateStore(path, clock)
     with sqlite3.connect(path) as db:
-        db.execute("DROP TABLE idempotency_keys")
+        db.execute("DROP TABLE revoked_sessions")
     results = await asyncio.gather(
-        store.revoke("s", LONG), store.claim("k", b"v", LONG), return_exceptions=True
+        store.revoke("s", LONG), store.is_revoked("t"), return_exceptions=True
     )
     assert all(isinstance(r, BackendUnavailable) for r in results), results
     await store.close()
     again = SqliteStateStore(path, clock)  # recreates the table
     try:
         assert not await again.is_revoked("s")  # the failed batch stored nothing
+    finally:
+        await again.close()
+
+
+async def test_claims_are_answered_from_memory_and_written_behind(
+    path: Path, clock: FakeClock
+) -> None:
+    store = SqliteStateStore(path, clock)
+    assert await store.claim("1:a", b"first", LONG) is None
+    assert await store.claim("1:a", b"again", LONG) == b"first"  # before any write
+    await store.flush()
+    assert rows(path, "idempotency_keys") == 1
+    await store.release("1:a")
+    await store.close()  # writes what is left (the release)
+    assert rows(path, "idempotency_keys") == 0
+
+
+async def test_claims_the_disk_refused_are_written_with_the_next_batch(
+    path: Path, clock: FakeClock
+) -> None:
+    store = SqliteStateStore(path, clock)
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE idempotency_keys")
+    assert await store.claim("1:a", b"v1", LONG) is None  # memory still answers
+    await store.flush()  # the write failed; the claim is kept
+    assert await store.claim("1:a", b"v2", LONG) == b"v1"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE idempotency_keys (key TEXT PRIMARY KEY, value BLOB, expires_at REAL)"
+        )
+    assert await store.claim("1:b", b"v3", LONG) is None
+    await store.close()
+    again = SqliteStateStore(path, clock)
+    try:
+        assert await again.claim("1:a", b"x", LONG) == b"v1"
+        assert await again.claim("1:b", b"x", LONG) == b"v3"
     finally:
         await again.close()
