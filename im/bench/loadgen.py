@@ -106,8 +106,8 @@ async def open_connection(
             auth_timeout=timeout,
             heartbeat_interval=heartbeat,
         )
-    from im.client.connection import _split_host_port, _TcpLink
     from im.client.errors import ConnectionClosed
+    from im.client.transports import _split_host_port, _TcpLink
     from im.protocol import DEFAULT_MAX_FRAME
 
     host, port = _split_host_port(address)

@@ -20,8 +20,8 @@ from urllib.parse import quote
 
 import httpx
 
-from im.client.connection import tls_context
 from im.client.errors import ApiError
+from im.client.transports import tls_context
 from im.v1 import wire_pb2
 
 log = logging.getLogger("im.client")

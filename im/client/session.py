@@ -25,9 +25,10 @@ from typing import Any
 
 import httpx
 
-from im.client.connection import Connection, Event, SeenIds, Transport, tls_context
+from im.client.connection import Connection, Event, SeenIds, Transport
 from im.client.errors import ApiError, AuthError, ClientError, ConnectionClosed
 from im.client.gateway import GatewayClient, LoginResult, as_group_id
+from im.client.transports import tls_context
 from im.ids import direct_conversation_id
 from im.v1 import wire_pb2
 
