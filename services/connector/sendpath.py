@@ -267,18 +267,19 @@ class SendPath:
     def _settle_failed(self, conn: Conn, item: Accepted, message: str) -> None:
         """Ends an accepted Send with UNAVAILABLE before it reached the bus; Sends parked
         on it are answered the same way."""
-        if self._inflight.get(item.key) is item.future:
-            del self._inflight[item.key]
-        if not item.future.done():
-            item.future.set_result(None)
+        self._resolve(item, None)
         self._fail(conn, E.ERROR_CODE_UNAVAILABLE, message, item.send, item.request_id)
 
     def _settle(self, conn: Conn, item: Accepted, record: bytes | None) -> None:
+        self._resolve(item, record)
+        self._answer(conn, item.request_id, item.send, record)
+
+    def _resolve(self, item: Accepted, record: bytes | None) -> None:
+        """Takes the Send out of flight and hands its outcome to the Sends parked on it."""
         if self._inflight.get(item.key) is item.future:
             del self._inflight[item.key]
         if not item.future.done():
             item.future.set_result(record)
-        self._answer(conn, item.request_id, item.send, record)
 
     # ---------------------------------------------------------------- answers
 
