@@ -97,18 +97,19 @@ class Bus(Protocol):
 
 
 class MessageStore(Protocol):
-    async def insert_many(self, messages: list[wire_pb2.Message]) -> list[bool]:
-        """Insert sequenced messages in list order, stopping at the first failure.
+    async def insert_many(self, messages: list[wire_pb2.Message]) -> None:
+        """Insert sequenced messages in list order, stopping at the first one that
+        cannot be stored: the messages before it are stored and none after it.
 
-        Per message True if stored, False if a message with the same msg_id is already
-        stored (a replay: the stored copy stands). Returns once the writes are durable
-        (SQL: committed; MongoDB: acknowledged with the store's write concern, majority
-        and journaled unless the URL says otherwise).
+        Returns once the writes are durable (SQL: committed; MongoDB: acknowledged
+        with the store's write concern, majority and journaled unless the URL says
+        otherwise).
 
-        Raises ``SeqConflict`` when a different message already holds
-        (conversation_id, seq), and ``RecordRejected`` when the store refuses one
-        message by itself (a value it cannot hold); in both cases the messages before
-        ``index`` are stored and none after it. Raises ``BackendUnavailable`` when the
+        Raises, with the index of the message it stopped at: ``AlreadyStored`` when a
+        message with the same msg_id is stored (a replay: the stored copy stands,
+        whatever its seq), ``SeqConflict`` when a different message already holds
+        (conversation_id, seq), ``RecordRejected`` when the store refuses one message
+        by itself (a value it cannot hold). Raises ``BackendUnavailable`` when the
         store cannot be reached; then any prefix of the list may be stored.
         """
         ...
@@ -128,6 +129,16 @@ class MessageStore(Protocol):
     async def healthy(self) -> bool: ...
 
     async def close(self) -> None: ...
+
+
+class AlreadyStored(Exception):
+    """``messages[index]`` of an insert_many: its msg_id is stored already (a replay).
+    The messages before it are stored."""
+
+    def __init__(self, msg_id: int, index: int) -> None:
+        super().__init__(f"msg_id {msg_id} is stored already")
+        self.msg_id = msg_id
+        self.index = index
 
 
 class SeqConflict(Exception):

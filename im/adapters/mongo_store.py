@@ -16,7 +16,8 @@ Dead letters live in the ``dead_letters`` collection of the same database::
 Writes are acknowledged by a majority, journaled, unless the URL (or the client passed
 in) sets its own write concern. Every client error leaves as ``BackendUnavailable``,
 except on insert_many, where a document the store refuses by itself is
-``RecordRejected`` and a seq held by another message is ``SeqConflict``.
+``RecordRejected``, a stored msg_id ``AlreadyStored`` and a seq held by another
+message ``SeqConflict``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, PyMongoError
 
-from im.ports import BackendUnavailable, DeadLetter, RecordRejected, SeqConflict
+from im.ports import AlreadyStored, BackendUnavailable, DeadLetter, RecordRejected, SeqConflict
 from im.v1 import wire_pb2
 
 BACKEND = "message store"
@@ -259,48 +260,41 @@ class MongoMessageStore:
 
     # ------------------------------------------------------------------ writes
 
-    async def insert_many(self, messages: list[wire_pb2.Message]) -> list[bool]:
+    async def insert_many(self, messages: list[wire_pb2.Message]) -> None:
         if not messages:
-            return []
+            return
         docs = [_to_doc(m) for m in messages]
         unstorable = _first_unstorable(docs)
         storable = docs if unstorable is None else docs[: unstorable[0]]
         with _store_errors():
             await self._ready()
-            results = await self._insert_in_order(storable)
+            await self._insert_in_order(storable)
         if unstorable is not None:
             raise RecordRejected(*unstorable)
-        return results
 
-    async def _insert_in_order(self, docs: list[dict[str, Any]]) -> list[bool]:
-        """Insert ``docs`` in order (ordered=True: nothing after a failure is tried).
-        A replay is not a failure: it gets False and the rest goes on from after it."""
-        results: list[bool] = []
-        while len(results) < len(docs):
-            start = len(results)
-            try:
-                await self._messages.insert_many(docs[start:], ordered=True)
-            except BulkWriteError as failure:
-                error = _write_error(failure)
-                index = start + error["index"]  # the server counts from this call's first
-                results.extend([True] * (index - start))
-                results.append(await self._replayed(index, docs[index], error))
-                continue
-            results.extend([True] * (len(docs) - start))
-        return results
+    async def _insert_in_order(self, docs: list[dict[str, Any]]) -> None:
+        """Insert ``docs`` in order (ordered=True: nothing after a failure is tried)."""
+        if not docs:
+            return
+        try:
+            await self._messages.insert_many(docs, ordered=True)
+        except BulkWriteError as failure:
+            error = _write_error(failure)
+            index = error["index"]
+            await self._stopped_at(index, docs[index], error)
 
-    async def _replayed(self, index: int, doc: dict[str, Any], error: dict[str, Any]) -> bool:
-        """False when the failed document is a replay; raises for any other failure."""
+    async def _stopped_at(self, index: int, doc: dict[str, Any], error: dict[str, Any]) -> None:
+        """Raises why the insert stopped at ``doc``."""
         if error.get("code") != _DUPLICATE_KEY:
             raise RecordRejected(index, error.get("errmsg", f"write error {error.get('code')}"))
         if _is_id_duplicate(error):
-            return False
+            raise AlreadyStored(int(doc["_id"]), index)
         # A document colliding on both indexes may be reported under either of them
         # (SecantusDB names the seq index first). As in the SQL store, the msg_id
         # decides: if it is stored, this is a replay; otherwise another message holds
         # the seq.
         if await self._messages.find_one({"_id": doc["_id"]}, {"_id": 1}) is not None:
-            return False
+            raise AlreadyStored(int(doc["_id"]), index)
         raise SeqConflict(doc["conversation_id"], int(doc["seq"]), index)
 
     async def put_dead_letters(self, letters: list[DeadLetter]) -> None:

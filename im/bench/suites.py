@@ -114,6 +114,8 @@ def start_standalone(run_dir: Path, extra_env: dict[str, str] | None = None) -> 
             "CONNECTOR_GRPC_PORT",
             "CONNECTOR_TCP_PORT",
             "CONNECTOR_WS_PORT",
+            "ROUTER_GRPC_PORT",
+            "GATEWAY_METRICS_PORT",
         )
     }
     env = dict(os.environ)

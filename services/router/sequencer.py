@@ -20,7 +20,7 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 
-from im.ports import MessageStore, RecordRejected, SeqConflict
+from im.ports import AlreadyStored, MessageStore, RecordRejected, SeqConflict
 from im.v1 import wire_pb2
 
 log = logging.getLogger("im.router")
@@ -28,6 +28,8 @@ log = logging.getLogger("im.router")
 MAX_ROUNDS = 8  # derived ids tried for one colliding message
 MAX_CONFLICTS = 5  # seq conflicts in one batch before it is retried as a whole
 _LOW_BITS = 22  # node + sequence bits of a msg_id (see im.ids)
+# A message to insert, with the msg_id it came with and how many derived ids it tried.
+Pending = tuple[wire_pb2.Message, int, int]
 
 
 @dataclass(slots=True)
@@ -80,8 +82,7 @@ class Sequencer:
         outcome = Outcome()
         batch = self._unique(messages, outcome)
         try:
-            fresh = await self._resolve_ids(batch, outcome)
-            await self._insert(fresh, outcome)
+            await self._insert(batch, outcome)
         except BaseException:
             self._forget({m.conversation_id for m in messages})
             raise
@@ -89,7 +90,7 @@ class Sequencer:
 
     # ------------------------------------------------------------- identities
 
-    def _unique(self, messages: list[wire_pb2.Message], outcome: Outcome) -> list:
+    def _unique(self, messages: list[wire_pb2.Message], outcome: Outcome) -> list[Pending]:
         """(message, original id, attempt) per distinct message: a duplicate within the
         batch counts once; a different message under a taken id is re-identified."""
         first: dict[int, wire_pb2.Message] = {}
@@ -102,10 +103,10 @@ class Sequencer:
                 out.append(self._reidentify(m, m.msg_id, 0, outcome))
         return out
 
-    async def _resolve_ids(self, batch: list, outcome: Outcome) -> list[wire_pb2.Message]:
+    async def _resolve_ids(self, batch: list[Pending], outcome: Outcome) -> list[Pending]:
         """Split off replays; give messages whose id another message holds a derived
         id. Returns the messages to insert, in bus order."""
-        fresh: list[wire_pb2.Message] = []
+        fresh: list[Pending] = []
         todo = batch
         for _ in range(MAX_ROUNDS):
             if not todo:
@@ -115,7 +116,7 @@ class Sequencer:
             for m, original, attempt in todo:
                 prior = stored.get(m.msg_id)
                 if prior is None:
-                    fresh.append(m)
+                    fresh.append((m, original, attempt))
                 elif same_message(prior, m):
                     outcome.replayed.append(prior)
                 else:
@@ -145,14 +146,28 @@ class Sequencer:
 
     # --------------------------------------------------------------- numbering
 
-    async def _insert(self, fresh: list[wire_pb2.Message], outcome: Outcome) -> None:
-        remaining = fresh
-        conflicts = 0
-        while remaining:
-            await self._seed({m.conversation_id for m in remaining})
-            numbered = self._number(remaining)
+    async def _insert(self, todo: list[Pending], outcome: Outcome) -> None:
+        """Number and insert, optimistically: a batch rarely holds a message stored
+        before (only a republish or a replay after a crash does), so it goes to the
+        store without looking its ids up first. A msg_id the store already holds stops
+        the insert there; the rest is then looked up (replays, collisions) and
+        inserted again, numbered after what was stored."""
+        conflicts = lookups = 0
+        while todo:
+            fresh = [m for m, _original, _attempt in todo]
+            await self._seed({m.conversation_id for m in fresh})
+            numbered = self._number(fresh)
             try:
-                inserted = await self._store.insert_many(numbered)
+                await self._store.insert_many(numbered)
+            except AlreadyStored as stop:
+                self._accept(numbered[: stop.index], outcome)
+                lookups += 1
+                if lookups > MAX_ROUNDS:
+                    for m, _original, _attempt in todo[stop.index :]:
+                        outcome.rejected.append((m, "the store holds its msg_id but not it"))
+                    return
+                todo = await self._resolve_ids(todo[stop.index :], outcome)
+                continue
             except SeqConflict as conflict:
                 # A counter was stale (another router wrote meanwhile): reseed and go
                 # on. Conflicts that keep coming mean a concurrent writer: rewind.
@@ -161,30 +176,21 @@ class Sequencer:
                 await self._after_partial(numbered, conflict.index, outcome)
                 if conflicts >= MAX_CONFLICTS:
                     raise
-                remaining = remaining[conflict.index :]
+                todo = todo[conflict.index :]
                 continue
             except RecordRejected as rejected:
                 await self._after_partial(numbered, rejected.index, outcome)
                 outcome.rejected.append((numbered[rejected.index], rejected.reason))
-                remaining = remaining[rejected.index + 1 :]
+                todo = todo[rejected.index + 1 :]
                 continue
-            await self._accept(numbered, inserted, outcome)
+            self._accept(numbered, outcome)
             return
 
-    async def _accept(
-        self, numbered: list[wire_pb2.Message], inserted: list[bool], outcome: Outcome
-    ) -> None:
-        replays = [m for m, ok in zip(numbered, inserted, strict=True) if not ok]
-        for m, ok in zip(numbered, inserted, strict=True):
-            if ok:
-                outcome.new.append(m)
-                self._last[m.conversation_id] = max(self._last[m.conversation_id], m.seq)
-        if replays:
-            # Stored meanwhile by someone else (a rebalance overlap): theirs stands,
-            # and our counters for those conversations are no longer to be trusted.
-            self._forget({m.conversation_id for m in replays})
-            stored = await self._store.get_by_msg_ids([m.msg_id for m in replays])
-            outcome.replayed.extend(stored.values())
+    def _accept(self, stored: list[wire_pb2.Message], outcome: Outcome) -> None:
+        """Messages this insert stored: counters move past them."""
+        for m in stored:
+            outcome.new.append(m)
+            self._last[m.conversation_id] = max(self._last[m.conversation_id], m.seq)
 
     async def _after_partial(
         self, numbered: list[wire_pb2.Message], index: int, outcome: Outcome

@@ -181,6 +181,8 @@ class Router:
             letter = records.message_letter(batch, self.settings, message, reason, self._now())
             batch.letters.append(letter)
         messages = sorted(outcome.new + outcome.replayed, key=lambda m: (m.conversation_id, m.seq))
+        # Stored messages go out at once; the cursor write is not on their way.
+        await self._start_delivery(messages, {})
 
         reports = await self._clamp(batch.reports)
         receipts = await self._apply_cursors(messages, reports)
@@ -188,19 +190,26 @@ class Router:
             await self._set_aside(batch.letters)
         # The bus position is committed once the batch's messages are stored, its
         # cursors written and its bad records set aside: a crash before this replays
-        # the batch (stored messages are recognised by msg_id, cursors only move
-        # forward, dead letters are stored once).
+        # the batch (stored messages are recognised by msg_id and delivered again,
+        # which clients drop as seen; cursors only move forward; dead letters are
+        # stored once).
         if consumer is not None:
             await consumer.commit()
-        # Delivery runs while the next batch is taken and stored: one delivery in
-        # flight at a time, so batches still reach the connectors in bus order. (The
-        # connector lanes then send on their own: a slow connector holds up nobody.)
-        if messages or receipts:
-            if self._delivering is not None:
-                await self._delivering
-            self._delivering = asyncio.get_running_loop().create_task(
-                self._deliver_quietly(messages, receipts)
-            )
+        await self._start_delivery([], receipts)
+
+    async def _start_delivery(
+        self, messages: list[wire_pb2.Message], receipts: dict[tuple[str, int], int]
+    ) -> None:
+        """Delivery runs while the batch goes on and the next is taken: one delivery in
+        flight at a time, so batches still reach the connectors in bus order. (The
+        connector lanes then send on their own: a slow connector holds up nobody.)"""
+        if not messages and not receipts:
+            return
+        if self._delivering is not None:
+            await self._delivering
+        self._delivering = asyncio.get_running_loop().create_task(
+            self._deliver_quietly(messages, receipts)
+        )
 
     def _count(self, outcome: Outcome) -> None:
         self.stats.stored += len(outcome.new)

@@ -32,7 +32,7 @@ from im.adapters import mongo_store
 from im.adapters.mongo_store import MongoMessageStore
 from im.adapters.sqlstore import SqlMessageStore
 from im.db import DeadLetterRow, MessageRow
-from im.ports import BackendUnavailable, DeadLetter, RecordRejected, SeqConflict
+from im.ports import AlreadyStored, BackendUnavailable, DeadLetter, RecordRejected, SeqConflict
 from im.v1 import wire_pb2
 
 
@@ -148,29 +148,35 @@ async def test_insert_many_stores_every_field(case: Case) -> None:
     s = case.store
     big = bytes(range(256)) * 64  # binary, 16 KiB
     batch = [case.msg(1, "a", 1, big), case.msg(2, "a", 2), case.msg(3, "b", 1, b"")]
-    assert await s.insert_many(batch) == [True, True, True]
+    await s.insert_many(batch)
     got = await s.get_by_msg_ids([m.msg_id for m in batch] + [case.base_id + 999])
     assert set(got) == {m.msg_id for m in batch}  # unknown ids are left out
     for m in batch:
         assert got[m.msg_id] == m  # every field round-trips, 64-bit ints and bytes too
-    assert await s.insert_many([]) == []
+    await s.insert_many([])  # nothing to do
     assert await s.get_by_msg_ids([]) == {}
 
 
 async def test_replay_is_recognised_by_msg_id(case: Case) -> None:
     s = case.store
     first = [case.msg(1, "a", 1), case.msg(2, "a", 2)]
-    assert await s.insert_many(first) == [True, True]
-    # The same batch again (a crash before the offset commit), plus a new message.
+    await s.insert_many(first)
+    # The same batch again (a crash before the offset commit), plus a new message:
+    # the first stored msg_id stops the insert, nothing after it is stored.
     again = [*first, case.msg(3, "a", 3)]
-    assert await s.insert_many(again) == [False, False, True]
-    assert ids(await s.history(case.conv("a"), 0, 10)) == ids(again)
+    with pytest.raises(AlreadyStored) as err:
+        await s.insert_many(again)
+    assert (err.value.msg_id, err.value.index) == (case.base_id + 1, 0)
+    assert ids(await s.history(case.conv("a"), 0, 10)) == ids(first)
 
 
 async def test_duplicate_inside_one_batch(case: Case) -> None:
     s = case.store
     m = case.msg(1, "a", 1)
-    assert await s.insert_many([m, m, case.msg(2, "a", 2)]) == [True, False, True]
+    with pytest.raises(AlreadyStored) as err:
+        await s.insert_many([m, m, case.msg(2, "a", 2)])
+    assert err.value.index == 1
+    assert ids(await s.history(case.conv("a"), 0, 10)) == ids([m])
 
 
 async def test_replay_with_another_seq_is_still_a_replay(case: Case) -> None:
@@ -178,7 +184,9 @@ async def test_replay_with_another_seq_is_still_a_replay(case: Case) -> None:
     # a re-run would give it.
     s = case.store
     await s.insert_many([case.msg(1, "a", 1)])
-    assert await s.insert_many([case.msg(1, "a", 5)]) == [False]
+    with pytest.raises(AlreadyStored) as err:
+        await s.insert_many([case.msg(1, "a", 5)])
+    assert err.value.index == 0
     assert ids(await s.history(case.conv("a"), 0, 10)) == [(case.base_id + 1, 1)]
 
 
@@ -208,28 +216,29 @@ async def test_seq_conflict_inside_one_batch_raises(case: Case) -> None:
     assert ids(await case.store.history(case.conv("a"), 0, 10)) == ids(batch[:1])
 
 
-async def test_replay_in_the_middle_does_not_stop_the_batch(case: Case) -> None:
+async def test_replay_in_the_middle_stops_the_batch_there(case: Case) -> None:
+    # Nothing after a replay is stored: the messages behind it were numbered as if it
+    # were new, so storing them would leave a gap where its seq was.
     s = case.store
     await s.insert_many([case.msg(1, "a", 1)])
-    # A replay (its seq collides too) and a replay under another seq, between new ones.
-    batch = [
-        case.msg(2, "a", 2),
-        case.msg(1, "a", 1),
-        case.msg(3, "a", 3),
-        case.msg(1, "a", 9),
-        case.msg(4, "a", 4),
-    ]
-    assert await s.insert_many(batch) == [True, False, True, False, True]
-    assert [m.seq for m in await s.history(case.conv("a"), 0, 10)] == [1, 2, 3, 4]
+    for replay in (case.msg(1, "a", 3), case.msg(1, "a", 2)):  # its seq free, or taken
+        batch = [case.msg(2, "a", 2), replay, case.msg(3, "a", 4)]
+        if replay.seq == 2:
+            batch = [replay, case.msg(3, "a", 3)]
+        with pytest.raises(AlreadyStored) as err:
+            await s.insert_many(batch)
+        assert err.value.msg_id == case.base_id + 1
+    assert [m.seq for m in await s.history(case.conv("a"), 0, 10)] == [1, 2]
 
 
-async def test_conflict_after_a_replay_reports_its_own_index(case: Case) -> None:
+async def test_a_replay_that_collides_on_seq_too_is_a_replay(case: Case) -> None:
+    # The msg_id decides whichever index the store names first.
     s = case.store
     await s.insert_many([case.msg(1, "a", 1), case.msg(2, "a", 2)])
-    batch = [case.msg(1, "a", 1), case.msg(3, "a", 3), case.msg(4, "a", 2), case.msg(5, "a", 4)]
-    with pytest.raises(SeqConflict) as err:
+    batch = [case.msg(3, "a", 3), case.msg(2, "a", 2), case.msg(5, "a", 4)]
+    with pytest.raises(AlreadyStored) as err:
         await s.insert_many(batch)
-    assert (err.value.seq, err.value.index) == (2, 2)
+    assert err.value.index == 1
     assert [m.seq for m in await s.history(case.conv("a"), 0, 10)] == [1, 2, 3]
 
 
@@ -247,7 +256,8 @@ async def test_a_value_out_of_64_bit_range_is_rejected(case: Case) -> None:
     assert ids(await s.history(case.conv("a"), 0, 10)) == ids(batch[:1])
     assert await s.get_by_msg_ids([case.base_id + 2, case.base_id + 3]) == {}
     # The store is fine afterwards: the rest goes in on the next call.
-    assert await s.insert_many(batch[2:]) == [True]
+    await s.insert_many(batch[2:])
+    assert ids(await s.history(case.conv("a"), 0, 10)) == ids([batch[0], batch[2]])
 
 
 async def test_a_message_too_big_for_the_store_is_rejected(case: Case) -> None:
@@ -399,7 +409,8 @@ async def test_mongo_writes_are_majority_and_journaled_unless_the_url_says(
         assert store.collection.write_concern == durable
         assert store.dead_letter_collection.write_concern == durable
         # The server takes it (SecantusDB: a one-node replica set).
-        assert await store.insert_many([case.msg(1, "a", 1)]) == [True]
+        await store.insert_many([case.msg(1, "a", 1)])
+        assert await store.last_seqs([case.conv("a")]) == {case.conv("a"): 1}
         await store.put_dead_letters([case.letter(1, at=1)])
     finally:
         await gen.aclose()

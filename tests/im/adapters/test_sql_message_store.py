@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from im.adapters.sqlstore import SqlMessageStore
-from im.ports import BackendUnavailable, SeqConflict
+from im.ports import AlreadyStored, BackendUnavailable, SeqConflict
 from im.v1 import wire_pb2
 
 
@@ -35,11 +35,14 @@ async def store(tmp_path: Path) -> AsyncIterator[SqlMessageStore]:
 
 async def test_insert_many_then_replay_is_recognised(store: SqlMessageStore) -> None:
     batch = [message("d:1:2", seq) for seq in (1, 2, 3)]
-    assert await store.insert_many(batch) == [True, True, True]
-    assert await store.insert_many(batch) == [False, False, False]
-    # A batch mixing a replay with new messages stores only the new ones.
-    assert await store.insert_many([batch[2], message("d:1:2", 4)]) == [False, True]
-    assert await store.insert_many([]) == []
+    await store.insert_many(batch)
+    with pytest.raises(AlreadyStored):
+        await store.insert_many(batch)
+    # A batch with a replay first stores nothing; the new message goes in alone.
+    with pytest.raises(AlreadyStored):
+        await store.insert_many([batch[2], message("d:1:2", 4)])
+    await store.insert_many([message("d:1:2", 4)])
+    await store.insert_many([])
     assert [m.seq for m in await store.history("d:1:2", 0, 100)] == [1, 2, 3, 4]
 
 
@@ -53,7 +56,7 @@ async def test_another_message_on_a_taken_seq_is_a_conflict(store: SqlMessageSto
 
 async def test_history_is_ascending_after_a_seq_and_limited(store: SqlMessageStore) -> None:
     await store.insert_many([message("g:5", seq) for seq in (5, 3, 1, 4, 2)])
-    await store.insert_many([message("g:6", seq) for seq in (1, 2)])
+    await store.insert_many([message("g:6", seq, msg_id=2_000_000 + seq) for seq in (1, 2)])
 
     assert [m.seq for m in await store.history("g:5", 0, 100)] == [1, 2, 3, 4, 5]
     assert [m.seq for m in await store.history("g:5", 2, 2)] == [3, 4]

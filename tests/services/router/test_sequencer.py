@@ -48,6 +48,38 @@ async def test_replay_is_not_stored_or_numbered_twice(store):
     assert [(m.msg_id, m.seq) for m in history] == [(1, 1), (2, 2), (3, 3)]
 
 
+async def test_replays_between_new_messages_leave_no_gap(store):
+    # A republish after a bus failure: stored messages come back among new ones, in
+    # several conversations; the new ones are numbered right after what is stored.
+    seq = Sequencer(store)
+    await seq.store([msg(1), msg(2, "g:7")])
+    out = await seq.store([msg(3), msg(1), msg(4, "g:7"), msg(2, "g:7"), msg(5)])
+    assert sorted((m.msg_id, m.seq) for m in out.new) == [(3, 2), (4, 2), (5, 3)]
+    assert sorted((m.msg_id, m.seq) for m in out.replayed) == [(1, 1), (2, 1)]
+    for conv, expected in (("d:1:2", [1, 2, 3]), ("g:7", [1, 2])):
+        assert [m.seq for m in await store.history(conv, 0, 10)] == expected
+
+
+class CountingStore(FailingStore):
+    def __init__(self, store: SqlMessageStore) -> None:
+        super().__init__(store)
+        self.lookups = 0
+
+    async def get_by_msg_ids(self, msg_ids):  # type: ignore[no-untyped-def]
+        self.lookups += 1
+        return await self._store.get_by_msg_ids(msg_ids)
+
+
+async def test_a_batch_of_new_messages_is_stored_without_looking_its_ids_up(store):
+    counting = CountingStore(store)
+    seq = Sequencer(counting)
+    await seq.store([msg(1), msg(2)])
+    await seq.store([msg(3)])
+    assert counting.lookups == 0
+    await seq.store([msg(3), msg(4)])  # a replay: looked up once, where it stopped
+    assert counting.lookups == 1
+
+
 async def test_duplicate_inside_one_batch_counts_once(store):
     out = await Sequencer(store).store([msg(1), msg(1), msg(2)])
     assert [(m.msg_id, m.seq) for m in out.new] == [(1, 1), (2, 2)]
