@@ -168,6 +168,17 @@ class Settings(BaseSettings):
         description="Seconds a Send waits for the bus to take it; then it is answered "
         "UNAVAILABLE and the client retries under the same client_msg_id (stored once).",
     )
+    max_inflight_sends: int = Field(
+        5000,
+        description="Sends a connector holds between receiving them and the bus taking "
+        "them; past it new Sends are refused at once with BUSY and a retry-after.",
+    )
+    max_router_lag_ms: int = Field(
+        500,
+        description="While a router reports being this far behind (its delivery of new "
+        "messages), connectors refuse new Sends at once with BUSY and a retry-after, "
+        "rather than take more than the routers can deliver in time. 0 disables.",
+    )
     replay_window_seconds: float = Field(
         60.0,
         description="How long a connector keeps the messages it acked, to publish them "

@@ -15,7 +15,7 @@ import logging
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Literal
 
 from im.client.errors import (
@@ -32,6 +32,9 @@ from im.protocol import DEFAULT_MAX_FRAME, ProtocolError
 from im.v1 import wire_pb2
 
 log = logging.getLogger("im.client")
+
+# Least wait before sending a Send the connector refused as BUSY again.
+BUSY_RETRY_MIN_MS = 50
 
 Transport = Literal["tcp", "ws"]
 Event = wire_pb2.Message | wire_pb2.Receipt | wire_pb2.Kick
@@ -114,6 +117,9 @@ class Connection:
         self.duplicates = 0
         self.delivered = 0  # Deliver frames received (duplicates included)
         self.retransmits = 0  # Send frames resent for want of a SendAck
+        self.busy_refusals = 0  # Sends the connector refused as BUSY, then sent again
+        # How the client waits out a BUSY retry-after (tests put a fake clock's here).
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         self.pings = 0
         self.last_rtt: float | None = None
 
@@ -267,11 +273,15 @@ class Connection:
         client_msg_id: str | None = None,
         ack_timeout: float = 5.0,
         attempts: int = 3,
+        busy_retries: int = 5,
     ) -> wire_pb2.SendAck:
         """Send one message; resend the identical frame until a SendAck arrives.
 
-        Raises SendError on an Error frame answering it, SendTimeout when no SendAck
-        came after ``attempts`` tries, ConnectionClosed when the socket went away.
+        A Send the connector refuses as BUSY (overloaded) is sent again after the
+        retry-after it names, up to ``busy_retries`` times (0: the BUSY SendError is
+        raised at once). Raises SendError on any other Error frame answering it,
+        SendTimeout when no SendAck came after ``attempts`` tries, ConnectionClosed
+        when the socket went away.
         """
         cmid = client_msg_id or str(uuid.uuid4())
         if cmid in self._pending:
@@ -286,6 +296,20 @@ class Connection:
                 body=data,
             ),
         ).SerializeToString()
+        for refusals in itertools.count():
+            try:
+                return await self._send_frame(cmid, payload, ack_timeout, attempts)
+            except SendError as exc:
+                if exc.code != wire_pb2.ERROR_CODE_BUSY or refusals >= busy_retries:
+                    raise
+                self.busy_refusals += 1
+                await self.sleep(max(exc.retry_after_ms, BUSY_RETRY_MIN_MS) / 1000.0)
+        raise AssertionError("unreachable")
+
+    async def _send_frame(
+        self, cmid: str, payload: bytes, ack_timeout: float, attempts: int
+    ) -> wire_pb2.SendAck:
+        """One Send frame, resent until its SendAck or Error arrives."""
         future: asyncio.Future[wire_pb2.SendAck] = asyncio.get_running_loop().create_future()
         self._pending[cmid] = future
         try:
@@ -463,7 +487,9 @@ class Connection:
         future = self._pending.get(error.client_msg_id) if error.client_msg_id else None
         if future is not None:
             if not future.done():
-                future.set_exception(SendError(error.code, error.message, error.client_msg_id))
+                future.set_exception(
+                    SendError(error.code, error.message, error.client_msg_id, error.retry_after_ms)
+                )
             return True
         if error.code in _FATAL_ERRORS:
             self.error = error

@@ -93,11 +93,15 @@ class AuthError(ClientError):
 class SendError(ClientError):
     """The connector answered a Send with an Error frame."""
 
-    def __init__(self, code: int, message: str, client_msg_id: str = "") -> None:
+    def __init__(
+        self, code: int, message: str, client_msg_id: str = "", retry_after_ms: int = 0
+    ) -> None:
         super().__init__(f"{error_code_name(code)}: {message}")
         self.code = code
         self.message = message
         self.client_msg_id = client_msg_id
+        # BUSY (and RATE_LIMITED): the connector's "not before" for sending it again.
+        self.retry_after_ms = retry_after_ms
 
     @property
     def code_name(self) -> str:

@@ -28,10 +28,17 @@ def frame_payload(**kind) -> bytes:  # type: ignore[no-untyped-def]
     return wire_pb2.Frame(**kind).SerializeToString()
 
 
-def error_payload(code: int, message: str, client_msg_id: str = "", request_id: int = 0) -> bytes:
+def error_payload(
+    code: int, message: str, client_msg_id: str = "", request_id: int = 0, retry_after_ms: int = 0
+) -> bytes:
     return wire_pb2.Frame(
         request_id=request_id,
-        error=wire_pb2.Error(code=code, message=message, client_msg_id=client_msg_id),
+        error=wire_pb2.Error(
+            code=code,
+            message=message,
+            client_msg_id=client_msg_id,
+            retry_after_ms=retry_after_ms,
+        ),
     ).SerializeToString()
 
 
@@ -122,9 +129,16 @@ class Conn:
         self.close_reason = (ws_close_code, message)
         self.close(error_payload(code, message))
 
-    def fail(self, code: int, message: str, client_msg_id: str = "", request_id: int = 0) -> None:
+    def fail(
+        self,
+        code: int,
+        message: str,
+        client_msg_id: str = "",
+        request_id: int = 0,
+        retry_after_ms: int = 0,
+    ) -> None:
         """Answer with an Error frame; close after the codes that end a connection."""
-        payload = error_payload(code, message, client_msg_id, request_id)
+        payload = error_payload(code, message, client_msg_id, request_id, retry_after_ms)
         if code in CLOSE_AFTER:
             self.close(payload)
         else:

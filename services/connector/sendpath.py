@@ -23,6 +23,7 @@ from im.config import Settings
 from im.ids import MsgIdGenerator, is_valid_conversation_id
 from im.ports import Backends
 from im.v1 import bus_pb2, wire_pb2
+from services.connector.admission import Admission
 from services.connector.authorizer import Authorizer
 from services.connector.conn import Conn, frame_payload
 from services.connector.replay import ReplayWindow
@@ -37,6 +38,7 @@ RECENT_ACKS = 100_000
 REPLAY_MAX_RECORDS = 200_000
 REPUBLISH_CHUNK = 500
 REPUBLISH_ATTEMPTS = 5
+BUSY_MESSAGE = "overloaded: send again after retry_after_ms"
 
 Spawn = Callable[[Coroutine[Any, Any, None]], asyncio.Task]
 
@@ -80,6 +82,7 @@ class SendPath:
         self._inflight: dict[str, asyncio.Future] = {}
         self.recent_acks: OrderedDict[str, bytes] = OrderedDict()
         self._replay = ReplayWindow(settings.replay_window_seconds, REPLAY_MAX_RECORDS)
+        self.admission = Admission(settings.max_inflight_sends, settings.max_router_lag_ms)
         # Consecutive publishes the bus refused: readiness turns NOT_SERVING at 3, so a
         # broker that takes connections but not messages does not look healthy.
         self.publish_failures = 0
@@ -92,7 +95,13 @@ class SendPath:
         if problem is not None:
             self._fail(conn, problem[0], problem[1], send, request_id)
             return
+        retry_after = self.admission.retry_after_ms(self._clock.monotonic())
+        if retry_after is not None:
+            self.stats.send_errors += 1
+            conn.fail(E.ERROR_CODE_BUSY, BUSY_MESSAGE, send.client_msg_id, request_id, retry_after)
+            return
         conn.send_queue.append((request_id, send))
+        self.admission.inflight += 1
         if conn.send_worker is None:
             conn.send_worker = self._spawn(self._drain(conn))
 
@@ -123,12 +132,20 @@ class SendPath:
             while conn.send_queue and not conn.closed:
                 batch = list(conn.send_queue)
                 conn.send_queue.clear()
-                await self._send_batch(conn, batch)
+                try:
+                    await self._send_batch(conn, batch)
+                finally:
+                    self.admission.inflight -= len(batch)
         finally:
             conn.send_worker = None
             for request_id, send in conn.send_queue:  # only if the worker itself failed
                 self._fail(conn, E.ERROR_CODE_INTERNAL, "internal error", send, request_id)
-            conn.send_queue.clear()
+            self.drop_queued(conn)
+
+    def drop_queued(self, conn: Conn) -> None:
+        """Forget the Sends a connection still has queued (it closed, or failed)."""
+        self.admission.inflight -= len(conn.send_queue)
+        conn.send_queue.clear()
 
     # ------------------------------------------------------------------- batch
 

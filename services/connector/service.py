@@ -117,7 +117,7 @@ class ConnectorCore:
         self.conns.pop(conn.conn_id, None)
         self._leave_unauthed(conn.conn_id)
         conn.pending.clear()
-        conn.send_queue.clear()
+        self.sends.drop_queued(conn)
         conn.unverified.clear()
         self._release_device(conn)
 
@@ -327,6 +327,8 @@ class ConnectorCore:
         missing: list[connector_pb2.DeviceRef] = []
         pushed = 0
         now = self.clock.monotonic()
+        if request.router_id:
+            self.sends.admission.note_lag(request.router_id, request.router_lag_ms, now)
         for delivery in request.deliveries:
             message = delivery.message
             payload = frame_payload(deliver=wire_pb2.Deliver(message=message))  # once per message

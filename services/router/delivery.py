@@ -103,10 +103,16 @@ class Deliverer:
         self.members = MemberCache(settings, channels)
         self.stats = DeliveryStats()
         self._lanes: dict[str, Lane] = {}
+        self._router_id = settings.resolved_router_id()
 
     async def deliver(
-        self, messages: list[wire_pb2.Message], receipts: dict[tuple[str, int], int] | None = None
+        self,
+        messages: list[wire_pb2.Message],
+        receipts: dict[tuple[str, int], int] | None = None,
+        lag_ms: int | None = None,
     ) -> None:
+        """``lag_ms``: how far behind the router is, told to the connectors (which
+        refuse Sends while it is too far); None when this batch does not tell."""
         receipts = receipts or {}
         by_conv: dict[str, list[wire_pb2.Message]] = defaultdict(list)
         for m in messages:
@@ -123,7 +129,7 @@ class Deliverer:
         routes = await self.backends.presence.routes(users) if users else {}
 
         plan = self._plan(by_conv, receipts, audiences, routes)
-        missing = await self._send_plan(plan)
+        missing = await self._send_plan(plan, lag_ms)
         if missing:
             await self.reroute(missing)
 
@@ -183,7 +189,7 @@ class Deliverer:
                 return None  # e.g. a receipt for a conversation that does not exist
             raise
 
-    async def _send_plan(self, plan: dict[str, Outbox]) -> list[Missing]:
+    async def _send_plan(self, plan: dict[str, Outbox], lag_ms: int | None = None) -> list[Missing]:
         """Hands each connector its outbox: a local one (same process) at once, a
         remote one through its lane. Returns the targets a local connector did not
         hold; remote lanes reroute theirs themselves."""
@@ -197,8 +203,12 @@ class Deliverer:
             if info is None:
                 continue  # connector gone: its devices are offline and will sync
             request = connector_pb2.DeliverRequest(
-                deliveries=outbox.deliveries, receipts=outbox.receipts
+                deliveries=outbox.deliveries,
+                receipts=outbox.receipts,
             )
+            if lag_ms is not None:
+                request.router_lag_ms = min(lag_ms, 2**32 - 1)
+                request.router_id = self._router_id
             local = local_connectors.get(connector_id)
             if local is not None:
                 missing += self.accept(connector_id, outbox, local(request))

@@ -182,7 +182,7 @@ class Router:
             batch.letters.append(letter)
         messages = sorted(outcome.new + outcome.replayed, key=lambda m: (m.conversation_id, m.seq))
         # Stored messages go out at once; the cursor write is not on their way.
-        await self._start_delivery(messages, {})
+        await self._start_delivery(messages, {}, self._lag_ms(outcome.new))
 
         reports = await self._clamp(batch.reports)
         receipts = await self._apply_cursors(messages, reports)
@@ -197,8 +197,18 @@ class Router:
             await consumer.commit()
         await self._start_delivery([], receipts)
 
+    def _lag_ms(self, new: list[wire_pb2.Message]) -> int | None:
+        """How long the oldest new message of the batch waited for this router (its
+        server_ts is the connector's clock: a skewed clock reads as no lag)."""
+        if not new:
+            return None
+        return max(0, self._now() - min(m.server_ts for m in new))
+
     async def _start_delivery(
-        self, messages: list[wire_pb2.Message], receipts: dict[tuple[str, int], int]
+        self,
+        messages: list[wire_pb2.Message],
+        receipts: dict[tuple[str, int], int],
+        lag_ms: int | None = None,
     ) -> None:
         """Delivery runs while the batch goes on and the next is taken: one delivery in
         flight at a time, so batches still reach the connectors in bus order. (The
@@ -208,7 +218,7 @@ class Router:
         if self._delivering is not None:
             await self._delivering
         self._delivering = asyncio.get_running_loop().create_task(
-            self._deliver_quietly(messages, receipts)
+            self._deliver_quietly(messages, receipts, lag_ms)
         )
 
     def _count(self, outcome: Outcome) -> None:
@@ -314,12 +324,15 @@ class Router:
         await self.delivery.idle()
 
     async def _deliver_quietly(
-        self, messages: list[wire_pb2.Message], receipts: dict[tuple[str, int], int]
+        self,
+        messages: list[wire_pb2.Message],
+        receipts: dict[tuple[str, int], int],
+        lag_ms: int | None,
     ) -> None:
         # A failed delivery loses nothing (the messages are stored; devices sync), so
         # it must not fail the batch and make it replay.
         try:
-            await self.delivery.deliver(messages, receipts)
+            await self.delivery.deliver(messages, receipts, lag_ms)
         except Exception:
             self.delivery.stats.delivery_failures += 1
             log.exception("delivery of a batch failed; its messages wait for sync")

@@ -80,6 +80,8 @@ class FakeIm:
         self.heartbeat_ms = 20_000
         self.drop_sends = 0  # swallow this many Send frames (no answer)
         self.send_error: int | None = None  # answer every Send with this Error code
+        self.busy_sends = 0  # refuse this many Sends as BUSY, retry after busy_retry_ms
+        self.busy_retry_ms = 250
         self.deliver_on_send = True
         self.answer_pings = True
         self.on_auth: Callable[[FakeSession], Awaitable[None]] | None = None
@@ -216,6 +218,16 @@ class FakeIm:
         send = frame.send
         if self.drop_sends > 0:
             self.drop_sends -= 1
+            return
+        if self.busy_sends > 0:
+            self.busy_sends -= 1
+            busy = wire_pb2.Error(
+                code=wire_pb2.ERROR_CODE_BUSY,
+                message="overloaded",
+                client_msg_id=send.client_msg_id,
+                retry_after_ms=self.busy_retry_ms,
+            )
+            await s.send(wire_pb2.Frame(request_id=frame.request_id, error=busy))
             return
         if self.send_error is not None:
             await s.send(

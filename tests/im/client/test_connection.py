@@ -106,6 +106,29 @@ async def test_send_error_keeps_connection(fake_connector: FakeIm, transport: st
         assert not conn.closed
 
 
+async def test_a_busy_connector_is_waited_out_then_sent_the_same_frame(
+    fake_connector: FakeIm, transport: str
+) -> None:
+    fake_connector.busy_sends = 2
+    async with await open_conn(fake_connector, transport) as conn:
+        slept: list[float] = []
+
+        async def sleep(seconds: float) -> None:
+            slept.append(seconds)
+
+        conn.sleep = sleep
+        ack = await conn.send(CONV, "x", client_msg_id="c-busy")
+        assert ack.client_msg_id == "c-busy" and conn.busy_refusals == 2
+        assert slept == [0.25, 0.25]  # the retry-after the connector named
+        sends = fake_connector.session().of_kind("send")
+        assert [f.send.client_msg_id for f in sends] == ["c-busy"] * 3
+
+        fake_connector.busy_sends = 1  # without retries the caller sees the refusal
+        with pytest.raises(SendError) as info:
+            await conn.send(CONV, "y", busy_retries=0)
+        assert info.value.code_name == "BUSY" and info.value.retry_after_ms == 250
+
+
 async def test_deliver_dedupe_and_reack(fake_connector: FakeIm, transport: str) -> None:
     async with await open_conn(fake_connector, transport) as conn:
         await fake_connector.deliver(message(1), user_id=1)

@@ -11,6 +11,7 @@ import pytest
 
 from im.adapters.memory import MemoryBus, MemoryKV, MemoryRegistry
 from im.adapters.sqlstore import SqlMessageStore
+from im.clock import FakeClock
 from im.config import Settings
 from im.grpcutil import GrpcServer, channel, service_name
 from im.ports import Backends, ConnectorInfo
@@ -228,6 +229,29 @@ async def test_direct_messages_need_no_member_lookup(harness):
     await h.run_bus()
     assert sorted(h.connector.delivered()) == [(5, 1), (6, 1)]
     assert h.router.members.fetches == 0
+
+
+async def test_deliveries_tell_connectors_how_far_behind_the_router_is(harness):
+    h = harness
+    h.router.clock = clock = FakeClock()
+    await online(h, 5, 6)
+    for msg_id, waited_ms in ((200, 700), (201, 20)):
+        message = wire_pb2.Message(
+            msg_id=msg_id,
+            conversation_id="d:5:6",
+            sender_id=5,
+            body=b"x",
+            server_ts=clock.wall_ms() - waited_ms,
+        )
+        await h.bus.publish(
+            h.settings.topic_messages,
+            "d:5:6",
+            bus_pb2.InboundMessage(message=message).SerializeToString(),
+        )
+    await h.run_bus()
+    (request,) = h.connector.requests
+    assert request.router_lag_ms == 700  # the oldest new message of the batch
+    assert request.router_id == h.settings.resolved_router_id()
 
 
 # ------------------------------------------------------------ poison records
