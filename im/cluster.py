@@ -23,7 +23,8 @@ from im.tls import ensure_internal
 DEFAULT_BACKENDS = {
     "IM_DATABASE_URL": "mysql+pymysql://im:im@127.0.0.1:3306/im?charset=utf8mb4",
     "IM_MESSAGE_STORE_URL": "mongodb://127.0.0.1:27017/im?retryWrites=false",
-    "IM_BUS_URL": "kafka://127.0.0.1:9092",
+    # Tansu locally: it does not wake a waiting fetch, so consumers ask every 10 ms.
+    "IM_BUS_URL": "kafka://127.0.0.1:9092?fetch_max_wait_ms=10",
     "IM_REGISTRY_URL": "zk://127.0.0.1:2181/im",
     "IM_KV_URL": "redis://127.0.0.1:6379/0",
 }

@@ -73,6 +73,14 @@ class Bus(Protocol):
 
     async def publish_many(self, topic: str, records: list[tuple[str, bytes]]) -> None: ...
 
+    async def publish_packed(
+        self, topic: str, records: list[tuple[str, bytes]], pack: Callable[[list[bytes]], bytes]
+    ) -> None:
+        """Like publish_many, but the records bound for one partition travel as one:
+        their values, in order, packed by ``pack`` into one record under the first
+        one's key (a lone record goes as it is). Consumers unpack."""
+        ...
+
     def consumer(self, topics: list[str], group: str, background: bool = False) -> BusConsumer:
         """A member of ``group``. ``background``: latency does not matter (the bus may
         batch longer and poll less)."""

@@ -22,7 +22,8 @@ SERVERS = {
     "mongo": os.environ.get(
         "IM_TEST_MONGO_URL", "mongodb://127.0.0.1:27017/im_test?retryWrites=false"
     ),
-    "kafka": os.environ.get("IM_TEST_KAFKA_URL", "kafka://127.0.0.1:9092"),
+    # Tansu does not wake a waiting fetch: poll every 10 ms (a real Kafka needs not).
+    "kafka": os.environ.get("IM_TEST_KAFKA_URL", "kafka://127.0.0.1:9092?fetch_max_wait_ms=10"),
     "zookeeper": os.environ.get("IM_TEST_ZK_URL", "zk://127.0.0.1:2181/im-test"),
 }
 

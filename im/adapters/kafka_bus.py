@@ -52,6 +52,7 @@ from urllib.parse import parse_qsl, urlparse
 import kafka.errors as kafka_errors
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient
+from kafka.partitioner.default import murmur2
 
 from im.adapters.kafka_common import (
     TopicLayoutError,
@@ -62,6 +63,7 @@ from im.adapters.kafka_common import (
     unavailable_on_failure_or_layout,
 )
 from im.adapters.kafka_consumer import KafkaBusConsumer
+from im.buspack import Packer, by_partition
 from im.ports import BackendUnavailable
 
 if TYPE_CHECKING:
@@ -160,10 +162,10 @@ class KafkaBus:
         *,
         session_timeout_ms: int = 6000,
         heartbeat_interval_ms: int = 500,
-        fetch_max_wait_ms: int = 10,
+        fetch_max_wait_ms: int = 500,
         max_poll_records: int = 500,
         max_poll_interval_ms: int = 300_000,
-        linger_ms: int = 2,
+        linger_ms: int = 0,
         request_timeout_ms: int = 10_000,
         delivery_timeout_ms: int = 30_000,
         max_block_ms: int = 10_000,
@@ -179,10 +181,16 @@ class KafkaBus:
         self.client_id = client_id
         self.session_timeout_ms = session_timeout_ms
         self.heartbeat_interval_ms = heartbeat_interval_ms
-        # Tansu does not wake a waiting fetch when data arrives: latency follows this.
+        # Kafka answers a waiting fetch as soon as data arrives, so an idle consumer can
+        # wait long (Kafka's own default, 500 ms) at no cost in latency. Tansu does not
+        # wake a waiting fetch: its latency follows this, hence ?fetch_max_wait_ms=10
+        # in the URLs of the local cluster and the tests (an idle consumer then polls
+        # a hundred times a second).
         self.fetch_max_wait_ms = fetch_max_wait_ms
         self.max_poll_records = max_poll_records
         self.max_poll_interval_ms = max_poll_interval_ms
+        # No linger: the connector already sends what gathered during a flight as one
+        # record per partition, and an idle one should not wait for company.
         self.linger_ms = linger_ms
         self.request_timeout_ms = request_timeout_ms
         self.delivery_timeout_ms = max(delivery_timeout_ms, linger_ms + request_timeout_ms)
@@ -461,6 +469,18 @@ class KafkaBus:
     @unavailable_on_failure_or_layout
     async def publish_many(self, topic: str, records: list[tuple[str, bytes]]) -> None:
         """Returns once the broker acked every record (acks=all); raises otherwise."""
+        await self._publish(topic, records, None)
+
+    @unavailable_on_failure_or_layout
+    async def publish_packed(
+        self, topic: str, records: list[tuple[str, bytes]], pack: Packer
+    ) -> None:
+        """publish_many with one record per partition (see the port)."""
+        await self._publish(topic, records, pack)
+
+    async def _publish(
+        self, topic: str, records: list[tuple[str, bytes]], pack: Packer | None
+    ) -> None:
         if not records:
             return
         if self._closed:
@@ -471,18 +491,34 @@ class KafkaBus:
             await self.ensure_topics([topic], verify=self._topics_suspect)
         producer = await self._get_producer()
         try:
-            await self._send(producer, topic, records)
+            await self._send(producer, topic, records, pack)
         except (kafka_errors.KafkaError, OSError) as exc:
             self._publish_failed(producer, exc)
             raise
         self._producer_failures = 0
 
     async def _send(
-        self, producer: KafkaProducer, topic: str, records: list[tuple[str, bytes]]
+        self,
+        producer: KafkaProducer,
+        topic: str,
+        records: list[tuple[str, bytes]],
+        pack: Packer | None,
     ) -> None:
         def send_all() -> list[KafkaFuture]:
             # Keyed by conversation id: one partition, hence one router, per conversation.
-            return [producer.send(topic, key=k.encode(), value=v) for k, v in records]
+            if pack is None:
+                return [producer.send(topic, key=k.encode(), value=v) for k, v in records]
+            # The producer's own partitioner, so a packed record lands where its
+            # records would have one by one (partitions_for may wait for metadata).
+            partitions = sorted(producer.partitions_for(topic))
+
+            def partition_of(key: str) -> int:
+                return partitions[(murmur2(key.encode()) & 0x7FFFFFFF) % len(partitions)]
+
+            return [
+                producer.send(topic, key=key.encode(), value=value, partition=partition)
+                for partition, key, value in by_partition(records, partition_of, pack)
+            ]
 
         kafka_futures = await self._in(self._send_executor, send_all)
         loop = asyncio.get_running_loop()

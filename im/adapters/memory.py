@@ -6,6 +6,7 @@ import asyncio
 import zlib
 from collections import defaultdict
 
+from im.buspack import Packer, by_partition
 from im.clock import Clock, SystemClock
 from im.ports import BackendUnavailable, Backoff, BusRecord, ConnectorInfo, DeviceRoute, NodeLease
 
@@ -44,10 +45,21 @@ class MemoryBus:
         for key, value in records:
             self._append(topic, key, value)
 
-    def _append(self, topic: str, key: str, value: bytes) -> None:
+    async def publish_packed(
+        self, topic: str, records: list[tuple[str, bytes]], pack: Packer
+    ) -> None:
+        for partition, key, value in by_partition(records, self._partition_of, pack):
+            self._append(topic, key, value, partition)
+
+    def _partition_of(self, key: str) -> int:
+        return partition_for(key, self._partitions)
+
+    def _append(self, topic: str, key: str, value: bytes, partition: int | None = None) -> None:
         if self._closed:
             raise BackendUnavailable("bus", "closed")
-        self._log(topic)[partition_for(key, self._partitions)].append((key, value))
+        if partition is None:
+            partition = partition_for(key, self._partitions)
+        self._log(topic)[partition].append((key, value))
         self._new_data.set()
 
     def consumer(self, topics: list[str], group: str, background: bool = False) -> MemoryConsumer:

@@ -26,6 +26,7 @@ from im.v1 import bus_pb2, wire_pb2
 from services.connector.admission import Admission
 from services.connector.authorizer import Authorizer
 from services.connector.conn import Conn, frame_payload
+from services.connector.publisher import Publisher
 from services.connector.replay import ReplayWindow
 
 log = logging.getLogger("im.connector")
@@ -83,6 +84,7 @@ class SendPath:
         self.recent_acks: OrderedDict[str, bytes] = OrderedDict()
         self._replay = ReplayWindow(settings.replay_window_seconds, REPLAY_MAX_RECORDS)
         self.admission = Admission(settings.max_inflight_sends, settings.max_router_lag_ms)
+        self._publisher = Publisher(lambda: backends.bus, settings.topic_messages, spawn)
         # Consecutive publishes the bus refused: readiness turns NOT_SERVING at 3, so a
         # broker that takes connections but not messages does not look healthy.
         self.publish_failures = 0
@@ -243,7 +245,7 @@ class SendPath:
         ]
         try:
             async with asyncio.timeout(self._settings.publish_timeout):
-                await self._backends.bus.publish_many(self._settings.topic_messages, records)
+                await self._publisher.publish(records)
         except Exception as exc:
             log.warning("bus refused %d messages: %r", len(records), exc)
             self.publish_failures += 1

@@ -5,10 +5,12 @@ record never fails the batch it came in."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
 
+from im import buspack
 from im.config import Settings
 from im.ids import is_valid_conversation_id
 from im.ports import BusRecord, DeadLetter
@@ -65,7 +67,7 @@ def message_letter(
 
 def decode(records: list[BusRecord], settings: Settings, now_ms: int) -> Batch:
     batch = Batch()
-    for record in records:
+    for record in _unpacked(records, settings, batch, now_ms):
         try:
             problem = _take(batch, record, settings)
         except (DecodeError, RuntimeWarning, ValueError) as exc:
@@ -73,6 +75,25 @@ def decode(records: list[BusRecord], settings: Settings, now_ms: int) -> Batch:
         if problem is not None:
             batch.letters.append(dead_letter(record, problem, now_ms))
     return batch
+
+
+def _unpacked(
+    records: list[BusRecord], settings: Settings, batch: Batch, now_ms: int
+) -> Iterator[BusRecord]:
+    """The records with each packed one (several messages a connector published at
+    once) opened into one record per message, at the same place on the bus: each
+    is checked, stored or set aside on its own."""
+    for record in records:
+        if record.topic != settings.topic_messages or record.value[:1] != buspack.BATCH_TAG:
+            yield record
+            continue
+        try:
+            values = buspack.unpack(record.value)
+        except (DecodeError, RuntimeWarning, ValueError) as exc:
+            batch.letters.append(dead_letter(record, f"undecodable batch: {exc}", now_ms))
+            continue
+        for value in values:
+            yield BusRecord(record.topic, record.partition, record.offset, record.key, value)
 
 
 def _take(batch: Batch, record: BusRecord, settings: Settings) -> str | None:

@@ -319,7 +319,7 @@ class TansuBroker(Server):
 
     @property
     def url(self) -> str:
-        return f"kafka://{HOST}:{self.port}?session_timeout_ms=6000"
+        return f"kafka://{HOST}:{self.port}?session_timeout_ms=6000&fetch_max_wait_ms=10"
 
 
 class SecantusServer(Server):

@@ -40,6 +40,8 @@ from im.config import Settings
 from im.ports import BackendUnavailable, BusConsumer, BusRecord
 
 PARTITIONS = 4
+# Tansu does not wake a waiting fetch when data arrives: ask often.
+TANSU_FETCH_WAIT_MS = 10
 
 
 @dataclass
@@ -75,7 +77,7 @@ async def _memory() -> AsyncIterator[BusEnv]:
 
 async def _kafka(url: str) -> AsyncIterator[BusEnv]:
     topic = f"imtest.{uuid.uuid4().hex[:10]}"
-    bootstrap = url.removeprefix("kafka://")
+    bootstrap = url.removeprefix("kafka://").split("?")[0]
     # session 2 s: a join costs ~1 s on Tansu; heartbeats run on kafka's IO thread.
     bus = KafkaBus(
         bootstrap,
@@ -84,6 +86,7 @@ async def _kafka(url: str) -> AsyncIterator[BusEnv]:
         "imtest",
         session_timeout_ms=2000,
         heartbeat_interval_ms=500,
+        fetch_max_wait_ms=TANSU_FETCH_WAIT_MS,
     )
     await bus.ensure_topics()
     env = BusEnv(bus, topic, patience=20.0)
@@ -163,6 +166,29 @@ async def test_publish_then_consume_in_key_order_per_partition(env: BusEnv) -> N
         assert partition_offsets == sorted(partition_offsets)
         assert len(set(partition_offsets)) == len(partition_offsets)
     assert len(offsets) > 1, "many keys spread over partitions"
+
+
+def _join(values: list[bytes]) -> bytes:
+    return b"PACK:" + b"|".join(values)
+
+
+async def test_packed_records_land_where_each_would_have_alone(env: BusEnv) -> None:
+    keys = [f"conv-{i}" for i in range(12)]
+    # One record per key first, to learn each key's partition from the bus itself.
+    await env.bus.publish_many(env.topic, [(k, f"{k}#0".encode()) for k in keys])
+    records = [(k, f"{k}#{n}".encode()) for n in (1, 2) for k in keys]
+    await env.bus.publish_packed(env.topic, records, _join)
+
+    got = await drain(env.consumer(env.group()), len(keys) + PARTITIONS, env.patience)
+    partition_of = {r.key: r.partition for r in got if not r.value.startswith(b"PACK:")}
+    assert set(partition_of) == set(keys)
+    packed = [r for r in got if r.value.startswith(b"PACK:")]
+    assert len(packed) == len(set(partition_of.values())), "one record per partition"
+    for r in packed:
+        inner = r.value.removeprefix(b"PACK:").split(b"|")
+        members = [k for k, _v in records if partition_of[k] == r.partition]
+        assert inner == [v for k, v in records if partition_of[k] == r.partition]
+        assert r.key == members[0]  # under its first record's key
 
 
 async def test_new_member_resumes_after_the_groups_commit(env: BusEnv) -> None:
@@ -415,6 +441,7 @@ async def test_kafka_broker_gone_publish_and_commit_raise_backend_unavailable() 
         "imtest-gone",
         session_timeout_ms=2000,
         heartbeat_interval_ms=500,
+        fetch_max_wait_ms=TANSU_FETCH_WAIT_MS,
         bootstrap_timeout_ms=1000,
         max_block_ms=1000,
         request_timeout_ms=1000,
@@ -509,6 +536,7 @@ def _private_bus(broker: PrivateTansu, topics: list[str], name: str, **overrides
         "request_timeout_ms": 1000,
         "delivery_timeout_ms": 1500,
         "health_timeout": 1.0,
+        "fetch_max_wait_ms": TANSU_FETCH_WAIT_MS,
         **overrides,
     }
     return KafkaBus(broker.bootstrap, PRIVATE_PARTITIONS, topics, name, **settings)
@@ -815,9 +843,16 @@ async def test_kafka_only_the_lost_topic_starts_over(kafka_url: str) -> None:
     # One topic deleted and created again while the broker stays up (an operator, on
     # a real cluster): its consumers start that topic over from its new beginning,
     # and keep their positions in the other topic.
-    bootstrap = kafka_url.removeprefix("kafka://")
+    bootstrap = kafka_url.removeprefix("kafka://").split("?")[0]
     lost, kept = (f"imtest.{uuid.uuid4().hex[:10]}" for _ in range(2))
-    bus = KafkaBus(bootstrap, PARTITIONS, [lost, kept], "imtest-partial", session_timeout_ms=2000)
+    bus = KafkaBus(
+        bootstrap,
+        PARTITIONS,
+        [lost, kept],
+        "imtest-partial",
+        session_timeout_ms=2000,
+        fetch_max_wait_ms=TANSU_FETCH_WAIT_MS,
+    )
     consumer = bus.consumer([lost, kept], f"g-{uuid.uuid4().hex[:10]}")
     try:
         await bus.start()

@@ -256,13 +256,13 @@ class FlakyBus(MemoryBus):
         super().__init__(partitions=2)
         self.fail_next = 0
 
-    async def publish_many(self, topic, records):  # type: ignore[no-untyped-def]
+    async def publish_packed(self, topic, records, pack):  # type: ignore[no-untyped-def]
         if self.fail_next:
             self.fail_next -= 1
             # Like a broker timing out after taking part of the batch.
-            await super().publish_many(topic, records[:1])
+            await super().publish_packed(topic, records[:1], pack)
             raise ConnectionError("broker timed out")
-        await super().publish_many(topic, records)
+        await super().publish_packed(topic, records, pack)
 
 
 async def test_retry_after_a_failed_publish_reuses_the_msg_id(setup):

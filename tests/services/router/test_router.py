@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from im import buspack
 from im.adapters.memory import MemoryBus, MemoryKV, MemoryRegistry
 from im.adapters.sqlstore import SqlMessageStore
 from im.clock import FakeClock
@@ -293,6 +294,28 @@ async def test_undecodable_and_invalid_records_are_set_aside(harness):
     reasons = sorted(letter.reason for letter in await h.router.store.dead_letters(10))
     assert reasons[0] == "message without a msg_id"
     assert reasons[1].startswith("undecodable")
+
+
+async def test_a_packed_record_is_opened_and_each_message_handled_on_its_own(harness):
+    h = harness
+    await online(h, 5, 6)
+
+    def inbound(msg_id: int, conv: str = "d:5:6") -> bytes:
+        m = wire_pb2.Message(msg_id=msg_id, conversation_id=conv, sender_id=5, server_ts=1)
+        return bus_pb2.InboundMessage(message=m).SerializeToString()
+
+    values = [inbound(300), inbound(0), b"\xff\xff not protobuf", inbound(301)]
+    await h.bus.publish(h.settings.topic_messages, "d:5:6", buspack.pack(values))
+    await h.bus.publish(h.settings.topic_messages, "d:5:6", b"\x7a\x09short")  # a torn pack
+    await h.run_bus()
+    stored = await h.router.store.history("d:5:6", 0, 10)
+    assert [(m.msg_id, m.seq) for m in stored] == [(300, 1), (301, 2)]
+    reasons = sorted(letter.reason for letter in await h.router.store.dead_letters(10))
+    assert sorted(r.split(":")[0] for r in reasons) == [
+        "message without a msg_id",
+        "undecodable",  # the bad message inside the pack
+        "undecodable batch",  # the torn pack as a whole
+    ]
 
 
 async def test_a_replayed_batch_stores_its_dead_letters_once(harness):
