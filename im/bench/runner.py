@@ -45,6 +45,15 @@ Method
   distributed mode, other people's work), in cores of {cpus}. Busy "other" cores make
   a run unreliable; many late sends mean it measured the generator as much as the
   server.
+- srv us/msg: CPU time (utime + stime from /proc/<pid>/stat, all threads) of the
+  server processes (standalone: its one process; distributed: every process of the
+  cluster, not the backing servers; relay runs: the relay) from the start to the end of
+  sending (the burst or open-loop seconds, not the grace after), divided by the
+  deliveries that arrived in that same window: one per message and receiving member
+  (the other member of a pair, each connected group member), first copies only; the
+  sender's own copy is not counted though the servers send it. A server that falls
+  behind (deliveries after the window) spent CPU in it on messages not counted in it:
+  its us/msg is then too high (compare steady_deliveries with delivered in the JSON).
 """
 
 

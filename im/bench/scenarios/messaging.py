@@ -10,11 +10,18 @@ from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
-from im.bench.limits import cpu_seconds, system_busy_seconds
+from im.bench.limits import cpu_readings, cpu_used, cpu_window, system_busy_seconds
 from im.bench.loadgen.messaging import bits
 from im.bench.procs import BenchError, WorkerPool
 from im.bench.scenarios.common import Context, run_sync, settle
-from im.bench.stats import count_in_window, ratio, series, summarize, unpack_samples
+from im.bench.stats import (
+    count_in_window,
+    per_message_us,
+    ratio,
+    series,
+    summarize,
+    unpack_samples,
+)
 
 
 @dataclass
@@ -61,27 +68,42 @@ def run_messaging(
         )
     with WorkerPool("messaging", specs) as pool:
         infos = pool.ready(120)
-        cpu0, busy0 = _cpu(plan.server_pids), system_busy_seconds()
-        gen0 = _cpu(pool.pids)
-        t0 = time.monotonic()
-        pool.go()
+        gen_pids = pool.pids
+        srv0, gen0 = cpu_readings(plan.server_pids), cpu_readings(gen_pids)
+        busy0, t0 = system_busy_seconds(), time.monotonic()
+        start = pool.go()
+        # The steady window is the sending time only: the servers do less per second
+        # in the start-up delay before it and in the grace after it (draining).
+        steady = cpu_window(plan.server_pids, start, start + duration)
         results = pool.results(duration + opts.grace + 60)
         elapsed = time.monotonic() - t0
-        cpu1, busy1 = _cpu(plan.server_pids), system_busy_seconds()
-        gen1 = _cpu(pool.pids)
-    out = aggregate(plan, infos, results, duration, mode=mode, rate=rate, window=window)
-    server = (cpu1 - cpu0) / elapsed
-    generator = (gen1 - gen0) / elapsed
-    out["server_cores"] = round(server, 2) if plan.server_pids else None
-    out["generator_cores"] = round(generator, 2)
-    if busy0 is not None and busy1 is not None:
+        srv1, gen1 = cpu_readings(plan.server_pids), cpu_readings(gen_pids)
+        busy1 = system_busy_seconds()
+    out = aggregate(
+        plan,
+        infos,
+        results,
+        duration,
+        mode=mode,
+        rate=rate,
+        window=window,
+        steady=(steady.start - start, steady.end - start),
+    )
+    server = cpu_used(srv0, srv1) if plan.server_pids else None
+    generator = cpu_used(gen0, gen1)
+    out["server_cores"] = None if server is None else round(server / elapsed, 2)
+    out["generator_cores"] = None if generator is None else round(generator / elapsed, 2)
+    out["server_processes"] = len(plan.server_pids)
+    out["server_cpu_steady_s"] = None if steady.used is None else round(steady.used, 3)
+    out["server_cpu_us_per_msg"] = per_message_us(
+        steady.used if plan.server_pids else None, out["steady_deliveries"]
+    )
+    # servers whose CPU is unknown (no pid given, or one exited) end up in "other"
+    ours = None if generator is None else generator + (server or 0.0)
+    if busy0 is not None and busy1 is not None and ours is not None:
         # everything else on the machine: backing servers, other people's work
-        out["other_cores"] = round(max(0.0, (busy1 - busy0) / elapsed - server - generator), 2)
+        out["other_cores"] = round(max(0.0, (busy1 - busy0 - ours) / elapsed), 2)
     return out
-
-
-def _cpu(pids: list[int]) -> float:
-    return sum(cpu_seconds(p) or 0.0 for p in pids)
 
 
 def aggregate(
@@ -93,7 +115,11 @@ def aggregate(
     mode: str,
     rate: float,
     window: int,
+    steady: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
+    """One run's numbers from its workers' infos and results. ``steady`` is the window
+    (seconds since the start) the servers' CPU was read over, to count the deliveries
+    that arrived within it."""
     conv_of = {s["gid"]: s["conv"] for s in plan.senders}
     acked: dict[int, int] = {}
     received: dict[int, dict[int, int]] = {}
@@ -147,6 +173,7 @@ def aggregate(
             matched += (acked_bits & got).bit_count()
     window_s = send_seconds or duration
     in_window = count_in_window(arrivals, 0.0, window_s)
+    steady = steady or (0.0, window_s)
     return {
         "mode": mode,
         "rate_target": round(rate, 1) if mode == "open" else None,
@@ -170,6 +197,9 @@ def aggregate(
         "closed_early": closed,
         "send_rate": round(sent / window_s, 1) if window_s else None,
         "throughput": round(in_window / window_s, 1) if window_s else None,
+        # first copies at the other members (no echo, no duplicates) within ``steady``
+        "steady_deliveries": count_in_window(arrivals, *steady),
+        "steady_seconds": round(steady[1] - steady[0], 3),
         "latency_ms": summarize(latencies),
         "ack_latency_ms": summarize(ack_lat),
         "series": series(arrivals, latencies, 1.0),
@@ -199,6 +229,7 @@ def messaging_rows(label: str, runs: dict[str, dict[str, Any]]) -> list[list[Any
                 lat["p99"],
                 lat["max"],
                 r.get("server_cores"),
+                r.get("server_cpu_us_per_msg"),
                 r.get("generator_cores"),
                 r.get("other_cores"),
             ]
@@ -222,6 +253,7 @@ MESSAGING_HEADERS = [
     "p99 ms",
     "max ms",
     "srv cores",
+    "srv us/msg",
     "gen cores",
     "other cores",
 ]
