@@ -36,6 +36,11 @@ Method
 - Open loop: sends are scheduled by the clock at a fixed rate whatever the acks do
   (default: --rate-fraction x the relay's max); a send more than --late-ms behind its
   slot counts as late (the generator fell behind).
+- Direct, after the burst: the suite alone, open loop at half its own max (its burst
+  throughput) and at --overload-factor x that max (overload). refused = Sends answered
+  with Error BUSY (refused at once, nothing stored; counted apart from errors and not
+  sent again). The overload p99 is over the deliveries, i.e. accepted messages only;
+  undelivered = acknowledged by SendAck but not delivered within --grace s.
 - Latency: time.time_ns() taken at the send call travels in the body; measured when
   the Deliver comes out of the receiving Connection (same machine, same clock).
 - lost = acknowledged by SendAck but never delivered to a connected member within

@@ -52,6 +52,18 @@ def bits(data: bytes) -> int:
     return int.from_bytes(data, "little")
 
 
+def is_busy(exc: BaseException) -> bool:
+    """Whether ``exc`` is the connector refusing a Send with Error BUSY (overloaded).
+
+    The client library raises the Error answering a Send as ``SendError`` carrying its
+    code, and passes it on without sending again; the tests of this module check
+    both, so a client that starts retrying BUSY on its own is noticed here."""
+    from im.client.errors import SendError
+    from im.v1 import wire_pb2
+
+    return isinstance(exc, SendError) and exc.code == wire_pb2.ERROR_CODE_BUSY
+
+
 class Messaging:
     def __init__(self, spec: dict[str, Any]) -> None:
         self.spec = spec
@@ -70,6 +82,7 @@ class Messaging:
         self.acked: dict[int, Bitmap] = {}
         self.received: dict[int, dict[int, Bitmap]] = {}
         self.errors: Counter[str] = Counter()
+        self.refused = 0  # Sends answered with Error BUSY
         self.late = 0
         self.max_lag = 0.0
         self.echo = 0
@@ -156,7 +169,13 @@ class Messaging:
                 attempts=3,
             )
         except ClientError as exc:
-            self.errors[failure_reason(exc)] += 1
+            if is_busy(exc):
+                # Refused at once, nothing stored: the answer to overload the server is
+                # meant to give, counted apart from failures and not sent again (each
+                # open-loop slot is a new message; sending it again would hide the refusal).
+                self.refused += 1
+            else:
+                self.errors[failure_reason(exc)] += 1
             window = self.windows.get(gid)
             if self.mode == "burst" and window is not None:
                 window.release()  # no echo will come for it
@@ -250,6 +269,7 @@ class Messaging:
                 gid: {s: b.to_bytes() for s, b in by.items()} for gid, by in self.received.items()
             },
             "errors": dict(self.errors),
+            "refused": self.refused,
             "late": self.late,
             "max_lag_ms": round(self.max_lag * 1000, 3),
             "echo": self.echo,

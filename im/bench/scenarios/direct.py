@@ -1,6 +1,9 @@
-"""Scenario ``direct``: 1:1 conversations between user pairs, beside the relay."""
+"""Scenario ``direct``: 1:1 conversations between user pairs, beside the relay; then
+the suite alone, open loop, at half its own max and beyond it (overload)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from im.bench.relay import relay_token
 from im.bench.scenarios.common import (
@@ -19,8 +22,12 @@ from im.bench.scenarios.messaging import (
     Plan,
     compare_with_relay,
     messaging_rows,
+    receivers_per_message,
+    run_messaging,
     warm_up,
 )
+
+HALF_MAX = 0.5
 
 
 def scenario_direct(ctx: Context) -> ScenarioResult:
@@ -81,6 +88,9 @@ def scenario_direct(ctx: Context) -> ScenarioResult:
         fraction=opts.rate_fraction,
         unit="deliveries/s",
     )
+    more, at_max = runs_at_suite_max(ctx, plan, summary["suite_max"])
+    runs.update(more)
+    summary.update(at_max)
     res.data = {
         "pairs": pairs,
         "users": 2 * pairs,
@@ -104,5 +114,74 @@ def scenario_direct(ctx: Context) -> ScenarioResult:
             f"open loop at {summary['open_rate_msgs']:.0f} msg/s: suite/relay throughput "
             f"{percent(summary['open_ratio'])}, suite p99 {summary['open_p99_ms']} ms"
         )
+    table.notes.extend(suite_max_notes(summary))
     res.tables.append(table)
     return res
+
+
+def runs_at_suite_max(
+    ctx: Context, plan: Plan, suite_max: float | None
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Open loop on the suite at half its own max (the latency it has with room to
+    spare) and at --overload-factor times it (what it does with more than it can
+    take: refuse with BUSY, or queue and grow the latency). The max is the suite's
+    closed-loop burst throughput, so these runs need the burst to have run."""
+    opts = ctx.opts
+    runs: dict[str, dict[str, Any]] = {}
+    half_rate = overload_rate = None
+    if suite_max and opts.duration > 0:
+        per_message = receivers_per_message(plan)  # deliveries/s -> messages/s
+        if not opts.no_half_max:
+            half_rate = max(1.0, suite_max * HALF_MAX / per_message)
+            ctx.log(f"  [direct] suite open loop at half its max: {half_rate:.0f} msg/s")
+            runs["suite-half-max"] = run_messaging(
+                ctx, plan, mode="open", duration=opts.duration, rate=half_rate
+            )
+        if not opts.no_overload:
+            overload_rate = max(1.0, suite_max * opts.overload_factor / per_message)
+            ctx.log(
+                f"  [direct] suite overload at {opts.overload_factor:g} x its max: "
+                f"{overload_rate:.0f} msg/s"
+            )
+            runs["suite-overload"] = run_messaging(
+                ctx, plan, mode="open", duration=opts.duration, rate=overload_rate
+            )
+    return runs, suite_max_summary(runs, opts.overload_factor)
+
+
+def suite_max_summary(runs: dict[str, dict[str, Any]], overload_factor: float) -> dict[str, Any]:
+    """The summary fields of the half-max and overload runs (None where not run)."""
+    half = runs.get("suite-half-max")
+    over = runs.get("suite-overload")
+    return {
+        "open_half_max_rate": half["rate_target"] if half else None,
+        "open_half_max_p99_ms": half["latency_ms"]["p99"] if half else None,
+        "overload_factor": overload_factor,
+        "overload_rate": over["rate_target"] if over else None,
+        "overload_sent": over["sent"] if over else None,
+        "overload_acked": over["acked"] if over else None,
+        # p99 of the deliveries, so of accepted messages only: a refused one never arrives
+        "overload_p99_ms": over["latency_ms"]["p99"] if over else None,
+        "overload_refused": over["refused"] if over else None,
+        # acknowledged by SendAck, not delivered to the peer within the grace
+        "overload_undelivered": over["lost"] if over else None,
+    }
+
+
+def suite_max_notes(summary: dict[str, Any]) -> list[str]:
+    """The lines under the table for the half-max and overload runs."""
+    notes = []
+    if summary.get("open_half_max_rate") is not None:
+        notes.append(
+            f"half the suite's max, open loop at {summary['open_half_max_rate']:.0f} msg/s: "
+            f"suite p99 {summary['open_half_max_p99_ms']} ms"
+        )
+    if summary.get("overload_rate") is not None:
+        notes.append(
+            f"overload, open loop at {summary['overload_factor']:g} x the suite's max "
+            f"({summary['overload_rate']:.0f} msg/s): p99 {summary['overload_p99_ms']} ms "
+            f"(accepted messages), refused BUSY {summary['overload_refused']} of "
+            f"{summary['overload_sent']} sent, undelivered {summary['overload_undelivered']} "
+            f"of {summary['overload_acked']} acked"
+        )
+    return notes

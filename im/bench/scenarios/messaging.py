@@ -130,12 +130,13 @@ def aggregate(
     for info in infos:
         for k, v in info.get("connect_failures", {}).items():
             connect_failures[k] = connect_failures.get(k, 0) + v
-    sent = late = echo = peer = app_dups = wire_dups = retransmits = 0
+    sent = refused = late = echo = peer = app_dups = wire_dups = retransmits = 0
     max_lag = 0.0
     cpu = 0.0
     send_seconds = max((r["send_seconds"] for r in results), default=duration) or duration
     for r in results:
         sent += r["sent"]
+        refused += r["refused"]
         late += r["late"]
         echo += r["echo"]
         peer += r["peer_deliveries"]
@@ -184,6 +185,7 @@ def aggregate(
         "scheduled": int(rate * duration) if mode == "open" else None,
         "sent": sent,
         "acked": acked_count,
+        "refused": refused,
         "send_errors": errors,
         "late": late,
         "max_lag_ms": max_lag,
@@ -219,6 +221,7 @@ def messaging_rows(label: str, runs: dict[str, dict[str, Any]]) -> list[list[Any
                 r["scheduled"] if r["scheduled"] is not None else "-",
                 r["sent"],
                 r["acked"],
+                r["refused"],
                 r["delivered"],
                 r["lost"],
                 r["dup_wire"],
@@ -243,6 +246,7 @@ MESSAGING_HEADERS = [
     "scheduled",
     "sent",
     "acked",
+    "refused",
     "delivered",
     "lost",
     "dup",

@@ -20,6 +20,7 @@ def bitmap(*numbers: int) -> bytes:
 def worker_result(**over: Any) -> dict[str, Any]:
     result: dict[str, Any] = {
         "sent": 0,
+        "refused": 0,
         "late": 0,
         "echo": 0,
         "peer_deliveries": 0,
@@ -40,8 +41,8 @@ def worker_result(**over: Any) -> dict[str, Any]:
     return result
 
 
-def test_deliveries_counted_within_the_cpu_window() -> None:
-    # one pair: 0 sends to 1; 10 sent, 7 acked, 6 of them delivered
+def test_refused_counted_apart_and_deliveries_counted_within_the_cpu_window() -> None:
+    # one pair: 0 sends to 1; 10 sent, 3 refused with BUSY, 7 acked, 6 of them delivered
     plan = Plan(
         members=[],
         senders=[{"gid": 0, "conv": "d:1:2"}],
@@ -54,6 +55,7 @@ def test_deliveries_counted_within_the_cpu_window() -> None:
     results = [
         worker_result(
             sent=10,
+            refused=3,
             acked={0: bitmap(0, 1, 2, 4, 6, 8, 9)},
             received={1: {0: bitmap(0, 1, 2, 4, 6, 8)}},
             peer_deliveries=6,
@@ -63,7 +65,7 @@ def test_deliveries_counted_within_the_cpu_window() -> None:
     out = aggregate(
         plan, infos, results, 3.0, mode="open", rate=10 / 3, window=8, steady=(0.5, 3.0)
     )
-    assert (out["sent"], out["acked"]) == (10, 7)
+    assert (out["sent"], out["acked"], out["refused"]) == (10, 7, 3)
     assert out["delivered"] == 6 and out["lost"] == 1  # 9 acked, never delivered
     assert out["steady_deliveries"] == 4  # 0.6, 1.0, 2.5, 2.9
     assert out["steady_seconds"] == 2.5
@@ -73,7 +75,7 @@ def test_deliveries_counted_within_the_cpu_window() -> None:
     assert whole["steady_deliveries"] == 5
 
 
-def test_rows_have_a_cell_per_header_with_cpu_per_message() -> None:
+def test_rows_have_a_cell_per_header_with_refused_and_cpu_per_message() -> None:
     run = {
         "mode": "open",
         "rate_target": 100.0,
@@ -81,6 +83,7 @@ def test_rows_have_a_cell_per_header_with_cpu_per_message() -> None:
         "scheduled": 300,
         "sent": 300,
         "acked": 280,
+        "refused": 20,
         "delivered": 280,
         "lost": 0,
         "dup_wire": 0,
@@ -96,4 +99,4 @@ def test_rows_have_a_cell_per_header_with_cpu_per_message() -> None:
     assert len(row) == len(MESSAGING_HEADERS)
     cells = dict(zip(MESSAGING_HEADERS, row, strict=True))
     assert cells["run"] == "direct:suite-overload" and cells["load"] == "open 100/s"
-    assert cells["srv us/msg"] == 812.5
+    assert cells["refused"] == 20 and cells["srv us/msg"] == 812.5
