@@ -39,6 +39,13 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     where.add_argument("--connectors", type=int, default=2, help="--distributed: connectors")
     where.add_argument("--routers", type=int, default=2, help="--distributed: routers")
     where.add_argument("--no-relay", action="store_true", help="skip the bare-relay baseline")
+    where.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=5.0,
+        help="before any load, measure the CPU the idle suite uses over this long (0: skip)",
+    )
+
     gen = p.add_argument_group("load generator")
     gen.add_argument("--procs", type=int, default=2, help="load generator processes (default 2)")
     gen.add_argument("--out", default="bench-results", help="folder for JSON/PNG results")

@@ -25,6 +25,7 @@ class Context:
     run_id: str
     procs: int
     log: Any = print
+    idle_cpu_pct: float | None = None  # the suite's, before any load (None: not measured)
 
 
 @dataclass

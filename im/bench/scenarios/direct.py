@@ -91,6 +91,7 @@ def scenario_direct(ctx: Context) -> ScenarioResult:
     more, at_max = runs_at_suite_max(ctx, plan, summary["suite_max"])
     runs.update(more)
     summary.update(at_max)
+    summary["idle_cpu_pct"] = ctx.idle_cpu_pct
     res.data = {
         "pairs": pairs,
         "users": 2 * pairs,
@@ -169,7 +170,7 @@ def suite_max_summary(runs: dict[str, dict[str, Any]], overload_factor: float) -
 
 
 def suite_max_notes(summary: dict[str, Any]) -> list[str]:
-    """The lines under the table for the half-max and overload runs."""
+    """The lines under the table for the half-max and overload runs and the idle CPU."""
     notes = []
     if summary.get("open_half_max_rate") is not None:
         notes.append(
@@ -183,5 +184,10 @@ def suite_max_notes(summary: dict[str, Any]) -> list[str]:
             f"(accepted messages), refused BUSY {summary['overload_refused']} of "
             f"{summary['overload_sent']} sent, undelivered {summary['overload_undelivered']} "
             f"of {summary['overload_acked']} acked"
+        )
+    if summary.get("idle_cpu_pct") is not None:
+        notes.append(
+            f"suite idle before the load: {summary['idle_cpu_pct']:g}% of one core "
+            "(all its processes)"
         )
     return notes

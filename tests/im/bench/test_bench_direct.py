@@ -105,9 +105,11 @@ def test_summary_lines_under_the_table() -> None:
         },
         1.5,
     )
+    summary["idle_cpu_pct"] = 1.25
     assert direct.suite_max_notes(summary) == [
         "half the suite's max, open loop at 500 msg/s: suite p99 4.5 ms",
         "overload, open loop at 1.5 x the suite's max (1500 msg/s): p99 950.0 ms (accepted "
         "messages), refused BUSY 500 of 4500 sent, undelivered 7 of 4000 acked",
+        "suite idle before the load: 1.25% of one core (all its processes)",
     ]
     assert direct.suite_max_notes(direct.suite_max_summary({}, 1.5)) == []

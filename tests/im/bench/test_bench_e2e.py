@@ -39,6 +39,8 @@ def test_direct_smoke_run(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
             "3",
             "--procs",
             "1",
+            "--idle-seconds",
+            "1",
             "--no-chart",
             "--out",
             str(tmp_path),
@@ -71,4 +73,5 @@ def test_direct_smoke_run(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     assert summary["max_ratio"] is not None
     assert summary["open_half_max_p99_ms"] is not None and summary["overload_p99_ms"] is not None
     assert summary["overload_refused"] >= 0 and summary["overload_undelivered"] >= 0
+    assert summary["idle_cpu_pct"] == data["idle_cpu_pct"] is not None
     assert "overload, open loop at 1.5 x the suite's max" in out
