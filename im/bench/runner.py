@@ -64,6 +64,7 @@ Method
   sender's own copy is not counted though the servers send it. A server that falls
   behind (deliveries after the window) spent CPU in it on messages not counted in it:
   its us/msg is then too high (compare steady_deliveries with delivered in the JSON).
+  It includes what the servers burn when idle (below), which weighs more at low rates.
 - idle: before the first scenario, once the servers have gone quiet (below 10% of a
   core, at most {idle_settle:.0f} s of waiting), the CPU of the same processes over
   --idle-seconds with no client connected, in % of one core.
