@@ -7,10 +7,16 @@ alone, token verifications/s). A bare relay (``im.bench.relay``) runs in the sam
 as the baseline, driven by the same load generator (``im.bench.loadgen``, separate
 processes, the project's client library over real sockets).
 
+Every messaging run also reports the servers' CPU per delivered message, and the run
+starts with the idle servers' CPU; ``direct`` adds open-loop runs of the suite at half
+its own max and beyond it (overload: Sends refused with BUSY, undelivered messages).
+The output's "Method" text says what each number counts.
+
 Running it::
 
     make bench                                  # all scenarios, standalone, < 5 min
     imctl bench direct --pairs 50 --duration 20  # one scenario, other sizes
+    imctl bench direct --pairs 50 --rate 1000 --no-half-max --no-overload  # one fixed rate
     imctl bench --distributed                   # the local cluster (dev-services up)
     imctl bench --gateway http://host:8080 direct   # a suite that is already running
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import resource
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -55,14 +58,81 @@ def rss_kib(pid: int) -> int | None:
     return None
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds used so far by ``pid`` (from /proc/<pid>/stat)."""
+PROC = Path("/proc")
+
+# pid -> CPU seconds used so far (None: the process could not be read)
+CpuReadings = dict[int, float | None]
+
+
+def cpu_seconds(pid: int, proc: Path = PROC) -> float | None:
+    """User + system CPU seconds used so far by ``pid`` (from /proc/<pid>/stat),
+    all its threads included."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        # the command name (field 2) may hold spaces and parentheses: split after it
+        fields = (proc / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
         ticks = int(fields[11]) + int(fields[12])  # utime, stime
         return ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
+
+
+def cpu_readings(pids: Iterable[int], proc: Path = PROC) -> CpuReadings:
+    return {pid: cpu_seconds(pid, proc) for pid in pids}
+
+
+def cpu_used(before: CpuReadings, after: CpuReadings) -> float | None:
+    """CPU seconds the processes used between two readings; None when one of them
+    could not be read at either end (it exited, or was never there), since its share
+    is then unknown and a sum without it would look plausible but be too low."""
+    total = 0.0
+    for pid, start in before.items():
+        end = after.get(pid)
+        if start is None or end is None:
+            return None
+        total += end - start
+    return total
+
+
+@dataclass(frozen=True)
+class CpuWindow:
+    """CPU readings of some processes at the two ends of a wall-clock window."""
+
+    start: float  # time.time() of the first reading
+    end: float  # time.time() of the second
+    before: CpuReadings
+    after: CpuReadings
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
+
+    @property
+    def used(self) -> float | None:
+        """CPU seconds of all the processes within the window (None: unknown)."""
+        return cpu_used(self.before, self.after)
+
+    def used_by(self, pids: Iterable[int]) -> float | None:
+        """CPU seconds of some of the processes within the window (None: unknown)."""
+        return cpu_used({pid: self.before.get(pid) for pid in pids}, self.after)
+
+
+def cpu_window(
+    pids: Iterable[int],
+    start: float,
+    end: float,
+    *,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+    read: Callable[[Iterable[int]], CpuReadings] = cpu_readings,
+) -> CpuWindow:
+    """Read the processes' CPU at wall-clock ``start`` and again at ``end``, sleeping
+    in between (the caller's load runs in other processes meanwhile). The readings'
+    own times are kept: the window is what was read, not what was asked."""
+    pids = list(pids)
+    sleep(max(0.0, start - clock()))
+    first_at, before = clock(), read(pids)
+    sleep(max(0.0, end - clock()))
+    return CpuWindow(first_at, clock(), before, read(pids))
 
 
 def children_of(pid: int) -> list[int]:
@@ -79,14 +149,12 @@ def wait_idle(
     """Wait until ``pids`` together use less than ``below`` of a core over ``sample``
     seconds (queued work from a previous phase is done), at most ``timeout`` seconds.
     Returns the last measured use in cores."""
-    import time
-
     deadline = time.monotonic() + timeout
-    use = 0.0
     while True:
-        before = sum(cpu_seconds(p) or 0.0 for p in pids)
+        before = cpu_readings(pids)
         time.sleep(sample)
-        use = (sum(cpu_seconds(p) or 0.0 for p in pids) - before) / sample
+        # a process that went away has nothing left to finish
+        use = (cpu_used(before, cpu_readings(pids)) or 0.0) / sample
         if use < below or time.monotonic() > deadline:
             return use
 

@@ -39,6 +39,12 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     where.add_argument("--connectors", type=int, default=2, help="--distributed: connectors")
     where.add_argument("--routers", type=int, default=2, help="--distributed: routers")
     where.add_argument("--no-relay", action="store_true", help="skip the bare-relay baseline")
+    where.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=5.0,
+        help="before any load, measure the CPU the idle suite uses over this long (0: skip)",
+    )
 
     gen = p.add_argument_group("load generator")
     gen.add_argument("--procs", type=int, default=2, help="load generator processes (default 2)")
@@ -70,7 +76,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
 
     d = p.add_argument_group("direct and group")
     d.add_argument("--pairs", type=int, default=20, help="direct: user pairs")
-    d.add_argument("--duration", type=float, default=10.0, help="direct: open-loop seconds")
+    d.add_argument(
+        "--duration", type=float, default=10.0, help="direct: seconds of each open-loop run"
+    )
     d.add_argument(
         "--rate",
         type=float,
@@ -93,6 +101,22 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=32,
         help="burst: messages per sender between send and its own copy coming back",
+    )
+    d.add_argument(
+        "--no-half-max",
+        action="store_true",
+        help="direct: skip the open-loop run at half the suite's own max (after the burst)",
+    )
+    d.add_argument(
+        "--no-overload",
+        action="store_true",
+        help="direct: skip the open-loop overload run beyond the suite's own max",
+    )
+    d.add_argument(
+        "--overload-factor",
+        type=float,
+        default=1.5,
+        help="direct: overload run rate as a multiple of the suite's burst max (default 1.5)",
     )
     d.add_argument("--group-members", type=int, default=200)
     d.add_argument("--group-connected", type=int, default=100)

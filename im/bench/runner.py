@@ -11,13 +11,18 @@ import sys
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from im.bench import report
-from im.bench.limits import raise_nofile
+from im.bench.limits import CpuWindow, cpu_window, raise_nofile, wait_idle
 from im.bench.options import SCENARIO_NAMES
 from im.bench.procs import BenchError
+from im.bench.stats import core_percent
+
+# Longest wait for the servers to go quiet before the idle measure.
+IDLE_SETTLE_S = 5.0
 
 METHOD = """\
 Method
@@ -36,6 +41,11 @@ Method
 - Open loop: sends are scheduled by the clock at a fixed rate whatever the acks do
   (default: --rate-fraction x the relay's max); a send more than --late-ms behind its
   slot counts as late (the generator fell behind).
+- Direct, after the burst: the suite alone, open loop at half its own max (its burst
+  throughput) and at --overload-factor x that max (overload). refused = Sends answered
+  with Error BUSY (refused at once, nothing stored; counted apart from errors and not
+  sent again). The overload p99 is over the deliveries, i.e. accepted messages only;
+  undelivered = acknowledged by SendAck but not delivered within --grace s.
 - Latency: time.time_ns() taken at the send call travels in the body; measured when
   the Deliver comes out of the receiving Connection (same machine, same clock).
 - lost = acknowledged by SendAck but never delivered to a connected member within
@@ -45,6 +55,19 @@ Method
   distributed mode, other people's work), in cores of {cpus}. Busy "other" cores make
   a run unreliable; many late sends mean it measured the generator as much as the
   server.
+- srv us/msg: CPU time (utime + stime from /proc/<pid>/stat, all threads) of the
+  server processes (standalone: its one process; distributed: every process of the
+  cluster, not the backing servers; relay runs: the relay) from the start to the end of
+  sending (the burst or open-loop seconds, not the grace after), divided by the
+  deliveries that arrived in that same window: one per message and receiving member
+  (the other member of a pair, each connected group member), first copies only; the
+  sender's own copy is not counted though the servers send it. A server that falls
+  behind (deliveries after the window) spent CPU in it on messages not counted in it:
+  its us/msg is then too high (compare steady_deliveries with delivered in the JSON).
+  It includes what the servers burn when idle (below), which weighs more at low rates.
+- idle: before the first scenario, once the servers have gone quiet (below 10% of a
+  core, at most {idle_settle:.0f} s of waiting), the CPU of the same processes over
+  --idle-seconds with no client connected, in % of one core.
 """
 
 
@@ -89,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         f"python {platform.python_version()}; RLIMIT_NOFILE {soft}/{hard} (raised by the bench); "
         f"load average at start {load if load is None else round(load, 2)}",
         "",
-        METHOD.format(cpus=os.cpu_count(), procs=procs),
+        METHOD.format(cpus=os.cpu_count(), procs=procs, idle_settle=IDLE_SETTLE_S),
     ]
     print("\n".join(header), flush=True)
     if load is not None and load > 0.5 * (os.cpu_count() or 1):
@@ -107,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
         )
 
     target = relay = None
+    idle: dict[str, Any] | None = None
     results: list[ScenarioResult] = []
     try:
         _log(f"starting the {mode} suite ...")
@@ -122,8 +146,21 @@ def run(args: argparse.Namespace) -> int:
             print(f"suite: {note}", flush=True)
         if relay is not None:
             print(f"relay: {relay.address} (pid {relay.pid})", flush=True)
+        if args.idle_seconds > 0:
+            _log(f"measuring the idle servers' CPU for {args.idle_seconds:g} s ...")
+            idle = measure_idle(target.pids, relay.pid if relay else None, args.idle_seconds)
+            if idle is not None:
+                print(idle_line(idle), flush=True)
         print(flush=True)
-        ctx = Context(opts=args, target=target, relay=relay, run_id=run_id, procs=procs, log=_log)
+        ctx = Context(
+            opts=args,
+            target=target,
+            relay=relay,
+            run_id=run_id,
+            procs=procs,
+            log=_log,
+            idle_cpu_pct=idle["suite_cpu_pct"] if idle else None,
+        )
         for name in names:
             _log(f"scenario {name} ...")
             t0 = time.monotonic()
@@ -161,6 +198,8 @@ def run(args: argparse.Namespace) -> int:
         "generator_processes": procs,
         "options": {k: v for k, v in vars(args).items() if k != "func"},
         "suite_notes": target.notes if target else [],
+        "idle_cpu_pct": idle["suite_cpu_pct"] if idle else None,
+        "idle": idle,
         "scenarios": {r.name: {"status": r.status, "reason": r.reason, **r.data} for r in results},
     }
     json_path = report.write_json(run_dir / "bench.json", data)
@@ -176,6 +215,48 @@ def run(args: argparse.Namespace) -> int:
             print("chart: skipped (matplotlib is not installed: pip install matplotlib)")
     print(f"total {time.time() - started:.0f} s")
     return 1 if any(r.status == "failed" for r in results) else 0
+
+
+def measure_idle(
+    suite_pids: dict[str, int],
+    relay_pid: int | None,
+    seconds: float,
+    *,
+    window: Callable[..., CpuWindow] = cpu_window,
+    settle: Callable[..., float] = wait_idle,
+) -> dict[str, Any] | None:
+    """The servers' CPU with no load and no client, in % of one core: the suite's
+    processes together and each, and the relay's. None when no pid is known."""
+    pids = [*suite_pids.values(), *([relay_pid] if relay_pid else [])]
+    if not pids:
+        return None
+    # start-up work (migrations, consumer groups joining) is not what idle means
+    settle(pids, timeout=IDLE_SETTLE_S)
+    now = time.time()
+    w = window(pids, now, now + seconds)
+    suite = w.used_by(suite_pids.values()) if suite_pids else None
+    return {
+        "seconds": round(w.seconds, 2),
+        "suite_cpu_pct": core_percent(suite, w.seconds),
+        "processes": {
+            name: core_percent(w.used_by([pid]), w.seconds) for name, pid in suite_pids.items()
+        },
+        "relay_cpu_pct": core_percent(w.used_by([relay_pid]), w.seconds) if relay_pid else None,
+    }
+
+
+def idle_line(idle: dict[str, Any]) -> str:
+    each = ", ".join(f"{name} {_pct(v)}" for name, v in idle["processes"].items())
+    line = f"idle for {idle['seconds']:g} s: suite {_pct(idle['suite_cpu_pct'])} of one core"
+    if len(idle["processes"]) > 1:
+        line += f" ({each})"
+    if idle["relay_cpu_pct"] is not None:
+        line += f"; relay {_pct(idle['relay_cpu_pct'])}"
+    return line
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}%"
 
 
 def _print_result(result: Any) -> None:

@@ -95,3 +95,18 @@ def ratio(value: float | None, base: float | None) -> float | None:
     if value is None or base is None or base <= 0:
         return None
     return round(value / base, 3)
+
+
+def per_message_us(cpu_seconds: float | None, messages: int) -> float | None:
+    """CPU microseconds per message; None when the CPU is unknown or nothing was
+    delivered (a cost per message of zero messages means nothing)."""
+    if cpu_seconds is None or messages <= 0:
+        return None
+    return round(cpu_seconds * 1e6 / messages, 1)
+
+
+def core_percent(cpu_seconds: float | None, seconds: float) -> float | None:
+    """CPU seconds used over ``seconds`` of wall clock, in percent of one core."""
+    if cpu_seconds is None or seconds <= 0:
+        return None
+    return round(cpu_seconds / seconds * 100, 2)

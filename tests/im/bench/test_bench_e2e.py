@@ -39,6 +39,8 @@ def test_direct_smoke_run(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
             "3",
             "--procs",
             "1",
+            "--idle-seconds",
+            "1",
             "--no-chart",
             "--out",
             str(tmp_path),
@@ -52,9 +54,24 @@ def test_direct_smoke_run(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     direct = data["scenarios"]["direct"]
     assert direct["status"] == "ok", direct
     runs = direct["runs"]
-    assert set(runs) == {"relay-burst", "suite-burst", "relay-open", "suite-open"}
+    assert list(runs) == [
+        "relay-burst",
+        "suite-burst",
+        "relay-open",
+        "suite-open",
+        "suite-half-max",
+        "suite-overload",
+    ]
     for name, run in runs.items():
         assert run["sent"] > 0 and run["delivered"] > 0, name
-        assert run["lost"] == 0 and run["dup_app"] == 0, (name, run)
+        assert run["dup_app"] == 0, (name, run)
         assert run["latency_ms"]["p50"] is not None
-    assert direct["summary"]["max_ratio"] is not None
+        assert run["server_cpu_us_per_msg"] > 0, (name, run)
+        if name != "suite-overload":  # beyond its max the suite may refuse or fall behind
+            assert run["lost"] == 0 and run["refused"] == 0, (name, run)
+    summary = direct["summary"]
+    assert summary["max_ratio"] is not None
+    assert summary["open_half_max_p99_ms"] is not None and summary["overload_p99_ms"] is not None
+    assert summary["overload_refused"] >= 0 and summary["overload_undelivered"] >= 0
+    assert summary["idle_cpu_pct"] == data["idle_cpu_pct"] is not None
+    assert "overload, open loop at 1.5 x the suite's max" in out

@@ -7,7 +7,7 @@ from array import array
 
 import pytest
 
-from im.bench.loadgen import Bitmap, bits
+from im.bench.loadgen.messaging import Bitmap, bits
 from im.bench.stats import (
     count_in_window,
     pack_samples,
@@ -87,7 +87,7 @@ def test_bitmap_counts_acked_and_received() -> None:
 async def test_open_loop_keeps_the_clock_rate_and_is_not_late_when_idle() -> None:
     import asyncio
 
-    from im.bench.loadgen import Messaging
+    from im.bench.loadgen.messaging import Messaging
 
     spec = {
         "mode": "open",
