@@ -167,6 +167,7 @@ class Messaging:
                 client_msg_id=f"{self.tag}-{gid}-{n}",
                 ack_timeout=5.0,
                 attempts=3,
+                busy_retries=0,  # a refusal is a figure of the run, not something to wait out
             )
         except ClientError as exc:
             if is_busy(exc):
