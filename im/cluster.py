@@ -4,6 +4,7 @@ and by the distributed end-to-end tests."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -100,17 +101,23 @@ class Cluster:
             "IM_USER_SERVICE_ADDR": f"127.0.0.1:{user_port}",
             "IM_GROUP_SERVICE_ADDR": f"127.0.0.1:{group_port}",
         }
+        # Every process serves /metrics on a port of its own (the gateway's is 9464).
+        next_metrics = itertools.count(9465)
+
+        def metrics() -> dict[str, str]:
+            return {"IM_METRICS_PORT": str(self._port(next(next_metrics)))}
+
         procs = [
             Proc(
                 "user",
                 "user",
-                {**base, **shared, "IM_USER_GRPC_PORT": str(user_port)},
+                {**base, **shared, **metrics(), "IM_USER_GRPC_PORT": str(user_port)},
                 self.log_dir / "user.log",
             ),
             Proc(
                 "group",
                 "group",
-                {**base, **shared, "IM_GROUP_GRPC_PORT": str(group_port)},
+                {**base, **shared, **metrics(), "IM_GROUP_GRPC_PORT": str(group_port)},
                 self.log_dir / "group.log",
             ),
         ]
@@ -122,6 +129,7 @@ class Cluster:
                     {
                         **base,
                         **shared,
+                        **metrics(),
                         "IM_CONNECTOR_ID": f"connector-{i + 1}",
                         "IM_CONNECTOR_TCP_PORT": str(self._port(7070 + 2 * i)),
                         "IM_CONNECTOR_WS_PORT": str(self._port(7071 + 2 * i)),
@@ -135,7 +143,12 @@ class Cluster:
                 Proc(
                     f"router-{i + 1}",
                     "router",
-                    {**base, **shared, "IM_ROUTER_GRPC_PORT": str(self._port(50060 + i))},
+                    {
+                        **base,
+                        **shared,
+                        **metrics(),
+                        "IM_ROUTER_GRPC_PORT": str(self._port(50060 + i)),
+                    },
                     self.log_dir / f"router-{i + 1}.log",
                 )
             )

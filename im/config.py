@@ -276,6 +276,12 @@ class Settings(BaseSettings):
         description="Internal port of the gateway's `/metrics` when it is not on the API "
         "port (0: any free port).",
     )
+    metrics_port: int = Field(
+        9464,
+        description="Port at internal_host where a user, group, connector or router process "
+        "serves its Prometheus `/metrics` in distributed mode (0: any free port). Standalone "
+        "serves no such port: the gateway's `/metrics` shows every service of the suite.",
+    )
 
     # --- bus ----------------------------------------------------------------------
     topic_messages: str = Field("im.messages", description="Topic of inbound messages.")

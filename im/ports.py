@@ -63,6 +63,12 @@ class BusConsumer(Protocol):
         """Changes whenever this member's partition assignment changes."""
         ...
 
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Records on the bus not yet handed out by poll, per assigned (topic, partition),
+        as of the last look (Kafka: every few seconds, from its fetches; no call to the
+        broker from here). For metrics."""
+        ...
+
     async def close(self) -> None: ...
 
 

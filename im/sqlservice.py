@@ -20,6 +20,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from im.config import Settings
 from im.db import create_schema, make_engine
 from im.grpcutil import GrpcServer
+from im.metrics import MetricsRegistry
 
 # How often readiness re-checks the database (health follows the real request path).
 DB_CHECK_SECONDS = 5.0
@@ -91,8 +92,9 @@ class SqlGrpcService:
     register: Callable[[Any, Any], None]  # add_XServicer_to_server
     service_name = ""  # full gRPC service name, for reflection and health
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: MetricsRegistry | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics or MetricsRegistry()
         self.log = logging.getLogger(f"im.{self.name}")
         self._engine: Engine | None = None
         self._servicer: Any = None
@@ -109,7 +111,9 @@ class SqlGrpcService:
             open_database, s.resolved_database_url(), s.auto_migrate
         )
         self._servicer = self.make_servicer(s, self._engine)
-        self._server = GrpcServer.for_settings(s, getattr(s, self.port_setting))
+        self._server = GrpcServer.for_settings(
+            s, getattr(s, self.port_setting), interceptors=[self.metrics.grpc_server()]
+        )
         self._server.add(type(self).register, self._servicer, self.service_name)
         self.port = await self._server.start()
         self._watch = asyncio.get_running_loop().create_task(self._watch_database())

@@ -11,6 +11,7 @@ from im import datadir
 from im.adapters import build_backends
 from im.config import Settings
 from im.grpcutil import InsecureInternalError, require_internal_security
+from im.metrics import MetricsRegistry, MetricsServer
 from im.ports import Backends
 from im.runtime import Service, bounded, install_uvloop, run_until_signal, setup_logging
 from im.tls import with_dev_internal_certs
@@ -21,11 +22,14 @@ SERVICES = ("user", "group", "connector", "router", "gateway")
 STOP_ORDER = ("gateway", "connector", "router", "group", "user")
 
 
-def build_service(name: str, settings: Settings, backends: Backends) -> Service:
+def build_service(
+    name: str, settings: Settings, backends: Backends, metrics: MetricsRegistry | None = None
+) -> Service:
+    """One service; its metrics go to ``metrics`` (the process's or the suite's)."""
     if name not in SERVICES:
         raise ValueError(f"unknown service {name!r}; one of {', '.join(SERVICES)}")
     module = importlib.import_module(f"services.{name}.app")
-    return module.build(settings, backends)
+    return module.build(settings, backends, metrics=metrics)
 
 
 class Suite:
@@ -35,6 +39,9 @@ class Suite:
         self.settings = settings
         self.services: dict[str, Service] = {}
         self.backends: Backends | None = None
+        # One registry for the suite, served by the gateway's /metrics: every service
+        # registers there, and suites side by side in one process (tests) never share.
+        self.metrics = MetricsRegistry()
 
     async def start(self) -> None:
         settings = self.settings
@@ -43,7 +50,7 @@ class Suite:
         self.backends = build_backends(settings)
         await self.backends.start()
         for name in SERVICES:
-            service = build_service(name, settings, self.backends)
+            service = build_service(name, settings, self.backends, self.metrics)
             await service.start()
             self.services[name] = service
             if name in ("user", "group"):
@@ -107,16 +114,31 @@ async def serve_one(name: str, settings: Settings) -> None:
     except InsecureInternalError as exc:
         raise SystemExit(f"{name}: {exc}") from None
     backends = build_backends(settings, client_id=f"im-{name}")
-    service = build_service(name, settings, backends)
+    metrics = MetricsRegistry()
+    service = build_service(name, settings, backends, metrics)
+    # The gateway serves its registry itself (IM_GATEWAY_METRICS, on its API port or
+    # IM_GATEWAY_METRICS_PORT); every other process on IM_METRICS_PORT.
+    exposition = None
+    if name != "gateway":
+        exposition = MetricsServer(
+            settings.internal_host, settings.metrics_port, metrics.registry, name
+        )
 
     async def start() -> None:
         await backends.start()
         await service.start()
-        where = "  ".join(f"{k}={v}" for k, v in service.endpoints().items())
+        endpoints = service.endpoints()
+        if exposition is not None:
+            await exposition.start()
+            if exposition.port:
+                endpoints["metrics"] = exposition.url()
+        where = "  ".join(f"{k}={v}" for k, v in endpoints.items())
         print(f"{name} is up: {where}", flush=True)
 
     async def stop() -> None:
         await service.stop()
+        if exposition is not None:
+            await exposition.stop()
         await bounded("closing the backends", backends.close(), 10)
 
     await run_until_signal(start, stop)

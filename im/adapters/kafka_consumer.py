@@ -38,6 +38,8 @@ TOPIC_RECHECK_BACKOFF = 1.0
 # A group join not completed after this many session timeouts is asked to start over
 # (see _ask_to_rejoin); a join on Tansu takes about half a session timeout.
 STUCK_JOIN_SESSIONS = 3
+# Seconds between two looks at the lag (after a poll, from what the fetches reported).
+LAG_EVERY = 5.0
 
 
 def _ask_to_rejoin(consumer: KafkaConsumer) -> None:
@@ -117,10 +119,41 @@ class KafkaBusConsumer:
         # failed batch is never skipped even if the broker was away during rewind.
         self._must_rewind = False  # executor thread only
         self._closed = False
+        # Records not handed out yet per (topic, partition), measured on the executor
+        # thread at most every lag_every seconds and replaced whole (read from others).
+        self.lag_every = LAG_EVERY
+        self._lag: dict[tuple[str, int], int] = {}
+        self._lag_generation = -1
+        self._lag_at = float("-inf")
 
     @property
     def generation(self) -> int:
         return self._generation
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        # Measured for another assignment: those partitions may be someone else's now.
+        return self._lag if self._lag_generation == self._generation else {}
+
+    def _measure_lag(self, consumer: KafkaConsumer) -> None:
+        """Highwater (from the last fetch response: no request) minus the position, per
+        assigned partition. Executor thread, right after a poll (which leaves every
+        fetchable partition with a position, so ``position`` has nothing to ask)."""
+        now = time.monotonic()
+        if now - self._lag_at < self.lag_every or self._joining_since is not None:
+            return
+        self._lag_at = now
+        generation = self._generation
+        lag: dict[tuple[str, int], int] = {}
+        try:
+            for tp in consumer.assignment():
+                high = consumer.highwater(tp)
+                position = consumer.position(tp, timeout_ms=0) if high is not None else None
+                if high is not None and position is not None:
+                    lag[(tp.topic, tp.partition)] = max(0, high - position)
+        except Exception as exc:  # a rebalance under way: look again next time
+            log.debug("lag of group %s not measured: %r", self.group, exc)
+            return
+        self._lag, self._lag_generation = lag, generation
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -220,6 +253,7 @@ class KafkaBusConsumer:
             raise
         self._poll_failures = 0
         self._unstick_join()
+        self._measure_lag(consumer)
         if batches and self._logs_replaced(consumer, {tp.topic for tp in batches}):
             # These records come from a topic created again since we last looked,
             # read from positions in its old log: they may skip the new log's first

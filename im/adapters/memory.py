@@ -122,6 +122,15 @@ class MemoryConsumer:
     def generation(self) -> int:
         return self._generation
 
+    def lag(self) -> dict[tuple[str, int], int]:
+        """The queue depth of each assigned partition past this member's position."""
+        out = {}
+        for topic, partition in self._assigned:
+            log = self._bus._logs.get(topic)
+            end = len(log[partition]) if log is not None else 0
+            out[(topic, partition)] = end - self._position.get((topic, partition), 0)
+        return out
+
     def _take(self, max_records: int) -> list[BusRecord]:
         out: list[BusRecord] = []
         for topic, partition in self._assigned:

@@ -10,10 +10,12 @@ from im.auth import TokenVerifier, load_keys
 from im.config import Settings
 from im.grpcutil import ChannelPool, GrpcServer, service_name
 from im.ids import NODE_IDS
+from im.metrics import MetricsRegistry
 from im.ports import Backends, ConnectorInfo
 from im.runtime import bounded, local_connectors
 from im.tls import public_ssl
 from im.v1 import bus_pb2, connector_pb2, connector_pb2_grpc
+from services.connector import metrics as connector_metrics
 from services.connector.service import ConnectorCore, ConnectorServicer
 from services.connector.transport import start_tcp, start_ws
 
@@ -23,9 +25,12 @@ log = logging.getLogger("im.connector")
 class ConnectorApp:
     name = "connector"
 
-    def __init__(self, settings: Settings, backends: Backends) -> None:
+    def __init__(
+        self, settings: Settings, backends: Backends, metrics: MetricsRegistry | None = None
+    ) -> None:
         self.settings = settings
         self.backends = backends
+        self.metrics = metrics or MetricsRegistry()
         _, public = load_keys(settings, need_private=False)
         self.core = ConnectorCore(
             settings,
@@ -33,8 +38,11 @@ class ConnectorApp:
             TokenVerifier(public, settings.jwt_issuer),
             channels=ChannelPool.for_settings(settings),
         )
+        connector_metrics.register(self.metrics, self.core)
         self._ssl = public_ssl(settings)
-        self._grpc = GrpcServer.for_settings(settings, settings.connector_grpc_port)
+        self._grpc = GrpcServer.for_settings(
+            settings, settings.connector_grpc_port, interceptors=[self.metrics.grpc_server()]
+        )
         self._grpc.add(
             connector_pb2_grpc.add_ConnectorServiceServicer_to_server,
             ConnectorServicer(self.core),
@@ -194,5 +202,7 @@ class ConnectorApp:
         }
 
 
-def build(settings: Settings, backends: Backends) -> ConnectorApp:
-    return ConnectorApp(settings, backends)
+def build(
+    settings: Settings, backends: Backends, metrics: MetricsRegistry | None = None
+) -> ConnectorApp:
+    return ConnectorApp(settings, backends, metrics)

@@ -1,15 +1,21 @@
-"""One client connection as the connector core sees it, whatever the socket type, and
-the frames the connector writes on its own (errors, kicks)."""
+"""One client connection as the connector core sees it, whatever the socket type, the
+frames the connector writes on its own (errors, kicks), and the connector's counts."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict, deque
+from dataclasses import dataclass, field
 
 from im.v1 import wire_pb2
 from services.connector.timers import TokenBucket
 
 E = wire_pb2  # short alias for error codes and frame types
+# Every kind of Frame (its oneof), and None for a frame with none set.
+FRAME_KINDS: tuple[str | None, ...] = (
+    *(f.name for f in wire_pb2.Frame.DESCRIPTOR.oneofs_by_name["kind"].fields),
+    None,
+)
 
 # Errors after which the stream cannot be trusted or the connection has no purpose.
 CLOSE_AFTER = frozenset(
@@ -22,6 +28,34 @@ CLOSE_AFTER = frozenset(
         E.ERROR_CODE_HEARTBEAT_TIMEOUT,
     }
 )
+
+
+@dataclass(slots=True)
+class ConnectorStats:
+    """What the connector counts (exported by services/connector/metrics.py at scrape
+    time). Plain integers and dicts made up front: the frame path only adds."""
+
+    delivered: int = 0  # Deliver frames written to a device (first time)
+    receipts: int = 0  # Receipt frames written to a device
+    retransmits: int = 0
+    gave_up: int = 0
+    bad_frames: int = 0  # streams that could not be decoded
+    auth_failures: int = 0
+    authenticated: int = 0  # AuthOk written
+    pongs: int = 0
+    errors: int = 0  # Error frames written
+    frames_in: dict[str | None, int] = field(default_factory=lambda: dict.fromkeys(FRAME_KINDS, 0))
+    kicks: dict[int, int] = field(
+        default_factory=lambda: dict.fromkeys(wire_pb2.KickReason.values(), 0)
+    )
+
+    def kicked(self, reason: int) -> None:
+        reason = reason if reason in self.kicks else E.KICK_REASON_UNSPECIFIED
+        self.kicks[reason] += 1
+
+
+# Counts of connections no core opened (tests that build a Conn by hand).
+UNCOUNTED = ConnectorStats()
 
 
 def frame_payload(**kind) -> bytes:  # type: ignore[no-untyped-def]
@@ -47,7 +81,10 @@ def kick_payload(reason: int, detail: str) -> bytes:
 
 
 class Conn:
-    """One client socket. Transports subclass it with ``_write`` and ``_close``."""
+    """One client socket. Transports subclass it with ``_write`` and ``_close``, and
+    name their ``kind`` (a metrics label)."""
+
+    kind = "other"
 
     __slots__ = (
         "auth_started",
@@ -65,6 +102,7 @@ class Conn:
         "send_queue",
         "send_worker",
         "session_id",
+        "stats",
         "unverified",
         "user_id",
         "verify_worker",
@@ -88,12 +126,18 @@ class Conn:
         self.cursor_bucket: TokenBucket | None = None  # new (conversation) cursor reports
         # conversation -> seq -> serialised Deliver frame (bare, length-prefixed)
         self.pending: dict[str, OrderedDict[int, tuple[bytes, bytes]]] = {}
-        self.send_queue: deque[tuple[int, wire_pb2.Send]] = deque()
+        # (request_id, Send, clock.monotonic() when it arrived)
+        self.send_queue: deque[tuple[int, wire_pb2.Send, float]] = deque()
         self.send_worker: asyncio.Task | None = None
         # Acks and reads for conversations whose membership is being looked up:
         # conversation -> [delivered_seq, read_seq, request_id of the latest frame]
         self.unverified: dict[str, list[int]] = {}
         self.verify_worker: asyncio.Task | None = None
+        self.stats = UNCOUNTED  # the core's, once it opened the connection
+
+    def queued_bytes(self) -> int:
+        """Bytes written but not yet taken by the client's socket (metrics)."""
+        return 0
 
     # Transports implement these two.
     def _write(self, payload: bytes) -> None:
@@ -126,6 +170,7 @@ class Conn:
         handshake that carries the same reason."""
         if self.closed:
             return
+        self.stats.errors += 1
         self.close_reason = (ws_close_code, message)
         self.close(error_payload(code, message))
 
@@ -138,6 +183,9 @@ class Conn:
         retry_after_ms: int = 0,
     ) -> None:
         """Answer with an Error frame; close after the codes that end a connection."""
+        if self.closed:
+            return
+        self.stats.errors += 1
         payload = error_payload(code, message, client_msg_id, request_id, retry_after_ms)
         if code in CLOSE_AFTER:
             self.close(payload)

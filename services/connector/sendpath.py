@@ -15,12 +15,13 @@ import logging
 import struct
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from im.clock import Clock
 from im.config import Settings
 from im.ids import MsgIdGenerator, is_valid_conversation_id
+from im.metrics import Distribution
 from im.ports import Backends
 from im.v1 import bus_pb2, wire_pb2
 from services.connector.admission import Admission
@@ -54,6 +55,7 @@ class Accepted:
     msg_id: int
     server_ts: int
     future: asyncio.Future  # the ack record, or None if it failed; others may wait on it
+    received_at: float  # clock.monotonic() when the Send arrived
 
 
 @dataclass(slots=True)
@@ -61,6 +63,12 @@ class SendStats:
     sends: int = 0
     send_acks: int = 0
     send_errors: int = 0
+    # Seconds from a Send's arrival to its SendAck being written.
+    ack_seconds: Distribution = field(default_factory=Distribution)
+
+
+# (request_id, Send, arrival time, the future of the identical Send in flight)
+Wait = tuple[int, wire_pb2.Send, float, asyncio.Future]
 
 
 class SendPath:
@@ -102,7 +110,7 @@ class SendPath:
             self.stats.send_errors += 1
             conn.fail(E.ERROR_CODE_BUSY, BUSY_MESSAGE, send.client_msg_id, request_id, retry_after)
             return
-        conn.send_queue.append((request_id, send))
+        conn.send_queue.append((request_id, send, self._clock.monotonic()))
         self.admission.inflight += 1
         if conn.send_worker is None:
             conn.send_worker = self._spawn(self._drain(conn))
@@ -140,7 +148,7 @@ class SendPath:
                     self.admission.inflight -= len(batch)
         finally:
             conn.send_worker = None
-            for request_id, send in conn.send_queue:  # only if the worker itself failed
+            for request_id, send, _ in conn.send_queue:  # only if the worker itself failed
                 self._fail(conn, E.ERROR_CODE_INTERNAL, "internal error", send, request_id)
             self.drop_queued(conn)
 
@@ -151,13 +159,13 @@ class SendPath:
 
     # ------------------------------------------------------------------- batch
 
-    async def _send_batch(self, conn: Conn, batch: list[tuple[int, wire_pb2.Send]]) -> None:
+    async def _send_batch(self, conn: Conn, batch: list[tuple[int, wire_pb2.Send, float]]) -> None:
         accepted: list[Accepted] = []
-        waits: list[tuple[int, wire_pb2.Send, asyncio.Future]] = []
+        waits: list[Wait] = []
         try:
-            for request_id, send in batch:
+            for request_id, send, received_at in batch:
                 try:
-                    item = await self._admit(conn, request_id, send, waits)
+                    item = await self._admit(conn, request_id, send, received_at, waits)
                 except Exception:
                     log.exception("send path failed")
                     self._fail(conn, E.ERROR_CODE_INTERNAL, "internal error", send, request_id)
@@ -173,19 +181,20 @@ class SendPath:
             for item in accepted:
                 if not item.future.done():
                     self._settle(conn, item, None)
-        for request_id, send, future in waits:
+        for request_id, send, received_at, future in waits:
             try:
                 record = await future
             except Exception:
                 record = None
-            self._answer(conn, request_id, send, record)
+            self._answer(conn, request_id, send, record, received_at)
 
     async def _admit(
         self,
         conn: Conn,
         request_id: int,
         send: wire_pb2.Send,
-        waits: list[tuple[int, wire_pb2.Send, asyncio.Future]],
+        received_at: float,
+        waits: list[Wait],
     ) -> Accepted | None:
         """Authorize one Send and give it a msg_id (its claim comes next, for the whole
         batch at once); answers it itself unless it is returned (to claim and publish)
@@ -206,16 +215,16 @@ class SendPath:
         key = f"{conn.user_id}:{send.client_msg_id}"
         recent = self.recent_acks.get(key)
         if recent is not None:
-            self._reply_ack(conn, request_id, send, recent)
+            self._reply_ack(conn, request_id, send, recent, received_at)
             return None
         inflight = self._inflight.get(key)
         if inflight is not None:
-            waits.append((request_id, send, inflight))
+            waits.append((request_id, send, received_at, inflight))
             return None
         future = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         msg_id, ts = self._ids.next_id(), self._clock.wall_ms()
-        return Accepted(request_id, send, key, msg_id, ts, future)
+        return Accepted(request_id, send, key, msg_id, ts, future, received_at)
 
     async def _claim_all(self, conn: Conn, accepted: list[Accepted]) -> list[Accepted]:
         """Claims each accepted Send's msg_id; returns those to publish. A key seen
@@ -291,7 +300,7 @@ class SendPath:
 
     def _settle(self, conn: Conn, item: Accepted, record: bytes | None) -> None:
         self._resolve(item, record)
-        self._answer(conn, item.request_id, item.send, record)
+        self._answer(conn, item.request_id, item.send, record, item.received_at)
 
     def _resolve(self, item: Accepted, record: bytes | None) -> None:
         """Takes the Send out of flight and hands its outcome to the Sends parked on it."""
@@ -303,13 +312,18 @@ class SendPath:
     # ---------------------------------------------------------------- answers
 
     def _answer(
-        self, conn: Conn, request_id: int, send: wire_pb2.Send, record: bytes | None
+        self,
+        conn: Conn,
+        request_id: int,
+        send: wire_pb2.Send,
+        record: bytes | None,
+        received_at: float,
     ) -> None:
         if record is None:
             message = "message bus unavailable, retry"
             self._fail(conn, E.ERROR_CODE_UNAVAILABLE, message, send, request_id)
         else:
-            self._reply_ack(conn, request_id, send, record)
+            self._reply_ack(conn, request_id, send, record, received_at)
 
     def _fail(
         self, conn: Conn, code: int, message: str, send: wire_pb2.Send, request_id: int
@@ -322,9 +336,18 @@ class SendPath:
         if len(self.recent_acks) > RECENT_ACKS:
             self.recent_acks.popitem(last=False)
 
-    def _reply_ack(self, conn: Conn, request_id: int, send: wire_pb2.Send, record: bytes) -> None:
+    def _reply_ack(
+        self,
+        conn: Conn,
+        request_id: int,
+        send: wire_pb2.Send,
+        record: bytes,
+        received_at: float,
+    ) -> None:
         msg_id, ts = ACK_RECORD.unpack(record)
-        self.stats.send_acks += 1
+        if not conn.closed:  # a SendAck is written
+            self.stats.send_acks += 1
+            self.stats.ack_seconds.observe(self._clock.monotonic() - received_at)
         conn.write(
             frame_payload(
                 request_id=request_id,

@@ -15,7 +15,6 @@ import contextlib
 import itertools
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass
 
 import grpc
 
@@ -28,13 +27,19 @@ from im.ports import Backends, ConnectorInfo
 from im.protocol import HEADER
 from im.v1 import bus_pb2, connector_pb2, connector_pb2_grpc, wire_pb2
 from services.connector.authorizer import Authorizer
-from services.connector.conn import Conn, error_payload, frame_payload, kick_payload
+from services.connector.conn import (
+    Conn,
+    ConnectorStats,
+    error_payload,
+    frame_payload,
+    kick_payload,
+)
 from services.connector.cursors import CursorReports
 from services.connector.limits import REFUSED_MESSAGE, WS_POLICY_VIOLATION, UnauthenticatedLimit
 from services.connector.sendpath import SendPath
 from services.connector.timers import RetransmitSchedule, TokenBucket
 
-__all__ = ["Conn", "ConnectorCore", "ConnectorServicer"]
+__all__ = ["Conn", "ConnectorCore", "ConnectorServicer", "ConnectorStats"]
 
 log = logging.getLogger("im.connector")
 
@@ -42,15 +47,6 @@ E = wire_pb2  # short alias for error codes and frame types
 MAX_PENDING_PER_CONNECTION = 2048  # unacked deliveries tracked; older ones wait for sync
 PRESENCE_TTL = 90.0
 PRESENCE_REFRESH = 30.0
-
-
-@dataclass(slots=True)
-class ConnectorStats:
-    delivered: int = 0
-    retransmits: int = 0
-    gave_up: int = 0
-    bad_frames: int = 0
-    auth_failures: int = 0
 
 
 class ConnectorCore:
@@ -103,13 +99,14 @@ class ConnectorCore:
         return next(self._conn_ids)
 
     def opened(self, conn: Conn) -> None:
+        conn.stats = self.stats
         if not self.unauthenticated.take(conn.peer):
             conn.close_with_reason(E.ERROR_CODE_RATE_LIMITED, REFUSED_MESSAGE, WS_POLICY_VIOLATION)
             return
         self.conns[conn.conn_id] = conn
         self._unauthed[conn.conn_id] = conn.peer
         if self.draining:
-            conn.close(kick_payload(E.KICK_REASON_RECONNECT, "connector is draining"))
+            self._kick(conn, E.KICK_REASON_RECONNECT, "connector is draining")
 
     def closed(self, conn: Conn) -> None:
         """The transport saw the socket close (either side)."""
@@ -155,6 +152,7 @@ class ConnectorCore:
             return
         conn.last_seen = self.clock.monotonic()
         kind = frame.WhichOneof("kind")
+        self.stats.frames_in[kind] += 1
         if not conn.authed:
             self._on_unauthed_frame(conn, frame, kind)
         elif kind == "send":
@@ -163,6 +161,7 @@ class ConnectorCore:
             ack = frame.deliver_ack
             self._on_deliver_ack(conn, ack.conversation_id, ack.seq, frame.request_id)
         elif kind == "ping":
+            self.stats.pongs += 1
             conn.write(
                 frame_payload(
                     request_id=frame.request_id, pong=wire_pb2.Pong(server_ts=self.clock.wall_ms())
@@ -242,10 +241,8 @@ class ConnectorCore:
         older = self.by_device.get(key)
         self.by_device[key] = conn
         if older is not None and older is not conn:
-            older.close(
-                kick_payload(
-                    E.KICK_REASON_DEVICE_LOGGED_IN_ELSEWHERE, "this device connected again"
-                )
+            self._kick(
+                older, E.KICK_REASON_DEVICE_LOGGED_IN_ELSEWHERE, "this device connected again"
             )
             self.closed(older)
 
@@ -256,6 +253,7 @@ class ConnectorCore:
         self._leave_unauthed(conn.conn_id)
         conn.bucket = TokenBucket(s.send_rate_per_second, s.send_burst, now)
         conn.cursor_bucket = TokenBucket(s.cursor_reports_per_second, s.cursor_report_burst, now)
+        self.stats.authenticated += 1
         conn.write(
             frame_payload(
                 request_id=request_id,
@@ -271,6 +269,8 @@ class ConnectorCore:
 
     def _refuse(self, conn: Conn, code: int, message: str, request_id: int) -> None:
         self.stats.auth_failures += 1
+        if not conn.closed:
+            self.stats.errors += 1
         conn.close(error_payload(code, message, request_id=request_id))
         self.closed(conn)
 
@@ -325,7 +325,7 @@ class ConnectorCore:
     def deliver(self, request: connector_pb2.DeliverRequest) -> connector_pb2.DeliverResponse:
         """Push messages and receipts to the listed devices; report the ones not here."""
         missing: list[connector_pb2.DeviceRef] = []
-        pushed = 0
+        pushed = receipts = 0
         now = self.clock.monotonic()
         if request.router_id:
             self.sends.admission.note_lag(request.router_id, request.router_lag_ms, now)
@@ -356,9 +356,10 @@ class ConnectorCore:
                 if conn is None or conn.closed or not conn.authed:
                     continue
                 conn.write(payload)
-                pushed += 1
+                receipts += 1
         self.stats.delivered += pushed
-        return connector_pb2.DeliverResponse(missing=missing, pushed=pushed)
+        self.stats.receipts += receipts
+        return connector_pb2.DeliverResponse(missing=missing, pushed=pushed + receipts)
 
     def kick(self, user_id: int, device_id: str, reason: int, session_id: str = "") -> int:
         if device_id:
@@ -369,7 +370,7 @@ class ConnectorCore:
         for conn in candidates:
             if conn is None or (session_id and conn.session_id != session_id):
                 continue
-            conn.close(kick_payload(reason, "kicked"))
+            self._kick(conn, reason, "kicked")
             self.closed(conn)
             kicked += 1
         return kicked
@@ -454,10 +455,16 @@ class ConnectorCore:
         """Ask every client to reconnect elsewhere (SIGTERM)."""
         self.draining = True
         for conn in list(self.conns.values()):
-            conn.close(kick_payload(E.KICK_REASON_RECONNECT, "connector is draining"))
+            self._kick(conn, E.KICK_REASON_RECONNECT, "connector is draining")
             self.closed(conn)
 
     # ------------------------------------------------------------------ helpers
+
+    def _kick(self, conn: Conn, reason: int, detail: str) -> None:
+        """End a connection with a Kick frame, counted by reason."""
+        if not conn.closed:
+            self.stats.kicked(reason)
+        conn.close(kick_payload(reason, detail))
 
     def _spawn(self, coro) -> asyncio.Task:  # type: ignore[no-untyped-def]
         task = asyncio.get_running_loop().create_task(coro)

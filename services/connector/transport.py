@@ -42,6 +42,7 @@ def slow_reader_reason(limit: int) -> str:
 
 
 class TcpConn(Conn):
+    kind = "tcp"
     __slots__ = ("max_outbox", "transport")
 
     def __init__(
@@ -53,6 +54,9 @@ class TcpConn(Conn):
 
     def _write(self, payload: bytes) -> None:
         self._send(HEADER.pack(len(payload)) + payload)
+
+    def queued_bytes(self) -> int:
+        return self.transport.get_write_buffer_size()
 
     def write_framed(self, payload: bytes, framed: bytes) -> None:
         if not self.closed:
@@ -74,6 +78,7 @@ class TcpConn(Conn):
         log_slow_reader(self, "tcp", queued, self.max_outbox)
         reason = slow_reader_reason(self.max_outbox)
         payload = error_payload(wire_pb2.ERROR_CODE_UNAVAILABLE, reason)
+        self.stats.errors += 1
         self.transport.write(HEADER.pack(len(payload)) + payload)
         self.closed = True
         self._close()
@@ -168,6 +173,7 @@ class TcpProtocol(asyncio.Protocol):
 
 
 class WsConn(Conn):
+    kind = "ws"
     __slots__ = ("max_outbox", "outbox", "outbox_bytes", "ws")
 
     def __init__(self, conn_id: int, now: float, ws: ServerConnection, max_outbox: int) -> None:
@@ -178,6 +184,10 @@ class WsConn(Conn):
         # core write synchronously. None marks "close after flushing".
         self.outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.outbox_bytes = 0  # payload bytes in the queue, not yet given to websockets
+
+    def queued_bytes(self) -> int:
+        # The queue, and what websockets handed to the socket that it did not take yet.
+        return self.outbox_bytes + self.ws.transport.get_write_buffer_size()
 
     def _write(self, payload: bytes) -> None:
         self.outbox_bytes += len(payload)

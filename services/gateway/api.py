@@ -5,6 +5,7 @@ Prometheus metrics (``observe``). See docs/rest-api.md."""
 from __future__ import annotations
 
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 
 from services.gateway import (
     api_auth,
@@ -20,7 +21,11 @@ from services.gateway.problems import add_problem_handlers, problem
 from services.gateway.service import Gateway
 
 
-def create_app(gateway: Gateway, metrics_on_api: bool = True) -> FastAPI:
+def create_app(
+    gateway: Gateway, metrics_on_api: bool = True, registry: CollectorRegistry | None = None
+) -> FastAPI:
+    """The gateway's HTTP app; its request metrics go to ``registry`` (one of its own
+    when None), which ``/metrics`` serves."""
     app = FastAPI(
         title="IM gateway",
         version="1",
@@ -29,7 +34,7 @@ def create_app(gateway: Gateway, metrics_on_api: bool = True) -> FastAPI:
         "with a stable `code`.",
     )
     app.state.gateway = gateway
-    app.state.metrics = metrics = Metrics()
+    app.state.metrics = metrics = Metrics(registry)
     # This order is the order of the paths in openapi.json and the docs.
     for module in (api_auth, api_users, api_conversations, api_groups, api_ops, api_sessions):
         app.include_router(module.router)

@@ -6,16 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
-from collections.abc import Iterator
 
 import uvicorn
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry, make_asgi_app
 
 from im.adapters.factory import build_message_store
 from im.auth import TokenIssuer, TokenVerifier, load_keys
 from im.config import Settings
+from im.httpserve import QuietServer, bind_socket
+from im.metrics import MetricsRegistry, MetricsServer
 from im.ports import Backends, MessageStore
 from im.tls import public_files
 from services.gateway.api import create_app
@@ -27,28 +26,6 @@ STARTUP_TIMEOUT = 10.0
 SHUTDOWN_GRACE = 5.0
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handlers: the process (run_until_signal, or the
-    standalone runner) owns SIGTERM/SIGINT and stops every service in order."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.set_inheritable(True)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 class GatewayService:
     name = "gateway"
 
@@ -57,8 +34,11 @@ class GatewayService:
         settings: Settings,
         backends: Backends,
         message_store: MessageStore | None = None,
+        metrics: MetricsRegistry | None = None,
     ) -> None:
         self._settings = settings
+        # Standalone: the suite's registry, so /metrics shows every service of it.
+        self.metrics = metrics or MetricsRegistry()
         private, public = load_keys(settings, need_private=True)
         assert private is not None  # need_private=True guarantees it
         self._owns_store = message_store is None
@@ -70,15 +50,15 @@ class GatewayService:
             TokenIssuer(private, settings.jwt_issuer, settings.jwt_ttl_seconds),
             TokenVerifier(public, settings.jwt_issuer, leeway=TOKEN_LEEWAY),
         )
-        self._server: _Server | None = None
+        self._server: QuietServer | None = None
         self._task: asyncio.Task[None] | None = None
         self._port = 0
-        self._metrics: MetricsPort | None = None
+        self._metrics: MetricsServer | None = None
 
     async def start(self) -> None:
         await self.gateway.open()
         tls = public_files(self._settings)
-        sock = _bind(self._settings.host, self._settings.gateway_port)
+        sock = bind_socket(self._settings.host, self._settings.gateway_port)
         self._port = sock.getsockname()[1]
         config = uvicorn.Config(
             self._create_app(),
@@ -98,7 +78,7 @@ class GatewayService:
             ssl_certfile=tls[0] if tls else None,
             ssl_keyfile=tls[1] if tls else None,
         )
-        self._server = _Server(config)
+        self._server = QuietServer(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="gateway-http")
         deadline = asyncio.get_running_loop().time() + STARTUP_TIMEOUT
         while not self._server.started:
@@ -115,12 +95,13 @@ class GatewayService:
     def _create_app(self) -> FastAPI:
         """The API app, with /metrics on it or, apart from it, on the internal port."""
         on_api = metrics_on_api(self._settings)
-        app = create_app(self.gateway, metrics_on_api=on_api)
+        app = create_app(self.gateway, metrics_on_api=on_api, registry=self.metrics.registry)
         if not on_api:
-            self._metrics = MetricsPort(
+            self._metrics = MetricsServer(
                 self._settings.internal_host,
                 self._settings.gateway_metrics_port,
-                app.state.metrics.registry,
+                self.metrics.registry,
+                "gateway",
             )
         return app
 
@@ -170,71 +151,12 @@ def metrics_on_api(settings: Settings) -> bool:
     return settings.gateway_metrics == "api"
 
 
-class MetricsPort:
-    """The gateway's Prometheus exposition on an internal address, apart from the API.
-
-    A port that cannot be bound is logged and skipped: metrics must not keep the API
-    from serving (several gateways on one test host would clash on the default)."""
-
-    def __init__(self, host: str, port: int, registry: CollectorRegistry) -> None:
-        self._host = host
-        self._wanted = port
-        self._registry = registry
-        self._server: _Server | None = None
-        self._task: asyncio.Task[None] | None = None
-        self.port = 0
-
-    def url(self) -> str:
-        host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"http://{host}:{self.port}/metrics"
-
-    async def start(self) -> None:
-        try:
-            sock = _bind(self._host, self._wanted)
-        except OSError as exc:
-            log.error("gateway /metrics not served: %s:%d: %s", self._host, self._wanted, exc)
-            return
-        config = uvicorn.Config(
-            make_asgi_app(registry=self._registry),
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            server_header=False,
-        )
-        self._server = _Server(config)
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="gateway-metrics")
-        deadline = asyncio.get_running_loop().time() + STARTUP_TIMEOUT
-        while not self._server.started and not self._task.done():
-            if asyncio.get_running_loop().time() > deadline:
-                break
-            await asyncio.sleep(0.01)
-        if not self._server.started:
-            sock.close()
-            await self.stop()
-            log.error("gateway /metrics server did not start")
-            return
-        self.port = sock.getsockname()[1]
-        log.info("gateway metrics on %s", self.url())
-
-    async def stop(self) -> None:
-        if self._server is None or self._task is None:
-            return
-        self._server.should_exit = True
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), SHUTDOWN_GRACE)
-        except TimeoutError:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        except Exception:
-            log.exception("gateway metrics server failed")
-        self._server = None
-        self._task = None
-        self.port = 0
-
-
 def build(
-    settings: Settings, backends: Backends, message_store: MessageStore | None = None
+    settings: Settings,
+    backends: Backends,
+    message_store: MessageStore | None = None,
+    metrics: MetricsRegistry | None = None,
 ) -> GatewayService:
-    """The gateway service; it builds its own message store unless one is given."""
-    return GatewayService(settings, backends, message_store)
+    """The gateway service; it builds its own message store unless one is given, and
+    a metrics registry of its own unless it shares one (standalone: the suite's)."""
+    return GatewayService(settings, backends, message_store, metrics)

@@ -18,9 +18,10 @@ log = logging.getLogger("im.gateway")
 class Metrics:
     """Request counts and latency by route template (not raw path: bounded labels)."""
 
-    def __init__(self) -> None:
-        # A registry per app: several gateways in one process (tests) do not collide.
-        self.registry = CollectorRegistry()
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # A registry per app (or per standalone suite, shared with its other services):
+        # several gateways in one process (tests) do not collide.
+        self.registry = registry if registry is not None else CollectorRegistry()
         self.requests = Counter(
             "im_gateway_http_requests_total",
             "HTTP requests.",

@@ -7,6 +7,7 @@ from sqlalchemy.engine import Engine
 from im.config import Settings
 from im.grpcutil import service_name
 from im.ids import NODE_IDS, MsgIdGenerator
+from im.metrics import MetricsRegistry
 from im.ports import Backends
 from im.runtime import Service
 from im.sqlservice import SqlGrpcService
@@ -20,8 +21,13 @@ class GroupApp(SqlGrpcService):
     register = staticmethod(group_pb2_grpc.add_GroupServiceServicer_to_server)
     service_name = service_name(group_pb2, "GroupService")
 
-    def __init__(self, settings: Settings, backends: Backends | None = None) -> None:
-        super().__init__(settings)
+    def __init__(
+        self,
+        settings: Settings,
+        backends: Backends | None = None,
+        metrics: MetricsRegistry | None = None,
+    ) -> None:
+        super().__init__(settings, metrics)
         self.backends = backends
         self.ids = MsgIdGenerator(0)
 
@@ -35,7 +41,9 @@ class GroupApp(SqlGrpcService):
         return GroupServicer(settings, engine, ids=self.ids)
 
 
-def build(settings: Settings, backends: Backends | None = None) -> Service:
+def build(
+    settings: Settings, backends: Backends | None = None, metrics: MetricsRegistry | None = None
+) -> Service:
     # Besides the SQL database, only the registry (for its node-id lease); tests may
     # leave backends out.
-    return GroupApp(settings, backends)
+    return GroupApp(settings, backends, metrics)

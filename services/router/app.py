@@ -9,8 +9,10 @@ import logging
 from im.adapters import build_message_store
 from im.config import Settings
 from im.grpcutil import ChannelPool, GrpcServer
+from im.metrics import MetricsRegistry
 from im.ports import Backends, BusConsumer, MessageStore
 from im.runtime import bounded
+from services.router import metrics as router_metrics
 from services.router.service import Router
 
 log = logging.getLogger("im.router")
@@ -33,10 +35,15 @@ class RouterApp:
     name = "router"
 
     def __init__(
-        self, settings: Settings, backends: Backends, store: MessageStore | None = None
+        self,
+        settings: Settings,
+        backends: Backends,
+        store: MessageStore | None = None,
+        metrics: MetricsRegistry | None = None,
     ) -> None:
         self.settings = settings
         self.backends = backends
+        self.metrics = metrics or MetricsRegistry()
         self.store = store or build_message_store(settings)
         self.router = Router(
             settings, backends, self.store, channels=ChannelPool.for_settings(settings)
@@ -50,7 +57,10 @@ class RouterApp:
         self._backends_ok = True  # bus and presence, as of the last check
         # Health only: probes see whether batches go through (a
         # router whose store or bus fails keeps running but reports NOT_SERVING).
-        self._grpc = GrpcServer.for_settings(settings, settings.router_grpc_port)
+        self._grpc = GrpcServer.for_settings(
+            settings, settings.router_grpc_port, interceptors=[self.metrics.grpc_server()]
+        )
+        router_metrics.register(self.metrics, self.router, lambda: self._consumer)
 
     def serving(self) -> bool:
         """Batches go through: the consumer joined its group, the last batches did not
@@ -151,5 +161,7 @@ class RouterApp:
         }
 
 
-def build(settings: Settings, backends: Backends) -> RouterApp:
-    return RouterApp(settings, backends)
+def build(
+    settings: Settings, backends: Backends, metrics: MetricsRegistry | None = None
+) -> RouterApp:
+    return RouterApp(settings, backends, metrics=metrics)

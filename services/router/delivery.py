@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from im.clock import Clock, SystemClock
 from im.config import Settings
 from im.grpcutil import ChannelPool
 from im.ids import parse_direct
+from im.metrics import Distribution
 from im.ports import Backends, ConnectorInfo, DeviceRoute
 from im.runtime import local_connectors
 from im.v1 import connector_pb2, connector_pb2_grpc, group_pb2, group_pb2_grpc, wire_pb2
@@ -38,6 +40,9 @@ class DeliveryStats:
     rerouted: int = 0
     delivery_failures: int = 0
     dropped: int = 0  # outboxes a lagging connector's lane had no room for
+    # Seconds from a message's server_ts (its SendAck) to its Deliver being handed to
+    # a connector, per message and connector.
+    seconds: Distribution = field(default_factory=Distribution)
 
 
 @dataclass(slots=True)
@@ -96,10 +101,17 @@ class Outbox:
 
 
 class Deliverer:
-    def __init__(self, settings: Settings, backends: Backends, channels: ChannelPool) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        backends: Backends,
+        channels: ChannelPool,
+        clock: Clock | None = None,
+    ) -> None:
         self.settings = settings
         self.backends = backends
         self.channels = channels
+        self.clock = clock or SystemClock()
         self.members = MemberCache(settings, channels)
         self.stats = DeliveryStats()
         self._lanes: dict[str, Lane] = {}
@@ -221,6 +233,11 @@ class Deliverer:
     ) -> list[Missing]:
         """Count a connector's answer; the targets it no longer holds."""
         self.stats.pushed += result.pushed
+        if outbox.deliveries:
+            now_ms = self.clock.wall_ms()
+            observe = self.stats.seconds.observe
+            for delivery in outbox.deliveries:
+                observe((now_ms - delivery.message.server_ts) / 1000)
         if not result.missing:
             return []
         wanted = {(t.user_id, t.device_id) for t in result.missing}

@@ -16,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
 from im.clock import Clock, SystemClock
 from im.config import Settings
 from im.grpcutil import ChannelPool
+from im.metrics import Distribution
 from im.ports import (
     Backends,
     BackendUnavailable,
@@ -41,6 +42,7 @@ log = logging.getLogger("im.router")
 
 CURSOR_RPC_TIMEOUT = 10.0
 BACKOFF_FIRST, BACKOFF_MAX = 0.2, 10.0
+BATCH_SIZES = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500)  # records per poll
 # gRPC codes that say "the service is not there right now", not "this request is bad".
 _UNAVAILABLE_CODES = {
     grpc.StatusCode.UNAVAILABLE,
@@ -63,6 +65,9 @@ class RouterStats:
     clamped_reports: int = 0
     membership_events: int = 0
     isolated_batches: int = 0
+    batch_sizes: Distribution = field(default_factory=lambda: Distribution(BATCH_SIZES))
+    # Seconds the sequencer took to number and store a batch's messages.
+    store_seconds: Distribution = field(default_factory=Distribution)
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -97,7 +102,7 @@ class Router:
         self._sleep = sleep
         self.channels = channels or ChannelPool()
         self.sequencer = Sequencer(store)
-        self.delivery = Deliverer(settings, backends, self.channels)
+        self.delivery = Deliverer(settings, backends, self.channels, self.clock)
         self.stats = RouterStats()
         self.failing = 0  # consecutive failed batches; readiness reflects the real path
         self.last_progress = self.clock.monotonic()  # a loop turn completed
@@ -150,6 +155,7 @@ class Router:
             await self._handle_polled(polled, consumer)
 
     async def _handle_polled(self, polled: list[BusRecord], consumer: BusConsumer) -> None:
+        self.stats.batch_sizes.observe(len(polled))
         if not self._isolate:
             await self.handle(polled, consumer)
             return
@@ -175,7 +181,7 @@ class Router:
             self.members.forget(event.conversation_id)
         self.stats.membership_events += len(batch.membership)
 
-        outcome = await self.sequencer.store(batch.messages) if batch.messages else Outcome()
+        outcome = await self._store(batch.messages) if batch.messages else Outcome()
         self._count(outcome)
         for message, reason in outcome.rejected:
             letter = records.message_letter(batch, self.settings, message, reason, self._now())
@@ -220,6 +226,12 @@ class Router:
         self._delivering = asyncio.get_running_loop().create_task(
             self._deliver_quietly(messages, receipts, lag_ms)
         )
+
+    async def _store(self, messages: list[wire_pb2.Message]) -> Outcome:
+        started = self.clock.monotonic()
+        outcome = await self.sequencer.store(messages)
+        self.stats.store_seconds.observe(self.clock.monotonic() - started)
+        return outcome
 
     def _count(self, outcome: Outcome) -> None:
         self.stats.stored += len(outcome.new)

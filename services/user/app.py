@@ -6,6 +6,7 @@ from sqlalchemy.engine import Engine
 
 from im.config import Settings
 from im.grpcutil import service_name
+from im.metrics import MetricsRegistry
 from im.ports import Backends
 from im.runtime import Service
 from im.sqlservice import SqlGrpcService
@@ -23,7 +24,9 @@ class UserApp(SqlGrpcService):
         return UserServicer(settings, engine)
 
 
-def build(settings: Settings, backends: Backends | None = None) -> Service:
+def build(
+    settings: Settings, backends: Backends | None = None, metrics: MetricsRegistry | None = None
+) -> Service:
     # The user service needs only the SQL database; backends are accepted for the
     # common factory signature.
-    return UserApp(settings)
+    return UserApp(settings, metrics)

@@ -50,8 +50,12 @@ PUBLIC_PORTS = {
     "gateway": ["gateway_port"],
     "connector": ["connector_tcp_port", "connector_ws_port"],
 }
-# Internal listeners that are not gRPC: reached from the monitoring namespace only.
-INTERNAL_PORTS = {"gateway": ["gateway_metrics_port"]}
+# Internal listeners that are not gRPC (Prometheus /metrics): reached from the
+# monitoring namespace only.
+INTERNAL_PORTS = {
+    "gateway": ["gateway_metrics_port"],
+    **{service: ["metrics_port"] for service in ("user", "group", "connector", "router")},
+}
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job")
 # Services with nothing to probe (none today). test_services_without_health_endpoint
 # fails if one gets a port, so its probes are added then.
@@ -422,8 +426,9 @@ def test_connector_is_a_statefulset_with_a_headless_service() -> None:
     assert service["spec"]["clusterIP"] == "None"
     labels = workload["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= labels.items()
-    probes_only = {setting(BASE_CONFIG, "grpc_health_port")}
-    ports = set(container_ports(container).values()) - probes_only
+    # The kubelet's probes and Prometheus (pod discovery) reach the pod itself.
+    pod_only = {setting(BASE_CONFIG, "grpc_health_port"), setting(BASE_CONFIG, "metrics_port")}
+    ports = set(container_ports(container).values()) - pod_only
     assert {p["port"] for p in service["spec"]["ports"]} == ports
     # Its registry id is the pod's name (downward API), stable across restarts.
     fields = {

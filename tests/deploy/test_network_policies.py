@@ -14,6 +14,7 @@ from tests.deploy.test_manifests import (
     BASE_DOCS,
     DEFAULTS,
     GRPC_PORTS,
+    INTERNAL_PORTS,
     INTERNAL_TLS_SECRET,
     OVERLAYS,
     PUBLIC_PORTS,
@@ -135,13 +136,16 @@ def test_no_policy_opens_a_port_the_suite_does_not_serve() -> None:
     assert POLICIES and all(p in BASE_DOCS for p in POLICIES.values())
 
 
-def test_gateway_metrics_are_scraped_off_the_public_port_from_monitoring_only() -> None:
-    port = setting(BASE_CONFIG, "gateway_metrics_port")
-    assert port != setting(BASE_CONFIG, "gateway_port")
-    sources = allowed_from("gateway", port)
-    assert sources and all(sources), "the metrics port is open to anyone"
+@pytest.mark.parametrize("service", sorted(INTERNAL_PORTS))
+def test_metrics_are_scraped_off_the_public_ports_from_monitoring_only(service: str) -> None:
+    (name,) = INTERNAL_PORTS[service]
+    port = setting(BASE_CONFIG, name)
+    public = {setting(BASE_CONFIG, n) for names in PUBLIC_PORTS.values() for n in names}
+    assert port not in public | set(internal_ports(BASE_CONFIG).values())
+    sources = allowed_from(service, port)
+    assert sources and all(sources), f"{service}'s metrics port is open to anyone"
     for source in sources:
         assert source is not None
         assert all(set(peer) == {"namespaceSelector"} for peer in source), source
-    template = SERVED["gateway"][0]["spec"]["template"]
+    template = SERVED[service][0]["spec"]["template"]
     assert template["metadata"]["annotations"]["prometheus.io/port"] == str(port)

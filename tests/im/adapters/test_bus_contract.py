@@ -299,6 +299,22 @@ async def test_two_members_split_the_partitions(env: BusEnv) -> None:
     assert c1.generation != split_generation
 
 
+async def test_lag_counts_what_is_not_handed_out_yet(env: BusEnv) -> None:
+    await env.bus.publish_many(env.topic, [("one-key", f"v{i}".encode()) for i in range(20)])
+    consumer = env.consumer(env.group())
+    if hasattr(consumer, "lag_every"):
+        consumer.lag_every = 0.0  # Kafka: measure after every poll, not every few seconds
+    taken = await drain(consumer, 5, env.patience, batch=1)
+    (partition,) = {r.partition for r in taken}
+    lag = consumer.lag()
+    assert lag[(env.topic, partition)] == 15
+    assert set(lag) <= {(env.topic, p) for p in range(PARTITIONS)}
+    assert sum(lag.values()) == 15  # the other partitions are empty
+    assert len(await drain(consumer, 15, env.patience)) == 15
+    await consumer.poll(100, 0.2)  # (Kafka measures after a poll)
+    assert consumer.lag()[(env.topic, partition)] == 0
+
+
 async def test_a_cancelled_poll_loses_nothing(env: BusEnv) -> None:
     consumer = env.consumer(env.group())
     await env.bus.publish(env.topic, "k", b"first")

@@ -19,9 +19,11 @@ from im.adapters.memory import MemoryBus, MemoryKV, MemoryRegistry
 from im.auth import TokenIssuer
 from im.clock import FakeClock
 from im.config import Settings
+from im.metrics import MetricsRegistry
 from im.ports import Backends
 from im.protocol import HEADER, encode_frame
 from im.v1 import connector_pb2, wire_pb2
+from services.connector import metrics as connector_metrics
 from services.connector.limits import REFUSED_MESSAGE
 from services.connector.service import ConnectorCore
 from services.connector.transport import TcpConn, WsConn, start_tcp, start_ws
@@ -247,6 +249,36 @@ async def test_a_websocket_client_that_does_not_read_is_closed_with_a_reason(
     assert "not reading" in closed.value.rcvd.reason
     assert "closing websocket connection" in caplog.text
     await fast.close()
+
+
+async def test_metrics_show_what_clients_that_do_not_read_hold(server: Server) -> None:
+    metrics = MetricsRegistry(process_collectors=False)
+    connector_metrics.register(metrics, server.core)
+
+    def sample(name: str, **labels: str) -> float:
+        value = metrics.registry.get_sample_value(name, labels)
+        assert value is not None, name
+        return value
+
+    tcp = await TcpClient.open(server.tcp_port, rcvbuf=4096)
+    await tcp.auth(server.token(2, "tcp"))
+    ws = await ws_open(server.ws_port, max_queue=1)
+    await ws_auth(ws, server.token(2, "ws"))
+    assert sample("im_connector_connections", transport="tcp", authed="true") == 1
+    assert sample("im_connector_connections", transport="ws", authed="true") == 1
+    conns = [server.core.by_device[(2, "tcp")], server.core.by_device[(2, "ws")]]
+    for seq in range(1, MAX_DELIVERIES + 1):
+        server.core.deliver(big_delivery(seq, ["tcp", "ws"]))
+        if all(queued(c) > 0 for c in conns):
+            break
+        await asyncio.sleep(0)  # the WebSocket writer hands what it can to the socket
+    assert not any(c.closed for c in conns)
+    assert sample("im_connector_outbox_bytes", transport="tcp") == conns[0].queued_bytes() > 0
+    assert sample("im_connector_outbox_bytes", transport="ws") == conns[1].queued_bytes() > 0
+    largest = max(c.queued_bytes() for c in conns)
+    assert sample("im_connector_outbox_max_bytes") == largest
+    tcp.close()
+    ws.transport.abort()  # a close handshake would wait for the frames it does not read
 
 
 # ------------------------------------------------- unauthenticated per address
