@@ -48,8 +48,10 @@ PUBLIC_PORTS = {
     "gateway": ["gateway_port"],
     "connector": ["connector_tcp_port", "connector_ws_port"],
 }
-# Internal listeners that are not gRPC: reached from the monitoring namespace only.
-INTERNAL_PORTS = {"gateway": ["gateway_metrics_port"]}
+# Prometheus metrics, an internal listener of every service reached from the monitoring
+# namespace only: the gateway's on gateway_metrics_port, the others' on metrics_port.
+METRICS_PORT_SETTINGS = {"gateway": "gateway_metrics_port"}
+METRICS_PORT = 9464  # metrics_port's default (IM_METRICS_PORT), the same for every service
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job")
 # Services with nothing to probe (none today). test_services_without_health_endpoint
 # fails if one gets a port, so its probes are added then.
@@ -205,11 +207,18 @@ def container_ports(container: dict[str, Any]) -> dict[str, int]:
     }
 
 
+def metrics_port(service: str, config: dict[str, str]) -> int:
+    name = METRICS_PORT_SETTINGS.get(service, "metrics_port")
+    if name not in DEFAULTS:  # a settings module from before metrics_port
+        return METRICS_PORT
+    return setting(config, name)
+
+
 def expected_ports(service: str, config: dict[str, str]) -> set[int]:
-    names = list(PUBLIC_PORTS.get(service, [])) + INTERNAL_PORTS.get(service, [])
+    names = list(PUBLIC_PORTS.get(service, []))
     if service in GRPC_PORTS:
         names += [GRPC_PORTS[service], "grpc_health_port"]
-    return {setting(config, n) for n in names}
+    return {setting(config, n) for n in names} | {metrics_port(service, config)}
 
 
 def probe_port(container: dict[str, Any], probe: dict[str, Any]) -> int:
@@ -388,6 +397,18 @@ def test_container_ports_and_probes_match_the_settings(service: str) -> None:
         assert probe_port(container, container["startupProbe"]) in ports
 
 
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_prometheus_scrapes_every_service_on_its_metrics_port(service: str) -> None:
+    workload, container = SERVED[service]
+    port = metrics_port(service, BASE_CONFIG)
+    assert container_ports(container)["metrics"] == port  # the PodMonitor's port name
+    assert workload["spec"]["template"]["metadata"]["annotations"] == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(port),
+        "prometheus.io/path": "/metrics",
+    }
+
+
 def test_services_without_health_endpoint() -> None:
     for service in NO_HEALTH_ENDPOINT:
         _, container = SERVED[service]
@@ -420,8 +441,9 @@ def test_connector_is_a_statefulset_with_a_headless_service() -> None:
     assert service["spec"]["clusterIP"] == "None"
     labels = workload["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= labels.items()
-    probes_only = {setting(BASE_CONFIG, "grpc_health_port")}
-    ports = set(container_ports(container).values()) - probes_only
+    # The kubelet and Prometheus reach the pod itself, not through the Service.
+    direct = {setting(BASE_CONFIG, "grpc_health_port"), metrics_port("connector", BASE_CONFIG)}
+    ports = set(container_ports(container).values()) - direct
     assert {p["port"] for p in service["spec"]["ports"]} == ports
     # Its registry id is the pod's name (downward API), stable across restarts.
     fields = {
