@@ -149,6 +149,12 @@ def setting(config: dict[str, str], name: str) -> Any:
         return getattr(Settings(**{name: config[key]}), name)  # parsed as the code does
     return DEFAULTS[name].default
 
+def metrics_port(service: str, config: dict[str, str]) -> int:
+    """The port a service serves /metrics on."""
+    (name,) = INTERNAL_PORTS[service]
+    return setting(config, name)
+
+
 
 def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
     return workload["spec"]["template"]["spec"]
