@@ -276,7 +276,20 @@ class Settings(BaseSettings):
     router_group: str = Field("im-router", description="Consumer group of the routers.")
     router_batch_size: int = Field(500, description="Most records a router takes per poll.")
 
+    # --- logs and traces ------------------------------------------------------------
     log_level: str = Field("INFO", description="Python logging level.")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="`text` (for a terminal) or `json`: one JSON object per line with "
+        "timestamp, level, logger, message and the context at hand (service, request_id, "
+        "conn_id, user_id, device_id, conversation_id, msg_id, trace_id).",
+    )
+    otlp_endpoint: str = Field(
+        "",
+        description="OpenTelemetry collector (OTLP/gRPC), e.g. `http://otel-collector:4317` "
+        "(`https://` for TLS). Set: spans are recorded and exported (W3C trace context "
+        "through gRPC and the bus). Empty: no span is created at all.",
+    )
 
     # --- derived ------------------------------------------------------------------
     def resolved_database_url(self) -> str:

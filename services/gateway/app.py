@@ -83,6 +83,9 @@ class GatewayService:
         config = uvicorn.Config(
             self._create_app(),
             log_level="warning",
+            # uvicorn's records go to the process's handler (text or JSON: im.logs),
+            # not to handlers of its own.
+            log_config=None,
             access_log=False,
             lifespan="off",  # start/stop are ours
             timeout_graceful_shutdown=SHUTDOWN_GRACE,
@@ -197,6 +200,7 @@ class MetricsPort:
         config = uvicorn.Config(
             make_asgi_app(registry=self._registry),
             log_level="warning",
+            log_config=None,
             access_log=False,
             lifespan="off",
             server_header=False,
