@@ -14,6 +14,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from im.config import Settings
+from im.grpcctx import ContextClientInterceptor, ContextServerInterceptor
 
 _SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -112,7 +113,10 @@ class GrpcServer:
         reflection: bool = False,
         health_port: int | None = None,
     ) -> None:
-        self._server = grpc.aio.server(options=_SERVER_OPTIONS)
+        # Request ids and trace context from the callers' metadata (grpcctx).
+        self._server = grpc.aio.server(
+            options=_SERVER_OPTIONS, interceptors=[ContextServerInterceptor()]
+        )
         self._health = HealthServicer()
         self._host = host
         self._requested_port = port
@@ -193,10 +197,14 @@ def service_name(pb2_module: Any, name: str) -> str:
 
 
 def channel(addr: str, security: GrpcSecurity | None = None) -> grpc.aio.Channel:
+    # Every call carries the caller's request id and trace context (grpcctx).
+    interceptors = [ContextClientInterceptor()]
     if security is None:
-        return grpc.aio.insecure_channel(addr, options=_CHANNEL_OPTIONS)
+        return grpc.aio.insecure_channel(addr, options=_CHANNEL_OPTIONS, interceptors=interceptors)
     options = [*_CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", security.server_name)]
-    return grpc.aio.secure_channel(addr, security.channel_credentials(), options=options)
+    return grpc.aio.secure_channel(
+        addr, security.channel_credentials(), options=options, interceptors=interceptors
+    )
 
 
 class ChannelPool:
