@@ -140,7 +140,9 @@ class SendPath:
                 try:
                     item = await self._admit(conn, request_id, send, waits)
                 except Exception:
-                    log.exception("send path failed")
+                    log.exception(
+                        "send path failed", extra={"conversation_id": send.conversation_id}
+                    )
                     self._fail(conn, E.ERROR_CODE_INTERNAL, "internal error", send, request_id)
                     continue
                 if item is not None:
@@ -177,7 +179,11 @@ class SendPath:
             if allowed is None:
                 allowed = await self.authorizer.may_send(conn.user_id, send.conversation_id)
         except Exception as exc:
-            log.warning("authorization lookup failed: %r", exc)
+            log.warning(
+                "authorization lookup failed: %r",
+                exc,
+                extra={"conversation_id": send.conversation_id},
+            )
             self._fail(conn, E.ERROR_CODE_UNAVAILABLE, "try again", send, request_id)
             return None
         if not allowed:
@@ -211,7 +217,7 @@ class SendPath:
                 # Bounded by the adapter (Redis: its socket timeout), like every port call.
                 existing = await self._backends.idempotency.claim(item.key, record, ttl)
             except Exception as exc:
-                log.warning("idempotency claim failed: %r", exc)
+                log.warning("idempotency claim failed: %r", exc, extra=_fields(item))
                 self._settle_failed(conn, item, "try again")
                 continue
             if existing is not None:
@@ -317,6 +323,10 @@ class SendPath:
                 ),
             )
         )
+
+
+def _fields(item: Accepted) -> dict[str, object]:
+    return {"conversation_id": item.send.conversation_id, "msg_id": item.msg_id}
 
 
 def _inbound(conn: Conn, item: Accepted) -> bus_pb2.InboundMessage:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from im import logs
 from im.auth import TokenError, TokenVerifier
 from im.clock import Clock, SystemClock
 from im.config import Settings
@@ -219,6 +220,12 @@ class ConnectorCore:
                 claims.device_id,
                 claims.session_id,
             )
+            conn.log_context = {
+                **conn.log_context,
+                "user_id": claims.user_id,
+                "device_id": claims.device_id,
+            }
+            logs.use(conn.log_context)  # this task's own context: the rest of the auth
             self._take_device(conn)
             previous = await self.backends.presence.connect(
                 conn.user_id, conn.device_id, self.connector_id, PRESENCE_TTL
