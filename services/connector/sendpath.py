@@ -18,11 +18,13 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from im import tracing
 from im.clock import Clock
 from im.config import Settings
 from im.ids import MsgIdGenerator, is_valid_conversation_id
 from im.ports import Backends
 from im.v1 import bus_pb2, wire_pb2
+from services.connector import traces
 from services.connector.authorizer import Authorizer
 from services.connector.conn import Conn, frame_payload
 from services.connector.replay import ReplayWindow
@@ -51,6 +53,7 @@ class Accepted:
     msg_id: int
     server_ts: int
     future: asyncio.Future  # the ack record, or None if it failed; others may wait on it
+    span: Any = None  # its "connector send" span, only when traces are recorded
 
 
 @dataclass(slots=True)
@@ -202,7 +205,10 @@ class SendPath:
         future = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         msg_id, ts = self._ids.next_id(), self._clock.wall_ms()
-        return Accepted(request_id, send, key, msg_id, ts, future)
+        item = Accepted(request_id, send, key, msg_id, ts, future)
+        if tracing.enabled:
+            item.span = traces.send_span(conn, send)
+        return item
 
     async def _claim_all(self, conn: Conn, accepted: list[Accepted]) -> list[Accepted]:
         """Claims each accepted Send's msg_id; returns those to publish. A key seen
@@ -286,6 +292,9 @@ class SendPath:
             del self._inflight[item.key]
         if not item.future.done():
             item.future.set_result(record)
+        if item.span is not None:
+            traces.settled(item.span, record is not None)
+            item.span = None
 
     # ---------------------------------------------------------------- answers
 
@@ -331,7 +340,7 @@ def _fields(item: Accepted) -> dict[str, object]:
 
 def _inbound(conn: Conn, item: Accepted) -> bus_pb2.InboundMessage:
     send = item.send
-    return bus_pb2.InboundMessage(
+    inbound = bus_pb2.InboundMessage(
         message=wire_pb2.Message(
             msg_id=item.msg_id,
             conversation_id=send.conversation_id,
@@ -343,3 +352,6 @@ def _inbound(conn: Conn, item: Accepted) -> bus_pb2.InboundMessage:
             server_ts=item.server_ts,
         )
     )
+    if item.span is not None:
+        traces.into_record(item.span, inbound)
+    return inbound

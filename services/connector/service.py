@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from im import logs
+from im import logs, tracing
 from im.auth import TokenError, TokenVerifier
 from im.clock import Clock, SystemClock
 from im.config import Settings
@@ -28,6 +28,7 @@ from im.ids import MsgIdGenerator
 from im.ports import Backends, ConnectorInfo
 from im.protocol import HEADER
 from im.v1 import bus_pb2, connector_pb2, connector_pb2_grpc, wire_pb2
+from services.connector import traces
 from services.connector.authorizer import Authorizer
 from services.connector.conn import Conn, error_payload, frame_payload, kick_payload
 from services.connector.cursors import CursorReports
@@ -339,6 +340,7 @@ class ConnectorCore:
             payload = frame_payload(deliver=wire_pb2.Deliver(message=message))  # once per message
             item = (payload, HEADER.pack(len(payload)) + payload)
             conv, seq = message.conversation_id, message.seq
+            pushed_before = pushed
             for target in delivery.targets:
                 conn = self.by_device.get((target.user_id, target.device_id))
                 if conn is None or conn.closed or not conn.authed:
@@ -354,6 +356,8 @@ class ConnectorCore:
                     if len(pending) > MAX_PENDING_PER_CONNECTION:
                         pending.popitem(last=False)  # it will come by sync
                     self.retransmits.schedule((conn.conn_id, conv, seq), now)
+            if tracing.enabled and delivery.traceparent:
+                traces.delivered(delivery, pushed - pushed_before)
         for item in request.receipts:
             payload = frame_payload(receipt=item.receipt)
             for target in item.targets:

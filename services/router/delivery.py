@@ -105,8 +105,12 @@ class Deliverer:
         self._lanes: dict[str, Lane] = {}
 
     async def deliver(
-        self, messages: list[wire_pb2.Message], receipts: dict[tuple[str, int], int] | None = None
+        self,
+        messages: list[wire_pb2.Message],
+        receipts: dict[tuple[str, int], int] | None = None,
+        traces: dict[int, str] | None = None,
     ) -> None:
+        """``traces``: msg_id -> traceparent of the router's span, for the Deliveries."""
         receipts = receipts or {}
         by_conv: dict[str, list[wire_pb2.Message]] = defaultdict(list)
         for m in messages:
@@ -122,7 +126,7 @@ class Deliverer:
         users = list({u for a in audiences.values() if a is not None for u in a.joined})
         routes = await self.backends.presence.routes(users) if users else {}
 
-        plan = self._plan(by_conv, receipts, audiences, routes)
+        plan = self._plan(by_conv, receipts, audiences, routes, traces)
         missing = await self._send_plan(plan)
         if missing:
             await self.reroute(missing)
@@ -133,12 +137,13 @@ class Deliverer:
         receipts: dict[tuple[str, int], int],
         audiences: dict[str, Audience | None],
         routes: dict[int, list[DeviceRoute]],
+        traces: dict[int, str] | None = None,
     ) -> dict[str, Outbox]:
         plan: dict[str, Outbox] = defaultdict(Outbox)
         for conv, msgs in by_conv.items():
             audience = audiences[conv]
             if audience is not None:
-                _plan_messages(plan, msgs, audience, routes)
+                _plan_messages(plan, msgs, audience, routes, traces)
         for (conv, reader), read_seq in receipts.items():
             audience = audiences[conv]
             if audience is None:
@@ -320,6 +325,7 @@ def _plan_messages(
     msgs: list[wire_pb2.Message],
     audience: Audience,
     routes: dict[int, list[DeviceRoute]],
+    traces: dict[int, str] | None = None,
 ) -> None:
     """Each message once per connector, with every device there that may see it.
 
@@ -343,8 +349,12 @@ def _plan_messages(
     for m in msgs:
         # Members who joined at or after this seq do not get it (nor its history).
         targets = shared or _group_refs([o for o in online if o[0] < m.seq])
+        parent = traces.get(m.msg_id, "") if traces else ""
         for connector_id, refs in targets.items():
-            plan[connector_id].deliveries.append(connector_pb2.Delivery(message=m, targets=refs))
+            delivery = connector_pb2.Delivery(message=m, targets=refs)
+            if parent:
+                delivery.traceparent = parent
+            plan[connector_id].deliveries.append(delivery)
 
 
 def _group_refs(

@@ -36,6 +36,7 @@ from im.v1 import bus_pb2, group_pb2, group_pb2_grpc, wire_pb2
 from services.router import records
 from services.router.delivery import Deliverer
 from services.router.sequencer import Outcome, Sequencer
+from services.router.traces import BatchTraces
 
 log = logging.getLogger("im.router")
 
@@ -171,6 +172,17 @@ class Router:
     async def handle(self, polled: list[BusRecord], consumer: BusConsumer | None) -> None:
         self.stats.batches += 1
         batch = records.decode(polled, self.settings, self._now())
+        spans = BatchTraces(batch.traces) if batch.traces else None
+        try:
+            await self._apply(batch, consumer, spans)
+        except BaseException:
+            if spans is not None:
+                spans.end("batch failed: retried from the last commit")
+            raise
+
+    async def _apply(
+        self, batch: records.Batch, consumer: BusConsumer | None, spans: BatchTraces | None
+    ) -> None:
         for event in batch.membership:
             self.members.forget(event.conversation_id)
         self.stats.membership_events += len(batch.membership)
@@ -180,6 +192,11 @@ class Router:
         for message, reason in outcome.rejected:
             letter = records.message_letter(batch, self.settings, message, reason, self._now())
             batch.letters.append(letter)
+            if spans is not None:
+                spans.rejected(message, reason)
+        if spans is not None:
+            spans.stored(outcome.new, replayed=False)
+            spans.stored(outcome.replayed, replayed=True)
         messages = sorted(outcome.new + outcome.replayed, key=lambda m: (m.conversation_id, m.seq))
 
         reports = await self._clamp(batch.reports)
@@ -199,8 +216,10 @@ class Router:
             if self._delivering is not None:
                 await self._delivering
             self._delivering = asyncio.get_running_loop().create_task(
-                self._deliver_quietly(messages, receipts)
+                self._deliver_quietly(messages, receipts, spans)
             )
+        elif spans is not None:
+            spans.end()
 
     def _count(self, outcome: Outcome) -> None:
         self.stats.stored += len(outcome.new)
@@ -219,6 +238,8 @@ class Router:
                 letter.partition,
                 letter.offset,
                 letter.reason,
+                # Records of the messages and cursors topics are keyed by conversation.
+                extra={"conversation_id": letter.key} if letter.key else None,
             )
         store: DeadLetterStore = self.store  # type: ignore[assignment]
         await store.put_dead_letters(letters)
@@ -305,15 +326,24 @@ class Router:
         await self.delivery.idle()
 
     async def _deliver_quietly(
-        self, messages: list[wire_pb2.Message], receipts: dict[tuple[str, int], int]
+        self,
+        messages: list[wire_pb2.Message],
+        receipts: dict[tuple[str, int], int],
+        spans: BatchTraces | None = None,
     ) -> None:
         # A failed delivery loses nothing (the messages are stored; devices sync), so
         # it must not fail the batch and make it replay.
+        traces = spans.parents() if spans is not None else None
         try:
-            await self.delivery.deliver(messages, receipts)
+            await self.delivery.deliver(messages, receipts, traces)
         except Exception:
             self.delivery.stats.delivery_failures += 1
             log.exception("delivery of a batch failed; its messages wait for sync")
+            if spans is not None:
+                spans.end("delivery failed; the messages wait for sync")
+        finally:
+            if spans is not None:
+                spans.end()
 
     async def deliver(
         self, messages: list[wire_pb2.Message], receipts: dict[tuple[str, int], int] | None = None
