@@ -78,6 +78,9 @@ class MemoryBus:
     async def healthy(self) -> bool:
         return not self._closed
 
+    async def producer_ready(self) -> bool:
+        return not self._closed
+
     @property
     def epoch(self) -> int:
         return 0  # it never loses what it accepted while the process lives
@@ -109,6 +112,10 @@ class MemoryConsumer:
     @property
     def generation(self) -> int:
         return self._generation
+
+    @property
+    def assigned(self) -> int:
+        return 0 if self._closed else len(self._assigned)
 
     def _take(self, max_records: int) -> list[BusRecord]:
         out: list[BusRecord] = []
