@@ -275,6 +275,12 @@ class Settings(BaseSettings):
     )
     router_group: str = Field("im-router", description="Consumer group of the routers.")
     router_batch_size: int = Field(500, description="Most records a router takes per poll.")
+    router_unassigned_timeout: float = Field(
+        30.0,
+        description="Seconds a router may hold no partition before it reports NOT_SERVING: "
+        "longer than a rebalance takes (Kafka: about the URL's session_timeout_ms). A "
+        "router that gets none for good (more routers than partitions) stays not ready.",
+    )
 
     # --- logs and traces ------------------------------------------------------------
     log_level: str = Field("INFO", description="Python logging level.")

@@ -103,6 +103,9 @@ class Router:
         self.failing = 0  # consecutive failed batches; readiness reflects the real path
         self.last_progress = self.clock.monotonic()  # a loop turn completed
         self.joined = False  # the consumer got its first partition assignment
+        # Since when the consumer holds no partition (None: it holds some): past a
+        # rebalance's length this router does nothing, and says so.
+        self.unassigned_since: float | None = None
         self._isolate = False  # next batch one record at a time
         self._delivering: asyncio.Task | None = None
         self._generation = -1
@@ -128,6 +131,7 @@ class Router:
                 self._generation = consumer.generation
                 self.sequencer.reset()
             self.joined = self.joined or consumer.generation > 0
+            self._note_assignment(consumer.assigned)
             if records_:
                 await self._handle_polled(records_, consumer)
             self.failing = 0
@@ -144,6 +148,18 @@ class Router:
                 self._isolate = True
             await self._sleep(backoff(self.failing))
             await consumer.rewind()
+
+    def _note_assignment(self, partitions: int) -> None:
+        if partitions:
+            self.unassigned_since = None
+        elif self.unassigned_since is None:
+            self.unassigned_since = self.clock.monotonic()
+
+    def unassigned_for(self) -> float:
+        """Seconds the consumer has held no partition (0 while it holds some)."""
+        if self.unassigned_since is None:
+            return 0.0
+        return self.clock.monotonic() - self.unassigned_since
 
     async def drain(self, consumer: BusConsumer) -> None:
         """Handle what is already on the bus, without waiting for more (shutdown)."""
