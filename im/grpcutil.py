@@ -28,6 +28,10 @@ _CHANNEL_OPTIONS = [
     ("grpc.enable_retries", 1),
 ]
 _HEALTH_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+# Liveness probes ask the health service for this name: SERVING from start until the
+# process exits, whatever readiness says. The answer comes from the event loop, so a
+# wedged loop fails the probe (a TCP probe would still pass: the kernel accepts).
+LIVENESS = "liveness"
 
 
 class InsecureInternalError(RuntimeError):
@@ -174,6 +178,7 @@ class GrpcServer:
             await self._health_server.start()
         await self._server.start()
         await self.set_serving(True)
+        await self._health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         return self.port
 
     async def set_serving(self, serving: bool) -> None:
