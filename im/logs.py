@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from datetime import UTC, datetime
-from types import MappingProxyType
+from types import MappingProxyType, TracebackType
 from typing import Any, Literal, TextIO
 
 from im import tracing
@@ -161,5 +161,25 @@ def setup(
     root.addHandler(handler)
     root.setLevel(level.upper())
     _handler = handler
-    # Warnings would otherwise be written as bare text lines between the JSON ones.
-    logging.captureWarnings(fmt == "json")
+    # Warnings, an uncaught exception (a port taken at start-up) and errors Python can
+    # only report (in __del__) would otherwise be bare text lines between the JSON ones.
+    json_only = fmt == "json"
+    logging.captureWarnings(json_only)
+    sys.excepthook = _log_uncaught if json_only else sys.__excepthook__
+    sys.unraisablehook = _log_unraisable if json_only else sys.__unraisablehook__
+
+
+def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, exc, tb)
+        return
+    logging.getLogger("im").critical("uncaught exception: %r", exc, exc_info=(kind, exc, tb))
+
+
+def _log_unraisable(unraisable: Any) -> None:
+    logging.getLogger("im").warning(
+        "%s: %r",
+        unraisable.err_msg or "Exception ignored in",
+        unraisable.object,
+        exc_info=(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback),
+    )

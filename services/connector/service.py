@@ -116,7 +116,9 @@ class ConnectorCore:
     def closed(self, conn: Conn) -> None:
         """The transport saw the socket close (either side)."""
         conn.closed = True
-        self.conns.pop(conn.conn_id, None)
+        if self.conns.pop(conn.conn_id, None) is not None:
+            # (Called from the transport's callback: the fields are given, not current.)
+            log.debug("connection closed (%s)", conn.peer or "?", extra=conn.log_context)
         self._leave_unauthed(conn.conn_id)
         conn.pending.clear()
         conn.send_queue.clear()
@@ -261,6 +263,7 @@ class ConnectorCore:
         now = self.clock.monotonic()
         s = self.settings
         conn.authed = True
+        log.debug("connection authenticated (%s)", conn.peer or "?")
         self._leave_unauthed(conn.conn_id)
         conn.bucket = TokenBucket(s.send_rate_per_second, s.send_burst, now)
         conn.cursor_bucket = TokenBucket(s.cursor_reports_per_second, s.cursor_report_burst, now)

@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import logging
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -116,22 +117,44 @@ def test_lines_inside_a_recorded_span_name_the_trace(json_log) -> None:  # type:
     assert "trace_id" not in after
 
 
-def test_setup_replaces_only_its_own_handler() -> None:
+@pytest.fixture
+def process_logging() -> Iterator[None]:
+    """logs.setup changes the process's root logger and hooks: put them back."""
     root = logging.getLogger()
-    before = list(root.handlers)
     level = root.level
-    first, second = io.StringIO(), io.StringIO()
     try:
-        logs.setup("INFO", "json", "router", stream=first)
-        logs.setup("INFO", "json", "router", stream=second)
-        logging.getLogger("im.adapters.test").info("from an adapter")
-        assert first.getvalue() == ""
-        line = json.loads(second.getvalue().splitlines()[-1])
-        assert line["service"] == "router"  # the process's service, by default
-        assert [h for h in root.handlers if h not in before] == [logs._handler]
+        yield
     finally:
+        logs.setup("INFO", "text")  # default hooks
         root.removeHandler(logs._handler)  # type: ignore[arg-type]
         logs._handler = None
         logs._process_service = ""
         root.setLevel(level)
         logging.captureWarnings(False)
+
+
+@pytest.mark.usefixtures("process_logging")
+def test_setup_replaces_only_its_own_handler() -> None:
+    before = list(logging.getLogger().handlers)
+    first, second = io.StringIO(), io.StringIO()
+    logs.setup("INFO", "json", "router", stream=first)
+    logs.setup("INFO", "json", "router", stream=second)
+    logging.getLogger("im.adapters.test").info("from an adapter")
+    assert first.getvalue() == ""
+    line = json.loads(second.getvalue().splitlines()[-1])
+    assert line["service"] == "router"  # the process's service, by default
+    assert [h for h in logging.getLogger().handlers if h not in before] == [logs._handler]
+
+
+@pytest.mark.usefixtures("process_logging")
+def test_in_json_even_a_crash_is_a_json_line() -> None:
+    stream = io.StringIO()
+    logs.setup("INFO", "json", "gateway", stream=stream)
+    try:
+        raise OSError(98, "Address already in use")
+    except OSError as exc:
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+    (line,) = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert line["level"] == "CRITICAL" and "Address already in use" in line["exc_info"]
+    logs.setup("INFO", "text", stream=io.StringIO())
+    assert sys.excepthook is sys.__excepthook__
