@@ -292,8 +292,27 @@ class Settings(BaseSettings):
     )
     router_group: str = Field("im-router", description="Consumer group of the routers.")
     router_batch_size: int = Field(500, description="Most records a router takes per poll.")
+    router_unassigned_timeout: float = Field(
+        30.0,
+        description="Seconds a router may hold no partition before it reports NOT_SERVING: "
+        "longer than a rebalance takes (Kafka: about the URL's session_timeout_ms). A "
+        "router that gets none for good (more routers than partitions) stays not ready.",
+    )
 
+    # --- logs and traces ------------------------------------------------------------
     log_level: str = Field("INFO", description="Python logging level.")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="`text` (for a terminal) or `json`: one JSON object per line with "
+        "timestamp, level, logger, message and the context at hand (service, request_id, "
+        "conn_id, user_id, device_id, conversation_id, msg_id, trace_id).",
+    )
+    otlp_endpoint: str = Field(
+        "",
+        description="OpenTelemetry collector (OTLP/gRPC), e.g. `http://otel-collector:4317` "
+        "(`https://` for TLS). Set: spans are recorded and exported (W3C trace context "
+        "through gRPC and the bus). Empty: no span is created at all.",
+    )
 
     # --- derived ------------------------------------------------------------------
     def resolved_database_url(self) -> str:

@@ -14,6 +14,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from im.config import Settings
+from im.grpcctx import ContextClientInterceptor, ContextServerInterceptor
 
 _SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -27,6 +28,10 @@ _CHANNEL_OPTIONS = [
     ("grpc.enable_retries", 1),
 ]
 _HEALTH_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+# Liveness probes ask the health service for this name: SERVING from start until the
+# process exits, whatever readiness says. The answer comes from the event loop, so a
+# wedged loop fails the probe (a TCP probe would still pass: the kernel accepts).
+LIVENESS = "liveness"
 
 
 class InsecureInternalError(RuntimeError):
@@ -113,7 +118,9 @@ class GrpcServer:
         health_port: int | None = None,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     ) -> None:
-        self._interceptors = list(interceptors)
+        # Request ids and trace context from the callers' metadata (grpcctx) first, so
+        # the others (metrics) run inside that context.
+        self._interceptors = [ContextServerInterceptor(), *interceptors]
         self._server = grpc.aio.server(options=_SERVER_OPTIONS, interceptors=self._interceptors)
         self._health = HealthServicer()
         self._host = host
@@ -180,6 +187,7 @@ class GrpcServer:
             await self._health_server.start()
         await self._server.start()
         await self.set_serving(True)
+        await self._health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         return self.port
 
     async def set_serving(self, serving: bool) -> None:
@@ -203,10 +211,14 @@ def service_name(pb2_module: Any, name: str) -> str:
 
 
 def channel(addr: str, security: GrpcSecurity | None = None) -> grpc.aio.Channel:
+    # Every call carries the caller's request id and trace context (grpcctx).
+    interceptors = [ContextClientInterceptor()]
     if security is None:
-        return grpc.aio.insecure_channel(addr, options=_CHANNEL_OPTIONS)
+        return grpc.aio.insecure_channel(addr, options=_CHANNEL_OPTIONS, interceptors=interceptors)
     options = [*_CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", security.server_name)]
-    return grpc.aio.secure_channel(addr, security.channel_credentials(), options=options)
+    return grpc.aio.secure_channel(
+        addr, security.channel_credentials(), options=options, interceptors=interceptors
+    )
 
 
 class ChannelPool:

@@ -69,6 +69,12 @@ class BusConsumer(Protocol):
         broker from here). For metrics."""
         ...
 
+    @property
+    def assigned(self) -> int:
+        """Partitions this member holds now: 0 before its first assignment, during a
+        rebalance, and for good in a group with more members than partitions."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -95,6 +101,11 @@ class Bus(Protocol):
     async def healthy(self) -> bool:
         """Reachable, and its topics as the settings say (a topic with another
         partition count is unhealthy, never silently used)."""
+        ...
+
+    async def producer_ready(self) -> bool:
+        """This process can publish: its producer is in place (created now if it was
+        never made or was dropped as broken), within a short timeout."""
         ...
 
     @property

@@ -13,6 +13,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from im import logs, tracing
 from im.config import Settings
 from im.ports import Backends
 
@@ -75,11 +76,11 @@ async def bounded(what: str, operation: Awaitable[Any], seconds: float) -> None:
         log.warning("stopping: %s failed (%r); going on", what, exc)
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def setup_logging(settings: Settings, service: str = "") -> None:
+    """Logs (text or JSON, with context) and traces (only with an OTLP endpoint) of
+    this process; ``service`` names a process that runs one service."""
+    logs.setup(settings.log_level, settings.log_format, service)
+    tracing.setup(settings.otlp_endpoint, service)
 
 
 def install_uvloop() -> None:

@@ -7,7 +7,7 @@ import importlib
 import logging
 import sys
 
-from im import datadir
+from im import datadir, logs
 from im.adapters import build_backends
 from im.config import Settings
 from im.grpcutil import InsecureInternalError, require_internal_security
@@ -50,8 +50,11 @@ class Suite:
         self.backends = build_backends(settings)
         await self.backends.start()
         for name in SERVICES:
-            service = build_service(name, settings, self.backends, self.metrics)
-            await service.start()
+            # The tasks and servers a service starts inherit this: their log lines
+            # name the service (all five share the process).
+            with logs.bound(service=name):
+                service = build_service(name, settings, self.backends, self.metrics)
+                await service.start()
             self.services[name] = service
             if name in ("user", "group"):
                 # Later services call the bound port (it may have been 0).
@@ -147,7 +150,7 @@ async def serve_one(name: str, settings: Settings) -> None:
 def main_for(name: str) -> None:
     """`python -m services.<name>`: one service from environment configuration."""
     settings = Settings()
-    setup_logging(settings.log_level)
+    setup_logging(settings, name)
     install_uvloop()
     try:
         asyncio.run(serve_one(name, settings))

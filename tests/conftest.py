@@ -103,3 +103,19 @@ def _restore_umask():  # type: ignore[no-untyped-def]
     os.umask(old)
     yield
     os.umask(old)
+
+
+@pytest.fixture
+def recorded_spans():  # type: ignore[no-untyped-def]
+    """Traces recorded in memory for one test: ``recorded_spans.get_finished_spans()``."""
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from im import tracing
+
+    exporter = InMemorySpanExporter()
+    tracing.configure(SimpleSpanProcessor(exporter), "test")
+    try:
+        yield exporter
+    finally:
+        tracing.disable()

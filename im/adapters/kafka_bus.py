@@ -110,6 +110,12 @@ _FATAL_PRODUCER_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+def _quiet(future: asyncio.Future[Any]) -> None:
+    """Take a background attempt's error (its caller logged it, or gave up waiting)."""
+    if not future.cancelled():
+        future.exception()
+
+
 def _producer_is_broken(exc: BaseException, consecutive_failures: int) -> bool:
     if isinstance(exc, _FATAL_PRODUCER_ERRORS):
         return True
@@ -207,6 +213,7 @@ class KafkaBus:
         self._producer_failures = 0  # consecutive failed publishes
         self._admin: KafkaAdminClient | None = None
         self._producer_lock = asyncio.Lock()
+        self._making_producer: asyncio.Future[KafkaProducer] | None = None  # producer_ready
         # send() may block on metadata; one thread keeps the call order of publishes.
         self._send_executor = ThreadPoolExecutor(1, thread_name_prefix=f"{client_id}-send")
         self._admin_executor = ThreadPoolExecutor(1, thread_name_prefix=f"{client_id}-admin")
@@ -577,12 +584,36 @@ class KafkaBus:
             log.warning("kafka health check failed: %r", exc)
             return False
 
+    async def producer_ready(self) -> bool:
+        """A producer is in place, created now if there was none (never made, or
+        dropped as broken), within ``health_timeout`` seconds: a connector that cannot
+        get one answers every Send UNAVAILABLE and must not look ready."""
+        if self._closed:
+            return False
+        if self._producer is not None and self._producer_epoch == self._epoch:
+            return True
+        # Shielded: a creation that outlasts the timeout goes on and keeps its result
+        # (cancelling it would leak the producer it is making on the send thread).
+        if self._making_producer is None or self._making_producer.done():
+            self._making_producer = asyncio.ensure_future(self._get_producer())
+            self._making_producer.add_done_callback(_quiet)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._making_producer), self.health_timeout)
+        except Exception as exc:
+            log.warning("no kafka producer: %r", exc)
+            return False
+        return True
+
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         for consumer in list(self._consumers):
             await consumer.close()
+        making = self._making_producer
+        if making is not None and not making.done():
+            # Its producer is closed below with the rest, not left running.
+            await asyncio.wait([making], timeout=self.bootstrap_timeout_ms / 1000 + 1)
         producer, admin = self._producer, self._admin
         if producer is not None:
             # Flushes what is in flight (its callers are still waiting for acks).

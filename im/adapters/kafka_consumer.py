@@ -71,12 +71,14 @@ class _GenerationListener(ConsumerRebalanceListener):
 
     def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         self._owner._joining_since = time.monotonic()  # revoked: a (re)join begins
+        self._owner._assigned = 0  # eager assignors: every partition goes back
         if revoked:
             self._owner._generation += 1
             self._owner._check_topics = True
 
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self._owner._joining_since = None
+        self._owner._assigned = len(assigned)
         self._owner._generation += 1
         self._owner._check_topics = True
 
@@ -102,6 +104,7 @@ class KafkaBusConsumer:
         self._epoch = 0
         self._poll_failures = 0  # consecutive; executor thread only
         self._generation = 0
+        self._assigned = 0  # partitions held, as the rebalance listener last said
         # Set by the rebalance listener: look at the topics after this poll; when the
         # current (re)join began (None: joined).
         self._check_topics = False
@@ -155,6 +158,10 @@ class KafkaBusConsumer:
             return
         self._lag, self._lag_generation = lag, generation
 
+    @property
+    def assigned(self) -> int:
+        return 0 if self._closed else self._assigned
+
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
@@ -182,6 +189,7 @@ class KafkaBusConsumer:
         if consumer is None:
             return
         self._generation += 1
+        self._assigned = 0  # the new one joins the group afresh
         self._must_rewind = False  # the new one starts from the commits anyway
         log.warning("recreating the kafka consumer of group %s: %s", self.group, reason)
         try:

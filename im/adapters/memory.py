@@ -90,6 +90,9 @@ class MemoryBus:
     async def healthy(self) -> bool:
         return not self._closed
 
+    async def producer_ready(self) -> bool:
+        return not self._closed
+
     @property
     def epoch(self) -> int:
         return 0  # it never loses what it accepted while the process lives
@@ -130,6 +133,10 @@ class MemoryConsumer:
             end = len(log[partition]) if log is not None else 0
             out[(topic, partition)] = end - self._position.get((topic, partition), 0)
         return out
+
+    @property
+    def assigned(self) -> int:
+        return 0 if self._closed else len(self._assigned)
 
     def _take(self, max_records: int) -> list[BusRecord]:
         out: list[BusRecord] = []

@@ -111,7 +111,7 @@ def cmd_standalone(args: argparse.Namespace) -> int:
     from im.runtime import install_uvloop, setup_logging
 
     settings = Settings()
-    setup_logging(settings.log_level)
+    setup_logging(settings, "standalone")
     install_uvloop()
     from im.standalone import run_standalone
 
@@ -124,7 +124,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from im.runtime import install_uvloop, setup_logging
 
     settings = Settings()
-    setup_logging(settings.log_level)
+    setup_logging(settings, args.service)
     install_uvloop()
     from im.standalone import serve_one
 

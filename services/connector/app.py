@@ -7,6 +7,7 @@ import asyncio
 import logging
 
 from im.auth import TokenVerifier, load_keys
+from im.clock import Clock
 from im.config import Settings
 from im.grpcutil import ChannelPool, GrpcServer, service_name
 from im.ids import NODE_IDS
@@ -21,12 +22,22 @@ from services.connector.transport import start_tcp, start_ws
 
 log = logging.getLogger("im.connector")
 
+# The bus is asked less often than the rest is looked at (a Kafka health check is a
+# round trip to the cluster), each time within a bound.
+BUS_CHECK_EVERY = 2.0
+BUS_CHECK_TIMEOUT = 3.0
+PUBLISH_FAILURES_UNHEALTHY = 3
+
 
 class ConnectorApp:
     name = "connector"
 
     def __init__(
-        self, settings: Settings, backends: Backends, metrics: MetricsRegistry | None = None
+        self,
+        settings: Settings,
+        backends: Backends,
+        metrics: MetricsRegistry | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.settings = settings
         self.backends = backends
@@ -36,6 +47,7 @@ class ConnectorApp:
             settings,
             backends,
             TokenVerifier(public, settings.jwt_issuer),
+            clock=clock,
             channels=ChannelPool.for_settings(settings),
         )
         connector_metrics.register(self.metrics, self.core)
@@ -53,6 +65,8 @@ class ConnectorApp:
         self._loops: list[asyncio.Task] = []
         self._membership = None
         self._serving = True
+        self._bus_ok = True  # reachable with a producer, as of the last check
+        self._bus_checked_at = float("-inf")
         # Loops also end by this flag: a cancellation can be lost in a wait that
         # completes at the same moment (asyncio.wait_for on Python 3.11).
         self._stopping = False
@@ -139,21 +153,42 @@ class ConnectorApp:
     async def _sweep_idle(self) -> None:
         self.core.sweep_idle()
 
+    def not_serving_reason(self) -> str | None:
+        """Why this connector must not be handed out, or None. Not without a registry
+        session (its entry is gone then: the gateway must not hand it out, routers
+        cannot find it), nor without a bus to publish to (every Send would be answered
+        UNAVAILABLE), nor while it drains."""
+        if self.core.draining:
+            return "draining"
+        if not self.backends.registry.healthy():
+            return "no registry session"
+        if not self._bus_ok:
+            return "no bus producer (the bus does not answer)"
+        if self.core.publish_failures >= PUBLISH_FAILURES_UNHEALTHY:
+            return f"the bus refused its last {self.core.publish_failures} publishes"
+        return None
+
+    async def _check_bus(self) -> None:
+        bus = self.backends.bus
+        try:
+            async with asyncio.timeout(BUS_CHECK_TIMEOUT):
+                self._bus_ok = await bus.healthy() and await bus.producer_ready()
+        except Exception:
+            self._bus_ok = False
+
     async def _report_health(self) -> None:
-        # Not serving while it cannot publish, drains, or has no registry session
-        # (its entry is gone then: the gateway must not hand it out, routers cannot
-        # find it).
-        serving = (
-            self.core.publish_failures < 3
-            and not self.core.draining
-            and self.backends.registry.healthy()
-        )
+        now = self.core.clock.monotonic()
+        if now - self._bus_checked_at >= BUS_CHECK_EVERY:
+            self._bus_checked_at = now
+            await self._check_bus()
+        reason = self.not_serving_reason()
+        serving = reason is None
         if serving != self._serving:
             self._serving = serving
             log.warning(
                 "connector %s %s",
                 self.core.connector_id,
-                "serving again" if serving else "not serving (bus, registry or draining)",
+                "serving again" if serving else f"not serving: {reason}",
             )
             await self._grpc.set_serving(serving)
 

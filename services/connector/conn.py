@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict, deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
+from im import logs
 from im.v1 import wire_pb2
 from services.connector.timers import TokenBucket
 
@@ -97,6 +100,7 @@ class Conn:
         "cursor_bucket",
         "device_id",
         "last_seen",
+        "log_context",
         "peer",
         "pending",
         "send_queue",
@@ -116,6 +120,9 @@ class Conn:
         self.authed = False  # AuthOk sent and presence recorded
         self.closed = False
         self.peer = ""  # client IP address, set by the transport ("" unknown: not limited)
+        # Log fields of everything done for this connection (conn_id; user_id and
+        # device_id once authenticated): the transports make it the context of its frames.
+        self.log_context: Mapping[str, Any] = logs.with_fields(conn_id=conn_id)
         # WebSocket close code and reason for the close handshake (other transports
         # say it with the last Error frame).
         self.close_reason: tuple[int, str] | None = None

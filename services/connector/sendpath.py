@@ -18,12 +18,14 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from im import tracing
 from im.clock import Clock
 from im.config import Settings
 from im.ids import MsgIdGenerator, is_valid_conversation_id
 from im.metrics import Distribution
 from im.ports import Backends
 from im.v1 import bus_pb2, wire_pb2
+from services.connector import traces
 from services.connector.admission import Admission
 from services.connector.authorizer import Authorizer
 from services.connector.conn import Conn, frame_payload
@@ -56,6 +58,7 @@ class Accepted:
     server_ts: int
     future: asyncio.Future  # the ack record, or None if it failed; others may wait on it
     received_at: float  # clock.monotonic() when the Send arrived
+    span: Any = None  # its "connector send" span, only when traces are recorded
 
 
 @dataclass(slots=True)
@@ -167,7 +170,9 @@ class SendPath:
                 try:
                     item = await self._admit(conn, request_id, send, received_at, waits)
                 except Exception:
-                    log.exception("send path failed")
+                    log.exception(
+                        "send path failed", extra={"conversation_id": send.conversation_id}
+                    )
                     self._fail(conn, E.ERROR_CODE_INTERNAL, "internal error", send, request_id)
                     continue
                 if item is not None:
@@ -205,7 +210,11 @@ class SendPath:
             if allowed is None:
                 allowed = await self.authorizer.may_send(conn.user_id, send.conversation_id)
         except Exception as exc:
-            log.warning("authorization lookup failed: %r", exc)
+            log.warning(
+                "authorization lookup failed: %r",
+                exc,
+                extra={"conversation_id": send.conversation_id},
+            )
             self._fail(conn, E.ERROR_CODE_UNAVAILABLE, "try again", send, request_id)
             return None
         if not allowed:
@@ -224,7 +233,10 @@ class SendPath:
         future = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         msg_id, ts = self._ids.next_id(), self._clock.wall_ms()
-        return Accepted(request_id, send, key, msg_id, ts, future, received_at)
+        item = Accepted(request_id, send, key, msg_id, ts, future, received_at)
+        if tracing.enabled:
+            item.span = traces.send_span(conn, send)
+        return item
 
     async def _claim_all(self, conn: Conn, accepted: list[Accepted]) -> list[Accepted]:
         """Claims each accepted Send's msg_id; returns those to publish. A key seen
@@ -239,7 +251,7 @@ class SendPath:
                 # Bounded by the adapter (Redis: its socket timeout), like every port call.
                 existing = await self._backends.idempotency.claim(item.key, record, ttl)
             except Exception as exc:
-                log.warning("idempotency claim failed: %r", exc)
+                log.warning("idempotency claim failed: %r", exc, extra=_fields(item))
                 self._settle_failed(conn, item, "try again")
                 continue
             if existing is not None:
@@ -308,6 +320,9 @@ class SendPath:
             del self._inflight[item.key]
         if not item.future.done():
             item.future.set_result(record)
+        if item.span is not None:
+            traces.settled(item.span, record is not None)
+            item.span = None
 
     # ---------------------------------------------------------------- answers
 
@@ -361,9 +376,13 @@ class SendPath:
         )
 
 
+def _fields(item: Accepted) -> dict[str, object]:
+    return {"conversation_id": item.send.conversation_id, "msg_id": item.msg_id}
+
+
 def _inbound(conn: Conn, item: Accepted) -> bus_pb2.InboundMessage:
     send = item.send
-    return bus_pb2.InboundMessage(
+    inbound = bus_pb2.InboundMessage(
         message=wire_pb2.Message(
             msg_id=item.msg_id,
             conversation_id=send.conversation_id,
@@ -375,3 +394,6 @@ def _inbound(conn: Conn, item: Accepted) -> bus_pb2.InboundMessage:
             server_ts=item.server_ts,
         )
     )
+    if item.span is not None:
+        traces.into_record(item.span, inbound)
+    return inbound

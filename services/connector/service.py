@@ -18,6 +18,7 @@ from collections import OrderedDict
 
 import grpc
 
+from im import logs, tracing
 from im.auth import TokenError, TokenVerifier
 from im.clock import Clock, SystemClock
 from im.config import Settings
@@ -26,6 +27,7 @@ from im.ids import MsgIdGenerator
 from im.ports import Backends, ConnectorInfo
 from im.protocol import HEADER
 from im.v1 import bus_pb2, connector_pb2, connector_pb2_grpc, wire_pb2
+from services.connector import traces
 from services.connector.authorizer import Authorizer
 from services.connector.conn import (
     Conn,
@@ -111,7 +113,9 @@ class ConnectorCore:
     def closed(self, conn: Conn) -> None:
         """The transport saw the socket close (either side)."""
         conn.closed = True
-        self.conns.pop(conn.conn_id, None)
+        if self.conns.pop(conn.conn_id, None) is not None:
+            # (Called from the transport's callback: the fields are given, not current.)
+            log.debug("connection closed (%s)", conn.peer or "?", extra=conn.log_context)
         self._leave_unauthed(conn.conn_id)
         conn.pending.clear()
         self.sends.drop_queued(conn)
@@ -218,6 +222,12 @@ class ConnectorCore:
                 claims.device_id,
                 claims.session_id,
             )
+            conn.log_context = {
+                **conn.log_context,
+                "user_id": claims.user_id,
+                "device_id": claims.device_id,
+            }
+            logs.use(conn.log_context)  # this task's own context: the rest of the auth
             self._take_device(conn)
             previous = await self.backends.presence.connect(
                 conn.user_id, conn.device_id, self.connector_id, PRESENCE_TTL
@@ -250,6 +260,7 @@ class ConnectorCore:
         now = self.clock.monotonic()
         s = self.settings
         conn.authed = True
+        log.debug("connection authenticated (%s)", conn.peer or "?")
         self._leave_unauthed(conn.conn_id)
         conn.bucket = TokenBucket(s.send_rate_per_second, s.send_burst, now)
         conn.cursor_bucket = TokenBucket(s.cursor_reports_per_second, s.cursor_report_burst, now)
@@ -334,6 +345,7 @@ class ConnectorCore:
             payload = frame_payload(deliver=wire_pb2.Deliver(message=message))  # once per message
             item = (payload, HEADER.pack(len(payload)) + payload)
             conv, seq = message.conversation_id, message.seq
+            pushed_before = pushed
             for target in delivery.targets:
                 conn = self.by_device.get((target.user_id, target.device_id))
                 if conn is None or conn.closed or not conn.authed:
@@ -349,6 +361,8 @@ class ConnectorCore:
                     if len(pending) > MAX_PENDING_PER_CONNECTION:
                         pending.popitem(last=False)  # it will come by sync
                     self.retransmits.schedule((conn.conn_id, conv, seq), now)
+            if tracing.enabled and delivery.traceparent:
+                traces.delivered(delivery, pushed - pushed_before)
         for item in request.receipts:
             payload = frame_payload(receipt=item.receipt)
             for target in item.targets:

@@ -12,6 +12,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
+from im import logs
 from im.protocol import HEADER, FrameDecoder, ProtocolError, parse_frame
 from im.v1 import wire_pb2
 from services.connector.conn import error_payload
@@ -151,8 +152,14 @@ class TcpProtocol(asyncio.Protocol):
             self._core.protocol_error(conn, exc.code, exc.message)
             return
         on_frame = self._core.on_frame
-        for frame in frames:
-            on_frame(conn, frame)
+        # The connection's log context for its frames and the tasks they start (one
+        # set per read, not per frame).
+        token = logs.use(conn.log_context)
+        try:
+            for frame in frames:
+                on_frame(conn, frame)
+        finally:
+            logs.reset(token)
         transport = self._transport
         if transport is None or conn.closed:
             return
@@ -247,10 +254,17 @@ def ws_handler(core: ConnectorCore):  # type: ignore[no-untyped-def]
         core.opened(conn)
         writer = asyncio.get_running_loop().create_task(_ws_writer(conn))
         handled = 0
+        # A task per connection: its context is the connection's log context (set again
+        # when authentication added the user).
+        context = conn.log_context
+        logs.use(context)
         try:
             async for message in ws:
                 if conn.closed:
                     break
+                if context is not conn.log_context:
+                    context = conn.log_context
+                    logs.use(context)
                 handled += 1
                 if handled % FRAMES_PER_TURN == 0:
                     # Buffered messages come back without suspending: give the other

@@ -25,7 +25,7 @@ async def _main(settings: Settings) -> None:
 
 def main() -> None:
     settings = Settings()
-    setup_logging(settings.log_level)
+    setup_logging(settings, "gateway")
     install_uvloop()
     asyncio.run(_main(settings))
 

@@ -15,6 +15,7 @@ from services.gateway import (
     api_sessions,
     api_users,
 )
+from services.gateway.context import RequestContextMiddleware
 from services.gateway.guards import BodyLimitMiddleware, SecurityHeadersMiddleware
 from services.gateway.observe import Metrics, ObserveMiddleware
 from services.gateway.problems import add_problem_handlers, problem
@@ -51,6 +52,9 @@ def create_app(
         no_store_prefixes=["/v1/"],  # tokens and user data: never cached
         hsts=gateway.settings.public_tls(),
     )
+    # Outermost of all: the request id is in the log context of everything above,
+    # and in every answer.
+    app.add_middleware(RequestContextMiddleware)
     add_problem_handlers(app)
     return app
 

@@ -25,7 +25,8 @@ async def healthz() -> dict[str, str]:
     responses={503: {"model": ReadyStatus, "description": "Not ready"}},
 )
 async def readyz(gateway: GatewayDep) -> JSONResponse:
-    """Readiness: user, group, message store and at least one connector reachable."""
+    """Readiness: user, group, the message store, a live registry view, a connector,
+    a serving router, the bus and presence."""
     ok, checks = await gateway.readiness()
     body = ReadyStatus(status="ready" if ok else "not_ready", checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if ok else 503)

@@ -63,6 +63,9 @@ class GatewayService:
         config = uvicorn.Config(
             self._create_app(),
             log_level="warning",
+            # uvicorn's records go to the process's handler (text or JSON: im.logs),
+            # not to handlers of its own.
+            log_config=None,
             access_log=False,
             lifespan="off",  # start/stop are ours
             timeout_graceful_shutdown=SHUTDOWN_GRACE,

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from im import logs
 from im.auth import Claims
 from im.validation import MAX_INT64
 from services.gateway.errors import unauthorized
@@ -30,7 +31,10 @@ async def _claims(
 ) -> Claims:
     if credentials is None:
         raise unauthorized("missing bearer token")
-    return await gateway.authenticate(credentials.credentials)
+    claims = await gateway.authenticate(credentials.credentials)
+    # The rest of the request logs as this user (the request's task ends the binding).
+    logs.bind(user_id=claims.user_id, device_id=claims.device_id)
+    return claims
 
 
 Auth = Annotated[Claims, Depends(_claims)]

@@ -225,7 +225,8 @@ class ReceiptsOut(BaseModel):
 class ReadyStatus(BaseModel):
     status: Literal["ready", "not_ready"] = Field(description="Overall readiness.")
     checks: dict[str, str] = Field(
-        description="Per dependency (user, group, message_store, connectors): `ok` or why not."
+        description="Per dependency (user, group, message_store, registry, connectors, "
+        "routers, bus, presence): `ok` or why not."
     )
 
 

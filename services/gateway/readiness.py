@@ -22,14 +22,17 @@ HEALTH_TIMEOUT = 1.0
 async def check_readiness(
     settings: Settings, pool: ChannelPool, store: MessageStore, backends: Backends
 ) -> tuple[bool, dict[str, str]]:
-    """Both services, the store, a connector, a router that serves (without one,
-    messages are acked but never delivered), the bus and presence (without them no
-    message goes anywhere). Returns (ready, check -> "ok" or why not)."""
+    """Both services, the store, a live view of the registry (without one the
+    connectors handed out at login may be gone), a connector, a router that serves
+    (without one, messages are acked but never delivered), the bus and presence
+    (without them no message goes anywhere). Returns (ready, check -> "ok" or why
+    not)."""
     registry, bus, presence = backends.registry, backends.bus, backends.presence
     checks = {
         "user": _grpc_health(pool, settings.user_addr()),
         "group": _grpc_health(pool, settings.group_addr()),
         "message_store": _store_health(store),
+        "registry": _registry_health(registry),
         "connectors": _connectors_health(registry),
         "routers": _routers_health(registry),
         "bus": _port_health(bus.healthy()),
@@ -65,6 +68,12 @@ async def _port_health(check: Awaitable[bool]) -> str:
 async def _store_health(store: MessageStore) -> str:
     healthy = await asyncio.wait_for(store.healthy(), HEALTH_TIMEOUT * 2)
     return "ok" if healthy else "unhealthy"
+
+
+async def _registry_health(registry: Registry) -> str:
+    # The watched copy of the connectors and routers is only as fresh as the session
+    # that keeps its watches: without one it shows whatever was there when it was lost.
+    return "ok" if registry.healthy() else "no live registry session (its view may be stale)"
 
 
 async def _connectors_health(registry: Registry) -> str:

@@ -7,6 +7,7 @@ import asyncio
 import logging
 
 from im.adapters import build_message_store
+from im.clock import Clock
 from im.config import Settings
 from im.grpcutil import ChannelPool, GrpcServer
 from im.metrics import MetricsRegistry
@@ -40,13 +41,14 @@ class RouterApp:
         backends: Backends,
         store: MessageStore | None = None,
         metrics: MetricsRegistry | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.settings = settings
         self.backends = backends
         self.metrics = metrics or MetricsRegistry()
         self.store = store or build_message_store(settings)
         self.router = Router(
-            settings, backends, self.store, channels=ChannelPool.for_settings(settings)
+            settings, backends, self.store, channels=ChannelPool.for_settings(settings), clock=clock
         )
         self.router_id = settings.resolved_router_id()
         self._consumer: BusConsumer | None = None
@@ -63,17 +65,27 @@ class RouterApp:
         router_metrics.register(self.metrics, self.router, lambda: self._consumer)
 
     def serving(self) -> bool:
-        """Batches go through: the consumer joined its group, the last batches did not
-        fail, the loop is not stuck, and the bus and presence answer (a poll against a
-        dead broker just comes back empty, it does not fail)."""
+        return self.not_serving_reason() is None
+
+    def not_serving_reason(self) -> str | None:
+        """Why batches do not go through, or None when they do: the consumer joined
+        its group and holds partitions (none for longer than a rebalance: another
+        router has them all, or the join went wrong), the last batches did not fail,
+        the loop is not stuck, and the bus and presence answer (a poll against a dead
+        broker just comes back empty, it does not fail)."""
         router = self.router
-        stalled = router.clock.monotonic() - router.last_progress > STALLED_AFTER
-        return (
-            router.joined
-            and router.failing < FAILED_BATCHES_UNHEALTHY
-            and not stalled
-            and self._backends_ok
-        )
+        if not router.joined:
+            return "has not joined its consumer group"
+        unassigned = router.unassigned_for()
+        if unassigned > self.settings.router_unassigned_timeout:
+            return f"has held no partition for {unassigned:.0f} s"
+        if router.failing >= FAILED_BATCHES_UNHEALTHY:
+            return f"its last {router.failing} batches failed"
+        if router.clock.monotonic() - router.last_progress > STALLED_AFTER:
+            return "its loop is stuck"
+        if not self._backends_ok:
+            return "the bus or presence does not answer"
+        return None
 
     async def _check_backends(self) -> None:
         checks = (self.backends.bus.healthy(), self.backends.presence.healthy())
@@ -93,7 +105,8 @@ class RouterApp:
             if clock.monotonic() - checked_at >= BACKEND_CHECK_EVERY:
                 checked_at = clock.monotonic()
                 await self._check_backends()
-            now_serving = self.serving()
+            reason = self.not_serving_reason()
+            now_serving = reason is None
             changed = now_serving != self._serving
             if changed:
                 self._serving = now_serving
@@ -101,7 +114,7 @@ class RouterApp:
                     logging.INFO if now_serving else logging.WARNING,
                     "router %s %s",
                     self.router_id,
-                    "serving" if now_serving else "is not serving (failing, stuck or cut off)",
+                    "serving" if now_serving else f"is not serving: {reason}",
                 )
                 await self._grpc.set_serving(now_serving)
             if changed or clock.monotonic() - announced_at > ANNOUNCE_EVERY:

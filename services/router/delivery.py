@@ -122,9 +122,11 @@ class Deliverer:
         messages: list[wire_pb2.Message],
         receipts: dict[tuple[str, int], int] | None = None,
         lag_ms: int | None = None,
+        traces: dict[int, str] | None = None,
     ) -> None:
         """``lag_ms``: how far behind the router is, told to the connectors (which
-        refuse Sends while it is too far); None when this batch does not tell."""
+        refuse Sends while it is too far); None when this batch does not tell.
+        ``traces``: msg_id -> traceparent of the router's span, for the Deliveries."""
         receipts = receipts or {}
         by_conv: dict[str, list[wire_pb2.Message]] = defaultdict(list)
         for m in messages:
@@ -140,7 +142,7 @@ class Deliverer:
         users = list({u for a in audiences.values() if a is not None for u in a.joined})
         routes = await self.backends.presence.routes(users) if users else {}
 
-        plan = self._plan(by_conv, receipts, audiences, routes)
+        plan = self._plan(by_conv, receipts, audiences, routes, traces)
         missing = await self._send_plan(plan, lag_ms)
         if missing:
             await self.reroute(missing)
@@ -151,12 +153,13 @@ class Deliverer:
         receipts: dict[tuple[str, int], int],
         audiences: dict[str, Audience | None],
         routes: dict[int, list[DeviceRoute]],
+        traces: dict[int, str] | None = None,
     ) -> dict[str, Outbox]:
         plan: dict[str, Outbox] = defaultdict(Outbox)
         for conv, msgs in by_conv.items():
             audience = audiences[conv]
             if audience is not None:
-                _plan_messages(plan, msgs, audience, routes)
+                _plan_messages(plan, msgs, audience, routes, traces)
         for (conv, reader), read_seq in receipts.items():
             audience = audiences[conv]
             if audience is None:
@@ -347,6 +350,7 @@ def _plan_messages(
     msgs: list[wire_pb2.Message],
     audience: Audience,
     routes: dict[int, list[DeviceRoute]],
+    traces: dict[int, str] | None = None,
 ) -> None:
     """Each message once per connector, with every device there that may see it.
 
@@ -370,8 +374,12 @@ def _plan_messages(
     for m in msgs:
         # Members who joined at or after this seq do not get it (nor its history).
         targets = shared or _group_refs([o for o in online if o[0] < m.seq])
+        parent = traces.get(m.msg_id, "") if traces else ""
         for connector_id, refs in targets.items():
-            plan[connector_id].deliveries.append(connector_pb2.Delivery(message=m, targets=refs))
+            delivery = connector_pb2.Delivery(message=m, targets=refs)
+            if parent:
+                delivery.traceparent = parent
+            plan[connector_id].deliveries.append(delivery)
 
 
 def _group_refs(

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
 
-from im import buspack
+from im import buspack, tracing
 from im.config import Settings
 from im.ids import is_valid_conversation_id
 from im.ports import BusRecord, DeadLetter
@@ -31,6 +31,9 @@ class Batch:
     # Where each message came from, to set it aside later if the store refuses it:
     # by msg_id, and by identity for one re-identified after a msg_id collision.
     origins: dict[int | Identity, BusRecord] = field(default_factory=dict)
+    # msg_id -> the Send's traceparent, for the messages that carry one (only looked
+    # at when traces are recorded).
+    traces: dict[int, str] = field(default_factory=dict)
 
 
 def identity(m: wire_pb2.Message) -> Identity:
@@ -99,12 +102,15 @@ def _unpacked(
 def _take(batch: Batch, record: BusRecord, settings: Settings) -> str | None:
     """File one record into the batch; returns why it cannot be applied, if so."""
     if record.topic == settings.topic_messages:
-        message = bus_pb2.InboundMessage.FromString(record.value).message
+        inbound = bus_pb2.InboundMessage.FromString(record.value)
+        message = inbound.message
         problem = message_problem(message)
         if problem is None:
             batch.messages.append(message)
             batch.origins.setdefault(message.msg_id, record)
             batch.origins.setdefault(identity(message), record)
+            if tracing.enabled and inbound.traceparent:
+                batch.traces[message.msg_id] = inbound.traceparent
         return problem
     if record.topic == settings.topic_cursors:
         report = bus_pb2.CursorReport.FromString(record.value)

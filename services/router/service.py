@@ -37,6 +37,7 @@ from im.v1 import bus_pb2, group_pb2, group_pb2_grpc, wire_pb2
 from services.router import records
 from services.router.delivery import Deliverer
 from services.router.sequencer import Outcome, Sequencer
+from services.router.traces import BatchTraces
 
 log = logging.getLogger("im.router")
 
@@ -107,6 +108,9 @@ class Router:
         self.failing = 0  # consecutive failed batches; readiness reflects the real path
         self.last_progress = self.clock.monotonic()  # a loop turn completed
         self.joined = False  # the consumer got its first partition assignment
+        # Since when the consumer holds no partition (None: it holds some): past a
+        # rebalance's length this router does nothing, and says so.
+        self.unassigned_since: float | None = None
         self._isolate = False  # next batch one record at a time
         self._delivering: asyncio.Task | None = None
         self._generation = -1
@@ -132,6 +136,7 @@ class Router:
                 self._generation = consumer.generation
                 self.sequencer.reset()
             self.joined = self.joined or consumer.generation > 0
+            self._note_assignment(consumer.assigned)
             if records_:
                 await self._handle_polled(records_, consumer)
             self.failing = 0
@@ -148,6 +153,18 @@ class Router:
                 self._isolate = True
             await self._sleep(backoff(self.failing))
             await consumer.rewind()
+
+    def _note_assignment(self, partitions: int) -> None:
+        if partitions:
+            self.unassigned_since = None
+        elif self.unassigned_since is None:
+            self.unassigned_since = self.clock.monotonic()
+
+    def unassigned_for(self) -> float:
+        """Seconds the consumer has held no partition (0 while it holds some)."""
+        if self.unassigned_since is None:
+            return 0.0
+        return self.clock.monotonic() - self.unassigned_since
 
     async def drain(self, consumer: BusConsumer) -> None:
         """Handle what is already on the bus, without waiting for more (shutdown)."""
@@ -177,6 +194,17 @@ class Router:
     async def handle(self, polled: list[BusRecord], consumer: BusConsumer | None) -> None:
         self.stats.batches += 1
         batch = records.decode(polled, self.settings, self._now())
+        spans = BatchTraces(batch.traces) if batch.traces else None
+        try:
+            await self._apply(batch, consumer, spans)
+        except BaseException:
+            if spans is not None:
+                spans.end("batch failed: retried from the last commit")
+            raise
+
+    async def _apply(
+        self, batch: records.Batch, consumer: BusConsumer | None, spans: BatchTraces | None
+    ) -> None:
         for event in batch.membership:
             self.members.forget(event.conversation_id)
         self.stats.membership_events += len(batch.membership)
@@ -186,9 +214,14 @@ class Router:
         for message, reason in outcome.rejected:
             letter = records.message_letter(batch, self.settings, message, reason, self._now())
             batch.letters.append(letter)
+            if spans is not None:
+                spans.rejected(message, reason)
+        if spans is not None:
+            spans.stored(outcome.new, replayed=False)
+            spans.stored(outcome.replayed, replayed=True)
         messages = sorted(outcome.new + outcome.replayed, key=lambda m: (m.conversation_id, m.seq))
         # Stored messages go out at once; the cursor write is not on their way.
-        await self._start_delivery(messages, {}, self._lag_ms(outcome.new))
+        await self._start_delivery(messages, {}, self._lag_ms(outcome.new), spans)
 
         reports = await self._clamp(batch.reports)
         receipts = await self._apply_cursors(messages, reports)
@@ -215,16 +248,19 @@ class Router:
         messages: list[wire_pb2.Message],
         receipts: dict[tuple[str, int], int],
         lag_ms: int | None = None,
+        spans: BatchTraces | None = None,
     ) -> None:
         """Delivery runs while the batch goes on and the next is taken: one delivery in
         flight at a time, so batches still reach the connectors in bus order. (The
         connector lanes then send on their own: a slow connector holds up nobody.)"""
         if not messages and not receipts:
+            if spans is not None:
+                spans.end()
             return
         if self._delivering is not None:
             await self._delivering
         self._delivering = asyncio.get_running_loop().create_task(
-            self._deliver_quietly(messages, receipts, lag_ms)
+            self._deliver_quietly(messages, receipts, lag_ms, spans)
         )
 
     async def _store(self, messages: list[wire_pb2.Message]) -> Outcome:
@@ -250,6 +286,8 @@ class Router:
                 letter.partition,
                 letter.offset,
                 letter.reason,
+                # Records of the messages and cursors topics are keyed by conversation.
+                extra={"conversation_id": letter.key} if letter.key else None,
             )
         store: DeadLetterStore = self.store  # type: ignore[assignment]
         await store.put_dead_letters(letters)
@@ -340,14 +378,21 @@ class Router:
         messages: list[wire_pb2.Message],
         receipts: dict[tuple[str, int], int],
         lag_ms: int | None,
+        spans: BatchTraces | None = None,
     ) -> None:
         # A failed delivery loses nothing (the messages are stored; devices sync), so
         # it must not fail the batch and make it replay.
+        traces = spans.parents() if spans is not None else None
         try:
-            await self.delivery.deliver(messages, receipts, lag_ms)
+            await self.delivery.deliver(messages, receipts, lag_ms, traces)
         except Exception:
             self.delivery.stats.delivery_failures += 1
             log.exception("delivery of a batch failed; its messages wait for sync")
+            if spans is not None:
+                spans.end("delivery failed; the messages wait for sync")
+        finally:
+            if spans is not None:
+                spans.end()
 
     async def deliver(
         self, messages: list[wire_pb2.Message], receipts: dict[tuple[str, int], int] | None = None

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from im.config import Settings
+from im.grpcutil import LIVENESS
 from im.standalone import SERVICES
 
 yaml = pytest.importorskip(
@@ -149,11 +150,11 @@ def setting(config: dict[str, str], name: str) -> Any:
         return getattr(Settings(**{name: config[key]}), name)  # parsed as the code does
     return DEFAULTS[name].default
 
+
 def metrics_port(service: str, config: dict[str, str]) -> int:
     """The port a service serves /metrics on."""
     (name,) = INTERNAL_PORTS[service]
     return setting(config, name)
-
 
 
 def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
@@ -420,9 +421,11 @@ def test_grpc_services_use_native_grpc_probes_on_the_health_port(service: str) -
     # plaintext health-only port, never the mutual-TLS one.
     health = setting(BASE_CONFIG, "grpc_health_port")
     assert health and health != setting(BASE_CONFIG, GRPC_PORTS[service])
-    for kind in ("readinessProbe", "startupProbe"):
+    for kind in ("readinessProbe", "startupProbe", "livenessProbe"):
         # grpc probes take a number, not a port name
         assert container[kind]["grpc"]["port"] == health, kind
+    # Liveness asks whether the event loop answers, not whether a dependency is up.
+    assert container["livenessProbe"]["grpc"]["service"] == LIVENESS
 
 
 def test_connector_is_a_statefulset_with_a_headless_service() -> None:

@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from im.config import Settings
 from im.grpcutil import (
+    LIVENESS,
     GrpcSecurity,
     GrpcServer,
     InsecureInternalError,
@@ -204,3 +205,11 @@ async def test_internal_servers_bind_the_internal_host_not_the_public_one() -> N
         assert await health_of(f"127.0.0.1:{port}") == grpc.StatusCode.UNAVAILABLE
     finally:
         await server.stop(0)
+
+
+async def test_liveness_stays_serving_while_readiness_goes_down(running: Running) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.server.health_port}") as ch:
+        health = health_pb2_grpc.HealthStub(ch)
+        await running.server.set_serving(False)  # e.g. its bus is gone: not ready
+        alive = await health.Check(health_pb2.HealthCheckRequest(service=LIVENESS), timeout=5)
+        assert alive.status == health_pb2.HealthCheckResponse.SERVING  # no restart for that

@@ -287,6 +287,7 @@ async def test_two_members_split_the_partitions(env: BusEnv) -> None:
     keys1 = {r.key for r in final[c1]}
     keys2 = {r.key for r in final[c2]}
     assert not keys1 & keys2 and len(keys1 | keys2) == 40
+    assert c1.assigned and c2.assigned and c1.assigned + c2.assigned == PARTITIONS
 
     # When one leaves, the other takes over everything (another generation).
     split_generation = c1.generation
@@ -313,6 +314,18 @@ async def test_lag_counts_what_is_not_handed_out_yet(env: BusEnv) -> None:
     assert len(await drain(consumer, 15, env.patience)) == 15
     await consumer.poll(100, 0.2)  # (Kafka measures after a poll)
     assert consumer.lag()[(env.topic, partition)] == 0
+
+
+async def test_a_member_says_how_many_partitions_it_holds(env: BusEnv) -> None:
+    # The router's readiness: holding none for longer than a rebalance is not serving.
+    consumer = env.consumer(env.group())
+    await env.bus.publish_many(env.topic, [(f"k{i}", b"x") for i in range(20)])
+    assert len(await drain(consumer, 20, env.patience)) == 20
+    assert consumer.assigned == PARTITIONS  # alone in its group: all of them
+    await consumer.close()
+    assert consumer.assigned == 0
+    # The connector's readiness: a producer is in place.
+    assert await env.bus.producer_ready()
 
 
 async def test_a_cancelled_poll_loses_nothing(env: BusEnv) -> None:
@@ -396,6 +409,7 @@ async def test_kafka_calls_fail_fast_without_a_broker() -> None:
     )
     try:
         assert not await bus.healthy()
+        assert not await bus.producer_ready()  # within health_timeout
         # Each stage (admin, producer, consumer) may wait for a bootstrap of its own.
         await _kafka_unavailable_within(bus.publish("t", "k", b"v"), 3 * 0.8 + 1)
         await _kafka_unavailable_within(bus.publish_many("t", [("k", b"v")]), 3 * 0.8 + 1)

@@ -432,6 +432,7 @@ async def test_health_and_readiness(suite: Suite) -> None:
             "user": "ok",
             "group": "ok",
             "message_store": "ok",
+            "registry": "ok",
             "connectors": "ok",
             "routers": "ok",
             "bus": "ok",
