@@ -7,11 +7,9 @@ from __future__ import annotations
 from im import tracing
 from im.v1 import bus_pb2, wire_pb2
 from services.router.service import Router
-from tests.services.router import test_router
+from tests.services.router.harness import Harness, make_group, online
 from tests.services.router.helpers import FailingStore, RejectingStore
-from tests.services.router.test_router import Harness, make_group, online, record_sleeps
-
-harness = test_router.harness  # the same fixture: a router, a group service, a connector
+from tests.services.router.test_router import record_sleeps
 
 
 async def send_traced(h: Harness, conv: str, msg_id: int, parent: str) -> None:
