@@ -121,8 +121,12 @@ const DEFAULTS = {
  * @property {{code: string, message: string}} error a connector error that ended nothing
  */
 
-/** A random UUID, also where crypto.randomUUID is missing (a page on plain http). */
-function newId() {
+/**
+ * A new client_msg_id (a random UUID), also where crypto.randomUUID is missing (a page
+ * served over plain http from another host). Pass one to `send` to know a message by
+ * it before its SendAck (its Deliver carries it back).
+ */
+export function newClientMsgId() {
   if (typeof crypto.randomUUID === "function") return crypto.randomUUID();
   const b = crypto.getRandomValues(new Uint8Array(16));
   b[6] = (b[6] & 0x0f) | 0x40;
@@ -195,6 +199,7 @@ export class ImClient {
     this._firstOnline = null;
     /** @type {Map<string, number>} */
     this._userIds = new Map();
+    this._userOfState = 0; // whose cursors and seen ids these are
     this._onBrowserOnline = () => this._retryNow();
     this._onBrowserOffline = () => this._lose(this._ws, "the browser went offline");
   }
@@ -249,14 +254,34 @@ export class ImClient {
    * @param {string} username @param {string} password @param {string} deviceId
    */
   async login(username, password, deviceId) {
+    const before = this._userOfState;
     const session = await this.gateway.login(username, password, deviceId);
     this._credentials = [username, password, deviceId];
+    this._forgetIfOtherUser(before, session.userId);
     return session;
   }
 
   /** Take up a session stored earlier (a page reload) by its refresh token. @param {string} refreshToken */
-  resume(refreshToken) {
-    return this.gateway.refresh(refreshToken);
+  async resume(refreshToken) {
+    const before = this._userOfState;
+    const session = await this.gateway.refresh(refreshToken);
+    this._forgetIfOtherUser(before, session.userId);
+    return session;
+  }
+
+  /**
+   * Cursors, seen ids and names belong to one user: another user logging in on this
+   * client (after a logout) starts from nothing.
+   * @param {number} before @param {number} userId
+   */
+  _forgetIfOtherUser(before, userId) {
+    if (before !== userId) {
+      this._cursor.clear();
+      this._seen.clear();
+      this._userIds.clear();
+      this._early = [];
+    }
+    this._userOfState = userId;
   }
 
   async _relogin() {
@@ -632,7 +657,7 @@ export class ImClient {
    */
   send(conversationId, content, { contentType = "text/plain", clientMsgId } = {}) {
     if (!this._wanted) return Promise.reject(new ClientClosed("not connected: call connect()"));
-    const cmid = clientMsgId ?? newId();
+    const cmid = clientMsgId ?? newClientMsgId();
     if (this._pending.has(cmid)) {
       return Promise.reject(new Error(`a send with client_msg_id ${cmid} is in flight`));
     }
