@@ -465,6 +465,7 @@ export class ImClient {
     this._wanted = false;
     clearTimeout(this._retryTimer);
     this._retryTimer = undefined;
+    this._authWaiter?.reject(err); // an attempt waiting for AuthOk ends now, not at its timeout
     if (this._ws) this._drop(this._ws);
     for (const entry of [...this._pending.values()]) this._settle(entry, err);
     globalThis.removeEventListener?.("online", this._onBrowserOnline);
