@@ -62,7 +62,7 @@ test("sync on connect hands out what was sent while offline, in order, once", ne
   );
   const conversation = (await synced).find((c) => c.conversation_id === cid);
   assert.equal(conversation.unread, 3, "synced, not read");
-  // What sync handed out is acknowledged: a second device-less check over REST.
+  // What sync handed out is acknowledged (REST ack): the delivered cursor moved.
   const [mine] = (await bob.gateway.conversations()).filter((c) => c.conversation_id === cid);
   assert.equal(mine.delivered_seq, 3);
   await Promise.all([alice.close(), bob.close()]);
