@@ -34,6 +34,9 @@ COPY README.md ./
 COPY protos ./protos
 COPY im ./im
 COPY services ./services
+# The JavaScript SDK the gateway's web page imports: services/gateway/web/sdk links
+# here, and the install below copies the files themselves into the package.
+COPY clients/js/src ./clients/js/src
 
 # im/v1/*_pb2*.py are generated from protos/ (never committed), then the project is
 # installed (not editable) into the venv with them; the import check runs outside /src

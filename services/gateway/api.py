@@ -20,6 +20,7 @@ from services.gateway.guards import BodyLimitMiddleware, SecurityHeadersMiddlewa
 from services.gateway.observe import Metrics, ObserveMiddleware
 from services.gateway.problems import add_problem_handlers, problem
 from services.gateway.service import Gateway
+from services.gateway.web import add_web_page
 
 
 def create_app(
@@ -41,6 +42,7 @@ def create_app(
         app.include_router(module.router)
     if metrics_on_api:
         app.include_router(api_ops.metrics_router)
+    add_web_page(app, tls=gateway.settings.public_tls())  # the chat page at /
     _add_guards(app, gateway)
     app.add_middleware(ObserveMiddleware, metrics=metrics)
     # Outermost (added last): every answer gets the headers, 500s and 413s included.

@@ -26,6 +26,19 @@ DOCS_CSP = (
 HSTS = "max-age=31536000"  # one year; only sent over TLS (RFC 6797 ignores it on http)
 
 
+def page_csp(tls: bool) -> str:
+    """The web chat page's policy: its own scripts and styles only (no inline code, no
+    CDN). It opens WebSockets to connectors whose addresses come from the login answer
+    and change as connectors come and go, so any WebSocket host is allowed (only
+    ``wss:`` when the suite serves TLS: a page over https cannot use ``ws:`` anyway)."""
+    sockets = "wss:" if tls else "ws: wss:"
+    return (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        f"connect-src 'self' {sockets}; "
+        "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    )
+
+
 class BodyLimitMiddleware:
     """Refuses request bodies over ``max_bytes`` with ``refuse()`` (a 413 problem).
 

@@ -1,0 +1,308 @@
+// @ts-check
+/**
+ * The gateway's REST API (docs/rest-api.md) on `fetch`: login, refresh, users,
+ * conversations, history, cursors, receipts and groups. Bodies come back as the
+ * gateway's JSON objects, except messages, which are turned into the SDK's `Message`.
+ * @module
+ */
+
+import { groupConversationId, messageFromRest } from "./wire.js";
+
+/** The gateway's largest history page. */
+export const MAX_PAGE = 500;
+
+/** An answer that is not a success: the problem details' `code` is stable. */
+export class ApiError extends Error {
+  /**
+   * @param {number} status HTTP status (0: the gateway could not be reached)
+   * @param {string} code e.g. "invalid_credentials", "username_taken", "network"
+   * @param {string} detail
+   * @param {number | null} retryAfter seconds, on 429
+   */
+  constructor(status, code, detail, retryAfter = null) {
+    super(`${status} ${code}: ${detail}`);
+    this.name = "ApiError";
+    this.status = status;
+    this.code = code;
+    this.detail = detail;
+    this.retryAfter = retryAfter;
+  }
+}
+
+/**
+ * @typedef {object} Session what a login or refresh gives
+ * @property {string} accessToken
+ * @property {string} refreshToken single use: each refresh hands out the next one
+ * @property {number} userId
+ * @property {string} deviceId
+ * @property {number} expiresAt access token expiry, ms since the epoch (local clock)
+ * @property {{id: string, tcp: string, ws: string, tls: boolean}} connector
+ * @property {number} heartbeatInterval seconds
+ */
+
+/**
+ * @typedef {object} Conversation
+ * @property {string} conversation_id
+ * @property {"direct" | "group"} kind
+ * @property {string | null} name
+ * @property {number | null} peer_id
+ * @property {number} last_seq
+ * @property {number} delivered_seq
+ * @property {number} read_seq
+ * @property {number} unread
+ */
+
+/** @param {any} data @returns {Session} */
+function sessionFrom(data) {
+  return {
+    accessToken: data.access_token,
+    refreshToken: data.refresh_token ?? "",
+    userId: Number(data.user_id),
+    deviceId: String(data.device_id),
+    expiresAt: Date.now() + Number(data.expires_in ?? 0) * 1000,
+    connector: data.connector,
+    heartbeatInterval: Number(data.heartbeat_interval ?? 20),
+  };
+}
+
+export class GatewayClient {
+  /**
+   * @param {string} baseUrl e.g. "http://127.0.0.1:8080" ("" in a page the gateway serves)
+   * @param {{fetch?: typeof fetch, onSession?: (s: Session | null) => void}} [options]
+   *   `onSession` hears of every new session (login, refresh) and of its end (null):
+   *   refresh tokens are single use, so whoever stores one must store each new one.
+   */
+  constructor(baseUrl, options = {}) {
+    this.baseUrl = baseUrl.replace(/\/+$/, "");
+    this.fetch = options.fetch ?? globalThis.fetch.bind(globalThis);
+    this.onSession = options.onSession ?? (() => {});
+    /** @type {Session | null} */
+    this.session = null;
+    /** @type {Promise<Session> | null} */
+    this._refreshing = null;
+  }
+
+  /**
+   * @param {string} method @param {string} path @param {unknown} [body]
+   * @param {{auth?: boolean}} [options]
+   */
+  async request(method, path, body, { auth = true } = {}) {
+    if (auth && this.session && this.session.expiresAt - Date.now() < 30_000) {
+      await this.refresh(); // about to expire: a 401 mid-request would cost a round trip
+    }
+    let response = await this._send(method, path, body, auth);
+    if (response.status === 401 && auth && this.session?.refreshToken) {
+      await this.refresh(); // revoked or expired early: one refresh, one retry
+      response = await this._send(method, path, body, auth);
+    }
+    if (response.status === 204) return null;
+    const data = await response.json().catch(() => ({}));
+    if (!response.ok) {
+      const retry = response.headers.get("retry-after");
+      throw new ApiError(
+        response.status,
+        data.code ?? "http_error",
+        data.detail ?? response.statusText,
+        retry === null ? null : Number(retry),
+      );
+    }
+    return data;
+  }
+
+  /** @param {string} method @param {string} path @param {unknown} body @param {boolean} auth */
+  async _send(method, path, body, auth) {
+    /** @type {Record<string, string>} */
+    const headers = { Accept: "application/json" };
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    if (auth) {
+      if (!this.session) throw new ApiError(401, "unauthorized", "not logged in");
+      headers.Authorization = `Bearer ${this.session.accessToken}`;
+    }
+    try {
+      return await this.fetch(this.baseUrl + path, {
+        method,
+        headers,
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+    } catch (err) {
+      throw new ApiError(0, "network", `gateway unreachable: ${/** @type {Error} */ (err).message}`);
+    }
+  }
+
+  /** @param {Session | null} session */
+  _setSession(session) {
+    this.session = session;
+    this.onSession(session);
+    return session;
+  }
+
+  // ------------------------------------------------------------------ auth
+
+  /** @param {string} username @param {string} password @param {string} [displayName] */
+  register(username, password, displayName) {
+    const body = { username, password, ...(displayName ? { display_name: displayName } : {}) };
+    return this.request("POST", "/v1/auth/register", body, { auth: false });
+  }
+
+  /**
+   * Log in; the device's previous session ends.
+   * @param {string} username @param {string} password @param {string} deviceId
+   * @returns {Promise<Session>}
+   */
+  async login(username, password, deviceId) {
+    const body = { username, password, device_id: deviceId };
+    const data = await this.request("POST", "/v1/auth/login", body, { auth: false });
+    return /** @type {Session} */ (this._setSession(sessionFrom(data)));
+  }
+
+  /**
+   * New tokens (and a live connector) for the session. One at a time: a refresh token
+   * is single use, and presenting a spent one ends the session.
+   * @param {string} [refreshToken] to resume a session stored elsewhere
+   * @returns {Promise<Session>}
+   */
+  refresh(refreshToken) {
+    if (!this._refreshing) {
+      const token = refreshToken ?? this.session?.refreshToken;
+      this._refreshing = (async () => {
+        if (!token) throw new ApiError(401, "unauthorized", "no refresh token");
+        const body = { refresh_token: token };
+        try {
+          const data = await this.request("POST", "/v1/auth/refresh", body, { auth: false });
+          return /** @type {Session} */ (this._setSession(sessionFrom(data)));
+        } catch (err) {
+          if (err instanceof ApiError && err.status === 401) this._setSession(null);
+          throw err;
+        }
+      })().finally(() => {
+        this._refreshing = null;
+      });
+    }
+    return this._refreshing;
+  }
+
+  /** End this session (its sockets are kicked). */
+  async logout() {
+    try {
+      await this.request("POST", "/v1/auth/logout");
+    } finally {
+      this._setSession(null);
+    }
+  }
+
+  // ------------------------------------------------------------------ users
+
+  me() {
+    return this.request("GET", "/v1/users/me");
+  }
+
+  /** @param {number} userId */
+  user(userId) {
+    return this.request("GET", `/v1/users/${userId}`);
+  }
+
+  /** The user of that name, or null. @param {string} username */
+  async userByName(username) {
+    const data = await this.request("GET", `/v1/users?username=${encodeURIComponent(username)}`);
+    return data.users[0] ?? null;
+  }
+
+  // ---------------------------------------------------------- conversations
+
+  /** Every conversation of the user, with unread counts. @returns {Promise<Conversation[]>} */
+  async conversations() {
+    return (await this.request("GET", "/v1/conversations")).conversations;
+  }
+
+  /** What a device calls after (re)connecting. @returns {Promise<Conversation[]>} */
+  async sync() {
+    return (await this.request("GET", "/v1/sync")).conversations;
+  }
+
+  /** Get or create the 1:1 conversation. @param {number} peerId @returns {Promise<Conversation>} */
+  directConversation(peerId) {
+    return this.request("POST", "/v1/conversations/direct", { peer_id: peerId });
+  }
+
+  /**
+   * One page of history after `afterSeq`, ascending.
+   * @param {string} conversationId
+   * @param {{afterSeq?: number, limit?: number}} [page]
+   * @returns {Promise<{messages: import("./wire.js").Message[], hasMore: boolean}>}
+   */
+  async history(conversationId, { afterSeq = 0, limit = 100 } = {}) {
+    const path =
+      `/v1/conversations/${encodeURIComponent(conversationId)}/messages` +
+      `?after_seq=${afterSeq}&limit=${limit}`;
+    const data = await this.request("GET", path);
+    return { messages: data.messages.map(messageFromRest), hasMore: data.has_more };
+  }
+
+  /** @param {string} conversationId @param {number} seq */
+  ack(conversationId, seq) {
+    return this.request("POST", `/v1/conversations/${encodeURIComponent(conversationId)}/ack`, {
+      seq,
+    });
+  }
+
+  /** @param {string} conversationId @param {number} seq */
+  read(conversationId, seq) {
+    return this.request("POST", `/v1/conversations/${encodeURIComponent(conversationId)}/read`, {
+      seq,
+    });
+  }
+
+  /**
+   * Who has read message `seq` (computed from the members' read cursors).
+   * @param {string} conversationId @param {number} seq
+   * @param {{list?: "read" | "unread" | "both", cursor?: string, limit?: number}} [options]
+   */
+  receipts(conversationId, seq, { list = "both", cursor = "", limit = 100 } = {}) {
+    const path =
+      `/v1/conversations/${encodeURIComponent(conversationId)}/receipts` +
+      `?seq=${seq}&list=${list}&limit=${limit}&cursor=${encodeURIComponent(cursor)}`;
+    return this.request("GET", path);
+  }
+
+  // ------------------------------------------------------------------ groups
+
+  /**
+   * @param {string} name @param {number[]} memberIds
+   * @param {{historyVisible?: boolean}} [options]
+   */
+  createGroup(name, memberIds, { historyVisible = false } = {}) {
+    const body = { name, member_ids: memberIds, history_visible: historyVisible };
+    return this.request("POST", "/v1/groups", body);
+  }
+
+  /** @param {string | number} groupId */
+  group(groupId) {
+    return this.request("GET", `/v1/groups/${groupPath(groupId)}`);
+  }
+
+  /** @param {string | number} groupId @param {{cursor?: string, limit?: number}} [page] */
+  members(groupId, { cursor = "", limit = 100 } = {}) {
+    const query = `?limit=${limit}&cursor=${encodeURIComponent(cursor)}`;
+    return this.request("GET", `/v1/groups/${groupPath(groupId)}/members${query}`);
+  }
+
+  /** @param {string | number} groupId @param {number[]} userIds */
+  addMembers(groupId, userIds) {
+    return this.request("POST", `/v1/groups/${groupPath(groupId)}/members`, { user_ids: userIds });
+  }
+
+  /** @param {string | number} groupId @param {number} userId */
+  removeMember(groupId, userId) {
+    return this.request("DELETE", `/v1/groups/${groupPath(groupId)}/members/${userId}`);
+  }
+
+  /** @param {string | number} groupId */
+  leaveGroup(groupId) {
+    return this.request("POST", `/v1/groups/${groupPath(groupId)}/leave`);
+  }
+}
+
+/** @param {string | number} groupId */
+function groupPath(groupId) {
+  return encodeURIComponent(groupConversationId(groupId));
+}

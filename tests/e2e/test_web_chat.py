@@ -1,0 +1,135 @@
+"""The web chat page in a real browser (Debian's chromium, driven by Playwright): two
+users register, chat both ways, one goes offline and gets what was sent meanwhile by
+sync, a group; a screenshot is left in test-artifacts/. Without chromium or Playwright
+the test is skipped, but fails under CI (scripts/dev-services.sh up installs chromium)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import RunningSuite
+
+pytestmark = pytest.mark.e2e
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+TIMEOUT_MS = 15_000
+
+
+def _missing(what: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{what} (CI must not skip the browser test)")
+    pytest.skip(what)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _missing("playwright is not installed: run `make install`")
+    chromium = os.environ.get("IM_TEST_CHROMIUM") or shutil.which("chromium")
+    if not chromium:
+        _missing("chromium not found: `scripts/dev-services.sh up` installs it (apt)")
+    with sync_playwright() as playwright:
+        # Root (CI, containers) cannot use chromium's sandbox; the machine's network is
+        # closed, so nothing in the background may try to go out.
+        args = ["--no-sandbox", "--disable-gpu", "--disable-quic"]
+        args.append("--disable-background-networking")
+        launched = playwright.chromium.launch(executable_path=chromium, args=args)
+        yield launched
+        launched.close()
+
+
+def register(page, gateway: str, username: str) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    page.goto(f"{gateway}/")
+    page.get_by_test_id("username").fill(username)
+    page.get_by_test_id("password").fill(f"{username}-password")
+    page.get_by_test_id("register").click()
+    expect(page.locator("#status")).to_have_attribute("data-state", "online")
+
+
+def test_two_users_chat_in_the_page(browser, suite: RunningSuite):  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    run = uuid.uuid4().hex[:6]
+    alice, bob = f"alice{run}", f"bob{run}"
+    contexts = [browser.new_context(viewport={"width": 1100, "height": 700}) for _ in range(2)]
+    a, b = (c.new_page() for c in contexts)
+    errors: list[str] = []
+    for page in (a, b):
+        page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        register(a, suite.gateway, alice)
+        register(b, suite.gateway, bob)
+
+        # Alice opens a 1:1 by username (Enter) and sends; the mark follows the message.
+        a.get_by_test_id("peer").fill(bob)
+        a.get_by_test_id("peer").press("Enter")
+        a.get_by_test_id("composer").fill("hello bob")
+        a.get_by_test_id("send").click()
+        hello = a.get_by_test_id("message").filter(has_text="hello bob")
+        expect(hello).to_have_attribute("data-status", "delivered")
+
+        # Bob sees the conversation with one unread, opens it: alice sees it read.
+        entry = b.get_by_test_id("conversation").filter(has_text=alice)
+        expect(entry.locator(".unread")).to_have_text("1")
+        entry.click()
+        expect(b.get_by_test_id("message").filter(has_text="hello bob")).to_be_visible()
+        expect(entry.locator(".unread")).to_have_count(0)
+        expect(hello).to_have_attribute("data-status", "read")
+
+        b.get_by_test_id("composer").fill("hi alice")
+        b.get_by_test_id("composer").press("Enter")
+        expect(a.get_by_test_id("message").filter(has_text="hi alice")).to_be_visible()
+
+        # Bob goes offline: what alice sends meanwhile reaches him by sync.
+        contexts[1].set_offline(True)
+        expect(b.locator("#status")).to_have_attribute("data-state", "offline")
+        a.get_by_test_id("composer").fill("while you were away")
+        a.get_by_test_id("composer").press("Enter")
+        away = a.get_by_test_id("message").filter(has_text="while you were away")
+        expect(away).to_have_attribute("data-status", "delivered")
+        assert b.get_by_test_id("message").filter(has_text="while you were away").count() == 0
+        contexts[1].set_offline(False)
+        expect(b.locator("#status")).to_have_attribute("data-state", "online")
+        expect(b.get_by_test_id("message").filter(has_text="while you were away")).to_be_visible()
+        expect(away).to_have_attribute("data-status", "read")
+        expect(b.get_by_test_id("message")).to_have_count(3)  # once each
+
+        # A group: alice creates it with bob; bob gets it in his list.
+        a.locator("#new-group summary").click()
+        a.locator("#group-name").fill("weekend")
+        a.locator("#group-members").fill(bob)
+        a.locator("#group-name").press("Enter")
+        expect(a.locator("#title")).to_have_text("weekend")  # created and open
+        a.get_by_test_id("composer").fill("who's in?")
+        a.get_by_test_id("composer").press("Enter")
+        group = b.get_by_test_id("conversation").filter(has_text="weekend")
+        expect(group.locator(".unread")).to_have_text("1")
+        group.click()
+        expect(b.get_by_test_id("message").filter(has_text="who's in?")).to_contain_text(alice)
+        mine = a.get_by_test_id("message").filter(has_text="who's in?")
+        expect(mine).to_contain_text("read by 1")
+
+        ARTIFACTS.mkdir(exist_ok=True)
+        shot = ARTIFACTS / "web-chat.png"
+        a.get_by_test_id("conversation").filter(has_text=bob).click()
+        expect(a.get_by_test_id("message")).to_have_count(3)
+        a.screenshot(path=str(shot))
+        print(f"screenshot: {shot}")
+
+        b.get_by_test_id("logout").click()
+        expect(b.get_by_test_id("login")).to_be_visible()
+        assert not errors, errors
+    finally:
+        for context in contexts:
+            context.close()
