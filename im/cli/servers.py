@@ -1,0 +1,112 @@
+"""``imctl`` commands that run servers or look after them: standalone, serve, cluster,
+db upgrade, config-doc, bench."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+SERVICES = ("gateway", "user", "group", "connector", "router")
+
+
+def cmd_standalone(args: argparse.Namespace) -> int:
+    from im.config import Settings
+    from im.runtime import install_uvloop, setup_logging
+
+    settings = Settings()
+    setup_logging(settings.log_level)
+    install_uvloop()
+    from im.standalone import run_standalone
+
+    asyncio.run(run_standalone(settings))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from im.config import Settings
+    from im.runtime import install_uvloop, setup_logging
+
+    settings = Settings()
+    setup_logging(settings.log_level)
+    install_uvloop()
+    from im.standalone import serve_one
+
+    asyncio.run(serve_one(args.service, settings))
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    """Create/upgrade the SQL schema (for deployments with IM_AUTO_MIGRATE=false)."""
+    from im.config import Settings
+    from im.db import create_schema, make_engine
+
+    settings = Settings()
+    url = settings.resolved_database_url()
+    engine = make_engine(url)
+    try:
+        revision = create_schema(engine)
+    finally:
+        engine.dispose()
+    where = engine.url.render_as_string(hide_password=True)
+    print(f"schema at revision {revision}: {where}")
+    return 0
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    """Every service its own process on the real servers (scripts/dev-services.sh up)."""
+    from pathlib import Path
+
+    from im.cluster import run_cluster
+
+    return run_cluster(Path(args.log_dir), connectors=args.connectors, routers=args.routers)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from im.bench import main as bench_main
+
+    return bench_main(args)
+
+
+def cmd_config_doc(args: argparse.Namespace) -> int:
+    from im.config import settings_table
+
+    print(settings_table())
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("standalone", help="run all five services in one process")
+    p.set_defaults(func=cmd_standalone)
+
+    p = sub.add_parser("serve", help="run one service")
+    p.add_argument("service", choices=SERVICES)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("cluster", help="run a local distributed cluster (one process per service)")
+    p.add_argument("--log-dir", default=".im-data/cluster", help="where each process logs")
+    p.add_argument("--connectors", type=int, default=2)
+    p.add_argument("--routers", type=int, default=2)
+    p.set_defaults(func=cmd_cluster)
+
+    p = sub.add_parser("db", help="database maintenance")
+    db_sub = p.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    db_sub.add_parser("upgrade", help="create/upgrade the SQL schema").set_defaults(
+        func=cmd_db_upgrade
+    )
+
+    p = sub.add_parser("config-doc", help="print the settings table (markdown)")
+    p.set_defaults(func=cmd_config_doc)
+
+    from im.cli import deadletters
+
+    deadletters.register(sub)
+
+    from im.cli import certs
+
+    certs.register(sub)
+
+    from im.bench import add_bench_arguments
+
+    p = sub.add_parser("bench", help="benchmark a suite beside a bare relay")
+    add_bench_arguments(p)
+    p.set_defaults(func=cmd_bench)
