@@ -14,6 +14,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from im.config import Settings
+from im.listeners import ListenError, bind_failure, probe, what_of
 
 _SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -111,8 +112,10 @@ class GrpcServer:
         security: GrpcSecurity | None = None,
         reflection: bool = False,
         health_port: int | None = None,
+        port_setting: str = "",
     ) -> None:
         self._server = grpc.aio.server(options=_SERVER_OPTIONS)
+        self._port_setting = port_setting  # names the setting in a ListenError
         self._health = HealthServicer()
         self._host = host
         self._requested_port = port
@@ -126,14 +129,16 @@ class GrpcServer:
         self.health_port = 0
 
     @classmethod
-    def for_settings(cls, settings: Settings, port: int) -> GrpcServer:
-        """An internal server as the settings configure it (bind address, TLS, probes)."""
+    def for_settings(cls, settings: Settings, port_setting: str) -> GrpcServer:
+        """An internal server as the settings configure it (bind address, TLS, probes)
+        on the port of the setting named ``port_setting`` (e.g. ``user_grpc_port``)."""
         return cls(
             settings.internal_host,
-            port,
+            int(getattr(settings, port_setting)),
             security=grpc_security(settings),
             reflection=settings.grpc_reflection,
             health_port=settings.grpc_health_port or None,
+            port_setting=port_setting,
         )
 
     @property
@@ -148,12 +153,21 @@ class GrpcServer:
 
     def _bind(self, server: grpc.aio.Server, port: int, secure: bool) -> int:
         address = f"{self._host}:{port}"
-        if secure and self._security is not None:
-            bound = server.add_secure_port(address, self._security.server_credentials())
-        else:
-            bound = server.add_insecure_port(address)
+        setting = (self._port_setting if secure else "grpc_health_port") or "internal_host"
+        if port:
+            try:  # first with a plain socket: gRPC would only log why it failed
+                probe(self._host, port)
+            except OSError as exc:
+                raise ListenError(what_of(setting), self._host, port, setting, exc) from exc
+        try:
+            if secure and self._security is not None:
+                bound = server.add_secure_port(address, self._security.server_credentials())
+            else:
+                bound = server.add_insecure_port(address)
+        except RuntimeError:  # grpcio: "Failed to bind to address ..."
+            bound = 0
         if bound == 0:
-            raise OSError(f"cannot bind gRPC server to {address}")
+            raise bind_failure(setting, self._host, port)
         return bound
 
     async def start(self) -> int:

@@ -109,7 +109,7 @@ class SqlGrpcService:
             open_database, s.resolved_database_url(), s.auto_migrate
         )
         self._servicer = self.make_servicer(s, self._engine)
-        self._server = GrpcServer.for_settings(s, getattr(s, self.port_setting))
+        self._server = GrpcServer.for_settings(s, self.port_setting)
         self._server.add(type(self).register, self._servicer, self.service_name)
         self.port = await self._server.start()
         self._watch = asyncio.get_running_loop().create_task(self._watch_database())

@@ -6,11 +6,14 @@ import asyncio
 import importlib
 import logging
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 from im import datadir
 from im.adapters import build_backends
 from im.config import Settings
 from im.grpcutil import InsecureInternalError, require_internal_security
+from im.listeners import ListenError, check_ports
 from im.ports import Backends
 from im.runtime import Service, bounded, install_uvloop, run_until_signal, setup_logging
 from im.tls import with_dev_internal_certs
@@ -37,7 +40,17 @@ class Suite:
         self.backends: Backends | None = None
 
     async def start(self) -> None:
+        """Start every service; when one fails, those already started are stopped
+        again before the error goes on (nothing is left half running)."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         settings = self.settings
+        check_ports(settings, SERVICES)  # a taken port: one line, nothing started
         datadir.prepare(settings.data_dir)  # 0700, files 0600, umask 077
         settings = with_dev_internal_certs(settings)  # mutual TLS between the services
         self.backends = build_backends(settings)
@@ -66,7 +79,8 @@ class Suite:
                 log.exception("stopping %s failed", name)
         self.services.clear()
         if self.backends is not None:
-            await bounded("closing the backends", self.backends.close(), 10)
+            backends, self.backends = self.backends, None
+            await bounded("closing the backends", backends.close(), 10)
 
     def endpoints(self) -> dict[str, dict[str, str]]:
         return {name: s.endpoints() for name, s in self.services.items()}
@@ -106,12 +120,17 @@ async def serve_one(name: str, settings: Settings) -> None:
         require_internal_security(settings)
     except InsecureInternalError as exc:
         raise SystemExit(f"{name}: {exc}") from None
+    check_ports(settings, [name])  # a taken port: one line, nothing started
     backends = build_backends(settings, client_id=f"im-{name}")
     service = build_service(name, settings, backends)
 
     async def start() -> None:
         await backends.start()
-        await service.start()
+        try:
+            await service.start()
+        except BaseException:
+            await bounded("closing the backends", backends.close(), 10)
+            raise
         where = "  ".join(f"{k}={v}" for k, v in service.endpoints().items())
         print(f"{name} is up: {where}", flush=True)
 
@@ -122,12 +141,22 @@ async def serve_one(name: str, settings: Settings) -> None:
     await run_until_signal(start, stop)
 
 
+def run_servers(main: Coroutine[Any, Any, None], program: str) -> int:
+    """Run a server coroutine to its end: 0 after a clean stop, 1 with one line on
+    stderr when a port cannot be had (which setting to change), 130 on Ctrl-C."""
+    try:
+        asyncio.run(main)
+    except ListenError as exc:
+        print(f"{program}: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
 def main_for(name: str) -> None:
     """`python -m services.<name>`: one service from environment configuration."""
     settings = Settings()
     setup_logging(settings.log_level)
     install_uvloop()
-    try:
-        asyncio.run(serve_one(name, settings))
-    except KeyboardInterrupt:
-        sys.exit(130)
+    sys.exit(run_servers(serve_one(name, settings), f"services.{name}"))

@@ -4,7 +4,6 @@ db upgrade, config-doc, bench."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 SERVICES = ("gateway", "user", "group", "connector", "router")
 
@@ -16,10 +15,9 @@ def cmd_standalone(args: argparse.Namespace) -> int:
     settings = Settings()
     setup_logging(settings.log_level)
     install_uvloop()
-    from im.standalone import run_standalone
+    from im.standalone import run_servers, run_standalone
 
-    asyncio.run(run_standalone(settings))
-    return 0
+    return run_servers(run_standalone(settings), "imctl standalone")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -29,10 +27,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = Settings()
     setup_logging(settings.log_level)
     install_uvloop()
-    from im.standalone import serve_one
+    from im.standalone import run_servers, serve_one
 
-    asyncio.run(serve_one(args.service, settings))
-    return 0
+    return run_servers(serve_one(args.service, settings), f"imctl serve {args.service}")
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, make_asgi_app
 from im.adapters.factory import build_message_store
 from im.auth import TokenIssuer, TokenVerifier, load_keys
 from im.config import Settings
+from im.listeners import ListenError
 from im.ports import Backends, MessageStore
 from im.tls import public_files
 from services.gateway.api import create_app
@@ -76,9 +77,17 @@ class GatewayService:
         self._metrics: MetricsPort | None = None
 
     async def start(self) -> None:
-        await self.gateway.open()
+        host, port = self._settings.host, self._settings.gateway_port
+        try:
+            sock = _bind(host, port)  # first: a taken port fails before anything opens
+        except OSError as exc:
+            raise ListenError("gateway HTTP", host, port, "gateway_port", exc) from exc
+        try:
+            await self.gateway.open()
+        except BaseException:
+            sock.close()
+            raise
         tls = public_files(self._settings)
-        sock = _bind(self._settings.host, self._settings.gateway_port)
         self._port = sock.getsockname()[1]
         config = uvicorn.Config(
             self._create_app(),

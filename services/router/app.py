@@ -50,7 +50,7 @@ class RouterApp:
         self._backends_ok = True  # bus and presence, as of the last check
         # Health only: probes see whether batches go through (a
         # router whose store or bus fails keeps running but reports NOT_SERVING).
-        self._grpc = GrpcServer.for_settings(settings, settings.router_grpc_port)
+        self._grpc = GrpcServer.for_settings(settings, "router_grpc_port")
 
     def serving(self) -> bool:
         """Batches go through: the consumer joined its group, the last batches did not
