@@ -75,11 +75,19 @@ async def bounded(what: str, operation: Awaitable[Any], seconds: float) -> None:
         log.warning("stopping: %s failed (%r); going on", what, exc)
 
 
+# Libraries whose INFO lines say nothing an operator needs at every start-up (alembic
+# lists its plugins and each migration step): shown only at DEBUG.
+QUIET_LOGGERS = ("alembic",)
+
+
 def setup_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    verbose = logging.getLevelNamesMapping().get(level.upper(), logging.INFO) <= logging.DEBUG
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
 
 
 def install_uvloop() -> None:
