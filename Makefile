@@ -35,7 +35,10 @@ $(STAMP_RUNTIME): pyproject.toml requirements/runtime.lock
 # Re-resolve the locks after a change to pyproject.toml's pins (or to take patch
 # releases of transitive packages): both files are regenerated from pyproject.toml.
 LOCK_FLAGS := --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links -q
-lock: $(STAMP_INSTALL)
+# pip-compile from whatever venv there is: the install would fail its `pip check` on
+# the very pins that the lock is to catch up with.
+lock:
+	@test -x $(BIN)/pip-compile || $(MAKE) $(STAMP_INSTALL)
 	$(BIN)/pip-compile $(LOCK_FLAGS) -o requirements/runtime.lock pyproject.toml
 	$(BIN)/pip-compile $(LOCK_FLAGS) --extra dev --extra test-servers -o requirements/dev.lock pyproject.toml
 
