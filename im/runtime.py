@@ -75,9 +75,10 @@ async def bounded(what: str, operation: Awaitable[Any], seconds: float) -> None:
         log.warning("stopping: %s failed (%r); going on", what, exc)
 
 
-# Libraries whose INFO lines say nothing an operator needs at every start-up (alembic
-# lists its plugins and each migration step): shown only at DEBUG.
-QUIET_LOGGERS = ("alembic",)
+# Libraries whose INFO lines say nothing an operator needs (alembic lists its plugins
+# and each migration step at every start-up; websockets logs every connection opened
+# and closed): shown only at DEBUG.
+QUIET_LOGGERS = ("alembic", "websockets.server")
 
 
 def setup_logging(level: str) -> None:

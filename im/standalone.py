@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import shutil
 import sys
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 from im import datadir
@@ -86,7 +88,26 @@ class Suite:
         return {name: s.endpoints() for name, s in self.services.items()}
 
 
-def describe(suite: Suite) -> str:
+DEFAULT_GATEWAY_URL = "http://127.0.0.1:8080"
+
+
+def imctl_command() -> str:
+    """How to run imctl from here: ``imctl`` when that name on PATH is this very
+    program, else its path (relative to the working directory when under it, e.g.
+    ``.venv/bin/imctl`` after ``make run``)."""
+    mine = Path(sys.executable).with_name("imctl")  # the venv's, beside its python
+    found = shutil.which("imctl")
+    if found is not None and (not mine.exists() or Path(found).resolve() == mine.resolve()):
+        return "imctl"
+    if not mine.exists():
+        return f"{sys.executable} -m im.cli"
+    try:
+        return str(mine.relative_to(Path.cwd()))
+    except ValueError:
+        return str(mine)
+
+
+def describe(suite: Suite, imctl: str | None = None) -> str:
     eps = suite.endpoints()
     gw = eps["gateway"]["http"]
     lines = ["im standalone suite is up:"]
@@ -95,11 +116,16 @@ def describe(suite: Suite) -> str:
     lines += [
         f"  data dir   {suite.settings.data_dir.resolve()}",
         "",
-        f"Gateway {gw} (API docs at {gw}/docs). Try, in two terminals:",
-        f"  imctl --gateway {gw} register alice --password alicepass1",
-        f"  imctl --gateway {gw} register bob --password bobpass123",
-        f"  imctl --gateway {gw} chat --user bob --password bobpass123 --to alice",
-        f"  imctl --gateway {gw} chat --user alice --password alicepass1 --to bob",
+        f"Gateway {gw} (API docs at {gw}/docs). Try, in two more terminals:",
+    ]
+    run = imctl or imctl_command()
+    if gw != DEFAULT_GATEWAY_URL:
+        run += f" --gateway {gw}"  # or: export IM_GATEWAY_URL={gw}
+    lines += [
+        f"  {run} register alice --password alicepass1",
+        f"  {run} register bob --password bobpass123",
+        f"  {run} chat --user alice --password alicepass1 --to bob",
+        f"  {run} chat --user bob --password bobpass123 --to alice",
         "Stop with Ctrl-C.",
     ]
     return "\n".join(lines)

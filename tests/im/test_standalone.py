@@ -14,7 +14,7 @@ import pytest
 
 from im.config import Settings
 from im.listeners import ListenError
-from im.standalone import Suite, serve_one
+from im.standalone import Suite, describe, imctl_command, serve_one
 
 IMCTL = Path(sys.executable).with_name("imctl")
 OTHER_PORTS = (
@@ -77,3 +77,34 @@ def test_imctl_standalone_on_a_taken_port_says_so_in_one_line(tmp_path: Path) ->
         f"is already in use; set IM_GATEWAY_PORT to a free port (e.g. IM_GATEWAY_PORT="
         f"{port + 1}) or stop what uses it"
     ]
+
+
+def test_the_banner_names_imctl_as_it_can_be_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    venv_bin = Path(sys.executable).parent
+    monkeypatch.setattr("shutil.which", lambda name: None)  # not on PATH
+    monkeypatch.chdir(venv_bin.parent.parent)  # e.g. the checkout, beside .venv
+    assert imctl_command() == str(Path(venv_bin.parent.name) / "bin" / "imctl")
+    monkeypatch.chdir(tmp_path)  # elsewhere: the whole path
+    assert imctl_command() == str(venv_bin / "imctl")
+    monkeypatch.setattr("shutil.which", lambda name: str(venv_bin / "imctl"))
+    assert imctl_command() == "imctl"  # on PATH, and the same one
+
+
+def test_the_banner_gives_the_gateway_only_when_it_is_not_the_default(tmp_path: Path) -> None:
+    suite = Suite(Settings(data_dir=tmp_path))
+    suite.services = {"gateway": FixedEndpoints({"http": "http://127.0.0.1:8080"})}  # type: ignore[dict-item]
+    banner = describe(suite, imctl=".venv/bin/imctl")
+    assert "  .venv/bin/imctl chat --user alice --password alicepass1 --to bob" in banner
+    suite.services = {"gateway": FixedEndpoints({"http": "http://127.0.0.1:8081"})}  # type: ignore[dict-item]
+    banner = describe(suite, imctl=".venv/bin/imctl")
+    assert "  .venv/bin/imctl --gateway http://127.0.0.1:8081 register alice" in banner
+
+
+class FixedEndpoints:
+    def __init__(self, endpoints: dict[str, str]) -> None:
+        self._endpoints = endpoints
+
+    def endpoints(self) -> dict[str, str]:
+        return self._endpoints
