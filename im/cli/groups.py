@@ -1,5 +1,4 @@
-"""``imctl group ...`` and ``imctl receipts``: groups and read receipts from a shell,
-and ``--group`` for ``imctl send``.
+"""``imctl group ...`` and ``imctl receipts``: groups and read receipts from a shell.
 
 Hooked into the parser by ``register`` (called from ``im.cli.main.build_parser``).
 Like the other client commands they print JSON lines on stdout and problems as JSON on
@@ -13,7 +12,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from im.cli.common import default_device, make_client, password, print_json, run_client
+from im.cli.common import UserNames, logged_in, print_json, run_client
 from im.client.gateway import as_group_id
 
 if TYPE_CHECKING:
@@ -46,8 +45,7 @@ def _with_client(
     so that name resolution (and its cache) is the one ``send --to`` uses."""
 
     async def run(args: argparse.Namespace) -> int:
-        async with make_client(args) as client:
-            await client.login(args.user, password(args), args.device or default_device("group"))
+        async with logged_in(args, "group") as client:
             return await body(client, args)
 
     return run
@@ -91,9 +89,17 @@ async def _leave(client: ImClient, args: argparse.Namespace) -> int:
 
 
 async def _members(client: ImClient, args: argparse.Namespace) -> int:
-    async for member in client.gateway.members_all(args.group, page_size=args.page_size):
-        print_json(member)
-    return 0
+    """Page by page, each member with its username (looked up a few at a time)."""
+    names = UserNames(client, LOOKUP_CONCURRENCY)
+    cursor: str | None = None
+    while True:
+        page = await client.gateway.members(args.group, cursor, args.page_size)
+        usernames = await names.all([int(m["user_id"]) for m in page.members])
+        for member, username in zip(page.members, usernames, strict=True):
+            print_json({"user_id": member["user_id"], "username": username, **member})
+        if page.next_cursor is None or not page.members:
+            return 0
+        cursor = page.next_cursor
 
 
 async def _role(client: ImClient, args: argparse.Namespace) -> int:
@@ -122,9 +128,9 @@ def _positive(text: str) -> int:
 
 
 def register(sub: argparse._SubParsersAction, account: argparse.ArgumentParser) -> None:
-    """Add ``group`` and ``receipts`` to ``sub`` (the subparsers of imctl), and
-    ``--group`` to ``send``. ``account`` is the parent parser of client commands
-    (--user, --password, --device, --gateway)."""
+    """Add ``group`` and ``receipts`` to ``sub`` (the subparsers of imctl).
+    ``account`` is the parent parser of client commands (--user, --password, --device,
+    --gateway)."""
     group_help = "group id: g:<digits> or just the digits"
 
     p = sub.add_parser("group", help="create and manage groups")
@@ -160,7 +166,9 @@ def register(sub: argparse._SubParsersAction, account: argparse.ArgumentParser) 
     a.add_argument("group", help=group_help)
     a.set_defaults(func=run_client(_with_client(_leave)))
 
-    a = actions.add_parser("members", parents=[account], help="print members as JSON lines")
+    a = actions.add_parser(
+        "members", parents=[account], help="print members (with usernames) as JSON lines"
+    )
     a.add_argument("group", help=group_help)
     a.add_argument("--page-size", type=_positive, default=1000, help="members per request")
     a.set_defaults(func=run_client(_with_client(_members)))
@@ -182,25 +190,3 @@ def register(sub: argparse._SubParsersAction, account: argparse.ArgumentParser) 
     p.add_argument("--limit", type=_positive, default=100, help="page size of each list")
     p.add_argument("--cursor", help="next_cursor of the previous page")
     p.set_defaults(func=run_client(_with_client(_receipts)))
-
-    _add_send_group_option(sub)
-
-
-def _add_send_group_option(sub: argparse._SubParsersAction) -> None:
-    """``imctl send --group G``: a group's id is its conversation id, so the option
-    only fills ``conversation`` (which ``send`` already handles) with ``g:<id>``.
-
-    Added from here rather than in main.py so that the group commands stay in one
-    module; it joins send's required target group (--to | --conversation) so that
-    exactly one target is still enforced. argparse has no public accessor for a
-    parser's mutually exclusive groups, hence ``_mutually_exclusive_groups``.
-    """
-    send = sub.choices["send"]
-    target = next(g for g in send._mutually_exclusive_groups if g.required)
-    target.add_argument(
-        "--group",
-        "-g",
-        dest="conversation",
-        type=as_group_id,
-        help="group id, g:<digits> or just the digits (its conversation)",
-    )

@@ -4,7 +4,8 @@ Client commands print JSON lines on stdout (one per result/message) and problems
 JSON object on stderr with exit status 1, so they compose with ``jq`` and scripts.
 The commands live by group: ``servers`` (standalone, serve, cluster, db, config-doc,
 bench, with ``deadletters`` and ``certs``), ``messaging`` (register, send, listen),
-``chat``, ``groups`` (group ..., receipts).
+``chat``, ``conversations`` (conversations, history, read), ``account`` (whoami,
+logout), ``groups`` (group ..., receipts).
 """
 
 from __future__ import annotations
@@ -12,13 +13,27 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from importlib.metadata import PackageNotFoundError, version
 
 from im.cli.common import DEFAULT_GATEWAY, account_parent, gateway_parent
 
 
+def package_version() -> str:
+    try:
+        return version("im-suite")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     gateway_default = os.environ.get("IM_GATEWAY_URL") or DEFAULT_GATEWAY
-    parser = argparse.ArgumentParser(prog="imctl", description="IM suite command line.")
+    parser = argparse.ArgumentParser(
+        prog="imctl",
+        description="IM suite command line: run the suite, and use it from a shell.",
+        epilog="Client commands print JSON lines on stdout and problems as one JSON object "
+        "on stderr (exit status 1). `imctl COMMAND --help` tells more.",
+    )
+    parser.add_argument("--version", action="version", version=f"imctl {package_version()}")
     parser.add_argument(
         "--gateway",
         default=gateway_default,
@@ -31,14 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     gateway = gateway_parent()
-    account = account_parent(gateway)
 
-    from im.cli import chat, groups, messaging, servers
+    from im.cli import account, chat, conversations, groups, messaging, servers
 
     servers.register(sub)
-    messaging.register(sub, gateway, account)
-    chat.register(sub, account)
-    groups.register(sub, account)  # group ..., receipts, send --group
+    messaging.register(sub, gateway)  # register, send, listen
+    chat.register(sub, gateway)
+    conversations.register(sub, gateway)  # conversations, history, read
+    account.register(sub, gateway)  # whoami, logout
+    groups.register(sub, account_parent(gateway, "group"))  # group ..., receipts
     return parser
 
 

@@ -8,10 +8,12 @@ import getpass
 import sys
 
 from im.cli.common import (
-    default_device,
+    UsageError,
+    account_parent,
+    add_target,
+    conversation_of,
     event_json,
-    make_client,
-    password,
+    logged_in,
     print_json,
     print_problem,
     run_client,
@@ -33,15 +35,11 @@ async def _register(args: argparse.Namespace) -> int:
 async def _send(args: argparse.Namespace) -> int:
     text = args.text if args.text is not None else sys.stdin.read().removesuffix("\n")
     if not text:
-        print_problem({"error": "usage", "detail": "nothing to send (empty text)"})
-        return 1
-    async with make_client(args) as client:
-        await client.login(args.user, password(args), args.device or default_device("send"))
+        raise UsageError("nothing to send (empty text)")
+    async with logged_in(args, "send") as client:
+        conversation = await conversation_of(client, args)  # before the socket opens
         await client.connect(sync=False)  # sending needs no history
-        if args.to is not None:
-            ack = await client.send_to_user(args.to, text, args.content_type)
-        else:
-            ack = await client.send(args.conversation, text, args.content_type)
+        ack = await client.send(conversation, text, args.content_type)
         print_json(
             {
                 "client_msg_id": ack.client_msg_id,
@@ -53,13 +51,25 @@ async def _send(args: argparse.Namespace) -> int:
     return 0
 
 
+# ``listen --count N`` gives up after this long unless told otherwise (--timeout).
+COUNT_TIMEOUT = 30.0
+
+
+def listen_timeout(args: argparse.Namespace) -> float | None:
+    """Seconds listen runs: --timeout (0: no limit); with --count and no --timeout,
+    COUNT_TIMEOUT, so a script waiting for N messages never hangs."""
+    if args.timeout is not None:
+        return args.timeout or None
+    return COUNT_TIMEOUT if args.count else None
+
+
 async def _listen(args: argparse.Namespace) -> int:
-    async with make_client(args) as client:
-        await client.login(args.user, password(args), args.device or default_device("listen"))
+    limit = listen_timeout(args)
+    async with logged_in(args, "listen", reconnect=True) as client:
         received = 0
         try:
             # the total timeout covers connecting and syncing too
-            async with asyncio.timeout(args.timeout):
+            async with asyncio.timeout(limit):
                 await client.connect()
                 async for event in client.events():
                     print_json(event_json(event))
@@ -68,31 +78,72 @@ async def _listen(args: argparse.Namespace) -> int:
                         if args.count and received >= args.count:
                             return 0
         except TimeoutError:
-            return 0
+            if not args.count:
+                return 0  # listened for as long as asked
+            print_problem(
+                {
+                    "error": "timeout",
+                    "detail": f"{received} of {args.count} messages in {limit:g} s",
+                }
+            )
+            return 1
         print_problem({"error": "closed", "detail": client.close_reason or "closed"})
         return 1
 
 
-def register(
-    sub: argparse._SubParsersAction,
-    gateway: argparse.ArgumentParser,
-    account: argparse.ArgumentParser,
-) -> None:
-    p = sub.add_parser("register", parents=[gateway], help="create a user")
-    p.add_argument("username")
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    return value
+
+
+def register(sub: argparse._SubParsersAction, gateway: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "register",
+        parents=[gateway],
+        help="create a user",
+        description="Create a user; prints it (its user_id) as JSON.",
+    )
+    p.add_argument("username", help="3-32 characters of A-Z a-z 0-9 _ . -")
     p.add_argument("--password", "-p", help="password (prompted if not given)")
-    p.add_argument("--display-name")
+    p.add_argument("--display-name", help="name shown to others (default: the username)")
     p.set_defaults(func=run_client(_register))
 
-    p = sub.add_parser("send", parents=[account], help="send one message, print its SendAck")
-    target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--to", help="peer username or user id (1:1 conversation)")
-    target.add_argument("--conversation", "-c", help="conversation id (d:... or g:...)")
-    p.add_argument("--content-type", default="text/plain")
+    p = sub.add_parser(
+        "send",
+        parents=[account_parent(gateway, "send")],
+        help="send one message, print its SendAck",
+        description="Send one message to a user (--to), a conversation (-c) or a group "
+        "(-g): exactly one of them. Prints the SendAck as JSON once the suite has it.",
+    )
+    add_target(p)
+    p.add_argument("--content-type", default="text/plain", help="default: text/plain")
     p.add_argument("text", nargs="?", help="message text (default: read stdin)")
     p.set_defaults(func=run_client(_send))
 
-    p = sub.add_parser("listen", parents=[account], help="sync, then print incoming messages")
-    p.add_argument("--count", "-n", type=int, default=0, help="stop after N messages")
-    p.add_argument("--timeout", "-t", type=float, default=None, help="stop after S seconds")
+    p = sub.add_parser(
+        "listen",
+        parents=[account_parent(gateway, "listen")],
+        help="sync, then print incoming messages",
+        description="Connect, then sync: prints what arrived while this user was away "
+        "(after its delivered cursor), then every message, receipt and kick as it comes, "
+        "as JSON lines; reconnects by itself. Every device of a user gets every message, "
+        "so a listen beside an open chat sees what arrives from then on.",
+    )
+    p.add_argument(
+        "--count",
+        "-n",
+        type=_positive,
+        default=0,
+        help=f"stop after N messages (exit 1 if they do not come within --timeout, "
+        f"default {COUNT_TIMEOUT:g} s)",
+    )
+    p.add_argument(
+        "--timeout",
+        "-t",
+        type=float,
+        default=None,
+        help=f"stop after S seconds; 0: never (default: never, {COUNT_TIMEOUT:g} with --count)",
+    )
     p.set_defaults(func=run_client(_listen))
