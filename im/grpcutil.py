@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from im.config import Settings
 from im.grpcctx import ContextClientInterceptor, ContextServerInterceptor
+from im.listeners import ListenError, bind_failure, probe, what_of
 
 _SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -117,11 +118,13 @@ class GrpcServer:
         reflection: bool = False,
         health_port: int | None = None,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        port_setting: str = "",
     ) -> None:
         # Request ids and trace context from the callers' metadata (grpcctx) first, so
         # the others (metrics) run inside that context.
         self._interceptors = [ContextServerInterceptor(), *interceptors]
         self._server = grpc.aio.server(options=_SERVER_OPTIONS, interceptors=self._interceptors)
+        self._port_setting = port_setting  # names the setting in a ListenError
         self._health = HealthServicer()
         self._host = host
         self._requested_port = port
@@ -138,17 +141,19 @@ class GrpcServer:
     def for_settings(
         cls,
         settings: Settings,
-        port: int,
+        port_setting: str,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     ) -> GrpcServer:
-        """An internal server as the settings configure it (bind address, TLS, probes)."""
+        """An internal server as the settings configure it (bind address, TLS, probes)
+        on the port of the setting named ``port_setting`` (e.g. ``user_grpc_port``)."""
         return cls(
             settings.internal_host,
-            port,
+            int(getattr(settings, port_setting)),
             security=grpc_security(settings),
             reflection=settings.grpc_reflection,
             health_port=settings.grpc_health_port or None,
             interceptors=interceptors,
+            port_setting=port_setting,
         )
 
     @property
@@ -163,12 +168,21 @@ class GrpcServer:
 
     def _bind(self, server: grpc.aio.Server, port: int, secure: bool) -> int:
         address = f"{self._host}:{port}"
-        if secure and self._security is not None:
-            bound = server.add_secure_port(address, self._security.server_credentials())
-        else:
-            bound = server.add_insecure_port(address)
+        setting = (self._port_setting if secure else "grpc_health_port") or "internal_host"
+        if port:
+            try:  # first with a plain socket: gRPC would only log why it failed
+                probe(self._host, port)
+            except OSError as exc:
+                raise ListenError(what_of(setting), self._host, port, setting, exc) from exc
+        try:
+            if secure and self._security is not None:
+                bound = server.add_secure_port(address, self._security.server_credentials())
+            else:
+                bound = server.add_insecure_port(address)
+        except RuntimeError:  # grpcio: "Failed to bind to address ..."
+            bound = 0
         if bound == 0:
-            raise OSError(f"cannot bind gRPC server to {address}")
+            raise bind_failure(setting, self._host, port)
         return bound
 
     async def start(self) -> int:

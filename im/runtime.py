@@ -76,11 +76,25 @@ async def bounded(what: str, operation: Awaitable[Any], seconds: float) -> None:
         log.warning("stopping: %s failed (%r); going on", what, exc)
 
 
+# Libraries whose INFO lines say nothing an operator needs (alembic lists its plugins
+# and each migration step at every start-up; websockets logs every connection opened
+# and closed): shown only at DEBUG.
+QUIET_LOGGERS = ("alembic", "websockets.server")
+
+
 def setup_logging(settings: Settings, service: str = "") -> None:
     """Logs (text or JSON, with context) and traces (only with an OTLP endpoint) of
     this process; ``service`` names a process that runs one service."""
     logs.setup(settings.log_level, settings.log_format, service)
     tracing.setup(settings.otlp_endpoint, service)
+    quiet_libraries(settings.log_level)
+
+
+def quiet_libraries(level: str) -> None:
+    """QUIET_LOGGERS at WARNING unless ``level`` is DEBUG."""
+    verbose = logging.getLevelNamesMapping().get(level.upper(), logging.INFO) <= logging.DEBUG
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
 
 
 def install_uvloop() -> None:

@@ -112,7 +112,7 @@ class SqlGrpcService:
         )
         self._servicer = self.make_servicer(s, self._engine)
         self._server = GrpcServer.for_settings(
-            s, getattr(s, self.port_setting), interceptors=[self.metrics.grpc_server()]
+            s, self.port_setting, interceptors=[self.metrics.grpc_server()]
         )
         self._server.add(type(self).register, self._servicer, self.service_name)
         self.port = await self._server.start()

@@ -5,12 +5,17 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import shutil
 import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
 
 from im import datadir, logs
 from im.adapters import build_backends
 from im.config import Settings
 from im.grpcutil import InsecureInternalError, require_internal_security
+from im.listeners import ListenError, check_ports
 from im.metrics import MetricsRegistry, MetricsServer
 from im.ports import Backends
 from im.runtime import Service, bounded, install_uvloop, run_until_signal, setup_logging
@@ -44,7 +49,17 @@ class Suite:
         self.metrics = MetricsRegistry()
 
     async def start(self) -> None:
+        """Start every service; when one fails, those already started are stopped
+        again before the error goes on (nothing is left half running)."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         settings = self.settings
+        check_ports(settings, SERVICES)  # a taken port: one line, nothing started
         datadir.prepare(settings.data_dir)  # 0700, files 0600, umask 077
         settings = with_dev_internal_certs(settings)  # mutual TLS between the services
         self.backends = build_backends(settings)
@@ -76,13 +91,33 @@ class Suite:
                 log.exception("stopping %s failed", name)
         self.services.clear()
         if self.backends is not None:
-            await bounded("closing the backends", self.backends.close(), 10)
+            backends, self.backends = self.backends, None
+            await bounded("closing the backends", backends.close(), 10)
 
     def endpoints(self) -> dict[str, dict[str, str]]:
         return {name: s.endpoints() for name, s in self.services.items()}
 
 
-def describe(suite: Suite) -> str:
+DEFAULT_GATEWAY_URL = "http://127.0.0.1:8080"
+
+
+def imctl_command() -> str:
+    """How to run imctl from here: ``imctl`` when that name on PATH is this very
+    program, else its path (relative to the working directory when under it, e.g.
+    ``.venv/bin/imctl`` after ``make run``)."""
+    mine = Path(sys.executable).with_name("imctl")  # the venv's, beside its python
+    found = shutil.which("imctl")
+    if found is not None and (not mine.exists() or Path(found).resolve() == mine.resolve()):
+        return "imctl"
+    if not mine.exists():
+        return f"{sys.executable} -m im.cli"
+    try:
+        return str(mine.relative_to(Path.cwd()))
+    except ValueError:
+        return str(mine)
+
+
+def describe(suite: Suite, imctl: str | None = None) -> str:
     eps = suite.endpoints()
     gw = eps["gateway"]["http"]
     lines = ["im standalone suite is up:"]
@@ -93,11 +128,16 @@ def describe(suite: Suite) -> str:
         "",
         f"Gateway {gw} (API docs at {gw}/docs).",
         f"Chat in the browser: open {gw}/ in two tabs, register a user in each.",
-        "Or in two terminals:",
-        f"  imctl --gateway {gw} register alice --password alicepass1",
-        f"  imctl --gateway {gw} register bob --password bobpass123",
-        f"  imctl --gateway {gw} chat --user bob --password bobpass123 --to alice",
-        f"  imctl --gateway {gw} chat --user alice --password alicepass1 --to bob",
+        "Or in two more terminals:",
+    ]
+    run = imctl or imctl_command()
+    if gw != DEFAULT_GATEWAY_URL:
+        run += f" --gateway {gw}"  # or: export IM_GATEWAY_URL={gw}
+    lines += [
+        f"  {run} register alice --password alicepass1",
+        f"  {run} register bob --password bobpass123",
+        f"  {run} chat --user alice --password alicepass1 --to bob",
+        f"  {run} chat --user bob --password bobpass123 --to alice",
         "Stop with Ctrl-C.",
     ]
     return "\n".join(lines)
@@ -118,6 +158,7 @@ async def serve_one(name: str, settings: Settings) -> None:
         require_internal_security(settings)
     except InsecureInternalError as exc:
         raise SystemExit(f"{name}: {exc}") from None
+    check_ports(settings, [name])  # a taken port: one line, nothing started
     backends = build_backends(settings, client_id=f"im-{name}")
     metrics = MetricsRegistry()
     service = build_service(name, settings, backends, metrics)
@@ -131,7 +172,11 @@ async def serve_one(name: str, settings: Settings) -> None:
 
     async def start() -> None:
         await backends.start()
-        await service.start()
+        try:
+            await service.start()
+        except BaseException:
+            await bounded("closing the backends", backends.close(), 10)
+            raise
         endpoints = service.endpoints()
         if exposition is not None:
             await exposition.start()
@@ -149,12 +194,22 @@ async def serve_one(name: str, settings: Settings) -> None:
     await run_until_signal(start, stop)
 
 
+def run_servers(main: Coroutine[Any, Any, None], program: str) -> int:
+    """Run a server coroutine to its end: 0 after a clean stop, 1 with one line on
+    stderr when a port cannot be had (which setting to change), 130 on Ctrl-C."""
+    try:
+        asyncio.run(main)
+    except ListenError as exc:
+        print(f"{program}: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
 def main_for(name: str) -> None:
     """`python -m services.<name>`: one service from environment configuration."""
     settings = Settings()
     setup_logging(settings, name)
     install_uvloop()
-    try:
-        asyncio.run(serve_one(name, settings))
-    except KeyboardInterrupt:
-        sys.exit(130)
+    sys.exit(run_servers(serve_one(name, settings), f"services.{name}"))

@@ -1,5 +1,4 @@
-"""``imctl group ...`` and ``imctl receipts``: groups and read receipts from a shell,
-and ``--group`` for ``imctl send``.
+"""``imctl group ...`` and ``imctl receipts``: groups and read receipts from a shell.
 
 Hooked into the parser by ``register`` (called from ``im.cli.main.build_parser``).
 Like the other client commands they print JSON lines on stdout and problems as JSON on
@@ -13,7 +12,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from im.cli.main import _client, _password, _print_json, _run_client, default_device
+from im.cli.common import UserNames, logged_in, print_json, run_client
 from im.client.gateway import as_group_id
 
 if TYPE_CHECKING:
@@ -46,8 +45,7 @@ def _with_client(
     so that name resolution (and its cache) is the one ``send --to`` uses."""
 
     async def run(args: argparse.Namespace) -> int:
-        async with _client(args) as client:
-            await client.login(args.user, _password(args), args.device or default_device("group"))
+        async with logged_in(args, "group") as client:
             return await body(client, args)
 
     return run
@@ -58,19 +56,19 @@ def _with_client(
 
 async def _create(client: ImClient, args: argparse.Namespace) -> int:
     member_ids = await _resolve(client, _split_members(args.members))
-    _print_json(await client.gateway.create_group(args.name, member_ids, args.history_visible))
+    print_json(await client.gateway.create_group(args.name, member_ids, args.history_visible))
     return 0
 
 
 async def _info(client: ImClient, args: argparse.Namespace) -> int:
-    _print_json(await client.gateway.group(args.group))
+    print_json(await client.gateway.group(args.group))
     return 0
 
 
 async def _add(client: ImClient, args: argparse.Namespace) -> int:
     user_ids = await _resolve(client, args.members)
     added = await client.gateway.add_members(args.group, user_ids)
-    _print_json({"conversation_id": as_group_id(args.group), "added": added})
+    print_json({"conversation_id": as_group_id(args.group), "added": added})
     return 0
 
 
@@ -80,30 +78,38 @@ async def _remove(client: ImClient, args: argparse.Namespace) -> int:
     # which members are already gone.
     for user_id in await _resolve(client, args.members):
         await client.gateway.remove_member(gid, user_id)
-        _print_json({"conversation_id": gid, "removed": user_id})
+        print_json({"conversation_id": gid, "removed": user_id})
     return 0
 
 
 async def _leave(client: ImClient, args: argparse.Namespace) -> int:
     await client.gateway.leave_group(args.group)
-    _print_json({"conversation_id": as_group_id(args.group), "left": True})
+    print_json({"conversation_id": as_group_id(args.group), "left": True})
     return 0
 
 
 async def _members(client: ImClient, args: argparse.Namespace) -> int:
-    async for member in client.gateway.members_all(args.group, page_size=args.page_size):
-        _print_json(member)
-    return 0
+    """Page by page, each member with its username (looked up a few at a time)."""
+    names = UserNames(client, LOOKUP_CONCURRENCY)
+    cursor: str | None = None
+    while True:
+        page = await client.gateway.members(args.group, cursor, args.page_size)
+        usernames = await names.all([int(m["user_id"]) for m in page.members])
+        for member, username in zip(page.members, usernames, strict=True):
+            print_json({"user_id": member["user_id"], "username": username, **member})
+        if page.next_cursor is None or not page.members:
+            return 0
+        cursor = page.next_cursor
 
 
 async def _role(client: ImClient, args: argparse.Namespace) -> int:
     (user_id,) = await _resolve(client, [args.member])
-    _print_json(await client.gateway.set_role(args.group, user_id, args.role))
+    print_json(await client.gateway.set_role(args.group, user_id, args.role))
     return 0
 
 
 async def _receipts(client: ImClient, args: argparse.Namespace) -> int:
-    _print_json(
+    print_json(
         await client.gateway.receipts(
             args.conversation, args.seq, cursor=args.cursor, limit=args.limit, list=args.list
         )
@@ -122,9 +128,9 @@ def _positive(text: str) -> int:
 
 
 def register(sub: argparse._SubParsersAction, account: argparse.ArgumentParser) -> None:
-    """Add ``group`` and ``receipts`` to ``sub`` (the subparsers of imctl), and
-    ``--group`` to ``send``. ``account`` is the parent parser of client commands
-    (--user, --password, --device, --gateway)."""
+    """Add ``group`` and ``receipts`` to ``sub`` (the subparsers of imctl).
+    ``account`` is the parent parser of client commands (--user, --password, --device,
+    --gateway)."""
     group_help = "group id: g:<digits> or just the digits"
 
     p = sub.add_parser("group", help="create and manage groups")
@@ -140,36 +146,38 @@ def register(sub: argparse._SubParsersAction, account: argparse.ArgumentParser) 
         action="store_true",
         help="members added later can read messages from before they joined",
     )
-    a.set_defaults(func=_run_client(_with_client(_create)))
+    a.set_defaults(func=run_client(_with_client(_create)))
 
     a = actions.add_parser("info", parents=[account], help="print a group and your role")
     a.add_argument("group", help=group_help)
-    a.set_defaults(func=_run_client(_with_client(_info)))
+    a.set_defaults(func=run_client(_with_client(_info)))
 
     a = actions.add_parser("add", parents=[account], help="add members (owner/admin)")
     a.add_argument("group", help=group_help)
     a.add_argument("members", nargs="+", metavar="MEMBER", help="username or user id")
-    a.set_defaults(func=_run_client(_with_client(_add)))
+    a.set_defaults(func=run_client(_with_client(_add)))
 
     a = actions.add_parser("remove", parents=[account], help="remove members (owner/admin)")
     a.add_argument("group", help=group_help)
     a.add_argument("members", nargs="+", metavar="MEMBER", help="username or user id")
-    a.set_defaults(func=_run_client(_with_client(_remove)))
+    a.set_defaults(func=run_client(_with_client(_remove)))
 
     a = actions.add_parser("leave", parents=[account], help="leave a group")
     a.add_argument("group", help=group_help)
-    a.set_defaults(func=_run_client(_with_client(_leave)))
+    a.set_defaults(func=run_client(_with_client(_leave)))
 
-    a = actions.add_parser("members", parents=[account], help="print members as JSON lines")
+    a = actions.add_parser(
+        "members", parents=[account], help="print members (with usernames) as JSON lines"
+    )
     a.add_argument("group", help=group_help)
     a.add_argument("--page-size", type=_positive, default=1000, help="members per request")
-    a.set_defaults(func=_run_client(_with_client(_members)))
+    a.set_defaults(func=run_client(_with_client(_members)))
 
     a = actions.add_parser("role", parents=[account], help="make a member admin or member")
     a.add_argument("group", help=group_help)
     a.add_argument("member", help="username or user id")
     a.add_argument("role", choices=("admin", "member"))
-    a.set_defaults(func=_run_client(_with_client(_role)))
+    a.set_defaults(func=run_client(_with_client(_role)))
 
     p = sub.add_parser(
         "receipts", parents=[account], help="who has (not) read a message: counts and pages"
@@ -181,26 +189,4 @@ def register(sub: argparse._SubParsersAction, account: argparse.ArgumentParser) 
     p.add_argument("--list", choices=("read", "unread", "both"), default="both", help="which lists")
     p.add_argument("--limit", type=_positive, default=100, help="page size of each list")
     p.add_argument("--cursor", help="next_cursor of the previous page")
-    p.set_defaults(func=_run_client(_with_client(_receipts)))
-
-    _add_send_group_option(sub)
-
-
-def _add_send_group_option(sub: argparse._SubParsersAction) -> None:
-    """``imctl send --group G``: a group's id is its conversation id, so the option
-    only fills ``conversation`` (which ``send`` already handles) with ``g:<id>``.
-
-    Added from here rather than in main.py so that the group commands stay in one
-    module; it joins send's required target group (--to | --conversation) so that
-    exactly one target is still enforced. argparse has no public accessor for a
-    parser's mutually exclusive groups, hence ``_mutually_exclusive_groups``.
-    """
-    send = sub.choices["send"]
-    target = next(g for g in send._mutually_exclusive_groups if g.required)
-    target.add_argument(
-        "--group",
-        "-g",
-        dest="conversation",
-        type=as_group_id,
-        help="group id, g:<digits> or just the digits (its conversation)",
-    )
+    p.set_defaults(func=run_client(_with_client(_receipts)))

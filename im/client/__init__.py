@@ -20,6 +20,7 @@ from im.client.gateway import (
     as_group_id,
     message_from_json,
 )
+from im.client.reconnect import Reconnected, Reconnecting, ReconnectPolicy
 from im.client.session import ImClient
 
 __all__ = [
@@ -35,6 +36,9 @@ __all__ = [
     "ImClient",
     "LoginResult",
     "MemberPage",
+    "ReconnectPolicy",
+    "Reconnected",
+    "Reconnecting",
     "SeenIds",
     "SendError",
     "SendTimeout",

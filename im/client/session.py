@@ -1,18 +1,6 @@
-"""High-level client: login, connect, sync, send, and one ordered message stream.
-
-What ``ImClient`` promises its user (DESIGN.md "at least once on the wire, exactly
-once on the screen"):
-
-- every message of every conversation appears once in ``events()``/``messages()``,
-  whether it came live on the socket or was pulled from history by sync;
-- per conversation in seq order: a live message that skips seqs first pulls the gap
-  from the history endpoint;
-- a message is acknowledged (DeliverAck for live ones, REST ack for synced ones) only
-  once it has been handed to the stream, so the server's delivered cursor never runs
-  ahead of what this client really holds.
-
-The socket is opened before syncing (nothing sent in between is missed) and the live
-messages that arrive meanwhile wait in the connection's queue until sync is done.
+"""High-level client: login, connect, sync, send, and one ordered message stream
+(``MessageStream``, im/client/stream.py, says what it promises); optionally it stays
+connected (im/client/reconnect.py).
 """
 
 from __future__ import annotations
@@ -20,24 +8,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 
-from im.client.connection import Connection, Event, SeenIds, Transport
+from im.client.connection import Connection, Transport
 from im.client.errors import ApiError, AuthError, ClientError, ConnectionClosed
 from im.client.gateway import GatewayClient, LoginResult, as_group_id
+from im.client.reconnect import Reconnected, Reconnector, ReconnectPolicy, final_kick
+from im.client.stream import MessageStream
 from im.client.transports import tls_context
+from im.clock import Clock, SystemClock
 from im.ids import direct_conversation_id
 from im.v1 import wire_pb2
 
 log = logging.getLogger("im.client")
 
-_END = object()
 
-
-class ImClient:
+class ImClient(MessageStream):
     def __init__(
         self,
         gateway_url: str,
@@ -49,9 +37,17 @@ class ImClient:
         http_timeout: float = 10.0,
         http_transport: httpx.AsyncBaseTransport | None = None,
         ca_file: str | None = None,
+        reconnect: ReconnectPolicy | bool = False,
+        clock: Clock | None = None,
     ) -> None:
         """``ca_file``: the CA that signed the gateway's and connectors' certificates,
-        when they serve TLS with a private or development CA."""
+        when they serve TLS with a private or development CA.
+
+        ``reconnect``: when the socket ends (a draining connector's Kick RECONNECT, a
+        connection lost), log in again and reconnect with backoff, the stream going on
+        (``True`` for the default ``ReconnectPolicy``; see im/client/reconnect.py).
+        Without it the stream ends and ``connect()`` may be called again.
+        """
         self.gateway = GatewayClient(
             gateway_url, timeout=http_timeout, transport=http_transport, ca_file=ca_file
         )
@@ -63,13 +59,26 @@ class ImClient:
         self.connection: Connection | None = None
 
         self._credentials: tuple[str, str, str] | None = None
-        self._emitted = SeenIds(dedupe_size)
-        self._cursor: dict[str, int] = {}  # highest seq handed out, per conversation
-        self._synced = False
-        self._dropped = 0  # duplicates caught here (sync/live overlap)
-        self._out: asyncio.Queue[object] = asyncio.Queue()
+        MessageStream.__init__(self, self.gateway, dedupe_size)
         self._pump: asyncio.Task[None] | None = None
         self._user_ids: dict[str, int] = {}
+
+        self._sync_on_connect = True
+        self._closing = False
+        self._ended: str | None = None  # why the stream ended, when not the socket
+        self._reconnecting: asyncio.Task[None] | None = None
+        policy = ReconnectPolicy() if reconnect is True else reconnect or None
+        self._reconnector = (
+            Reconnector(
+                policy,
+                clock or SystemClock(),
+                self._connect_again,
+                self._out.put_nowait,
+                self._end_stream,
+            )
+            if policy is not None
+            else None
+        )
 
     # ------------------------------------------------------------------ session
 
@@ -87,11 +96,13 @@ class ImClient:
 
     @property
     def close_reason(self) -> str | None:
+        if self._ended is not None:
+            return self._ended
         return self.connection.close_reason if self.connection else None
 
-    def cursor(self, conversation_id: str) -> int:
-        """Highest seq of ``conversation_id`` this client has handed out."""
-        return self._cursor.get(conversation_id, 0)
+    @property
+    def connected(self) -> bool:
+        return self.connection is not None and not self.connection.closed
 
     async def register(
         self, username: str, password: str, display_name: str | None = None
@@ -112,8 +123,18 @@ class ImClient:
         """
         if transport is not None:
             self.transport = transport
-        if self.connection is not None and not self.connection.closed:
+        if self.connected:
             raise ClientError("already connected")
+        self._sync_on_connect = sync
+        self._ended = None
+        await self._connect(sync)
+
+    async def _connect_again(self, attempt: int) -> None:
+        """One reconnect attempt: what ``connect`` did the first time, then the
+        conversations seen so far are caught up where the first time did not sync."""
+        await self._connect(self._sync_on_connect, catch_up=True, attempts=attempt)
+
+    async def _connect(self, sync: bool, *, catch_up: bool = False, attempts: int = 0) -> None:
         previous = self.connection
         relogin = (
             self.login_result is None
@@ -129,11 +150,7 @@ class ImClient:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._pump
             self._pump = None
-        leftover, self._out = self._out, asyncio.Queue()
-        while not leftover.empty():
-            item = leftover.get_nowait()
-            if item is not _END:
-                self._out.put_nowait(item)
+        self._reopen()  # what the user has not read yet stays
         try:
             conn = await self._open()
         except AuthError as exc:
@@ -150,12 +167,16 @@ class ImClient:
             await self._relogin()
             conn = await self._open()
         self.connection = conn
-        if sync:
-            try:
+        if attempts:
+            self._out.put_nowait(Reconnected(conn.connector_id, attempts))
+        try:
+            if sync:
                 await self.sync()
-            except BaseException:
-                await conn.close()
-                raise
+            elif catch_up:
+                await self._catch_up()
+        except BaseException:
+            await conn.close()
+            raise
         self._pump = asyncio.create_task(self._run_pump(conn), name="im-client-pump")
 
     async def _relogin(self) -> None:
@@ -197,39 +218,6 @@ class ImClient:
             auto_ack=False,  # we ack what we have handed out, see module doc
         )
 
-    async def sync(self) -> int:
-        """Pull what was missed in every conversation into the stream; count of new messages."""
-        pulled = 0
-        for conv in await self.gateway.sync():
-            cid = conv["conversation_id"]
-            base = max(self._cursor.get(cid, 0), int(conv.get("delivered_seq") or 0))
-            self._cursor[cid] = base
-            if int(conv.get("last_seq") or 0) <= base:
-                continue
-            pulled += await self._pull(cid, base, None)
-        self._synced = True
-        return pulled
-
-    async def _pull(self, cid: str, after_seq: int, until_seq: int | None) -> int:
-        """Emit history after ``after_seq`` (up to ``until_seq``) and REST-ack it."""
-        count = 0
-        async for message in self.gateway.history_all(cid, after_seq, until_seq=until_seq):
-            if self._emit(message):
-                count += 1
-        top = self._cursor.get(cid, 0)
-        if top > after_seq:
-            await self.gateway.ack(cid, top)
-        return count
-
-    def _emit(self, message: wire_pb2.Message) -> bool:
-        if not self._emitted.add(message.msg_id):
-            self._dropped += 1
-            return False
-        cid = message.conversation_id
-        self._cursor[cid] = max(self._cursor.get(cid, 0), message.seq)
-        self._out.put_nowait(message)
-        return True
-
     async def _run_pump(self, conn: Connection) -> None:
         try:
             async for event in conn.events():
@@ -243,24 +231,21 @@ class ImClient:
             log.exception("client event pump failed")
             await conn.close()
         finally:
-            self._out.put_nowait(_END)
+            self._stream_ended(conn)
 
-    async def _accept_live(self, conn: Connection, message: wire_pb2.Message) -> None:
-        cid = message.conversation_id
-        if cid not in self._cursor and not self._synced:
-            self._cursor[cid] = message.seq - 1  # no sync: history starts here
-        base = self._cursor.get(cid, 0)  # a conversation new since sync starts at 0
-        if message.seq > base + 1:
-            try:
-                await self._pull(cid, base, message.seq - 1)
-            except ApiError as exc:
-                # e.g. history before we joined the group is not ours to see
-                log.warning("could not pull %s after seq %d: %s", cid, base, exc)
-        if not self._emit(message):
-            # already handed out (it came by sync): make sure the connector stops resending
-            await conn.ack(cid, self._cursor.get(cid, 0))
+    def _stream_ended(self, conn: Connection) -> None:
+        """The socket is gone: reconnect (when asked to and it makes sense) or end."""
+        if self._reconnector is None or self._closing or final_kick(conn.kick):
+            self._end()
             return
-        await conn.ack(cid, self._cursor[cid])
+        reason = conn.close_reason or "connection closed"
+        self._reconnecting = asyncio.get_running_loop().create_task(
+            self._reconnector.run(reason), name="im-client-reconnect"
+        )
+
+    def _end_stream(self, reason: str) -> None:
+        self._ended = reason
+        self._end()
 
     # ------------------------------------------------------------------ sending
 
@@ -284,7 +269,10 @@ class ImClient:
         return self._user_ids[peer]
 
     async def direct_conversation_with(self, peer: str | int) -> str:
-        return direct_conversation_id(self.user_id, await self.resolve_user(peer))
+        try:
+            return direct_conversation_id(self.user_id, await self.resolve_user(peer))
+        except ValueError as exc:  # the peer is this user
+            raise ClientError(f"{peer}: {exc}") from None
 
     async def send_to_user(
         self, peer: str | int, text: str | bytes, content_type: str = "text/plain", **kwargs: Any
@@ -318,23 +306,15 @@ class ImClient:
 
     # ------------------------------------------------------------------ reading
 
-    async def events(self) -> AsyncIterator[Event]:
-        """Messages (sync + live, once each), Receipts and Kicks until the connection ends."""
-        while True:
-            item = await self._out.get()
-            if item is _END:
-                self._out.put_nowait(_END)
-                return
-            yield item  # type: ignore[misc]
-
-    async def messages(self) -> AsyncIterator[wire_pb2.Message]:
-        async for event in self.events():
-            if isinstance(event, wire_pb2.Message):
-                yield event
-
     # ------------------------------------------------------------------ closing
 
     async def close(self, *, logout: bool = False) -> None:
+        self._closing = True
+        if self._reconnecting is not None and not self._reconnecting.done():
+            self._reconnecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reconnecting
+            self._end()
         if self.connection is not None:
             await self.connection.close()
         if self._pump is not None:

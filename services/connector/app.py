@@ -11,6 +11,7 @@ from im.clock import Clock
 from im.config import Settings
 from im.grpcutil import ChannelPool, GrpcServer, service_name
 from im.ids import NODE_IDS
+from im.listeners import ListenError
 from im.metrics import MetricsRegistry
 from im.ports import Backends, ConnectorInfo
 from im.runtime import bounded, local_connectors
@@ -53,7 +54,7 @@ class ConnectorApp:
         connector_metrics.register(self.metrics, self.core)
         self._ssl = public_ssl(settings)
         self._grpc = GrpcServer.for_settings(
-            settings, settings.connector_grpc_port, interceptors=[self.metrics.grpc_server()]
+            settings, "connector_grpc_port", interceptors=[self.metrics.grpc_server()]
         )
         self._grpc.add(
             connector_pb2_grpc.add_ConnectorServiceServicer_to_server,
@@ -78,10 +79,11 @@ class ConnectorApp:
         lease = await self.backends.registry.lease_node_id(self.core.connector_id, NODE_IDS)
         self.core.ids.follow(lease)
         grpc_port = await self._grpc.start()
-        self._tcp = await start_tcp(self.core, s.host, s.connector_tcp_port, self._ssl)
-        self.tcp_port = self._tcp.sockets[0].getsockname()[1]
-        self._ws = await start_ws(self.core, s.host, s.connector_ws_port, self._ssl)
-        self.ws_port = next(iter(self._ws.sockets)).getsockname()[1]
+        try:
+            await self._listen()
+        except BaseException:
+            await self._close_listeners()
+            raise
         self.core.info = ConnectorInfo(
             connector_id=self.core.connector_id,
             host=s.public_host(),
@@ -117,6 +119,33 @@ class ConnectorApp:
             self.ws_port,
             grpc_port,
         )
+
+    async def _listen(self) -> None:
+        """The client listeners (TCP, WebSocket); a port that cannot be had is a
+        ListenError naming its setting."""
+        s = self.settings
+        try:
+            self._tcp = await start_tcp(self.core, s.host, s.connector_tcp_port, self._ssl)
+        except OSError as exc:
+            raise ListenError(
+                "connector TCP", s.host, s.connector_tcp_port, "connector_tcp_port", exc
+            ) from exc
+        self.tcp_port = self._tcp.sockets[0].getsockname()[1]
+        try:
+            self._ws = await start_ws(self.core, s.host, s.connector_ws_port, self._ssl)
+        except OSError as exc:
+            raise ListenError(
+                "connector WebSocket", s.host, s.connector_ws_port, "connector_ws_port", exc
+            ) from exc
+        self.ws_port = next(iter(self._ws.sockets)).getsockname()[1]
+
+    async def _close_listeners(self) -> None:
+        """After a failed start: what did open is closed again, quietly."""
+        for server in (self._tcp, self._ws):
+            if server is not None:
+                server.close()
+        self._tcp = self._ws = None
+        await self._grpc.stop(0)
 
     async def _follow_membership(self) -> None:
         consumer = self._membership

@@ -16,9 +16,10 @@ from services.gateway import (
     api_users,
 )
 from services.gateway.context import RequestContextMiddleware
+from services.gateway.docs_ui import DOCS_PAGES, add_docs
 from services.gateway.guards import BodyLimitMiddleware, SecurityHeadersMiddleware
 from services.gateway.observe import Metrics, ObserveMiddleware
-from services.gateway.problems import add_problem_handlers, problem
+from services.gateway.problems import add_problem_handlers, problem, problem_openapi
 from services.gateway.service import Gateway
 from services.gateway.web import add_web_page
 
@@ -34,7 +35,12 @@ def create_app(
         description="Login, connector assignment, users, conversations, groups, history, "
         "sync and receipts. Errors are RFC 9457 problem details (`application/problem+json`) "
         "with a stable `code`.",
+        docs_url=None,  # served from local assets by docs_ui
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
     )
+    add_docs(app)
+    app.openapi = lambda: problem_openapi(app)  # type: ignore[method-assign]
     app.state.gateway = gateway
     app.state.metrics = metrics = Metrics(registry)
     # This order is the order of the paths in openapi.json and the docs.
@@ -48,9 +54,7 @@ def create_app(
     # Outermost (added last): every answer gets the headers, 500s and 413s included.
     app.add_middleware(
         SecurityHeadersMiddleware,
-        docs_paths=[
-            p for p in (app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url) if p
-        ],
+        docs_paths=DOCS_PAGES,
         no_store_prefixes=["/v1/"],  # tokens and user data: never cached
         hsts=gateway.settings.public_tls(),
     )

@@ -44,7 +44,7 @@ async def create_group(gateway: GatewayDep, claims: Auth, body: CreateGroupReque
     "/v1/groups/{group_id}",
     response_model=GroupOut,
     tags=["groups"],
-    responses=problem_responses(401, 403, 404, 503),
+    responses=problem_responses(401, 403, 404, 422, 503),
 )
 async def get_group(gateway: GatewayDep, claims: Auth, group_id: GroupId) -> GroupOut:
     """A group and the caller's role in it. Members only."""
@@ -106,7 +106,7 @@ async def set_member_role(
     status_code=204,
     response_class=Response,
     tags=["groups"],
-    responses=problem_responses(401, 403, 404, 409, 503),
+    responses=problem_responses(401, 403, 404, 409, 422, 503),
 )
 async def remove_member(
     gateway: GatewayDep, claims: Auth, group_id: GroupId, user_id: MemberId
@@ -122,7 +122,7 @@ async def remove_member(
     status_code=204,
     response_class=Response,
     tags=["groups"],
-    responses=problem_responses(401, 403, 404, 409, 503),
+    responses=problem_responses(401, 403, 404, 409, 422, 503),
 )
 async def leave_group(gateway: GatewayDep, claims: Auth, group_id: GroupId) -> Response:
     """Leave the group (the owner cannot)."""

@@ -14,6 +14,7 @@ from im.adapters.factory import build_message_store
 from im.auth import TokenIssuer, TokenVerifier, load_keys
 from im.config import Settings
 from im.httpserve import QuietServer, bind_socket
+from im.listeners import ListenError
 from im.metrics import MetricsRegistry, MetricsServer
 from im.ports import Backends, MessageStore
 from im.tls import public_files
@@ -56,9 +57,17 @@ class GatewayService:
         self._metrics: MetricsServer | None = None
 
     async def start(self) -> None:
-        await self.gateway.open()
+        host, port = self._settings.host, self._settings.gateway_port
+        try:
+            sock = bind_socket(host, port)  # first: a taken port fails before anything opens
+        except OSError as exc:
+            raise ListenError("gateway HTTP", host, port, "gateway_port", exc) from exc
+        try:
+            await self.gateway.open()
+        except BaseException:
+            sock.close()
+            raise
         tls = public_files(self._settings)
-        sock = bind_socket(self._settings.host, self._settings.gateway_port)
         self._port = sock.getsockname()[1]
         config = uvicorn.Config(
             self._create_app(),

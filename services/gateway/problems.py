@@ -111,12 +111,60 @@ async def _validation_error(_request: Request, exc: Exception) -> Response:
     return problem(422, "invalid_request", "; ".join(parts) or "invalid request")
 
 
-def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for the problems a route may answer."""
-    return {
-        s: {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}, "description": "Problem"}
-        for s in statuses
+PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+_DESCRIPTIONS = {
+    400: "Bad request",
+    401: "Not logged in: no, an invalid, expired or revoked token (or wrong credentials)",
+    403: "Not allowed (e.g. not a member)",
+    404: "Not found",
+    409: "Conflict with the current state",
+    413: "Request body too large",
+    422: "Invalid input: the problem's detail says which field and why",
+    429: "Too many attempts: wait Retry-After seconds",
+    503: "A service behind the gateway is unavailable; try again",
+}
+RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before trying again.",
+        "schema": {"type": "integer"},
     }
+}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the problems a route may answer: each an
+    ``application/problem+json`` body of the ``Problem`` schema (``problem_openapi``
+    puts it into the components)."""
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        response: dict[str, Any] = {
+            "description": _DESCRIPTIONS.get(status, "Problem"),
+            "content": {PROBLEM_MEDIA_TYPE: {"schema": PROBLEM_REF}},
+        }
+        if status == 429:
+            response["headers"] = RETRY_AFTER
+        responses[status] = response
+    return responses
+
+
+def problem_openapi(app: FastAPI) -> dict[str, Any]:
+    """The app's OpenAPI document with the ``Problem`` schema in its components, and
+    without FastAPI's own 422 (a ``HTTPValidationError`` body the API never sends:
+    validation errors are problems, and a route that can answer 422 says so)."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    app.openapi_schema = schema = FastAPI.openapi(app)
+    schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+    schemas["Problem"] = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.get("responses", {})
+            default = responses.get("422", {}).get("content", {}).get("application/json", {})
+            if "HTTPValidationError" in str(default.get("schema", {})):
+                del responses["422"]
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    return schema
 
 
 def add_problem_handlers(app: FastAPI) -> None:

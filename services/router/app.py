@@ -60,7 +60,7 @@ class RouterApp:
         # Health only: probes see whether batches go through (a
         # router whose store or bus fails keeps running but reports NOT_SERVING).
         self._grpc = GrpcServer.for_settings(
-            settings, settings.router_grpc_port, interceptors=[self.metrics.grpc_server()]
+            settings, "router_grpc_port", interceptors=[self.metrics.grpc_server()]
         )
         router_metrics.register(self.metrics, self.router, lambda: self._consumer)
 

@@ -62,13 +62,21 @@ def _start_suite_once(data_dir: Path, **overrides: str) -> RunningSuite:
         }
     )
     env.update({f"IM_{k.upper()}": v for k, v in overrides.items()})
-    log_path = data_dir / "suite.log"
     data_dir.mkdir(parents=True, exist_ok=True)
-    log_file = log_path.open("wb")
+    return _launch(env, data_dir / "suite.log", "wb")
+
+
+def restart_suite(suite: RunningSuite) -> RunningSuite:
+    """The same suite (ports, data folder, settings) started again after stop_suite."""
+    return _launch(suite.env, suite.log_path, "ab")  # the log goes on
+
+
+def _launch(env: dict[str, str], log_path: Path, mode: str) -> RunningSuite:
+    log_file = log_path.open(mode)
     process = subprocess.Popen(
         [str(IMCTL), "standalone"], env=env, stdout=log_file, stderr=subprocess.STDOUT
     )
-    gateway = f"http://127.0.0.1:{ports['GATEWAY_PORT']}"
+    gateway = f"http://127.0.0.1:{env['IM_GATEWAY_PORT']}"
     deadline = time.monotonic() + 30
     while True:
         if process.poll() is not None:
@@ -84,8 +92,8 @@ def _start_suite_once(data_dir: Path, **overrides: str) -> RunningSuite:
         time.sleep(0.1)
     return RunningSuite(
         gateway=gateway,
-        tcp=f"127.0.0.1:{ports['CONNECTOR_TCP_PORT']}",
-        ws=f"ws://127.0.0.1:{ports['CONNECTOR_WS_PORT']}/ws",
+        tcp=f"127.0.0.1:{env['IM_CONNECTOR_TCP_PORT']}",
+        ws=f"ws://127.0.0.1:{env['IM_CONNECTOR_WS_PORT']}/ws",
         process=process,
         log_path=log_path,
         env=env,
@@ -99,7 +107,10 @@ def start_suite(data_dir: Path, **overrides: str) -> RunningSuite:
         try:
             return _start_suite_once(data_dir, **overrides)
         except RuntimeError as exc:
-            taken = "Failed to bind" in str(exc) or "address already in use" in str(exc)
+            text = str(exc)
+            taken = any(
+                sign in text for sign in ("Failed to bind", "already in use", "cannot listen on")
+            )
             if not taken or attempt == 2:
                 raise
     raise AssertionError("unreachable")

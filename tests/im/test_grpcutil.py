@@ -173,11 +173,12 @@ async def test_settings_give_security_only_with_all_three_files(tmp_path: Path) 
         internal_cert_file=str(files.cert),
         internal_key_file=str(files.key),
         internal_server_name="suite.test",
+        user_grpc_port=0,
     )
     security = grpc_security(settings)
     assert security is not None and security.server_name == "suite.test"
     assert security.private_key == files.key.read_bytes()
-    assert GrpcServer.for_settings(settings, 0).secure
+    assert GrpcServer.for_settings(settings, "user_grpc_port").secure
 
 
 def test_a_service_without_credentials_must_be_told_it_may_run_open() -> None:
@@ -198,7 +199,9 @@ async def health_of(addr: str) -> grpc.StatusCode:
 async def test_internal_servers_bind_the_internal_host_not_the_public_one() -> None:
     settings = Settings(host="127.0.0.1", internal_host="127.0.0.2", internal_insecure=True)
     assert settings.user_addr() == f"127.0.0.2:{settings.user_grpc_port}"
-    server = GrpcServer.for_settings(settings, 0)
+    server = GrpcServer.for_settings(
+        settings.model_copy(update={"user_grpc_port": 0}), "user_grpc_port"
+    )
     port = await server.start()
     try:
         assert await health_of(f"127.0.0.2:{port}") == grpc.StatusCode.OK

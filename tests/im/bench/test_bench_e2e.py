@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from im.cli.main import build_parser, cmd_bench
+from im.cli.main import build_parser
+from im.cli.servers import cmd_bench
 
 pytestmark = pytest.mark.e2e
 

@@ -133,10 +133,10 @@ async def test_commands_against_a_real_gateway(
     assert code == 0 and lines == [{"conversation_id": gid, "added": [carol_id]}]
     code, lines = await imctl("group", "members", gid, "--page-size", "2")
     assert code == 0
-    assert [(m["user_id"], m["role"]) for m in lines] == [
-        (alice_id, "owner"),
-        (bob_id, "member"),
-        (carol_id, "member"),
+    assert [(m["user_id"], m["username"], m["role"]) for m in lines] == [
+        (alice_id, "alice", "owner"),
+        (bob_id, "bob", "member"),
+        (carol_id, "carol", "member"),
     ]
     code, [member] = await imctl("group", "role", gid, "bob", "admin")
     assert code == 0 and member["role"] == "admin"

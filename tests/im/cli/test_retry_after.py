@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from im.cli.main import _run_client
+from im.cli.common import run_client
 from im.client import ApiError
 
 
@@ -15,7 +15,7 @@ def test_a_rate_limited_command_prints_when_to_retry(capsys: pytest.CaptureFixtu
     async def limited(args: argparse.Namespace) -> int:
         raise ApiError(429, "rate_limited", "too many failed logins", retry_after=12)
 
-    assert _run_client(limited)(argparse.Namespace()) == 1
+    assert run_client(limited)(argparse.Namespace()) == 1
     problem = json.loads(capsys.readouterr().err)
     assert problem["code"] == "rate_limited"
     assert problem["retry_after"] == 12
@@ -26,5 +26,5 @@ def test_other_problems_have_no_hint(capsys: pytest.CaptureFixture[str]) -> None
     async def refused(args: argparse.Namespace) -> int:
         raise ApiError(401, "invalid_credentials", "wrong username or password")
 
-    assert _run_client(refused)(argparse.Namespace()) == 1
+    assert run_client(refused)(argparse.Namespace()) == 1
     assert "hint" not in json.loads(capsys.readouterr().err)

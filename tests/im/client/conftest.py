@@ -86,6 +86,8 @@ class FakeIm:
         self.answer_pings = True
         self.on_auth: Callable[[FakeSession], Awaitable[None]] | None = None
         self.page_limit_seen: list[int] = []
+        self.logins = 0  # successful logins
+        self.login_problem: tuple[int, str] | None = None  # answer logins with it
         self._next_msg_id = 1_000_000_000_000
         self.tcp_address = ""
         self.ws_address = ""
@@ -320,9 +322,13 @@ class FakeIm:
 
         @app.post("/v1/auth/login")
         async def login(body: dict[str, Any]) -> Any:
+            if self.login_problem is not None:
+                return _problem(*self.login_problem, "login refused by the test")
             entry = self.users.get(body["username"])
             if entry is None or entry[1] != body["password"]:
                 return _problem(401, "invalid_credentials", "wrong username or password")
+            self.logins += 1
+            self._touch()
             return {
                 "access_token": f"tok:{entry[0]}:{body['device_id']}",
                 "token_type": "Bearer",
