@@ -12,6 +12,9 @@ adds to integers.
 - ``im_connector_kicks_total{reason}``.
 - ``im_connector_outbox_bytes{transport}``, ``im_connector_outbox_max_bytes``: bytes
   queued for clients (all, and the largest one: a slow reader nearing the limit).
+- ``im_connector_sends_refused_total``, ``im_connector_sends_in_flight``,
+  ``im_connector_router_lag_seconds``: admission control (Sends refused BUSY under
+  overload, Sends waiting for the bus, the worst lag a router reported lately).
 """
 
 from __future__ import annotations
@@ -84,6 +87,27 @@ def families(core: ConnectorCore) -> Iterator[Any]:
     for reason, n in stats.kicks.items():
         kicks.add_metric([kick_label(reason)], n)
     yield kicks
+    yield from _admission(core)
+
+
+def _admission(core: ConnectorCore) -> Iterator[Any]:
+    admission = core.sends.admission
+    yield _counter(
+        "im_connector_sends_refused",
+        "Sends refused at once with BUSY (overload: too many waiting for the bus, or a "
+        "router lagging).",
+        admission.refused,
+    )
+    yield GaugeMetricFamily(
+        "im_connector_sends_in_flight",
+        "Sends received and not yet answered (waiting for the bus).",
+        value=admission.inflight,
+    )
+    yield GaugeMetricFamily(
+        "im_connector_router_lag_seconds",
+        "The worst lag a router reported with its deliveries in the last seconds.",
+        value=admission.lag_ms(core.clock.monotonic()) / 1000,
+    )
 
 
 def _connections(core: ConnectorCore) -> Iterator[Any]:

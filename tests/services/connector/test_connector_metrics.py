@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from im.metrics import MetricsRegistry
-from im.v1 import wire_pb2
+from im.v1 import connector_pb2, wire_pb2
 from services.connector import metrics as connector_metrics
 from services.connector.service import ConnectorCore
 from tests.services.connector.helpers import (
@@ -171,6 +171,27 @@ async def test_kicks_by_reason(setup, scrape: Scrape) -> None:
     assert scrape("im_connector_kicks_total", reason="reconnect") == 1
     assert frames(scrape, "out", "kick") == 3
     assert scrape("im_connector_kicks_total", reason="unspecified") == 0
+
+
+async def test_admission_refusals_sends_in_flight_and_router_lag(setup, scrape: Scrape) -> None:
+    core, issuer, *_ = setup
+    conn = await authed(core, issuer, 1)
+    assert scrape("im_connector_sends_refused_total") == 0
+    core.deliver(
+        connector_pb2.DeliverRequest(
+            router_lag_ms=core.settings.max_router_lag_ms + 250, router_id="r1"
+        )
+    )
+    assert (
+        scrape("im_connector_router_lag_seconds") == (core.settings.max_router_lag_ms + 250) / 1000
+    )
+    send(core, conn, "c1")  # refused at once: BUSY
+    assert scrape("im_connector_sends_refused_total") == 1
+    core.deliver(connector_pb2.DeliverRequest(router_lag_ms=0, router_id="r1"))
+    send(core, conn, "c2")
+    assert scrape("im_connector_sends_in_flight") == 1  # taken, waiting for the bus
+    await core.wait_background()
+    assert scrape("im_connector_sends_in_flight") == 0
 
 
 def test_a_second_connector_on_one_registry_is_refused(setup) -> None:
