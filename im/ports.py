@@ -357,6 +357,11 @@ class IdempotencyStore(Protocol):
         if this call claimed the key."""
         ...
 
+    async def claim_many(self, items: list[tuple[str, bytes]], ttl: float) -> list[bytes | None]:
+        """``claim`` for each (key, value), in order, in one round trip where the store
+        can; raises for the call as a whole (then any prefix may be claimed)."""
+        ...
+
     async def release(self, key: str) -> None: ...
 
 

@@ -338,6 +338,9 @@ class MemoryKV:
         self._keys[key] = (value, now + ttl)
         return None
 
+    async def claim_many(self, items: list[tuple[str, bytes]], ttl: float) -> list[bytes | None]:
+        return [await self.claim(key, value, ttl) for key, value in items]
+
     async def release(self, key: str) -> None:
         self._keys.pop(key, None)
 

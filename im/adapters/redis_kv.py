@@ -286,6 +286,16 @@ class RedisKV:
         )
 
     @_unavailable_on_failure
+    async def claim_many(self, items: list[tuple[str, bytes]], ttl: float) -> list[bytes | None]:
+        # One pipeline (not a transaction): a connector's batch of Sends, one round trip.
+        if not items:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for key, value in items:
+            pipe.set(f"{self._prefix}idem:{key}", value, nx=True, px=_ms(ttl), get=True)
+        return list(await pipe.execute())
+
+    @_unavailable_on_failure
     async def release(self, key: str) -> None:
         await self._redis.delete(f"{self._prefix}idem:{key}")
 

@@ -166,6 +166,9 @@ class SqliteStateStore:
         self._write_behind((key, value, now + ttl))
         return None
 
+    async def claim_many(self, items: list[tuple[str, bytes]], ttl: float) -> list[bytes | None]:
+        return [await self.claim(key, value, ttl) for key, value in items]
+
     async def release(self, key: str) -> None:
         if self._claims.pop(key, None) is not None:
             self._write_behind((key, None, 0.0))

@@ -241,23 +241,43 @@ class SendPath:
     async def _claim_all(self, conn: Conn, accepted: list[Accepted]) -> list[Accepted]:
         """Claims each accepted Send's msg_id; returns those to publish. A key seen
         before (perhaps through another connector) keeps its first msg_id: the router
-        stores and numbers a msg_id only once. One at a time: the stores answer from
-        memory or in one round trip, and a failure fails only its own Send."""
+        stores and numbers a msg_id only once. The batch's claims go in one round trip;
+        if that fails, one at a time, so a failure fails only its own Send."""
         ttl = self._settings.idempotency_ttl_seconds
+        records = [ACK_RECORD.pack(item.msg_id, item.server_ts) for item in accepted]
+        if not accepted:
+            return []
+        try:
+            # Bounded by the adapter (Redis: its socket timeout), like every port call.
+            found = await self._backends.idempotency.claim_many(
+                [(item.key, record) for item, record in zip(accepted, records, strict=True)], ttl
+            )
+        except Exception as exc:
+            log.warning("idempotency claims failed (%r); claiming one at a time", exc)
+            return await self._claim_each(conn, accepted, records, ttl)
+        return [
+            self._keep_first(item, existing) for item, existing in zip(accepted, found, strict=True)
+        ]
+
+    async def _claim_each(
+        self, conn: Conn, accepted: list[Accepted], records: list[bytes], ttl: float
+    ) -> list[Accepted]:
         claimed = []
-        for item in accepted:
-            record = ACK_RECORD.pack(item.msg_id, item.server_ts)
+        for item, record in zip(accepted, records, strict=True):
             try:
-                # Bounded by the adapter (Redis: its socket timeout), like every port call.
                 existing = await self._backends.idempotency.claim(item.key, record, ttl)
             except Exception as exc:
                 log.warning("idempotency claim failed: %r", exc, extra=_fields(item))
                 self._settle_failed(conn, item, "try again")
                 continue
-            if existing is not None:
-                item.msg_id, item.server_ts = ACK_RECORD.unpack(existing)
-            claimed.append(item)
+            claimed.append(self._keep_first(item, existing))
         return claimed
+
+    @staticmethod
+    def _keep_first(item: Accepted, existing: bytes | None) -> Accepted:
+        if existing is not None:
+            item.msg_id, item.server_ts = ACK_RECORD.unpack(existing)
+        return item
 
     async def _publish(self, conn: Conn, accepted: list[Accepted]) -> None:
         records = [

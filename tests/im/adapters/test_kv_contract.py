@@ -214,6 +214,15 @@ async def test_release_frees_the_key(kv: KV) -> None:
     await k.release("never-claimed")
 
 
+async def test_claims_in_one_call_behave_as_one_by_one(kv: KV) -> None:
+    k = kv.store
+    assert await k.claim("u1:m1", b"ack-1", LONG) is None
+    items = [("u1:m2", b"ack-2"), ("u1:m1", b"ack-x"), ("u1:m2", b"ack-y")]
+    # A key claimed before keeps its value, and so does one claimed earlier in the call.
+    assert await k.claim_many(items, LONG) == [None, b"ack-1", b"ack-2"]
+    assert await k.claim_many([], LONG) == []
+
+
 async def test_claim_expires(kv: KV) -> None:
     k = kv.store
     await k.claim("u1:m1", b"ack-1", SHORT)

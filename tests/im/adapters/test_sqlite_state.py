@@ -50,6 +50,11 @@ async def test_claim_returns_none_then_the_stored_value(store: SqliteStateStore)
     assert await store.claim("2:abc", b"other user", LONG) is None
 
 
+async def test_claims_in_one_call_behave_as_one_by_one(store: SqliteStateStore) -> None:
+    items = [("1:a", b"first"), ("1:a", b"second"), ("1:b", b"other")]
+    assert await store.claim_many(items, LONG) == [None, b"first", None]
+
+
 async def test_a_claim_expires_after_its_ttl(store: SqliteStateStore, clock: FakeClock) -> None:
     await store.claim("k", b"v1", 10)
     clock.advance(9.9)

@@ -42,7 +42,7 @@ async def test_a_send_path_warning_names_the_connection_and_the_message(
     connector_lines,  # type: ignore[no-untyped-def]
 ) -> None:
     core, issuer, _bus, _kv = setup
-    core.backends.idempotency = FlakyClaims(clock, {"c1"})
+    core.backends.idempotency = FlakyClaims(clock, {"c1": 2})
     protocol = TcpProtocol(core)
     protocol.connection_made(FakeTransport())  # type: ignore[arg-type]
     token, _ = issuer.issue(1, "tablet")
@@ -53,7 +53,7 @@ async def test_a_send_path_warning_names_the_connection_and_the_message(
     await core.wait_background()
 
     lines = [json.loads(line) for line in connector_lines.getvalue().splitlines()]
-    warning = next(line for line in lines if line["message"].startswith("idempotency claim"))
+    warning = next(line for line in lines if line["message"].startswith("idempotency claim failed"))
     conn_id = protocol._conn.conn_id  # type: ignore[union-attr]
     assert warning["service"] == "connector"
     assert (warning["conn_id"], warning["user_id"], warning["device_id"]) == (conn_id, 1, "tablet")

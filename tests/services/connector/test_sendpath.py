@@ -26,16 +26,22 @@ def answers(conn) -> dict[str, str]:  # type: ignore[no-untyped-def]
 
 
 class FlakyClaims(MemoryKV):
-    """Idempotency keys whose claim raises for the listed client_msg_ids, once each."""
+    """Idempotency keys whose claim raises for the listed client_msg_ids, as often as
+    listed (a batch's claims in one call, then one at a time: twice)."""
 
-    def __init__(self, clock, failing: set[str]) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, clock, failing: dict[str, int]) -> None:  # type: ignore[no-untyped-def]
         super().__init__(clock)
-        self.failing = set(failing)
+        self.failing = dict(failing)
+        self.calls = 0
+
+    async def claim_many(self, items, ttl):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        return await super().claim_many(items, ttl)
 
     async def claim(self, key: str, value: bytes, ttl: float) -> bytes | None:
         cid = key.split(":", 1)[1]
-        if cid in self.failing:
-            self.failing.discard(cid)
+        if self.failing.get(cid, 0) > 0:
+            self.failing[cid] -= 1
             raise BackendUnavailable("redis", "connection reset")
         return await super().claim(key, value, ttl)
 
@@ -43,10 +49,11 @@ class FlakyClaims(MemoryKV):
 async def test_a_claim_failure_mid_batch_answers_every_send(setup, clock):
     core, issuer, bus, _kv = setup
     conn = await authed(core, issuer, 1)
-    core.backends.idempotency = FlakyClaims(clock, {"c2"})
-    for cid in ("c1", "c2", "c3"):  # pipelined: one batch
+    claims = core.backends.idempotency = FlakyClaims(clock, {"c2": 2})
+    for cid in ("c1", "c2", "c3"):  # pipelined: one batch, its claims in one call
         send(core, conn, cid)
     await core.wait_background()
+    assert claims.calls == 1
     assert answers(conn) == {"c1": "ack", "c2": "ERROR_CODE_UNAVAILABLE", "c3": "ack"}
     assert not core.sends._inflight
 
