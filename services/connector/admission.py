@@ -6,8 +6,12 @@ Two signals, both cheap to read on every Send:
   that slows down fills this first.
 - Router lag, as the routers report it with every Deliver call: how old the newest
   batch's oldest new message was when it went out. A router that cannot keep up
-  makes this grow; a report is trusted for a few seconds, so a router that stopped
-  delivering to this connector (no traffic for it, or gone) no longer holds Sends back.
+  makes this grow. A report wears off as time passes (a router that said "800 ms
+  behind" and then went quiet has worked that off, or it would still be delivering
+  and reporting), and is forgotten after a few seconds, so a router that stopped
+  delivering to this connector (no traffic for it, or gone) no longer holds Sends
+  back. Without that, the last report of a backlog, made as the router finished it,
+  would keep refusing Sends to an idle router.
 
 A refused Send is not stored and holds no msg_id: the client sends the same frame
 again after the retry-after (the client library does) and it is handled afresh.
@@ -38,13 +42,14 @@ class Admission:
         self._lags[router_id] = (lag_ms, now)
 
     def lag_ms(self, now: float) -> int:
-        """The highest lag a router reported in the last LAG_REPORT_TTL seconds."""
+        """The highest lag the routers reported, less the time since each report."""
         worst = 0
         for router_id, (lag, at) in list(self._lags.items()):
-            if now - at > LAG_REPORT_TTL:
+            left = lag - int((now - at) * 1000)
+            if left <= 0 or now - at > LAG_REPORT_TTL:
                 del self._lags[router_id]
-            elif lag > worst:
-                worst = lag
+            elif left > worst:
+                worst = left
         return worst
 
     def retry_after_ms(self, now: float) -> int | None:

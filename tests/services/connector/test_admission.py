@@ -34,16 +34,19 @@ def test_too_many_in_flight_refuses_with_the_shortest_retry_after() -> None:
     assert admission.refused == 1
 
 
-def test_the_worst_recent_router_lag_decides_and_reports_expire() -> None:
+def test_the_worst_router_lag_decides_and_wears_off() -> None:
     admission = Admission(max_inflight=100, max_lag_ms=500)
     admission.note_lag("r1", 800, 0.0)
-    admission.note_lag("r2", 10, 1.0)
-    assert admission.retry_after_ms(1.0) == 800  # about the time to catch up
-    admission.note_lag("r1", 60_000, 1.5)
-    assert admission.retry_after_ms(1.5) == RETRY_AFTER_MAX_MS  # bounded
+    admission.note_lag("r2", 10, 0.0)
+    assert admission.retry_after_ms(0.0) == 800  # about the time to catch up
+    # A report wears off: 800 ms behind, 0.2 s ago and quiet since: 600 ms left.
+    assert admission.lag_ms(0.2) == 600
+    assert admission.retry_after_ms(0.35) is None  # 450 left: under the limit
+    admission.note_lag("r1", 60_000, 1.0)
+    assert admission.retry_after_ms(1.0) == RETRY_AFTER_MAX_MS  # bounded
     # A router that stopped reporting (no traffic here, or gone) holds nothing back.
-    assert admission.retry_after_ms(1.5 + LAG_REPORT_TTL + 0.1) is None
-    assert admission.lag_ms(1.5 + LAG_REPORT_TTL + 0.1) == 0
+    assert admission.retry_after_ms(1.0 + LAG_REPORT_TTL + 0.1) is None
+    assert admission.lag_ms(1.0 + LAG_REPORT_TTL + 0.1) == 0
 
 
 def test_lag_is_ignored_when_turned_off() -> None:
