@@ -27,7 +27,7 @@ once the server is back.
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ConstantBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -40,6 +40,7 @@ from im.ports import Backoff, DeviceRoute
 # Seconds for a connect and for each reply, unless the URL sets socket_timeout /
 # socket_connect_timeout. redis-py's own default is 5 s each.
 DEFAULT_TIMEOUT = 2.0
+POOL_SIZE = 100  # connections per process; more callers wait for one (DEFAULT_TIMEOUT)
 
 # What "Redis as a whole did not answer" looks like through redis-py: its
 # ConnectionError (which includes BusyLoadingError while a restarted server loads its
@@ -169,13 +170,19 @@ def _parse(value: bytes) -> tuple[str, int] | None:
 
 
 def _client(url: str) -> Redis:
-    # from_url lets the URL's query parameters win over these keyword defaults.
-    return Redis.from_url(
+    # from_url lets the URL's query parameters win over these keyword defaults. A
+    # blocking pool: a burst of calls (thousands of clients logging in at once) waits
+    # up to DEFAULT_TIMEOUT for a free connection, where redis-py's default pool
+    # refuses at once past its size ("Too many connections").
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=POOL_SIZE,
+        timeout=DEFAULT_TIMEOUT,
         socket_timeout=DEFAULT_TIMEOUT,
         socket_connect_timeout=DEFAULT_TIMEOUT,
         retry=_retry_policy(),
     )
+    return Redis.from_pool(pool)  # the client owns the pool: closing it closes the pool
 
 
 class RedisKV:

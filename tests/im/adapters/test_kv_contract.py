@@ -22,7 +22,7 @@ import pytest
 import redis.exceptions
 
 from im.adapters.memory import MemoryKV
-from im.adapters.redis_kv import RedisKV
+from im.adapters.redis_kv import POOL_SIZE, RedisKV
 from im.clock import FakeClock
 from im.ports import BackendUnavailable, Backoff
 
@@ -451,6 +451,24 @@ def test_redis_timeouts_default_to_two_seconds_unless_the_url_says_otherwise() -
         RedisKV("redis://127.0.0.1:6379/0?socket_timeout=7&socket_connect_timeout=0.5")
     )
     assert (mine.socket_timeout, mine.socket_connect_timeout) == (7.0, 0.5)
+
+
+@pytest.mark.integration
+async def test_redis_more_callers_than_connections_wait_for_one(redis_url: str) -> None:
+    # A login storm: more concurrent calls than the pool holds queue up (bounded by
+    # the timeout) instead of failing at once with "Too many connections".
+    gen = _redis(redis_url)
+    kv = await anext(gen)
+    try:
+        pool = kv.store._redis.connection_pool
+        assert pool.max_connections == POOL_SIZE
+        results = await asyncio.gather(
+            *(kv.store.is_revoked(f"s{i}") for i in range(POOL_SIZE * 3)),
+            return_exceptions=True,
+        )
+        assert results == [False] * (POOL_SIZE * 3)
+    finally:
+        await gen.aclose()
 
 
 @pytest.mark.integration
