@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -547,58 +545,8 @@ def test_overlay_pins_the_image(name: str) -> None:
         assert ours[0]["newTag"] != "dev"
 
 
-# ------------------------------------------------------------------ rendered overlays
-
-
-def render_command() -> list[str] | None:
-    if shutil.which("kustomize"):
-        return ["kustomize", "build"]
-    if shutil.which("kubectl"):
-        return ["kubectl", "kustomize"]
-    return None
-
-
-@pytest.mark.skipif(render_command() is None, reason="neither kustomize nor kubectl installed")
-@pytest.mark.parametrize("name", sorted(OVERLAYS))
-def test_overlay_renders_consistently(name: str) -> None:
-    command = render_command()
-    assert command is not None
-    try:
-        out = subprocess.run(
-            [*command, str(OVERLAYS[name])], capture_output=True, text=True, timeout=120
-        )
-    except subprocess.TimeoutExpired:
-        pytest.skip(f"{command[0]} did not answer in time")
-    assert out.returncode == 0, out.stderr[-2000:]
-    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
-    config_maps = docs_of("ConfigMap", docs)
-    secrets = docs_of("Secret", docs)
-    assert all(d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace")
-    rendered = by_service(docs)
-    assert set(rendered) == {*SERVICES, "db upgrade"}
-    for service, (_, container) in rendered.items():
-        assert ":" in container["image"].rsplit("/", 1)[-1], "untagged image"
-        for ref in container["envFrom"]:
-            if "configMapRef" in ref:
-                assert ref["configMapRef"]["name"] in config_maps, service
-            else:
-                # dev generates the Secret (name with a hash); elsewhere it is created
-                # from a secret manager and keeps its plain name
-                secret = ref["secretRef"]["name"]
-                assert secret in secrets or secret == ENV_SECRET, service
-    (config,) = [c["data"] for n, c in config_maps.items() if n.startswith(CONFIG_MAP)]
-    hpa_router_ceiling(docs, config)
-    for service in set(SERVICES) - NO_HEALTH_ENDPOINT:
-        _, container = rendered[service]
-        assert set(container_ports(container).values()) == expected_ports(service, config)
-    if name == "dev":
-        assert not docs_of("HorizontalPodAutoscaler", docs)
-        assert not docs_of("PodDisruptionBudget", docs)
-        for workload, _ in rendered.values():
-            assert workload["spec"].get("replicas", 1) == 1
-    else:
-        assert set(docs_of("HorizontalPodAutoscaler", docs)) == HPA_SERVICES
-        assert set(docs_of("PodDisruptionBudget", docs)) == set(SERVICES)
+# Rendered overlays: tests/deploy/test_rendered_manifests.py (kubectl kustomize, then
+# kubernetes-validate --strict).
 
 
 # ------------------------------------------------------------------ Dockerfile
