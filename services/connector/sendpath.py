@@ -12,18 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from im import tracing
+from im import events, tracing
 from im.clock import Clock
 from im.config import Settings
 from im.ids import MsgIdGenerator, is_valid_conversation_id
 from im.metrics import Distribution
 from im.ports import Backends
+from im.sending import ACK_RECORD, idempotency_key
 from im.v1 import bus_pb2, wire_pb2
 from services.connector import traces
 from services.connector.admission import Admission
@@ -35,7 +35,6 @@ from services.connector.replay import ReplayWindow
 log = logging.getLogger("im.connector")
 
 E = wire_pb2
-ACK_RECORD = struct.Struct(">Qq")  # msg_id, server_ts: the idempotency record
 MAX_CLIENT_MSG_ID = 64
 MAX_CONTENT_TYPE = 64
 RECENT_ACKS = 100_000
@@ -136,6 +135,10 @@ class SendPath:
             )
         if len(send.content_type) > MAX_CONTENT_TYPE:
             return E.ERROR_CODE_INVALID_ARGUMENT, "content_type too long"
+        if events.is_reserved(send.content_type):
+            return E.ERROR_CODE_INVALID_ARGUMENT, (
+                f"content_type {events.RESERVED_PREFIX}* is reserved for server events"
+            )
         return None
 
     async def _drain(self, conn: Conn) -> None:
@@ -221,7 +224,7 @@ class SendPath:
             message = f"not a member of {send.conversation_id}"
             self._fail(conn, E.ERROR_CODE_FORBIDDEN, message, send, request_id)
             return None
-        key = f"{conn.user_id}:{send.client_msg_id}"
+        key = idempotency_key(conn.user_id, send.client_msg_id)
         recent = self.recent_acks.get(key)
         if recent is not None:
             self._reply_ack(conn, request_id, send, recent, received_at)
@@ -412,6 +415,7 @@ def _inbound(conn: Conn, item: Accepted) -> bus_pb2.InboundMessage:
             content_type=send.content_type,
             body=send.body,
             server_ts=item.server_ts,
+            attachment_ids=send.attachment_ids,
         )
     )
     if item.span is not None:

@@ -11,14 +11,18 @@ checks access tokens. The ``api_*`` modules map it onto routes; errors leave as
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TypeVar
 
 from im.auth import Claims, TokenError, TokenIssuer, TokenVerifier
+from im.clock import SystemClock
 from im.config import Settings
 from im.grpcutil import ChannelPool
+from im.ids import NODE_IDS, MsgIdGenerator
 from im.ports import Backends, ConnectorInfo, MessageStore
+from im.sending import ServerSender
 from im.v1 import group_pb2_grpc, user_pb2, user_pb2_grpc
 from services.gateway.assignment import ConnectorAssigner, ConnectorProber
 from services.gateway.calls import Calls
@@ -84,6 +88,10 @@ class Gateway:
             self._connectors.kick,
             TOKEN_LEEWAY,
         )
+        # Server-side sends (REST, gRPC, recalls and edits) mint msg ids like a
+        # connector: under a node id leased from the registry in open().
+        self.ids = MsgIdGenerator(0, SystemClock())
+        self.sender = ServerSender(settings, backends, self.ids, SystemClock())
         self.conversation_ops = ConversationOps(
             settings, lambda: self.groups, message_store, self._calls, self.get_user
         )
@@ -101,6 +109,8 @@ class Gateway:
         self._users = user_pb2_grpc.UserServiceStub(self._pool.get(self.settings.user_addr()))
         self._groups = group_pb2_grpc.GroupServiceStub(self._pool.get(self.settings.group_addr()))
         self._prober.start()
+        owner = f"gateway-{uuid.uuid4().hex[:12]}"
+        self.ids.follow(await self._backends.registry.lease_node_id(owner, NODE_IDS))
 
     async def close(self) -> None:
         await self._prober.stop()

@@ -171,3 +171,21 @@ async def test_messages_older_than_the_window_are_not_kept(setup, clock):
     records = await bus.consumer(["im.messages"], "g").poll(100, 0.01)
     cids = [bus_pb2.InboundMessage.FromString(r.value).message.client_msg_id for r in records]
     assert "old" not in cids
+
+
+async def test_a_send_with_a_reserved_content_type_is_refused(setup):
+    """Events (recalls, edits) come only from the server: a client cannot forge one."""
+    core, issuer, _bus, _kv = setup
+    conn = await authed(core, issuer, 1)
+    core.on_frame(
+        conn,
+        wire_pb2.Frame(
+            send=wire_pb2.Send(
+                client_msg_id="forged",
+                conversation_id="d:1:2",
+                content_type="application/vnd.im.recall",
+            )
+        ),
+    )
+    await core.wait_background()
+    assert answers(conn) == {"forged": "ERROR_CODE_INVALID_ARGUMENT"}
