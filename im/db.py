@@ -102,6 +102,29 @@ class MemberRow(Base):
     joined_at: Mapped[int] = mapped_column(BigInteger, nullable=False)
 
 
+class UserBlockRow(Base):
+    """``blocker_id`` blocked ``blocked_id``: no 1:1 messages between them, no group
+    invites from the blocked user, no presence. Kept by the group service, which
+    answers "may this user send here" and "may this user add that one"."""
+
+    __tablename__ = "user_blocks"
+    __table_args__ = (Index("ix_user_blocks_blocked", "blocked_id", "blocker_id"),)
+
+    blocker_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    blocked_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+class UserPrivacyRow(Base):
+    """A user's privacy settings; no row means the defaults (everything allowed)."""
+
+    __tablename__ = "user_privacy"
+
+    user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    # Group invites only from contacts (see services/group/privacy.py).
+    invites_from_contacts_only: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+
+
 class MessageRow(Base):
     """The SQL message store's table: one row per message, never one per member."""
 

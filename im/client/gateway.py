@@ -381,6 +381,30 @@ class GatewayClient:
         users = data.get("users") or []
         return users[0] if users else None
 
+    # ------------------------------------------------------------------ privacy
+
+    async def block(self, user_id: int) -> None:
+        """No 1:1 messages either way, no group invites from them, no presence."""
+        await self._request("PUT", f"/v1/users/{int(user_id)}/block")
+
+    async def unblock(self, user_id: int) -> None:
+        await self._request("DELETE", f"/v1/users/{int(user_id)}/block")
+
+    async def blocks(self) -> list[int]:
+        """The users this user blocked."""
+        data = await self._request("GET", "/v1/users/me/blocks")
+        return [int(uid) for uid in data.get("user_ids") or []]
+
+    async def privacy(self) -> dict[str, Any]:
+        return await self._request("GET", "/v1/users/me/privacy")
+
+    async def set_privacy(self, *, invites_from_contacts_only: bool) -> dict[str, Any]:
+        return await self._request(
+            "PATCH",
+            "/v1/users/me/privacy",
+            json_body={"invites_from_contacts_only": bool(invites_from_contacts_only)},
+        )
+
     # ------------------------------------------------------------- conversations
 
     async def direct_conversation(self, peer_id: int) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from im.clock import Clock
 from im.config import Settings
 from im.grpcutil import ChannelPool
-from im.ids import parse_direct
+from im.ids import DIRECT_PREFIX, parse_direct
 from im.v1 import group_pb2, group_pb2_grpc, user_pb2, user_pb2_grpc
 from im.validation import is_id
 
@@ -29,6 +29,9 @@ class Authorizer:
         self._channels = channels
         self._clock = clock
         self._cache: dict[tuple[int, str], tuple[bool, float]] = {}
+        # 1:1 conversations whose pair has a block: its members may ack and read, not
+        # send. Cached apart from membership, with the same invalidation.
+        self._send_blocked: dict[str, tuple[bool, float]] = {}
         # Membership events invalidate entries at once; the TTL bounds staleness if
         # an event is missed.
         self.positive_ttl = 30.0
@@ -41,6 +44,16 @@ class Authorizer:
         return user_pb2_grpc.UserServiceStub(self._channels.get(self._settings.user_addr()))
 
     def cached(self, user_id: int, conversation_id: str) -> bool | None:
+        """May the user send here, from the cache alone (None: ask)."""
+        member = self._member_cached(user_id, conversation_id)
+        if not member or not conversation_id.startswith(DIRECT_PREFIX):
+            return member
+        blocked = self._send_blocked.get(conversation_id)
+        if blocked is None or blocked[1] < self._clock.monotonic():
+            return None
+        return not blocked[0]
+
+    def _member_cached(self, user_id: int, conversation_id: str) -> bool | None:
         hit = self._cache.get((user_id, conversation_id))
         if hit is None or hit[1] < self._clock.monotonic():
             return None
@@ -53,6 +66,7 @@ class Authorizer:
         self._cache[(user_id, conversation_id)] = (allowed, self._clock.monotonic() + ttl)
 
     def forget(self, conversation_id: str, user_ids: Iterable[int] | None = None) -> None:
+        self._send_blocked.pop(conversation_id, None)
         if user_ids is None:
             for key in [k for k in self._cache if k[1] == conversation_id]:
                 del self._cache[key]
@@ -64,16 +78,21 @@ class Authorizer:
         hit = self.cached(user_id, conversation_id)
         if hit is not None:
             return hit
-        allowed = await self._ask(user_id, conversation_id)
-        self._remember(user_id, conversation_id, allowed)
-        return allowed
+        member, blocked = await self._ask(user_id, conversation_id)
+        self._remember(user_id, conversation_id, member)
+        if member and conversation_id.startswith(DIRECT_PREFIX):
+            if len(self._send_blocked) > MAX_CACHED:
+                self._send_blocked.clear()
+            expires = self._clock.monotonic() + self.positive_ttl
+            self._send_blocked[conversation_id] = (blocked, expires)
+        return member and not blocked
 
     async def members_of(self, user_id: int, conversation_ids: list[str]) -> set[str]:
         """Those of ``conversation_ids`` the user belongs to now (no 1:1 is created)."""
         found: set[str] = set()
         unknown: list[str] = []
         for conversation_id in conversation_ids:
-            hit = self.cached(user_id, conversation_id)
+            hit = self._member_cached(user_id, conversation_id)
             if hit:
                 found.add(conversation_id)
             elif hit is None:
@@ -95,15 +114,17 @@ class Authorizer:
                     self._remember(user_id, conversation_id, False)
         return found
 
-    async def _ask(self, user_id: int, conversation_id: str) -> bool:
+    async def _ask(self, user_id: int, conversation_id: str) -> tuple[bool, bool]:
+        """(member, sending blocked): a blocked 1:1 pair stays members (the history is
+        theirs) but may not send."""
         reply = await self._group().CheckMember(
             group_pb2.CheckMemberRequest(conversation_id=conversation_id, user_id=user_id),
             timeout=RPC_TIMEOUT,
         )
         if reply.is_member:
-            return True
+            return True, reply.send_blocked
         if not _may_become_member(user_id, conversation_id):
-            return False
+            return False, False
         pair = parse_direct(conversation_id)
         assert pair is not None
         peer = pair[0] if pair[1] == user_id else pair[1]
@@ -111,11 +132,15 @@ class Authorizer:
             user_pb2.GetUsersRequest(user_ids=[peer]), timeout=RPC_TIMEOUT
         )
         if not users.users:
-            return False
+            return False, False
         await self._group().GetOrCreateDirect(
             group_pb2.GetOrCreateDirectRequest(user_a=user_id, user_b=peer), timeout=RPC_TIMEOUT
         )
-        return True
+        created = await self._group().CheckMember(
+            group_pb2.CheckMemberRequest(conversation_id=conversation_id, user_id=user_id),
+            timeout=RPC_TIMEOUT,
+        )
+        return created.is_member, created.send_blocked
 
 
 def _may_become_member(user_id: int, conversation_id: str) -> bool:

@@ -221,7 +221,8 @@ class SendPath:
             self._fail(conn, E.ERROR_CODE_UNAVAILABLE, "try again", send, request_id)
             return None
         if not allowed:
-            message = f"not a member of {send.conversation_id}"
+            # Neutral: a blocked sender is not told of the block.
+            message = f"you cannot send to {send.conversation_id}"
             self._fail(conn, E.ERROR_CODE_FORBIDDEN, message, send, request_id)
             return None
         key = idempotency_key(conn.user_id, send.client_msg_id)

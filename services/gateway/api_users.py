@@ -31,9 +31,12 @@ async def me(gateway: GatewayDep, claims: Auth) -> UserOut:
     tags=["users"],
     responses=problem_responses(401, 404, 422, 503),
 )
-async def user_by_id(gateway: GatewayDep, _auth: Auth, user_id: UserIdPath) -> UserOut:
-    """A user by id."""
-    return user_out(await gateway.get_user(user_id))
+async def user_by_id(gateway: GatewayDep, claims: Auth, user_id: UserIdPath) -> UserOut:
+    """A user by id, with whether you blocked them."""
+    out = user_out(await gateway.get_user(user_id))
+    if user_id != claims.user_id:
+        out.blocked = await gateway.privacy_ops.is_blocked_by_me(claims.user_id, user_id)
+    return out
 
 
 @router.get(

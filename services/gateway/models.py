@@ -79,6 +79,10 @@ class UserOut(BaseModel):
     username: str = Field(description="Login name.")
     display_name: str = Field(description="Name shown to others.")
     created_at: int = Field(description="Registration time, milliseconds since the epoch.")
+    blocked: bool | None = Field(
+        default=None,
+        description="`GET /v1/users/{id}` only: whether you blocked this user.",
+    )
 
 
 class UserList(BaseModel):

@@ -30,6 +30,7 @@ from services.gateway.conversations import ConversationOps
 from services.gateway.errors import ApiError, rate_limited, unauthorized
 from services.gateway.groups import GroupOps
 from services.gateway.limits import LoginLimits, RateLimited
+from services.gateway.privacy import PrivacyOps
 from services.gateway.readiness import check_readiness
 from services.gateway.sessions import Issued, RefreshRefused, Sessions
 
@@ -95,6 +96,7 @@ class Gateway:
         self.conversation_ops = ConversationOps(
             settings, lambda: self.groups, message_store, self._calls, self.get_user
         )
+        self.privacy_ops = PrivacyOps(settings, lambda: self.groups, self._calls, self.get_user)
         self.group_ops = GroupOps(
             settings,
             lambda: self.groups,

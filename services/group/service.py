@@ -14,10 +14,11 @@ from sqlalchemy.engine import Engine
 
 from im.clock import Clock, SystemClock
 from im.config import Settings
-from im.ids import MsgIdGenerator, is_valid_conversation_id
+from im.ids import MsgIdGenerator, direct_conversation_id, is_valid_conversation_id, parse_direct
 from im.sqlservice import rpc_errors
 from im.v1 import group_pb2, group_pb2_grpc
 from im.validation import InvalidInput, is_id, parse_id_text, require_clean_name
+from services.group.privacy import PrivacyStore
 from services.group.store import MAX_NAME_CHARS, MAX_SQL_INT, GroupStore, invalid
 
 log = logging.getLogger("im.group")
@@ -120,6 +121,7 @@ class GroupServicer(group_pb2_grpc.GroupServiceServicer):
         """``ids`` mints group ids; its node id should come from a registry lease
         (the app does that). Without one, node 0: fine for a single test process."""
         clock = clock or SystemClock()
+        self._privacy = PrivacyStore(engine, clock)
         self._store = GroupStore(
             engine,
             max_group_size=settings.max_group_size,
@@ -236,7 +238,10 @@ class GroupServicer(group_pb2_grpc.GroupServiceServicer):
         )
         if member is None:
             return group_pb2.CheckMemberResponse(is_member=False)
-        return group_pb2.CheckMemberResponse(is_member=True, member=member)
+        blocked = False
+        if parse_direct(request.conversation_id) is not None:
+            blocked = await asyncio.to_thread(self._privacy.send_blocked, request.conversation_id)
+        return group_pb2.CheckMemberResponse(is_member=True, member=member, send_blocked=blocked)
 
     @_rpc
     async def CheckMembers(
@@ -321,3 +326,56 @@ class GroupServicer(group_pb2_grpc.GroupServiceServicer):
             limit,
         )
         return group_pb2.MembersResponse(members=members, next_cursor=next_cursor)
+
+    # --- blocking and privacy -------------------------------------------------------
+    @_rpc
+    async def Block(
+        self, request: group_pb2.BlockRequest, context: grpc.aio.ServicerContext
+    ) -> group_pb2.BlockResponse:
+        user_id, target_id = _require_pair(request)
+        changed = await asyncio.to_thread(self._privacy.block, user_id, target_id)
+        if changed:
+            log.info("user %d blocked user %d", user_id, target_id)
+        return group_pb2.BlockResponse(
+            changed=changed, conversation_id=direct_conversation_id(user_id, target_id)
+        )
+
+    @_rpc
+    async def Unblock(
+        self, request: group_pb2.BlockRequest, context: grpc.aio.ServicerContext
+    ) -> group_pb2.BlockResponse:
+        user_id, target_id = _require_pair(request)
+        changed = await asyncio.to_thread(self._privacy.unblock, user_id, target_id)
+        return group_pb2.BlockResponse(
+            changed=changed, conversation_id=direct_conversation_id(user_id, target_id)
+        )
+
+    @_rpc
+    async def ListBlocks(
+        self, request: group_pb2.ListBlocksRequest, context: grpc.aio.ServicerContext
+    ) -> group_pb2.ListBlocksResponse:
+        user_id = _require_user_id(request.user_id, "user_id")
+        blocked, blocked_by = await asyncio.to_thread(self._privacy.list_blocks, user_id)
+        return group_pb2.ListBlocksResponse(blocked_ids=blocked, blocked_by_ids=blocked_by)
+
+    @_rpc
+    async def GetPrivacy(
+        self, request: group_pb2.GetPrivacyRequest, context: grpc.aio.ServicerContext
+    ) -> group_pb2.PrivacySettings:
+        user_id = _require_user_id(request.user_id, "user_id")
+        return await asyncio.to_thread(self._privacy.get_privacy, user_id)
+
+    @_rpc
+    async def SetPrivacy(
+        self, request: group_pb2.PrivacySettings, context: grpc.aio.ServicerContext
+    ) -> group_pb2.PrivacySettings:
+        _require_user_id(request.user_id, "user_id")
+        return await asyncio.to_thread(self._privacy.set_privacy, request)
+
+
+def _require_pair(request: group_pb2.BlockRequest) -> tuple[int, int]:
+    user_id = _require_user_id(request.user_id, "user_id")
+    target_id = _require_user_id(request.target_id, "target_id")
+    if user_id == target_id:
+        raise invalid("a user cannot block themself")
+    return user_id, target_id

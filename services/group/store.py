@@ -29,6 +29,7 @@ from im.ids import (
 )
 from im.sqlservice import ServiceError
 from im.v1 import group_pb2
+from services.group.privacy import PrivacyStore
 
 log = logging.getLogger("im.group")
 
@@ -244,6 +245,7 @@ class GroupStore:
             members += [_member_row(conversation_id, uid, MEMBER, 0, now) for uid in others]
             try:
                 with Session(self._engine) as session, session.begin():
+                    PrivacyStore.refuse_uninvitable_in(session, owner_id, others)
                     session.execute(insert(_conversations), [row])
                     session.execute(insert(_members), members)
             except IntegrityError:
@@ -277,6 +279,9 @@ class GroupStore:
             if actor is None or actor.role not in MANAGERS:
                 raise _denied("only the owner or an admin may add members")
             present = self._member_ids_among(session, conversation_id, wanted)
+            PrivacyStore.refuse_uninvitable_in(
+                session, actor_id, [uid for uid in wanted if uid not in present]
+            )
             new_rows = [
                 _member_row(conversation_id, uid, MEMBER, at_seq, now)
                 for uid in wanted
