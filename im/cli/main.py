@@ -47,13 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     gateway = gateway_parent()
 
-    from im.cli import account, chat, conversations, groups, messaging, servers
+    from im.cli import account, chat, conversations, groups, messaging, privacy, servers
 
     servers.register(sub)
     messaging.register(sub, gateway)  # register, send, listen
     chat.register(sub, gateway)
     conversations.register(sub, gateway)  # conversations, history, read
     account.register(sub, gateway)  # whoami, logout
+    privacy.register(sub, gateway)  # block, unblock, blocks, privacy
     groups.register(sub, account_parent(gateway, "group"))  # group ..., receipts
     return parser
 

@@ -207,6 +207,33 @@ export class GatewayClient {
     return data.users[0] ?? null;
   }
 
+  // ---------------------------------------------------------------- privacy
+
+  /** No 1:1 messages either way, no group invites from them, no presence. @param {number} userId */
+  block(userId) {
+    return this.request("PUT", `/v1/users/${userId}/block`);
+  }
+
+  /** @param {number} userId */
+  unblock(userId) {
+    return this.request("DELETE", `/v1/users/${userId}/block`);
+  }
+
+  /** The ids of the users this user blocked. @returns {Promise<number[]>} */
+  async blocks() {
+    return (await this.request("GET", "/v1/users/me/blocks")).user_ids;
+  }
+
+  /** @returns {Promise<{invites_from_contacts_only: boolean}>} */
+  privacy() {
+    return this.request("GET", "/v1/users/me/privacy");
+  }
+
+  /** @param {{invites_from_contacts_only?: boolean}} settings */
+  setPrivacy(settings) {
+    return this.request("PATCH", "/v1/users/me/privacy", settings);
+  }
+
   // ---------------------------------------------------------- conversations
 
   /** Every conversation of the user, with unread counts. @returns {Promise<Conversation[]>} */

@@ -14,6 +14,8 @@ const conversations = new Map();
 const names = new Map();
 /** @type {string | null} */
 let openId = null;
+/** Users we blocked (for the Block/Unblock button of 1:1 conversations). @type {Set<number>} */
+const blocked = new Set();
 let leaving = false; // a logout in progress: its "closed" is expected
 let activity = 0;
 
@@ -164,6 +166,7 @@ function showLogin(error = "") {
   // What was shown belongs to the session that ended; the next may be someone else's.
   conversations.clear();
   names.clear();
+  blocked.clear();
   openId = null;
   $("messages").replaceChildren();
   $("conversations").replaceChildren();
@@ -182,6 +185,18 @@ async function enterChat(username) {
   $("me").textContent = `you: ${username}`;
   $("peer").focus();
   client.connect().catch((err) => showLogin(describe(err)));
+  try {
+    for (const id of await client.gateway.blocks()) blocked.add(id);
+  } catch (err) {
+    $("side-error").textContent = describe(err);
+  }
+}
+
+/** The Block/Unblock button of a 1:1 conversation. @param {import("./view.js").Conv} conv */
+function showBlockButton(conv) {
+  const button = $("block-toggle");
+  button.hidden = conv.kind !== "direct";
+  if (conv.kind === "direct") button.textContent = blocked.has(conv.peerId) ? "Unblock" : "Block";
 }
 
 /** @param {boolean} register */
@@ -222,6 +237,7 @@ async function openConversation(id) {
   composer.disabled = false;
   /** @type {HTMLButtonElement} */ ($("send")).disabled = false;
   $("members-toggle").hidden = conv.kind !== "group";
+  showBlockButton(conv);
   $("members").hidden = true;
   $("members-toggle").setAttribute("aria-expanded", "false");
   redraw("bottom");
@@ -388,6 +404,23 @@ function bind() {
       $("messages").replaceChildren();
       $("title").textContent = "Pick a conversation, or type a username above";
       redraw("keep");
+    } catch (err) {
+      $("side-error").textContent = describe(err);
+    }
+  });
+
+  $("block-toggle").addEventListener("click", async () => {
+    const conv = openId && conversation(openId);
+    if (!conv || conv.kind !== "direct") return;
+    try {
+      if (blocked.has(conv.peerId)) {
+        await client.gateway.unblock(conv.peerId);
+        blocked.delete(conv.peerId);
+      } else {
+        await client.gateway.block(conv.peerId);
+        blocked.add(conv.peerId);
+      }
+      showBlockButton(conv);
     } catch (err) {
       $("side-error").textContent = describe(err);
     }
