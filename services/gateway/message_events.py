@@ -89,14 +89,16 @@ class MessageEventOps:
             raise ApiError(422, "invalid_request", "an event cannot be recalled")
         request = EventRequest(events.RECALL, conversation_id, target, b"", recall_key(msg_id))
 
+        # A group's owners and admins: any message, any time.
+        moderator = member.role in MODERATORS and conversation_id.startswith("g:")
+        if not moderator and target.sender_id != me:
+            raise forbidden("only the sender or a group's owner or admin may recall it")
+
         def allowed() -> None:
             if target.recalled:
                 raise ApiError(409, "already_recalled", "the message is recalled already")
-            if member.role in MODERATORS and conversation_id.startswith("g:"):
-                return  # a group's owners and admins: any message, any time
-            if target.sender_id != me:
-                raise forbidden("only the sender or a group's owner or admin may recall it")
-            self._within(target, self._settings.recall_window_seconds, "recall")
+            if not moderator:
+                self._within(target, self._settings.recall_window_seconds, "recall")
 
         return await self._send(me, device, request, allowed)
 
