@@ -196,6 +196,17 @@ class Settings(BaseSettings):
     idempotency_ttl_seconds: int = Field(
         86400, description="How long a client_msg_id is remembered per user."
     )
+    recall_window_seconds: float = Field(
+        120.0,
+        ge=0,
+        description="How long after sending a message its sender may recall it (group "
+        "owners and admins may recall any message of their group at any time).",
+    )
+    edit_window_seconds: float = Field(
+        900.0,
+        ge=0,
+        description="How long after sending a text message its sender may edit it.",
+    )
     receipt_push_max_members: int = Field(
         500,
         description="Groups up to this size get every read receipt pushed to every member; "

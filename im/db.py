@@ -20,6 +20,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    false,
 )
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError
@@ -129,7 +130,11 @@ class MessageRow(Base):
     """The SQL message store's table: one row per message, never one per member."""
 
     __tablename__ = "messages"
-    __table_args__ = (UniqueConstraint("conversation_id", "seq", name="uq_messages_conv_seq"),)
+    __table_args__ = (
+        UniqueConstraint("conversation_id", "seq", name="uq_messages_conv_seq"),
+        # A recall finds the edit events of its target (to erase their text too).
+        Index("ix_messages_refers_to", "refers_to"),
+    )
 
     msg_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     conversation_id: Mapped[str] = mapped_column(String(64), nullable=False)
@@ -140,6 +145,15 @@ class MessageRow(Base):
     content_type: Mapped[str] = mapped_column(String(64), nullable=False, default="")
     body: Mapped[bytes] = mapped_column(LargeBinary(length=16 * 1024 * 1024), nullable=False)
     server_ts: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    # Events (recall, edit): the msg_id they act on; NULL for ordinary messages, so
+    # the index holds next to nothing for them.
+    refers_to: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # The current state of an edited or recalled message (server defaults: rows
+    # written by an older version of the suite read as "neither").
+    edited_at: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    recalled: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=false())
+    # Seq of the edit event applied last: an older edit seen again changes nothing.
+    edit_seq: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
 
 
 class DeadLetterRow(Base):

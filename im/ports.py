@@ -151,6 +151,18 @@ class MessageStore(Protocol):
         """Messages with seq > after_seq, ascending, at most limit."""
         ...
 
+    async def apply_events(self, events: list[wire_pb2.Message]) -> list[int]:
+        """Apply stored recall and edit events (content types of ``im.events``, in seq
+        order) to the messages they refer to, as ``im.adapters.event_plan`` says: a
+        recalled message keeps its row (and seq) with ``recalled`` set and its body and
+        attachments erased; an edited one gets the new body and ``edited_at``.
+
+        Idempotent: the same events applied again change nothing more. Returns the
+        msg_ids of the events that changed nothing because their target is missing,
+        in another conversation or itself an event. Raises ``BackendUnavailable``
+        when the store cannot be reached (then any prefix may be applied)."""
+        ...
+
     async def healthy(self) -> bool: ...
 
     async def close(self) -> None: ...

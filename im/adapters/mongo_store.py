@@ -5,6 +5,10 @@ One document per message, never one per member::
     {_id: msg_id (Int64), conversation_id, seq (Int64), sender_id (Int64), sender_device,
      client_msg_id, content_type, body (binary), server_ts (Int64)}
 
+plus, only where they are set: ``refers_to`` (Int64, events), ``edited_at`` (Int64),
+``recalled`` (bool) and ``edit_seq`` (Int64, the seq of the edit applied last). A
+partial index on (refers_to) holds the events only: a recall finds its target's edits.
+
 A unique index on (conversation_id, seq) serves history and last_seqs and guards the
 gap-free sequence: two different messages can never hold the same seq.
 
@@ -36,11 +40,14 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, PyMongoError
 
+from im.adapters import event_plan
+from im.adapters.mongo_events import target_of, writes_of
 from im.ports import AlreadyStored, BackendUnavailable, DeadLetter, RecordRejected, SeqConflict
 from im.v1 import wire_pb2
 
 BACKEND = "message store"
 SEQ_INDEX = "conversation_seq"
+REFERS_INDEX = "refers_to"
 DEAD_LETTER_INDEX = "at_ms"
 
 # Durable before progress: the router moves on only past what a majority journaled.
@@ -97,6 +104,10 @@ def _to_doc(m: wire_pb2.Message) -> dict[str, Any]:
         "content_type": m.content_type,
         "body": bytes(m.body),
         "server_ts": Int64(m.server_ts),
+        # Only where set: ordinary messages keep their documents (and indexes) lean.
+        **({"refers_to": Int64(m.refers_to)} if m.refers_to else {}),
+        **({"edited_at": Int64(m.edited_at)} if m.edited_at else {}),
+        **({"recalled": True} if m.recalled else {}),
     }
 
 
@@ -111,6 +122,9 @@ def _to_message(d: dict[str, Any]) -> wire_pb2.Message:
         content_type=d.get("content_type", ""),
         body=bytes(d.get("body", b"")),
         server_ts=int(d.get("server_ts", 0)),
+        refers_to=int(d.get("refers_to", 0)),
+        edited_at=int(d.get("edited_at", 0)),
+        recalled=bool(d.get("recalled", False)),
     )
 
 
@@ -252,6 +266,11 @@ class MongoMessageStore:
                     unique=True,
                     name=SEQ_INDEX,
                 )
+                await self._messages.create_index(
+                    [("refers_to", ASCENDING)],
+                    name=REFERS_INDEX,
+                    partialFilterExpression={"refers_to": {"$exists": True}},
+                )
                 # Newest first by (at_ms, _id): the index serves the whole sort.
                 await self._letters.create_index(
                     [("at_ms", DESCENDING), ("_id", DESCENDING)], name=DEAD_LETTER_INDEX
@@ -296,6 +315,22 @@ class MongoMessageStore:
         if await self._messages.find_one({"_id": doc["_id"]}, {"_id": 1}) is not None:
             raise AlreadyStored(int(doc["_id"]), index)
         raise SeqConflict(doc["conversation_id"], int(doc["seq"]), index)
+
+    async def apply_events(self, events: list[wire_pb2.Message]) -> list[int]:
+        if not events:
+            return []
+        fields = {"conversation_id": 1, "content_type": 1, "recalled": 1, "edit_seq": 1}
+        with _store_errors():
+            await self._ready()
+            ids = [Int64(i) for i in event_plan.targets_of(events)]
+            cursor = self._messages.find({"_id": {"$in": ids}}, fields)
+            targets = {int(d["_id"]): target_of(d) async for d in cursor}
+            changes, orphans = event_plan.plan(events, targets)
+            writes = [w for change in changes for w in writes_of(change)]
+            if writes:
+                # Ordered: a failure leaves a prefix applied, which a replay completes.
+                await self._messages.bulk_write(writes, ordered=True)
+        return orphans
 
     async def put_dead_letters(self, letters: list[DeadLetter]) -> None:
         if not letters:

@@ -13,11 +13,12 @@ import asyncio
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from im.adapters import event_plan
 from im.db import (
     DEAD_LETTER_REASON_CHARS,
     DeadLetterRow,
@@ -25,6 +26,7 @@ from im.db import (
     create_schema,
     make_engine,
 )
+from im.events import EDIT
 from im.ports import AlreadyStored, BackendUnavailable, DeadLetter, RecordRejected, SeqConflict
 from im.v1 import wire_pb2
 
@@ -53,6 +55,9 @@ def _to_row(m: wire_pb2.Message) -> dict[str, Any]:
         "content_type": m.content_type,
         "body": m.body,
         "server_ts": m.server_ts,
+        "refers_to": m.refers_to or None,
+        "edited_at": m.edited_at,
+        "recalled": m.recalled,
     }
 
 
@@ -67,7 +72,23 @@ def _to_message(r: MessageRow) -> wire_pb2.Message:
         content_type=r.content_type,
         body=r.body,
         server_ts=r.server_ts,
+        refers_to=r.refers_to or 0,
+        edited_at=r.edited_at,
+        recalled=r.recalled,
     )
+
+
+def _statement(change: event_plan.Change) -> Any:
+    table = MessageRow.__table__
+    if isinstance(change, event_plan.Recall):
+        return update(table).where(table.c.msg_id == change.target).values(recalled=True, body=b"")
+    if isinstance(change, event_plan.Edit):
+        return (
+            update(table)
+            .where(table.c.msg_id == change.target)
+            .values(body=change.body, edited_at=change.edited_at, edit_seq=change.edit_seq)
+        )
+    return update(table).where(table.c.msg_id == change.msg_id).values(body=b"")
 
 
 def _letter_row(letter: DeadLetter) -> dict[str, Any]:
@@ -181,6 +202,40 @@ class SqlMessageStore:
             if session.get(MessageRow, row["msg_id"]) is not None:
                 raise AlreadyStored(row["msg_id"], index)
         raise SeqConflict(row["conversation_id"], row["seq"], index)
+
+    async def apply_events(self, events: list[wire_pb2.Message]) -> list[int]:
+        if not events:
+            return []
+        return await self._run(self._apply_events, events)
+
+    def _apply_events(self, events: list[wire_pb2.Message]) -> list[int]:
+        # One transaction: a batch's events apply whole or not at all (then replayed).
+        table = MessageRow.__table__
+        with self._engine.begin() as connection:
+            found = connection.execute(
+                select(
+                    table.c.msg_id,
+                    table.c.conversation_id,
+                    table.c.content_type,
+                    table.c.recalled,
+                    table.c.edit_seq,
+                ).where(table.c.msg_id.in_(event_plan.targets_of(events)))
+            )
+            targets = {r[0]: event_plan.Target(*r) for r in found}
+            changes, orphans = event_plan.plan(events, targets)
+            for change in changes:
+                connection.execute(_statement(change))
+                if isinstance(change, event_plan.Recall):
+                    connection.execute(
+                        update(table)
+                        .where(
+                            table.c.refers_to == change.target,
+                            table.c.conversation_id == change.conversation_id,
+                            table.c.content_type == EDIT,
+                        )
+                        .values(body=b"")
+                    )
+        return orphans
 
     async def put_dead_letters(self, letters: list[DeadLetter]) -> None:
         if not letters:

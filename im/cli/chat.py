@@ -32,6 +32,7 @@ from im.cli.common import (
 )
 from im.cli.screen import Screen, make_screen
 from im.client.errors import ApiError, ClientError, ConnectionClosed, SendError, kick_reason_name
+from im.client.events import EDIT, RECALL, is_event
 from im.client.reconnect import Reconnected, Reconnecting
 from im.v1 import wire_pb2
 
@@ -117,6 +118,7 @@ class Chat:
         self.screen = screen
         self.me = client.user_id
         self.shown: dict[str, int] = {}  # highest seq shown, per conversation
+        self.seqs: dict[int, int] = {}  # msg_id -> seq of the messages shown
         self.online = asyncio.Event()
         self.outbox: asyncio.Queue[str] = asyncio.Queue()
 
@@ -128,11 +130,27 @@ class Chat:
         if cid != self.room.conversation_id:
             where = f"[{await self.title_of(cid)} #{message.seq}]"
         who = await self.names.of(message.sender_id)
-        if message.content_type.startswith("text/"):
+        if is_event(message):
+            return f"  ({who} {self.event_note(message)})"
+        self.seqs[message.msg_id] = message.seq
+        if message.recalled:
+            text = "(message recalled)"
+        elif message.content_type.startswith("text/"):
             text = message.body.decode("utf-8", errors="replace")
+            text += " (edited)" if message.edited_at else ""
         else:
             text = f"({message.content_type}, {len(message.body)} bytes)"
         return f"[{clock_time(message.server_ts)}] {where} {who}: {text}"
+
+    def event_note(self, event: wire_pb2.Message) -> str:
+        """A recall or edit, told after the line it changes (lines already shown stay)."""
+        seq = self.seqs.get(event.refers_to)
+        target = f"#{seq}" if seq else "an earlier message"
+        if event.content_type == RECALL:
+            return f"recalled {target}: message recalled"
+        if event.content_type == EDIT and event.body:
+            return f"edited {target}: {event.body.decode('utf-8', errors='replace')} (edited)"
+        return f"edited {target}"
 
     async def title_of(self, cid: str) -> str:
         if cid not in self.room.titles:

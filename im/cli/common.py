@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from im.client.errors import ClientError, kick_reason_name
+from im.events import EDIT
 from im.v1 import wire_pb2
 
 if TYPE_CHECKING:
@@ -82,9 +83,9 @@ def device_help(command: str) -> str:
 
 def message_json(message: wire_pb2.Message) -> dict[str, Any]:
     text: str | None = None
-    if message.content_type.startswith("text/"):
+    if message.content_type.startswith("text/") or message.content_type == EDIT:
         text = message.body.decode("utf-8", errors="replace")
-    return {
+    out: dict[str, Any] = {
         "msg_id": str(message.msg_id),  # 64-bit: a string, as on the REST API
         "conversation_id": message.conversation_id,
         "seq": message.seq,
@@ -94,6 +95,14 @@ def message_json(message: wire_pb2.Message) -> dict[str, Any]:
         "text": text,
         "server_ts": message.server_ts,
     }
+    # Events and their effects, only where there are some (as on the REST API).
+    if message.refers_to:
+        out["refers_to"] = str(message.refers_to)
+    if message.edited_at:
+        out["edited_at"] = message.edited_at
+    if message.recalled:
+        out["recalled"] = True
+    return out
 
 
 def event_json(event: object) -> dict[str, Any]:

@@ -4,6 +4,7 @@ Client commands print JSON lines on stdout (one per result/message) and problems
 JSON object on stderr with exit status 1, so they compose with ``jq`` and scripts.
 The commands live by group: ``servers`` (standalone, serve, cluster, db, config-doc,
 bench, with ``deadletters`` and ``certs``), ``messaging`` (register, send, listen),
+``editing`` (recall, edit),
 ``chat``, ``conversations`` (conversations, history, read), ``account`` (whoami,
 logout), ``groups`` (group ..., receipts).
 """
@@ -47,10 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     gateway = gateway_parent()
 
-    from im.cli import account, chat, conversations, groups, messaging, privacy, servers
+    from im.cli import account, chat, conversations, editing, groups, messaging, privacy, servers
 
     servers.register(sub)
     messaging.register(sub, gateway)  # register, send, listen
+    editing.register(sub, gateway)  # recall, edit
     chat.register(sub, gateway)
     conversations.register(sub, gateway)  # conversations, history, read
     account.register(sub, gateway)  # whoami, logout

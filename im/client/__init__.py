@@ -11,6 +11,7 @@ from im.client.errors import (
     error_code_name,
     kick_reason_name,
 )
+from im.client.events import apply_event, display_text, is_event
 from im.client.gateway import (
     ConnectorInfo,
     GatewayClient,
@@ -43,8 +44,11 @@ __all__ = [
     "SendError",
     "SendTimeout",
     "Transport",
+    "apply_event",
     "as_group_id",
+    "display_text",
     "error_code_name",
+    "is_event",
     "kick_reason_name",
     "message_from_json",
 ]

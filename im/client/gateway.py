@@ -118,6 +118,9 @@ def message_from_json(data: dict[str, Any]) -> wire_pb2.Message:
         content_type=data.get("content_type") or "",
         body=body,
         server_ts=int(data.get("server_ts") or 0),
+        refers_to=int(data.get("refers_to") or 0),
+        edited_at=int(data.get("edited_at") or 0),
+        recalled=bool(data.get("recalled")),
     )
 
 
@@ -462,6 +465,24 @@ class GatewayClient:
         await self._request(
             "POST", f"/v1/conversations/{_conv_path(conversation_id)}/read", json_body={"seq": seq}
         )
+
+    async def recall(self, conversation_id: str, msg_id: int) -> dict[str, Any]:
+        """Recall a message (the sender within the recall window, a group's owner or
+        admin at any time). Returns the recall event ``{msg_id, conversation_id,
+        refers_to, content_type, server_ts}``; retrying is safe."""
+        path = f"/v1/conversations/{_conv_path(conversation_id)}/messages/{int(msg_id)}/recall"
+        return await self._request("POST", path)
+
+    async def edit(
+        self, conversation_id: str, msg_id: int, text: str, client_msg_id: str | None = None
+    ) -> dict[str, Any]:
+        """Replace the text of one's own text message (within the edit window).
+        Returns the edit event; with ``client_msg_id``, retrying is safe."""
+        body: dict[str, Any] = {"text": text}
+        if client_msg_id:
+            body["client_msg_id"] = client_msg_id
+        path = f"/v1/conversations/{_conv_path(conversation_id)}/messages/{int(msg_id)}"
+        return await self._request("PATCH", path, json_body=body)
 
     # -------------------------------------------------------------------- groups
 

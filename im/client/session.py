@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from typing import Any
 
 import httpx
@@ -303,6 +304,19 @@ class ImClient(MessageStream):
 
     async def read(self, conversation_id: str, seq: int) -> None:
         await self._conn().read(conversation_id, seq)
+
+    async def recall(self, conversation_id: str, msg_id: int) -> dict[str, Any]:
+        """Recall a message (``GatewayClient.recall``); its recall event reaches every
+        member's devices, this one's too, like a message (``im.client.events``)."""
+        return await self.gateway.recall(conversation_id, msg_id)
+
+    async def edit(
+        self, conversation_id: str, msg_id: int, text: str, client_msg_id: str | None = None
+    ) -> dict[str, Any]:
+        """Edit one's own text message (``GatewayClient.edit``); pass the same
+        ``client_msg_id`` to retry safely (one is made up when none is given)."""
+        key = client_msg_id or uuid.uuid4().hex
+        return await self.gateway.edit(conversation_id, msg_id, text, key)
 
     # ------------------------------------------------------------------ reading
 

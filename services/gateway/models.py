@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from im import events
 from im.v1 import group_pb2, user_pb2, wire_pb2
 from services.gateway.conversations import ConversationView, ReceiptsView
 from services.gateway.groups import GroupView, role_name
@@ -124,6 +125,15 @@ class MessageOut(BaseModel):
         description="The body as UTF-8 text when content_type starts with `text/`, else null."
     )
     server_ts: int = Field(description="Server time of acceptance, ms since the epoch.")
+    refers_to: str | None = Field(
+        None, description="Events (recall, edit): the msg_id they act on; else null."
+    )
+    edited_at: int | None = Field(
+        None, description="When the text was last edited (ms since the epoch); else null."
+    )
+    recalled: bool = Field(
+        False, description="Recalled by its sender or a group admin: its body is erased."
+    )
 
 
 class MessagePage(BaseModel):
@@ -259,7 +269,7 @@ def conversation_out(v: ConversationView) -> ConversationOut:
 
 def message_out(m: wire_pb2.Message) -> MessageOut:
     text = None
-    if m.content_type.startswith("text/"):
+    if m.content_type.startswith("text/") or m.content_type == events.EDIT:
         try:
             text = m.body.decode("utf-8")
         except UnicodeDecodeError:
@@ -275,6 +285,9 @@ def message_out(m: wire_pb2.Message) -> MessageOut:
         body_b64=base64.b64encode(m.body).decode("ascii"),
         text=text,
         server_ts=m.server_ts,
+        refers_to=str(m.refers_to) if m.refers_to else None,
+        edited_at=m.edited_at or None,
+        recalled=m.recalled,
     )
 
 
@@ -336,3 +349,25 @@ def login_response(r: LoginResult) -> LoginResponse:
         refresh_token=r.refresh_token,
         refresh_expires_in=r.refresh_expires_in,
     )
+
+
+class EditRequest(BaseModel):
+    text: str = Field(
+        max_length=1_000_000,  # characters; the byte limit of a send is checked after
+        description="The new text (UTF-8, at most the body size limit of a send).",
+    )
+    client_msg_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="Idempotency key of this edit (or the Idempotency-Key header): a "
+        "retry with the same key is answered with the first edit's event.",
+    )
+
+
+class MessageEventOut(BaseModel):
+    msg_id: str = Field(description="The event's msg_id (decimal string).")
+    conversation_id: str = Field(description="Conversation id.")
+    refers_to: str = Field(description="The message it acts on (decimal string).")
+    content_type: str = Field(description="application/vnd.im.recall or .edit.")
+    server_ts: int = Field(description="Server time of acceptance, ms since the epoch.")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from im.auth import Claims, TokenError, TokenIssuer, TokenVerifier
-from im.clock import SystemClock
+from im.clock import Clock, SystemClock
 from im.config import Settings
 from im.grpcutil import ChannelPool
 from im.ids import NODE_IDS, MsgIdGenerator
@@ -30,6 +30,7 @@ from services.gateway.conversations import ConversationOps
 from services.gateway.errors import ApiError, rate_limited, unauthorized
 from services.gateway.groups import GroupOps
 from services.gateway.limits import LoginLimits, RateLimited
+from services.gateway.message_events import MessageEventOps
 from services.gateway.privacy import PrivacyOps
 from services.gateway.readiness import check_readiness
 from services.gateway.sessions import Issued, RefreshRefused, Sessions
@@ -61,8 +62,10 @@ class Gateway:
         issuer: TokenIssuer,
         verifier: TokenVerifier,
         rpc_timeout: float = RPC_TIMEOUT,
+        clock: Clock | None = None,
     ) -> None:
         self.settings = settings
+        self.clock = clock or SystemClock()
         self._backends = backends
         self._messages = message_store
         self._issuer = issuer
@@ -97,6 +100,16 @@ class Gateway:
             settings, lambda: self.groups, message_store, self._calls, self.get_user
         )
         self.privacy_ops = PrivacyOps(settings, lambda: self.groups, self._calls, self.get_user)
+        self.message_events = MessageEventOps(
+            settings,
+            self.conversation_ops,
+            message_store,
+            self.sender,
+            self.ids,
+            backends.idempotency,
+            self._calls,
+            self.clock,
+        )
         self.group_ops = GroupOps(
             settings,
             lambda: self.groups,

@@ -34,7 +34,7 @@ from im.ports import (
     MessageStore,
 )
 from im.v1 import bus_pb2, group_pb2, group_pb2_grpc, wire_pb2
-from services.router import records
+from services.router import events, records
 from services.router.delivery import Deliverer
 from services.router.sequencer import Outcome, Sequencer
 from services.router.traces import BatchTraces
@@ -66,6 +66,8 @@ class RouterStats:
     clamped_reports: int = 0
     membership_events: int = 0
     isolated_batches: int = 0
+    events_applied: int = 0  # recalls and edits (replays included)
+    orphan_events: int = 0  # of them, those whose target is not in their conversation
     batch_sizes: Distribution = field(default_factory=lambda: Distribution(BATCH_SIZES))
     # Seconds the sequencer took to number and store a batch's messages.
     store_seconds: Distribution = field(default_factory=Distribution)
@@ -220,6 +222,10 @@ class Router:
             spans.stored(outcome.new, replayed=False)
             spans.stored(outcome.replayed, replayed=True)
         messages = sorted(outcome.new + outcome.replayed, key=lambda m: (m.conversation_id, m.seq))
+        # Applied before delivery: a client fetching history on an event sees it.
+        applied, orphans = await events.apply_events(self.store, messages)
+        self.stats.events_applied += applied
+        self.stats.orphan_events += orphans
         # Stored messages go out at once; the cursor write is not on their way.
         await self._start_delivery(messages, {}, self._lag_ms(outcome.new), spans)
 

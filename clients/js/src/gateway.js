@@ -265,6 +265,28 @@ export class GatewayClient {
     return { messages: data.messages.map(messageFromRest), hasMore: data.has_more };
   }
 
+  /**
+   * Recall a message: its sender within the recall window, a group's owner or admin
+   * at any time. Resolves to the recall event `{msg_id, conversation_id, refers_to,
+   * content_type, server_ts}` (on its way to every member). Safe to retry.
+   * @param {string} conversationId @param {string} msgId
+   */
+  recall(conversationId, msgId) {
+    const path = `/v1/conversations/${encodeURIComponent(conversationId)}/messages/${msgId}`;
+    return this.request("POST", `${path}/recall`);
+  }
+
+  /**
+   * Replace the text of one's own text message (within the edit window). Resolves to
+   * the edit event; retrying with the same `clientMsgId` is the same edit.
+   * @param {string} conversationId @param {string} msgId @param {string} text
+   * @param {string} [clientMsgId]
+   */
+  edit(conversationId, msgId, text, clientMsgId) {
+    const path = `/v1/conversations/${encodeURIComponent(conversationId)}/messages/${msgId}`;
+    return this.request("PATCH", path, clientMsgId ? { text, client_msg_id: clientMsgId } : { text });
+  }
+
   /** @param {string} conversationId @param {number} seq */
   ack(conversationId, seq) {
     return this.request("POST", `/v1/conversations/${encodeURIComponent(conversationId)}/ack`, {

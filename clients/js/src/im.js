@@ -33,6 +33,7 @@ import {
 } from "./wire.js";
 
 export { ApiError, GatewayClient } from "./gateway.js";
+export { applyEvent, displayText, EDIT, isEvent, RECALL } from "./events.js";
 export {
   directConversationId,
   fromBase64,
@@ -738,6 +739,25 @@ export class ImClient {
   async read(conversationId, seq) {
     const frame = { read: { conversationId, seq: String(seq) } };
     if (!this._authed || !this._sendFrame(frame)) await this.gateway.read(conversationId, seq);
+  }
+
+  /**
+   * Recall a message (`gateway.recall`); the recall event comes to every member's
+   * devices, this one's too, as a `"message"` (see `applyEvent`).
+   * @param {string} conversationId @param {string} msgId
+   */
+  recall(conversationId, msgId) {
+    return this.gateway.recall(conversationId, msgId);
+  }
+
+  /**
+   * Edit one's own text message (`gateway.edit`); pass the same `clientMsgId` to retry
+   * safely (one is made up when none is given).
+   * @param {string} conversationId @param {string} msgId @param {string} text
+   * @param {string} [clientMsgId]
+   */
+  edit(conversationId, msgId, text, clientMsgId = newClientMsgId()) {
+    return this.gateway.edit(conversationId, msgId, text, clientMsgId);
   }
 
   /** Highest seq of a conversation handed out so far. @param {string} conversationId */

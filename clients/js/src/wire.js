@@ -36,6 +36,9 @@ export const RETRYABLE_SEND_ERRORS = new Set(["UNAVAILABLE", "RATE_LIMITED"]);
  * @property {Uint8Array} body
  * @property {string | null} text the body as UTF-8 when contentType is text/*, else null
  * @property {number} serverTs milliseconds since the Unix epoch
+ * @property {string} refersTo events (recall, edit): the msgId they act on; else ""
+ * @property {number} editedAt when the text was last edited (ms), 0 if never
+ * @property {boolean} recalled recalled: its body is empty for good
  */
 
 /**
@@ -104,7 +107,13 @@ export function groupConversationId(group) {
  * @returns {string | null}
  */
 function textOf(contentType, body) {
-  return contentType.startsWith("text/") ? decoder.decode(body) : null;
+  const text = contentType.startsWith("text/") || contentType === "application/vnd.im.edit";
+  return text ? decoder.decode(body) : null;
+}
+
+/** A msgId that may be absent or "0" (protobuf's default) as "" or its decimal string. */
+function idOrEmpty(/** @type {unknown} */ v) {
+  return v === undefined || v === null || v === "" || v === "0" || v === 0 ? "" : String(v);
 }
 
 /**
@@ -126,6 +135,9 @@ export function messageFromWire(m) {
     body,
     text: textOf(contentType, body),
     serverTs: num(m.serverTs),
+    refersTo: idOrEmpty(m.refersTo),
+    editedAt: num(m.editedAt),
+    recalled: Boolean(m.recalled),
   };
 }
 
@@ -148,6 +160,9 @@ export function messageFromRest(m) {
     body,
     text: m.text ?? textOf(contentType, body),
     serverTs: num(m.server_ts),
+    refersTo: idOrEmpty(m.refers_to),
+    editedAt: num(m.edited_at),
+    recalled: Boolean(m.recalled),
   };
 }
 

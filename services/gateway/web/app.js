@@ -2,6 +2,7 @@
 // files as clients/js/src). State lives here, drawing in view.js.
 import { ApiError, ImClient, newClientMsgId } from "/sdk/im.js";
 import { $, renderList, renderMembers, renderMessages, renderStatus, title, unread } from "./view.js";
+import { applyEvents, bindMessageActions } from "./edits.js";
 
 const PAGE = 50; // messages per history page
 // Per tab: each tab is a device of its own (a second login of one device ends the first).
@@ -136,6 +137,7 @@ client.on("synced", (list) => {
 client.on("message", (m) => {
   const conv = conversation(m.conversationId);
   conv.messages.set(m.seq, m);
+  applyEvents(conv, [m]);
   conv.lastSeq = Math.max(conv.lastSeq, m.seq);
   conv.touched = ++activity;
   if (m.senderId === client.userId) {
@@ -259,6 +261,7 @@ function add(conv, messages) {
     conv.lastSeq = Math.max(conv.lastSeq, m.seq);
     if (conv.kind === "group") learnName(m.senderId);
   }
+  applyEvents(conv, messages);
 }
 
 /** @param {import("./view.js").Conv} conv */
@@ -456,6 +459,7 @@ function bind() {
       /** @type {HTMLElement | null} */ ($("conversations").querySelector("[aria-current]"))?.focus();
     }
   });
+  bindMessageActions(client, () => (openId ? conversations.get(openId) : undefined), describe);
   $("composer-form").addEventListener("submit", (event) => {
     event.preventDefault();
     send();

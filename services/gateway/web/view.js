@@ -1,5 +1,6 @@
 // Rendering of the chat page: plain DOM, text always set as textContent (a message
 // is never HTML). The state it draws is app.js's.
+import { isEvent } from "/sdk/im.js";
 
 /**
  * @typedef {object} Pending a message of ours without its seq yet
@@ -88,8 +89,9 @@ const PENDING_MARKS = {
 const clock = (ts) => new Date(ts).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
 
 /**
- * One message bubble.
- * @param {{text: string, mine: boolean, sender: string, time: string, status: string, markText: string, hint: string, seq?: number}} m
+ * One message bubble. `state`: "edited" or "recalled" when it is; `actions`: our own
+ * text messages get Edit and Recall buttons (the gateway says whether it is too late).
+ * @param {{text: string, mine: boolean, sender: string, time: string, status: string, markText: string, hint: string, seq?: number, state?: string, actions?: boolean}} m
  */
 function bubble(m) {
   const node = el("div", {
@@ -98,10 +100,18 @@ function bubble(m) {
     "data-status": m.status,
   });
   if (m.seq) node.dataset.seq = String(m.seq);
+  if (m.state) node.dataset.state = m.state;
   if (!m.mine && m.sender) node.append(el("div", { class: "sender" }, m.sender));
   node.append(el("div", { class: "text" }, m.text));
   const meta = el("div", { class: "meta" }, el("time", {}, m.time));
+  if (m.state === "edited") meta.append(" ", el("span", { class: "edited" }, "(edited)"));
   if (m.mine) meta.append(" ", el("span", { class: "mark", title: m.hint }, m.markText));
+  if (m.actions) {
+    for (const [action, label] of [["edit", "Edit"], ["recall", "Recall"]]) {
+      const button = el("button", { type: "button", class: "action", "data-action": action, "data-testid": action }, label);
+      meta.append(" ", button);
+    }
+  }
   node.append(meta);
   return node;
 }
@@ -123,11 +133,15 @@ export function renderMessages(conv, me, names, mode) {
   }
   for (const seq of [...conv.messages.keys()].sort((a, b) => a - b)) {
     const m = /** @type {import("/sdk/im.js").Message} */ (conv.messages.get(seq));
+    if (isEvent(m)) continue; // applied to the message it names (edits.js)
     const mine = m.senderId === me;
     const { status, text, hint } = mine ? mark(conv, seq) : { status: "received", text: "", hint: "" };
     const sender = conv.kind === "group" ? (names.get(m.senderId) ?? `user ${m.senderId}`) : "";
-    const body = m.text ?? `(${m.contentType}, ${m.body.length} bytes)`;
-    nodes.push(bubble({ text: body, mine, sender, time: clock(m.serverTs), status, markText: text, hint, seq }));
+    const body = m.recalled ? "message recalled" : (m.text ?? `(${m.contentType}, ${m.body.length} bytes)`);
+    const state = m.recalled ? "recalled" : m.editedAt ? "edited" : "";
+    const actions = mine && !m.recalled;
+    const time = clock(m.serverTs);
+    nodes.push(bubble({ text: body, mine, sender, time, status, markText: text, hint, seq, state, actions }));
   }
   for (const p of conv.pending.values()) {
     const { text, hint } = PENDING_MARKS[p.status];

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from im import events
 from im.cli.chat import HINT, Chat, Room, offline_note
 from im.cli.common import UserNames
 from im.client.errors import ConnectionClosed, SendError
@@ -229,3 +230,36 @@ def test_offline_notes_are_short() -> None:
     assert offline_note(Reconnecting("heartbeat timeout", 1, 0.5)) == (
         "offline: heartbeat timeout; reconnecting in 0.5 s"
     )
+
+
+def event_msg(seq: int, sender: int, kind: str, target: int, text: str = "") -> wire_pb2.Message:
+    m = msg(seq, sender, text)
+    m.content_type, m.refers_to = kind, 1000 + target
+    return m
+
+
+async def test_edited_and_recalled_messages_and_their_events() -> None:
+    edited, recalled = msg(1, 2, "fixed"), msg(2, 1, "")
+    edited.edited_at, recalled.recalled = TS, True
+    history = [edited, recalled, event_msg(3, 2, events.EDIT, 1, "fixed")]
+    client = FakeClient(history)
+    screen = FakeScreen()
+    chat = make_chat(client, screen, last_seq=3)
+    await chat.opening()
+    assert screen.shown[1:4] == [
+        f"[{T}] #1 bob: fixed (edited)",
+        f"[{T}] #2 alice: (message recalled)",
+        "  (bob edited #1: fixed (edited))",
+    ]
+    screen.shown.clear()
+    for event in (
+        event_msg(4, 1, events.RECALL, 1),  # alice is a group admin, say
+        event_msg(5, 2, events.EDIT, 999, "new"),  # a message never shown here
+    ):
+        client.events_queue.put_nowait(event)
+    client.events_queue.put_nowait(None)
+    await chat.show_events()
+    assert screen.shown == [
+        "  (alice recalled #1: message recalled)",
+        "  (bob edited an earlier message: new (edited))",
+    ]

@@ -93,3 +93,16 @@ async def test_listen_gives_up_after_its_timeout_when_the_count_does_not_come(
     assert await asyncio.to_thread(args.func, args) == 1
     problem = json.loads(capsys.readouterr().err)
     assert problem == {"error": "timeout", "detail": "0 of 1 messages in 0.3 s"}
+
+
+def test_recall_and_edit_arguments() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["recall", "-u", "alice", "-g", "7", "123"])
+    assert (args.conversation, args.msg_id) == ("g:7", 123)
+    args = parser.parse_args(["edit", "-u", "alice", "--to", "bob", "123", "new text"])
+    assert (args.to, args.msg_id, args.text, args.client_msg_id) == ("bob", 123, "new text", None)
+    args = parser.parse_args(["edit", "-u", "a", "-c", "d:1:2", "5", "--client-msg-id", "k"])
+    assert (args.text, args.client_msg_id) == (None, "k")
+    for bad in (["recall", "-u", "a", "-c", "d:1:2", "x1"], ["recall", "-u", "a", "5"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
