@@ -33,6 +33,9 @@ class Authorizer:
         # an event is missed.
         self.positive_ttl = 30.0
         self.negative_ttl = 5.0
+        # Dissolved groups: members still ack and read, nobody sends. Dissolution is
+        # final, so an entry never goes stale; bounded like the cache.
+        self._read_only: set[str] = set()
 
     def _group(self) -> group_pb2_grpc.GroupServiceStub:
         return group_pb2_grpc.GroupServiceStub(self._channels.get(self._settings.group_addr()))
@@ -60,13 +63,22 @@ class Authorizer:
             for uid in user_ids:
                 self._cache.pop((uid, conversation_id), None)
 
+    def cached_send(self, user_id: int, conversation_id: str) -> bool | None:
+        """As ``cached``, for a send: a member of a dissolved group may not."""
+        hit = self.cached(user_id, conversation_id)
+        if hit is None:
+            return None
+        return hit and conversation_id not in self._read_only
+
+    def is_read_only(self, conversation_id: str) -> bool:
+        return conversation_id in self._read_only
+
     async def may_send(self, user_id: int, conversation_id: str) -> bool:
         hit = self.cached(user_id, conversation_id)
-        if hit is not None:
-            return hit
-        allowed = await self._ask(user_id, conversation_id)
-        self._remember(user_id, conversation_id, allowed)
-        return allowed
+        if hit is None:
+            hit = await self._ask(user_id, conversation_id)
+            self._remember(user_id, conversation_id, hit)
+        return hit and conversation_id not in self._read_only
 
     async def members_of(self, user_id: int, conversation_ids: list[str]) -> set[str]:
         """Those of ``conversation_ids`` the user belongs to now (no 1:1 is created)."""
@@ -101,6 +113,10 @@ class Authorizer:
             timeout=RPC_TIMEOUT,
         )
         if reply.is_member:
+            if reply.read_only:
+                if len(self._read_only) > MAX_CACHED:
+                    self._read_only.clear()
+                self._read_only.add(conversation_id)
             return True
         if not _may_become_member(user_id, conversation_id):
             return False

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from im.auth import Claims, TokenError, TokenIssuer, TokenVerifier
-from im.clock import SystemClock
+from im.clock import Clock, SystemClock
 from im.config import Settings
 from im.grpcutil import ChannelPool
 from im.ids import NODE_IDS, MsgIdGenerator
@@ -28,7 +28,9 @@ from services.gateway.assignment import ConnectorAssigner, ConnectorProber
 from services.gateway.calls import Calls
 from services.gateway.conversations import ConversationOps
 from services.gateway.errors import ApiError, rate_limited, unauthorized
+from services.gateway.group_events import GroupEvents
 from services.gateway.groups import GroupOps
+from services.gateway.lifecycle import GroupLifecycleOps
 from services.gateway.limits import LoginLimits, RateLimited
 from services.gateway.readiness import check_readiness
 from services.gateway.sessions import Issued, RefreshRefused, Sessions
@@ -101,6 +103,11 @@ class Gateway:
             self.conversation_ops,
             self._calls,
             lambda user_ids: self.get_users(user_ids=user_ids),
+            GroupEvents(self.sender),
+        )
+        self.lifecycle_clock: Clock = SystemClock()
+        self.lifecycle_ops = GroupLifecycleOps(
+            lambda: self.groups, self.group_ops, self.conversation_ops, self._calls
         )
 
     # ------------------------------------------------------------------ lifecycle
