@@ -180,10 +180,10 @@ def test_only_managers_handle_links_and_requests(stores: Stores) -> None:
     link = stores.link(cid, owner)
     for actor in (plain, outsider):
         for call in (
-            lambda: stores.link(cid, actor),
-            lambda: stores.life.list_links(cid, actor),
-            lambda: stores.life.revoke_link(cid, actor, link.link_id),
-            lambda: stores.life.list_requests(cid, actor),
+            lambda a=actor: stores.link(cid, a),
+            lambda a=actor: stores.life.list_links(cid, a),
+            lambda a=actor: stores.life.revoke_link(cid, a, link.link_id),
+            lambda a=actor: stores.life.list_requests(cid, a),
         ):
             assert code_of(call) == grpc.StatusCode.PERMISSION_DENIED
     past = stores.clock.wall_ms()
