@@ -21,6 +21,7 @@ log = logging.getLogger("im.gateway")
 
 EVENT_DEVICE = "server"
 SEND_ATTEMPTS = 3
+MAX_EVENT_USER_IDS = 100
 
 
 def event_client_msg_id(group_id: str, change_version: int, part: str = "") -> str:
@@ -48,7 +49,12 @@ class GroupEvents:
         tries loses the event (logged) rather than failing the request."""
         if not change_version:
             return
-        fields.setdefault("actor_id", sender_id)
+        fields = {"actor_id": fields.pop("actor_id", sender_id), **fields}
+        user_ids = fields.get("user_ids")
+        if isinstance(user_ids, list) and len(user_ids) > MAX_EVENT_USER_IDS:
+            # Thousands added at once: the event names the first ones and the count
+            # (the member list has them all), so its body stays small.
+            fields["user_ids"], fields["count"] = user_ids[:MAX_EVENT_USER_IDS], len(user_ids)
         message = wire_pb2.Message(
             conversation_id=group_id,
             sender_id=sender_id,

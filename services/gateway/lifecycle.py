@@ -114,10 +114,11 @@ class GroupLifecycleOps:
         response = await self._calls.rpc(self._groups().DissolveGroup, request)
         conversation = response.conversation
         if response.changed:
-            await self._ops._emit(group_id, me, events.GROUP_DISSOLVED, conversation.change_version)
             # No one added or removed: connectors forget every cached permission of
-            # the group and ask again, learning that it is read-only.
+            # the group and ask again, learning that it is read-only. Told before the
+            # event is sent: a member who sees the event finds sends refused.
             await self._ops._publish_membership(group_id, [], [], 0)
+            await self._ops._emit(group_id, me, events.GROUP_DISSOLVED, conversation.change_version)
         return GroupView(conversation, role_name(member.role))
 
     # --- invite links ------------------------------------------------------------
