@@ -64,3 +64,19 @@ def describe(content_type: str, body: bytes, name_of: Callable[[int], str | None
         "dissolved": f"{actor} dissolved the group",
     }
     return lines.get(kind, f"{actor}: {kind.replace('_', ' ')}")
+
+
+def mentioned_user_ids(body: bytes) -> list[int]:
+    """The user ids an event's body names (actor, users, approver): the ones to look
+    up before ``describe``."""
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return []
+    if not isinstance(data, dict):
+        return []
+    found = [data.get("actor_id"), data.get("approved_by")]
+    users = data.get("user_ids")
+    if isinstance(users, list):
+        found += users[:10]
+    return list(dict.fromkeys(uid for uid in found if isinstance(uid, int) and uid > 0))

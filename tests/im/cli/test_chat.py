@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from im import events
 from im.cli.chat import HINT, Chat, Room, offline_note
 from im.cli.common import UserNames
 from im.client.errors import ConnectionClosed, SendError
@@ -229,3 +230,19 @@ def test_offline_notes_are_short() -> None:
     assert offline_note(Reconnecting("heartbeat timeout", 1, 0.5)) == (
         "offline: heartbeat timeout; reconnecting in 0.5 s"
     )
+
+
+async def test_group_events_read_as_lines_of_their_own() -> None:
+    client = FakeClient()
+    screen = FakeScreen()
+    chat = make_chat(client, screen)
+    added = wire_pb2.Message(
+        msg_id=2001,
+        conversation_id=ROOM,
+        seq=5,
+        sender_id=1,
+        content_type=events.GROUP_MEMBERS_ADDED,
+        body=b'{"actor_id":1,"user_ids":[2,3]}',
+        server_ts=TS,
+    )
+    assert await chat.line_of(added) == f"[{T}] #5 * alice added bob, carol"
