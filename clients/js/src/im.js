@@ -33,6 +33,7 @@ import {
 } from "./wire.js";
 
 export { ApiError, GatewayClient } from "./gateway.js";
+export { describeGroupEvent, GROUP_EVENT_PREFIX, groupEventData, isGroupEvent } from "./groupEvents.js";
 export {
   directConversationId,
   fromBase64,
