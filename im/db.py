@@ -33,6 +33,10 @@ R = TypeVar("R")
 # SQLite only auto-increments an INTEGER PRIMARY KEY.
 Id64 = BigInteger().with_variant(Integer, "sqlite")
 
+# Longest group description and avatar (URL or attachment id) a group may have.
+GROUP_DESCRIPTION_CHARS = 1000
+GROUP_AVATAR_CHARS = 512
+
 # Longest dead-letter reason kept; the SQL message store cuts longer ones to fit.
 DEAD_LETTER_REASON_CHARS = 1024
 
@@ -84,6 +88,19 @@ class ConversationRow(Base):
     member_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     member_version: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     history_visible: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    # Group lifecycle (services/group/lifecycle.py).
+    description: Mapped[str] = mapped_column(
+        String(GROUP_DESCRIPTION_CHARS), nullable=False, default="", server_default=""
+    )
+    avatar: Mapped[str] = mapped_column(
+        String(GROUP_AVATAR_CHARS), nullable=False, default="", server_default=""
+    )
+    dissolved_at: Mapped[int] = mapped_column(
+        BigInteger, nullable=False, default=0, server_default="0"
+    )
+    change_version: Mapped[int] = mapped_column(
+        BigInteger, nullable=False, default=0, server_default="0"
+    )
 
 
 class MemberRow(Base):
@@ -124,6 +141,39 @@ class UserPrivacyRow(Base):
     user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     # Group invites only from contacts (see services/group/privacy.py).
     invites_from_contacts_only: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+
+
+class GroupInviteRow(Base):
+    """An invite link of a group. Only the SHA-256 of its token is kept (the token is
+    a bearer secret); ``link_id`` is the public handle to list and revoke it by."""
+
+    __tablename__ = "group_invites"
+    __table_args__ = (
+        Index("ix_group_invites_link", "link_id", unique=True),
+        Index("ix_group_invites_conversation", "conversation_id"),
+    )
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    link_id: Mapped[str] = mapped_column(String(16), nullable=False)
+    conversation_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    created_by: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    created_at: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    expires_at: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    max_uses: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    uses: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    approval_required: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    revoked_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class GroupJoinRequestRow(Base):
+    """A user asking to join through a link that needs approval; gone once decided."""
+
+    __tablename__ = "group_join_requests"
+
+    conversation_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    link_id: Mapped[str] = mapped_column(String(16), nullable=False)
+    requested_at: Mapped[int] = mapped_column(BigInteger, nullable=False)
 
 
 class MessageRow(Base):

@@ -17,6 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from im import events
 from im.cli.common import (
     UsageError,
     UserNames,
@@ -33,6 +34,7 @@ from im.cli.common import (
 from im.cli.screen import Screen, make_screen
 from im.client.errors import ApiError, ClientError, ConnectionClosed, SendError, kick_reason_name
 from im.client.events import EDIT, RECALL, is_event
+from im.client.group_events import describe, mentioned_user_ids
 from im.client.reconnect import Reconnected, Reconnecting
 from im.v1 import wire_pb2
 
@@ -129,6 +131,12 @@ class Chat:
         where = f"#{message.seq}"
         if cid != self.room.conversation_id:
             where = f"[{await self.title_of(cid)} #{message.seq}]"
+        if events.is_group_event(message.content_type):
+            # A change of the group, e.g. "alice added bob": a line of its own.
+            ids = mentioned_user_ids(message.body)
+            names = dict(zip(ids, await self.names.all(ids), strict=True))
+            line = describe(message.content_type, message.body, names.get)
+            return f"[{clock_time(message.server_ts)}] {where} * {line}"
         who = await self.names.of(message.sender_id)
         if is_event(message):
             return f"  ({who} {self.event_note(message)})"

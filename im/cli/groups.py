@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from im.cli import group_lifecycle
 from im.cli.common import UserNames, logged_in, print_json, run_client
 from im.client.gateway import as_group_id
 
@@ -178,6 +179,8 @@ def register(sub: argparse._SubParsersAction, account: argparse.ArgumentParser) 
     a.add_argument("member", help="username or user id")
     a.add_argument("role", choices=("admin", "member"))
     a.set_defaults(func=run_client(_with_client(_role)))
+
+    group_lifecycle.register(actions, account, _with_client, group_help)
 
     p = sub.add_parser(
         "receipts", parents=[account], help="who has (not) read a message: counts and pages"

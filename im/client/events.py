@@ -21,8 +21,9 @@ EDIT = events.EDIT
 
 
 def is_event(message: wire_pb2.Message) -> bool:
-    """A message the server made to act on another one (never shown by itself)."""
-    return events.is_reserved(message.content_type)
+    """A message the server made to act on another one (never shown by itself). Group
+    events (``application/vnd.im.group.*``) are not: they are shown, as lines."""
+    return message.content_type in (RECALL, EDIT)
 
 
 def apply_event(view: MutableMapping[int, wire_pb2.Message], event: wire_pb2.Message) -> bool:

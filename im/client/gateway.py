@@ -21,6 +21,7 @@ from urllib.parse import quote
 import httpx
 
 from im.client.errors import ApiError
+from im.client.group_lifecycle import GroupLifecycleCalls
 from im.client.transports import tls_context
 from im.v1 import wire_pb2
 
@@ -194,7 +195,7 @@ def _group_path(group_id: str | int) -> str:
     return f"/v1/groups/{_conv_path(as_group_id(group_id))}"
 
 
-class GatewayClient:
+class GatewayClient(GroupLifecycleCalls):
     """One gateway base URL, one bearer token (set by ``login``), and the session's
     refresh token, used by itself when the access token has expired."""
 

@@ -36,6 +36,9 @@ class Authorizer:
         # an event is missed.
         self.positive_ttl = 30.0
         self.negative_ttl = 5.0
+        # Dissolved groups: members still ack and read, nobody sends. Dissolution is
+        # final, so an entry never goes stale; bounded like the cache.
+        self._read_only: set[str] = set()
 
     def _group(self) -> group_pb2_grpc.GroupServiceStub:
         return group_pb2_grpc.GroupServiceStub(self._channels.get(self._settings.group_addr()))
@@ -44,16 +47,8 @@ class Authorizer:
         return user_pb2_grpc.UserServiceStub(self._channels.get(self._settings.user_addr()))
 
     def cached(self, user_id: int, conversation_id: str) -> bool | None:
-        """May the user send here, from the cache alone (None: ask)."""
-        member = self._member_cached(user_id, conversation_id)
-        if not member or not conversation_id.startswith(DIRECT_PREFIX):
-            return member
-        blocked = self._send_blocked.get(conversation_id)
-        if blocked is None or blocked[1] < self._clock.monotonic():
-            return None
-        return not blocked[0]
-
-    def _member_cached(self, user_id: int, conversation_id: str) -> bool | None:
+        """Is the user a member, from the cache alone (None: ask). Members of a blocked
+        1:1 pair or a dissolved group are members: they ack and read."""
         hit = self._cache.get((user_id, conversation_id))
         if hit is None or hit[1] < self._clock.monotonic():
             return None
@@ -74,8 +69,26 @@ class Authorizer:
             for uid in user_ids:
                 self._cache.pop((uid, conversation_id), None)
 
+    def cached_send(self, user_id: int, conversation_id: str) -> bool | None:
+        """May the user send here, from the cache alone (None: ask): a member, and
+        neither a blocked 1:1 pair nor a dissolved group."""
+        member = self.cached(user_id, conversation_id)
+        if not member:
+            return member
+        if conversation_id in self._read_only:
+            return False
+        if not conversation_id.startswith(DIRECT_PREFIX):
+            return True
+        blocked = self._send_blocked.get(conversation_id)
+        if blocked is None or blocked[1] < self._clock.monotonic():
+            return None
+        return not blocked[0]
+
+    def is_read_only(self, conversation_id: str) -> bool:
+        return conversation_id in self._read_only
+
     async def may_send(self, user_id: int, conversation_id: str) -> bool:
-        hit = self.cached(user_id, conversation_id)
+        hit = self.cached_send(user_id, conversation_id)
         if hit is not None:
             return hit
         member, blocked = await self._ask(user_id, conversation_id)
@@ -85,14 +98,14 @@ class Authorizer:
                 self._send_blocked.clear()
             expires = self._clock.monotonic() + self.positive_ttl
             self._send_blocked[conversation_id] = (blocked, expires)
-        return member and not blocked
+        return member and not blocked and conversation_id not in self._read_only
 
     async def members_of(self, user_id: int, conversation_ids: list[str]) -> set[str]:
         """Those of ``conversation_ids`` the user belongs to now (no 1:1 is created)."""
         found: set[str] = set()
         unknown: list[str] = []
         for conversation_id in conversation_ids:
-            hit = self._member_cached(user_id, conversation_id)
+            hit = self.cached(user_id, conversation_id)
             if hit:
                 found.add(conversation_id)
             elif hit is None:
@@ -122,6 +135,10 @@ class Authorizer:
             timeout=RPC_TIMEOUT,
         )
         if reply.is_member:
+            if reply.read_only:
+                if len(self._read_only) > MAX_CACHED:
+                    self._read_only.clear()
+                self._read_only.add(conversation_id)
             return True, reply.send_blocked
         if not _may_become_member(user_id, conversation_id):
             return False, False

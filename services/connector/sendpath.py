@@ -209,7 +209,7 @@ class SendPath:
         or parked on an identical Send already in flight."""
         try:
             # A dict hit on the hot path; a lookup (each RPC with its deadline) otherwise.
-            allowed = self.authorizer.cached(conn.user_id, send.conversation_id)
+            allowed = self.authorizer.cached_send(conn.user_id, send.conversation_id)
             if allowed is None:
                 allowed = await self.authorizer.may_send(conn.user_id, send.conversation_id)
         except Exception as exc:
@@ -223,6 +223,8 @@ class SendPath:
         if not allowed:
             # Neutral: a blocked sender is not told of the block.
             message = f"you cannot send to {send.conversation_id}"
+            if self.authorizer.is_read_only(send.conversation_id):
+                message = f"{send.conversation_id} is dissolved: it is read-only"
             self._fail(conn, E.ERROR_CODE_FORBIDDEN, message, send, request_id)
             return None
         key = idempotency_key(conn.user_id, send.client_msg_id)

@@ -11,6 +11,7 @@ from services.gateway import (
     api_auth,
     api_conversations,
     api_groups,
+    api_lifecycle,
     api_messages,
     api_ops,
     api_privacy,
@@ -52,6 +53,7 @@ def create_app(
         api_privacy,
         api_conversations,
         api_messages,
+        api_lifecycle,  # before api_groups: /v1/groups/join is not a group id
         api_groups,
         api_ops,
         api_sessions,

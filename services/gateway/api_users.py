@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 
 from services.gateway.deps import Auth, GatewayDep
 from services.gateway.inputs import UserIdPath
-from services.gateway.models import UserList, UserOut, user_out
+from services.gateway.models import UserList, UserOut, UserView, user_out
 from services.gateway.problems import problem_responses
 
 router = APIRouter()
@@ -27,13 +27,13 @@ async def me(gateway: GatewayDep, claims: Auth) -> UserOut:
 
 @router.get(
     "/v1/users/{user_id}",
-    response_model=UserOut,
+    response_model=UserView,
     tags=["users"],
     responses=problem_responses(401, 404, 422, 503),
 )
-async def user_by_id(gateway: GatewayDep, claims: Auth, user_id: UserIdPath) -> UserOut:
+async def user_by_id(gateway: GatewayDep, claims: Auth, user_id: UserIdPath) -> UserView:
     """A user by id, with whether you blocked them."""
-    out = user_out(await gateway.get_user(user_id))
+    out = UserView(**user_out(await gateway.get_user(user_id)).model_dump())
     if user_id != claims.user_id:
         out.blocked = await gateway.privacy_ops.is_blocked_by_me(claims.user_id, user_id)
     return out

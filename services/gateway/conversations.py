@@ -26,6 +26,7 @@ class ConversationView:
     delivered_seq: int
     read_seq: int
     unread: int
+    dissolved: bool = False
 
 
 _KINDS = {
@@ -118,6 +119,7 @@ class ConversationOps:
             delivered_seq=member.delivered_seq,
             read_seq=member.read_seq,
             unread=max(0, last_seq - read_floor),
+            dissolved=conversation.dissolved,
         )
 
     async def member(self, conversation_id: str, user_id: int) -> group_pb2.Member | None:

@@ -11,12 +11,14 @@ from dataclasses import dataclass
 
 import grpc
 
+from im import events
 from im.config import Settings
 from im.ids import GROUP_PREFIX, is_valid_conversation_id
 from im.v1 import bus_pb2, group_pb2, group_pb2_grpc, user_pb2
 from services.gateway.calls import Calls
 from services.gateway.conversations import ConversationOps
 from services.gateway.errors import ApiError, forbidden, no_such_group
+from services.gateway.group_events import GroupEvents
 
 USER_LOOKUP_CHUNK = 1000  # the user service's MAX_USERS_PER_LOOKUP
 UNKNOWN_IDS_IN_DETAIL = 20  # the problem's user_ids member carries them all
@@ -67,8 +69,10 @@ class GroupOps:
         conversations: ConversationOps,
         calls: Calls,
         get_users: Callable[[list[int]], Awaitable[list[user_pb2.User]]],
+        events: GroupEvents | None = None,
     ) -> None:
         self._settings = settings
+        self._events = events
         self._groups = groups
         self._conversations = conversations
         self._calls = calls
@@ -168,6 +172,9 @@ class GroupOps:
         added = [m.user_id for m in response.members]
         if added:
             await self._publish_membership(group_id, added, [], at_seq)
+            await self._emit(
+                group_id, me, events.GROUP_MEMBERS_ADDED, response.change_version, user_ids=added
+            )
         return added
 
     async def remove_member(self, me: int, group_id: str, user_id: int) -> None:
@@ -180,16 +187,23 @@ class GroupOps:
         request = group_pb2.RemoveMemberRequest(
             conversation_id=group_id, actor_id=me, user_id=user_id
         )
-        await self._calls.rpc(self._groups().RemoveMember, request, _OWNER_CANNOT_LEAVE)
+        response = await self._calls.rpc(self._groups().RemoveMember, request, _OWNER_CANNOT_LEAVE)
         await self._publish_membership(group_id, [], [user_id], 0)
+        await self._emit(
+            group_id, me, events.GROUP_MEMBER_REMOVED, response.change_version, user_ids=[user_id]
+        )
 
     async def leave_group(self, me: int, group_id: str) -> None:
         # Looked up first: RemoveMember answers NOT_FOUND both for an unknown group
         # and for a non-member, which must be 404 and 403 here.
         await self._group_member(group_id, me)
         request = group_pb2.RemoveMemberRequest(conversation_id=group_id, actor_id=me, user_id=me)
-        await self._calls.rpc(self._groups().RemoveMember, request, _OWNER_CANNOT_LEAVE)
+        response = await self._calls.rpc(self._groups().RemoveMember, request, _OWNER_CANNOT_LEAVE)
         await self._publish_membership(group_id, [], [me], 0)
+        if not (await self._group(group_id)).dissolved:  # a dissolved group gets no events
+            await self._emit(
+                group_id, me, events.GROUP_MEMBER_LEFT, response.change_version, user_ids=[me]
+            )
 
     async def list_members(
         self, me: int, group_id: str, cursor: str, limit: int
@@ -204,7 +218,21 @@ class GroupOps:
             conversation_id=group_id, actor_id=me, user_id=user_id, role=ROLES_BY_NAME[role]
         )
         response = await self._calls.rpc(self._groups().SetMemberRole, request, _OWNER_ROLE_FIXED)
+        await self._emit(
+            group_id,
+            me,
+            events.GROUP_ROLE_CHANGED,
+            response.change_version,
+            user_ids=[user_id],
+            role=role,
+        )
         return response.members[0]
+
+    async def _emit(
+        self, group_id: str, sender_id: int, content_type: str, version: int, **fields: object
+    ) -> None:
+        if self._events is not None:
+            await self._events.emit(group_id, sender_id, content_type, version, **fields)
 
     async def _publish_membership(
         self, conversation_id: str, added: list[int], removed: list[int], at_seq: int

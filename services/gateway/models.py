@@ -80,10 +80,12 @@ class UserOut(BaseModel):
     username: str = Field(description="Login name.")
     display_name: str = Field(description="Name shown to others.")
     created_at: int = Field(description="Registration time, milliseconds since the epoch.")
-    blocked: bool | None = Field(
-        default=None,
-        description="`GET /v1/users/{id}` only: whether you blocked this user.",
-    )
+
+
+class UserView(UserOut):
+    """Another user as the caller sees them."""
+
+    blocked: bool = Field(default=False, description="Whether you blocked this user.")
 
 
 class UserList(BaseModel):
@@ -105,6 +107,9 @@ class ConversationOut(BaseModel):
     unread: int = Field(
         description="Messages after the read cursor (and, in a group, after the user "
         "joined): last_seq - max(read_seq, joined_seq)."
+    )
+    dissolved: bool = Field(
+        False, description="A dissolved group: its history is readable, nothing can be sent."
     )
 
 
@@ -175,6 +180,10 @@ class GroupOut(BaseModel):
     history_visible: bool = Field(description="New members can read older messages.")
     created_at: int = Field(description="Creation time, milliseconds since the epoch.")
     my_role: RoleName = Field(description="The caller's role in the group.")
+    description: str = Field("", description="Free text shown with the group.")
+    avatar: str = Field("", description="An https URL or an attachment id; empty: none.")
+    dissolved: bool = Field(False, description="No more sends, joins or changes.")
+    dissolved_at: int = Field(0, description="When it was dissolved, ms; 0 while not.")
 
 
 class AddMembersRequest(BaseModel):
@@ -264,6 +273,7 @@ def conversation_out(v: ConversationView) -> ConversationOut:
         delivered_seq=v.delivered_seq,
         read_seq=v.read_seq,
         unread=v.unread,
+        dissolved=v.dissolved,
     )
 
 
@@ -301,6 +311,10 @@ def group_out(v: GroupView) -> GroupOut:
         history_visible=c.history_visible,
         created_at=c.created_at,
         my_role=v.my_role,  # type: ignore[arg-type]
+        description=c.description,
+        avatar=c.avatar,
+        dissolved=c.dissolved,
+        dissolved_at=c.dissolved_at,
     )
 
 

@@ -118,6 +118,7 @@ _DESCRIPTIONS = {
     403: "Not allowed (e.g. not a member)",
     404: "Not found",
     409: "Conflict with the current state",
+    410: "No longer usable (e.g. an expired or used-up invite link)",
     413: "Request body too large",
     422: "Invalid input: the problem's detail says which field and why",
     429: "Too many attempts: wait Retry-After seconds",

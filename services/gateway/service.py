@@ -28,7 +28,9 @@ from services.gateway.assignment import ConnectorAssigner, ConnectorProber
 from services.gateway.calls import Calls
 from services.gateway.conversations import ConversationOps
 from services.gateway.errors import ApiError, rate_limited, unauthorized
+from services.gateway.group_events import GroupEvents
 from services.gateway.groups import GroupOps
+from services.gateway.lifecycle import GroupLifecycleOps
 from services.gateway.limits import LoginLimits, RateLimited
 from services.gateway.message_events import MessageEventOps
 from services.gateway.privacy import PrivacyOps
@@ -116,6 +118,11 @@ class Gateway:
             self.conversation_ops,
             self._calls,
             lambda user_ids: self.get_users(user_ids=user_ids),
+            GroupEvents(self.sender),
+        )
+        self.lifecycle_clock: Clock = SystemClock()
+        self.lifecycle_ops = GroupLifecycleOps(
+            lambda: self.groups, self.group_ops, self.conversation_ops, self._calls
         )
 
     # ------------------------------------------------------------------ lifecycle

@@ -86,6 +86,11 @@ def _conversation(row: Any) -> group_pb2.Conversation:
         member_count=row.member_count,
         member_version=row.member_version or 0,
         history_visible=bool(row.history_visible),
+        description=row.description or "",
+        avatar=row.avatar or "",
+        dissolved=bool(row.dissolved_at),
+        dissolved_at=row.dissolved_at or 0,
+        change_version=row.change_version or 0,
     )
 
 
@@ -240,6 +245,10 @@ class GroupStore:
                 "member_count": 1 + len(others),
                 "member_version": 1,
                 "history_visible": history_visible,
+                "description": "",
+                "avatar": "",
+                "dissolved_at": 0,
+                "change_version": 0,
             }
             members = [_member_row(conversation_id, owner_id, OWNER, 0, now)]
             members += [_member_row(conversation_id, uid, MEMBER, 0, now) for uid in others]
@@ -268,13 +277,16 @@ class GroupStore:
     # --- membership --------------------------------------------------------------
     def add_members(
         self, conversation_id: str, actor_id: int, user_ids: list[int], at_seq: int
-    ) -> list[group_pb2.Member]:
+    ) -> tuple[list[group_pb2.Member], int]:
+        """The members added and the group's change_version (0: nobody was added)."""
         wanted = list(dict.fromkeys(user_ids))
         now = self._clock.wall_ms()
         with Session(self._engine) as session, session.begin():
             conversation = self._lock(session, conversation_id)
             if conversation.kind != GROUP:
                 raise _precondition("members can only be added to a group")
+            if conversation.dissolved_at:
+                raise _precondition("the group is dissolved")
             actor = session.get(MemberRow, (conversation_id, actor_id))
             if actor is None or actor.role not in MANAGERS:
                 raise _denied("only the owner or an admin may add members")
@@ -288,7 +300,9 @@ class GroupStore:
                 if uid not in present
             ]
             self._check_size(conversation.member_count + len(new_rows))
+            version = 0
             if new_rows:
+                version = (conversation.change_version or 0) + 1
                 # One executemany: the drivers send it as multi-row inserts / one
                 # prepared statement, so thousands of members take one round of I/O.
                 session.execute(insert(_members), new_rows)
@@ -298,17 +312,24 @@ class GroupStore:
                     .values(
                         member_count=_conversations.c.member_count + len(new_rows),
                         member_version=_conversations.c.member_version + 1,
+                        change_version=version,
                     )
                 )
         # The row dicts are named like the Member fields.
-        return [group_pb2.Member(**r) for r in new_rows]
+        return [group_pb2.Member(**r) for r in new_rows], version
 
-    def remove_member(self, conversation_id: str, actor_id: int, user_id: int) -> group_pb2.Member:
+    def remove_member(
+        self, conversation_id: str, actor_id: int, user_id: int
+    ) -> tuple[group_pb2.Member, int]:
+        """The member removed and the group's change_version. A dissolved group can
+        still be left (a member drops it from their list), no one can be removed."""
         with Session(self._engine) as session, session.begin():
             conversation = self._lock(session, conversation_id)
             if conversation.kind != GROUP:
                 raise _precondition("nobody can leave or be removed from a direct conversation")
             leaving = actor_id == user_id
+            if conversation.dissolved_at and not leaving:
+                raise _precondition("the group is dissolved")
             actor = None
             if not leaving:
                 actor = session.get(MemberRow, (conversation_id, actor_id))
@@ -325,6 +346,7 @@ class GroupStore:
             if actor is not None and target.role == ADMIN and actor.role != OWNER:
                 raise _denied("only the owner may remove an admin")
             removed = _member(target)
+            version = (conversation.change_version or 0) + 1
             session.execute(
                 delete(_members).where(
                     _members.c.conversation_id == conversation_id,
@@ -337,19 +359,23 @@ class GroupStore:
                 .values(
                     member_count=_conversations.c.member_count - 1,
                     member_version=_conversations.c.member_version + 1,
+                    change_version=version,
                 )
             )
-        return removed
+        return removed, version
 
     def set_member_role(
         self, conversation_id: str, actor_id: int, user_id: int, role: int
-    ) -> group_pb2.Member:
+    ) -> tuple[group_pb2.Member, int]:
+        """The member and the group's change_version (0: the role was already so)."""
         if role not in (MEMBER, ADMIN):
             raise invalid("role must be MEMBER or ADMIN (ownership is not transferable here)")
         with Session(self._engine) as session, session.begin():
             conversation = self._lock(session, conversation_id)
             if conversation.kind != GROUP:
                 raise _precondition("direct conversations have no roles")
+            if conversation.dissolved_at:
+                raise _precondition("the group is dissolved")
             actor = session.get(MemberRow, (conversation_id, actor_id))
             if actor is None or actor.role != OWNER:
                 raise _denied("only the owner may change roles")
@@ -361,9 +387,12 @@ class GroupStore:
                 )
             if target.role == OWNER:
                 raise _precondition("the owner's role cannot be changed")
-            target.role = role
+            version = 0
+            if target.role != role:
+                target.role = role
+                conversation.change_version = version = (conversation.change_version or 0) + 1
             session.flush()
-            return _member(target)
+            return _member(target), version
 
     # --- receipts ------------------------------------------------------------------
     @staticmethod
@@ -479,6 +508,16 @@ class GroupStore:
         with Session(self._engine) as session:
             row = session.get(MemberRow, (conversation_id, user_id))
             return _member(row) if row is not None else None
+
+    def is_dissolved(self, conversation_id: str) -> bool:
+        with Session(self._engine) as session:
+            return bool(
+                session.scalar(
+                    select(_conversations.c.dissolved_at).where(
+                        _conversations.c.id == conversation_id
+                    )
+                )
+            )
 
     # --- cursors -----------------------------------------------------------------
     def update_cursors(

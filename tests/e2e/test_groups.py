@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 
+from im import events
 from im.client import ApiError, ImClient, SendError
 from im.v1 import wire_pb2
 from tests.e2e.helpers import (
@@ -116,7 +117,9 @@ async def test_removed_member_gets_nothing_more_and_cannot_send(gateway):
             await take_messages(c, 1)
         await alice.gateway.remove_member(conv, bob.user_id)
         after = await alice.send(conv, "after")
-        (got,) = await take_messages(carol, 1)  # carol is still in: she gets it...
+        # carol is still in: she gets the removal's system event and the message...
+        removed, got = await take_messages(carol, 2)
+        assert removed.content_type == events.GROUP_MEMBER_REMOVED
         assert got.msg_id == after.msg_id
         with pytest.raises(AssertionError):  # ...bob does not
             await take_messages(bob, 1, timeout=2)
@@ -158,10 +161,12 @@ async def test_new_member_sees_messages_from_when_they_joined(gateway):
         await alice.gateway.add_members(conv, [dave.user_id])
         await dave.connect()
         fresh = await alice.send(conv, "welcome dave")
-        (got,) = await take_messages(dave, 1)
-        assert (got.msg_id, got.seq) == (fresh.msg_id, 2)
+        # The system event of his joining comes first (seq 2): he sees it too.
+        added, got = await take_messages(dave, 2)
+        assert (added.content_type, added.seq) == (events.GROUP_MEMBERS_ADDED, 2)
+        assert (got.msg_id, got.seq) == (fresh.msg_id, 3)
         history = await dave.gateway.history(conv, 0, 10)
-        assert [m.seq for m in history.messages] == [2]
+        assert [m.seq for m in history.messages] == [2, 3]
     finally:
         await close_all(alice, bob, dave)
 

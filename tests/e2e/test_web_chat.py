@@ -133,3 +133,50 @@ def test_two_users_chat_in_the_page(browser, suite: RunningSuite):  # type: igno
     finally:
         for context in contexts:
             context.close()
+
+
+def test_group_events_and_settings_in_the_page(browser, suite: RunningSuite):  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    run = uuid.uuid4().hex[:6]
+    alice, bob, carol = f"alice{run}", f"bob{run}", f"carol{run}"
+    contexts = [browser.new_context(viewport={"width": 1100, "height": 700}) for _ in range(3)]
+    a, b, c = (context.new_page() for context in contexts)
+    errors: list[str] = []
+    for page in (a, b, c):
+        page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        for page, name in ((a, alice), (b, bob), (c, carol)):
+            register(page, suite.gateway, name)
+        a.locator("#new-group summary").click()
+        a.locator("#group-name").fill("weekend")
+        a.locator("#group-members").fill(bob)
+        a.locator("#group-name").press("Enter")
+        expect(a.locator("#title")).to_have_text("weekend")
+
+        # Rename in the settings panel: everyone sees the event line and the new name.
+        a.locator("#members-toggle").click()
+        a.get_by_test_id("rename").fill("crew")
+        a.get_by_test_id("rename").press("Enter")
+        line = f'{alice} renamed the group to "crew"'
+        expect(a.get_by_test_id("event").filter(has_text=line)).to_be_visible()
+        expect(a.locator("#title")).to_have_text("crew")
+        b.get_by_test_id("conversation").filter(has_text="crew").click()
+        expect(b.get_by_test_id("event").filter(has_text=line)).to_be_visible()
+
+        # An invite link: carol joins with its token; the others see her join.
+        a.get_by_test_id("invite").click()
+        expect(a.get_by_test_id("invite-token")).to_contain_text("Token")
+        token = a.get_by_test_id("invite-token").text_content().rsplit(" ", 1)[-1]
+        c.locator("#join-group summary").click()
+        c.get_by_test_id("join-token").fill(token)
+        c.get_by_test_id("join-token").press("Enter")
+        expect(c.locator("#title")).to_have_text("crew")
+        joined = f"{carol} joined by invite link"
+        expect(c.get_by_test_id("event").filter(has_text=joined)).to_be_visible()
+        expect(b.get_by_test_id("event").filter(has_text=joined)).to_be_visible()
+        assert not errors, errors
+    finally:
+        for context in contexts:
+            context.close()

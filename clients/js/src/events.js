@@ -14,11 +14,10 @@
 export const RECALL = "application/vnd.im.recall";
 /** Replaces the text of `refersTo`; the event's text is the new text. */
 export const EDIT = "application/vnd.im.edit";
-const RESERVED = "application/vnd.im.";
-
-/** A message the server made to act on another one (never shown by itself). */
+/** A message the server made to act on another one (never shown by itself). Group
+ * events (`application/vnd.im.group.*`) are not: they are shown, as lines. */
 export function isEvent(/** @type {{contentType: string}} */ message) {
-  return message.contentType.startsWith(RESERVED);
+  return message.contentType === RECALL || message.contentType === EDIT;
 }
 
 /**

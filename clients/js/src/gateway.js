@@ -349,6 +349,69 @@ export class GatewayClient {
   leaveGroup(groupId) {
     return this.request("POST", `/v1/groups/${groupPath(groupId)}/leave`);
   }
+
+  // ---- group lifecycle (each change shows in the group as a system event)
+
+  /**
+   * Change what is given (owner or admin); returns the group.
+   * @param {string | number} groupId
+   * @param {{name?: string, description?: string, avatar?: string}} changes
+   */
+  updateGroup(groupId, changes) {
+    return this.request("PATCH", `/v1/groups/${groupPath(groupId)}`, changes);
+  }
+
+  /** @param {string | number} groupId @param {string} name */
+  renameGroup(groupId, name) {
+    return this.updateGroup(groupId, { name });
+  }
+
+  /** Make `userId` the owner (owner only); the caller becomes an admin. */
+  transferGroup(groupId, userId) {
+    return this.request("POST", `/v1/groups/${groupPath(groupId)}/transfer`, { user_id: userId });
+  }
+
+  /** Dissolve the group (owner only): read-only from now on. */
+  dissolveGroup(groupId) {
+    return this.request("POST", `/v1/groups/${groupPath(groupId)}/dissolve`);
+  }
+
+  /**
+   * A new invite link (owner or admin); its `token` is only in this answer.
+   * @param {string | number} groupId
+   * @param {{expiresInSeconds?: number, maxUses?: number, approvalRequired?: boolean}} [options]
+   */
+  createInvite(groupId, { expiresInSeconds = 7 * 24 * 3600, maxUses = 0, approvalRequired = false } = {}) {
+    const body = { expires_in_seconds: expiresInSeconds, max_uses: maxUses, approval_required: approvalRequired };
+    return this.request("POST", `/v1/groups/${groupPath(groupId)}/invites`, body);
+  }
+
+  /** @param {string | number} groupId */
+  async invites(groupId) {
+    return (await this.request("GET", `/v1/groups/${groupPath(groupId)}/invites`)).invites;
+  }
+
+  /** @param {string | number} groupId @param {string} linkId */
+  revokeInvite(groupId, linkId) {
+    return this.request("DELETE", `/v1/groups/${groupPath(groupId)}/invites/${encodeURIComponent(linkId)}`);
+  }
+
+  /** Join with an invite token: {conversation_id, name, status: joined|already_member|pending}. */
+  joinGroup(token) {
+    return this.request("POST", "/v1/groups/join", { token });
+  }
+
+  /** @param {string | number} groupId */
+  async joinRequests(groupId) {
+    return (await this.request("GET", `/v1/groups/${groupPath(groupId)}/join-requests`)).requests;
+  }
+
+  /** Approve or reject a join request; resolves to true when the user joined. */
+  async decideJoinRequest(groupId, userId, approve) {
+    const verb = approve ? "approve" : "reject";
+    const path = `/v1/groups/${groupPath(groupId)}/join-requests/${userId}/${verb}`;
+    return (await this.request("POST", path)).joined;
+  }
 }
 
 /** @param {string | number} groupId */

@@ -34,6 +34,8 @@ import {
 
 export { ApiError, GatewayClient } from "./gateway.js";
 export { applyEvent, displayText, EDIT, isEvent, RECALL } from "./events.js";
+
+export { describeGroupEvent, GROUP_EVENT_PREFIX, groupEventData, isGroupEvent } from "./groupEvents.js";
 export {
   directConversationId,
   fromBase64,

@@ -1,6 +1,6 @@
 // The web chat page, on the JavaScript SDK that the gateway serves at /sdk/ (the same
 // files as clients/js/src). State lives here, drawing in view.js.
-import { ApiError, ImClient, newClientMsgId } from "/sdk/im.js";
+import { ApiError, groupEventData, ImClient, isGroupEvent, newClientMsgId } from "/sdk/im.js";
 import { $, renderList, renderMembers, renderMessages, renderStatus, title, unread } from "./view.js";
 import { applyEvents, bindMessageActions } from "./edits.js";
 
@@ -78,6 +78,7 @@ function conversation(id) {
       const c = conv;
       client.gateway.group(id).then((g) => {
         c.name = g.name;
+        c.dissolved = g.dissolved;
         redraw("keep");
       }, () => {});
     }
@@ -95,6 +96,20 @@ function upsert(c) {
   return conv;
 }
 
+/**
+ * A group event changes what we show of the group: its name, whether it is open.
+ * @param {import("./view.js").Conv} conv @param {import("/sdk/im.js").Message} m
+ */
+function applyGroupEvent(conv, m) {
+  if (!isGroupEvent(m.contentType)) return;
+  const data = groupEventData(m);
+  for (const id of [data.actor_id, data.approved_by, ...(data.user_ids ?? [])]) {
+    if (Number.isInteger(id)) learnName(id);
+  }
+  if (m.contentType.endsWith(".renamed") && typeof data.name === "string") conv.name = data.name;
+  if (m.contentType.endsWith(".dissolved")) conv.dissolved = true;
+}
+
 /** @param {"bottom" | "prepend" | "keep"} mode */
 function redraw(mode) {
   renderList(conversations, openId, names);
@@ -103,6 +118,12 @@ function redraw(mode) {
     $("title").textContent = title(conv, names);
     renderMessages(conv, client.userId, names, mode);
     renderMembers(conv, names, client.userId);
+    const closed = Boolean(conv.dissolved);
+    /** @type {HTMLTextAreaElement} */ ($("composer")).disabled = closed;
+    /** @type {HTMLButtonElement} */ ($("send")).disabled = closed;
+    /** @type {HTMLTextAreaElement} */ ($("composer")).placeholder = closed
+      ? "This group was dissolved: read only"
+      : "Message (Enter sends, Shift+Enter for a new line)";
   }
   document.title = [...conversations.values()].some(unread) ? "(new) IM chat" : "IM chat";
 }
@@ -140,6 +161,7 @@ client.on("message", (m) => {
   applyEvents(conv, [m]);
   conv.lastSeq = Math.max(conv.lastSeq, m.seq);
   conv.touched = ++activity;
+  applyGroupEvent(conv, m);
   if (m.senderId === client.userId) {
     conv.pending.delete(m.clientMsgId); // it has its seq now
     conv.readPoint = Math.max(conv.readPoint, m.seq); // ours: not unread
@@ -260,6 +282,7 @@ function add(conv, messages) {
     conv.messages.set(m.seq, m);
     conv.lastSeq = Math.max(conv.lastSeq, m.seq);
     if (conv.kind === "group") learnName(m.senderId);
+    applyGroupEvent(conv, m);
   }
   applyEvents(conv, messages);
 }
@@ -427,6 +450,38 @@ function bind() {
     } catch (err) {
       $("side-error").textContent = describe(err);
     }
+  });
+
+  onSubmit("rename-form", async (form) => {
+    if (!openId) return;
+    const group = await client.gateway.renameGroup(openId, value("rename"));
+    conversation(openId).name = group.name; // the event says so to everyone else
+    form.reset();
+    redraw("keep");
+  });
+
+  $("invite").addEventListener("click", async () => {
+    if (!openId) return;
+    try {
+      const invite = await client.gateway.createInvite(openId);
+      $("invite-token").textContent = `Token (share it; valid 7 days): ${invite.token}`;
+    } catch (err) {
+      $("side-error").textContent = describe(err);
+    }
+  });
+
+  onSubmit("join-form", async (form) => {
+    const joined = await client.gateway.joinGroup(value("join-token"));
+    form.reset();
+    /** @type {HTMLDetailsElement} */ ($("join-group")).open = false;
+    if (joined.status === "pending") {
+      $("side-error").textContent = `Asked to join ${joined.name}: an admin will decide.`;
+      return;
+    }
+    const conv = conversation(joined.conversation_id);
+    conv.name = joined.name;
+    conv.touched = ++activity;
+    await openConversation(conv.id);
   });
 
   $("members-toggle").addEventListener("click", () => {

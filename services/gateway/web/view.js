@@ -1,6 +1,6 @@
 // Rendering of the chat page: plain DOM, text always set as textContent (a message
 // is never HTML). The state it draws is app.js's.
-import { isEvent } from "/sdk/im.js";
+import { describeGroupEvent, isEvent, isGroupEvent } from "/sdk/im.js";
 
 /**
  * @typedef {object} Pending a message of ours without its seq yet
@@ -26,6 +26,7 @@ import { isEvent } from "/sdk/im.js";
  * @property {boolean} exhausted nothing older to load
  * @property {boolean} loading
  * @property {number} touched for the list order: last activity
+ * @property {boolean} [dissolved] a dissolved group: read-only
  */
 
 export const $ = (/** @type {string} */ id) => /** @type {HTMLElement} */ (document.getElementById(id));
@@ -133,6 +134,12 @@ export function renderMessages(conv, me, names, mode) {
   }
   for (const seq of [...conv.messages.keys()].sort((a, b) => a - b)) {
     const m = /** @type {import("/sdk/im.js").Message} */ (conv.messages.get(seq));
+    if (isGroupEvent(m.contentType)) {
+      // A change of the group ("alice added bob"): a line of its own, not a bubble.
+      const line = describeGroupEvent(m, (id) => names.get(id)) ?? "";
+      nodes.push(el("p", { class: "event", "data-testid": "event", "data-seq": String(seq) }, line));
+      continue;
+    }
     if (isEvent(m)) continue; // applied to the message it names (edits.js)
     const mine = m.senderId === me;
     const { status, text, hint } = mine ? mark(conv, seq) : { status: "received", text: "", hint: "" };

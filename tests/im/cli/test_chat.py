@@ -263,3 +263,19 @@ async def test_edited_and_recalled_messages_and_their_events() -> None:
         "  (alice recalled #1: message recalled)",
         "  (bob edited an earlier message: new (edited))",
     ]
+
+
+async def test_group_events_read_as_lines_of_their_own() -> None:
+    client = FakeClient()
+    screen = FakeScreen()
+    chat = make_chat(client, screen)
+    added = wire_pb2.Message(
+        msg_id=2001,
+        conversation_id=ROOM,
+        seq=5,
+        sender_id=1,
+        content_type=events.GROUP_MEMBERS_ADDED,
+        body=b'{"actor_id":1,"user_ids":[2,3]}',
+        server_ts=TS,
+    )
+    assert await chat.line_of(added) == f"[{T}] #5 * alice added bob, carol"

@@ -45,6 +45,12 @@ class AllowList:
     def cached(self, user_id: int, conversation_id: str) -> bool | None:
         return None
 
+    def cached_send(self, user_id: int, conversation_id: str) -> bool | None:
+        return None
+
+    def is_read_only(self, conversation_id: str) -> bool:
+        return False
+
     async def members_of(self, user_id: int, conversation_ids: list[str]) -> set[str]:
         self.lookups.append(list(conversation_ids))
         return {c for c in conversation_ids if (user_id, c) in self.allowed}

@@ -44,14 +44,15 @@ async def test_a_blocked_pair_may_ack_but_not_send_until_unblocked(tmp_path: Pat
         await stub.GetOrCreateDirect(group_pb2.GetOrCreateDirectRequest(user_a=1, user_b=2))
         authorizer = Authorizer(settings, channels, FakeClock())
         assert await authorizer.members_of(2, ["d:1:2"]) == {"d:1:2"}
-        assert authorizer.cached(2, "d:1:2") is None  # membership alone says nothing of blocks
+        assert authorizer.cached_send(2, "d:1:2") is None  # membership says nothing of blocks
         assert await authorizer.may_send(2, "d:1:2") is True
 
         await stub.Block(group_pb2.BlockRequest(user_id=1, target_id=2))
         authorizer.forget("d:1:2")  # what the block's membership event does
         assert await authorizer.may_send(2, "d:1:2") is False
         assert await authorizer.may_send(1, "d:1:2") is False  # the blocker neither
-        assert authorizer.cached(2, "d:1:2") is False
+        assert authorizer.cached_send(2, "d:1:2") is False
+        assert authorizer.cached(2, "d:1:2") is True  # still a member: acks and reads go
         assert await authorizer.members_of(2, ["d:1:2"]) == {"d:1:2"}  # acks still go
 
         await stub.Unblock(group_pb2.BlockRequest(user_id=1, target_id=2))
