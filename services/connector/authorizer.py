@@ -73,6 +73,12 @@ class Authorizer:
     def is_read_only(self, conversation_id: str) -> bool:
         return conversation_id in self._read_only
 
+    def mark_read_only(self, conversation_id: str) -> None:
+        """A group was dissolved (its event is being delivered): sends are refused."""
+        if len(self._read_only) > MAX_CACHED:
+            self._read_only.clear()
+        self._read_only.add(conversation_id)
+
     async def may_send(self, user_id: int, conversation_id: str) -> bool:
         hit = self.cached(user_id, conversation_id)
         if hit is None:
@@ -114,9 +120,7 @@ class Authorizer:
         )
         if reply.is_member:
             if reply.read_only:
-                if len(self._read_only) > MAX_CACHED:
-                    self._read_only.clear()
-                self._read_only.add(conversation_id)
+                self.mark_read_only(conversation_id)
             return True
         if not _may_become_member(user_id, conversation_id):
             return False
