@@ -87,6 +87,12 @@ class Authorizer:
     def is_read_only(self, conversation_id: str) -> bool:
         return conversation_id in self._read_only
 
+    def mark_read_only(self, conversation_id: str) -> None:
+        """A group was dissolved (its event is being delivered): sends are refused."""
+        if len(self._read_only) > MAX_CACHED:
+            self._read_only.clear()
+        self._read_only.add(conversation_id)
+
     async def may_send(self, user_id: int, conversation_id: str) -> bool:
         hit = self.cached_send(user_id, conversation_id)
         if hit is not None:
@@ -136,9 +142,7 @@ class Authorizer:
         )
         if reply.is_member:
             if reply.read_only:
-                if len(self._read_only) > MAX_CACHED:
-                    self._read_only.clear()
-                self._read_only.add(conversation_id)
+                self.mark_read_only(conversation_id)
             return True, reply.send_blocked
         if not _may_become_member(user_id, conversation_id):
             return False, False

@@ -18,7 +18,7 @@ from collections import OrderedDict
 
 import grpc
 
-from im import logs, tracing
+from im import events, logs, tracing
 from im.auth import TokenError, TokenVerifier
 from im.clock import Clock, SystemClock
 from im.config import Settings
@@ -345,6 +345,10 @@ class ConnectorCore:
             payload = frame_payload(deliver=wire_pb2.Deliver(message=message))  # once per message
             item = (payload, HEADER.pack(len(payload)) + payload)
             conv, seq = message.conversation_id, message.seq
+            if message.content_type == events.GROUP_DISSOLVED:
+                # Read-only from now on, before a member here sees the event: the
+                # membership topic says so too, but may come later.
+                self.authorizer.mark_read_only(conv)
             pushed_before = pushed
             for target in delivery.targets:
                 conn = self.by_device.get((target.user_id, target.device_id))

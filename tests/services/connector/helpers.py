@@ -37,10 +37,11 @@ class AllowList:
 
     def __init__(self, allowed: set[tuple[int, str]]) -> None:
         self.allowed = allowed
+        self.read_only: set[str] = set()
         self.lookups: list[list[str]] = []
 
     async def may_send(self, user_id: int, conversation_id: str) -> bool:
-        return (user_id, conversation_id) in self.allowed
+        return (user_id, conversation_id) in self.allowed and conversation_id not in self.read_only
 
     def cached(self, user_id: int, conversation_id: str) -> bool | None:
         return None
@@ -49,7 +50,10 @@ class AllowList:
         return None
 
     def is_read_only(self, conversation_id: str) -> bool:
-        return False
+        return conversation_id in self.read_only
+
+    def mark_read_only(self, conversation_id: str) -> None:
+        self.read_only.add(conversation_id)
 
     async def members_of(self, user_id: int, conversation_ids: list[str]) -> set[str]:
         self.lookups.append(list(conversation_ids))

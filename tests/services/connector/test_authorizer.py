@@ -92,3 +92,41 @@ async def test_the_first_send_to_a_blocking_peer_creates_nothing_it_can_use(
         await channels.close()
         await user_app.stop()
         await group.stop()
+
+
+async def test_a_dissolved_group_is_read_only_for_sends_only(tmp_path: Path) -> None:
+    from im.v1 import group_pb2, group_pb2_grpc
+
+    settings = make_settings(tmp_path)
+    group = build_group(settings)
+    await group.start()
+    settings = settings.model_copy(update={"group_service_addr": group.endpoints()["grpc"]})
+    channels = ChannelPool.for_settings(settings)
+    try:
+        stub = group_pb2_grpc.GroupServiceStub(channels.get(settings.group_addr()))
+        made = await stub.CreateGroup(
+            group_pb2.CreateGroupRequest(owner_id=1, name="team", member_ids=[2])
+        )
+        gid = made.conversation.conversation_id
+        authorizer = Authorizer(settings, channels, FakeClock())
+        assert await authorizer.may_send(2, gid) is True
+        assert authorizer.cached_send(2, gid) is True
+
+        await stub.DissolveGroup(group_pb2.DissolveGroupRequest(conversation_id=gid, actor_id=1))
+        authorizer.forget(gid)  # what the membership event does
+        assert await authorizer.may_send(2, gid) is False
+        assert authorizer.cached_send(2, gid) is False and authorizer.is_read_only(gid)
+        # Still a member: acks and reads go on.
+        assert authorizer.cached(2, gid) is True
+        assert await authorizer.members_of(2, [gid]) == {gid}
+
+        # Told by the delivery of the dissolved event, before any lookup.
+        fresh = Authorizer(settings, channels, FakeClock())
+        assert await fresh.may_send(2, gid) is False  # (a lookup says so as well)
+        other = Authorizer(settings, channels, FakeClock())
+        other.mark_read_only("g:99")
+        assert other.cached_send(1, "g:99") is None  # nothing cached: it will ask
+        assert other.is_read_only("g:99")
+    finally:
+        await channels.close()
+        await group.stop()

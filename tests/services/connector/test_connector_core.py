@@ -427,3 +427,17 @@ async def test_presence_is_reasserted_once_an_unreachable_store_is_back(setup, c
     clock.advance(1)
     await core.watch_presence()
     assert [r.device_id for r in (await store.routes([1]))[1]] == ["phone"]
+
+
+async def test_delivering_a_dissolved_event_makes_the_conversation_read_only(setup):
+    from im import events
+
+    core, issuer, *_ = setup
+    conn = await authed(core, issuer, 2)
+    request = deliver_request(1, user=2)
+    request.deliveries[0].message.content_type = events.GROUP_DISSOLVED
+    core.deliver(request)  # before the member sees the event, the connector knows
+    send(core, conn, "after", conv="d:1:2")
+    await core.wait_background()
+    error = conn.last("error").error
+    assert error.code == E.ERROR_CODE_FORBIDDEN and "dissolved" in error.message

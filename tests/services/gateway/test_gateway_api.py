@@ -252,6 +252,7 @@ async def test_direct_conversation(suite: Suite) -> None:
         "delivered_seq": 0,
         "read_seq": 0,
         "unread": 0,
+        "dissolved": False,
     }
     assert (await direct(suite, headers, bob_id))["conversation_id"] == conv["conversation_id"]
 
@@ -294,6 +295,7 @@ async def test_conversations_and_sync(suite: Suite) -> None:
         "delivered_seq": 0,
         "read_seq": 0,
         "unread": 1,
+        "dissolved": False,
     }
 
     r = await suite.client.post(f"/v1/conversations/{cid}/read", json={"seq": 2}, headers=bob)

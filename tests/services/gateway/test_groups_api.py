@@ -86,6 +86,10 @@ async def test_create_group(suite: Suite) -> None:
         "history_visible": False,
         "created_at": group["created_at"],
         "my_role": "owner",
+        "description": "",
+        "avatar": "",
+        "dissolved": False,
+        "dissolved_at": 0,
     }
     assert group["created_at"] > 1_600_000_000_000
 
