@@ -17,6 +17,7 @@ from im.client.gateway import (
     HistoryPage,
     LoginResult,
     MemberPage,
+    PostedMessage,
     as_group_id,
     message_from_json,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "ImClient",
     "LoginResult",
     "MemberPage",
+    "PostedMessage",
     "ReconnectPolicy",
     "Reconnected",
     "Reconnecting",
