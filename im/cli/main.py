@@ -4,6 +4,7 @@ Client commands print JSON lines on stdout (one per result/message) and problems
 JSON object on stderr with exit status 1, so they compose with ``jq`` and scripts.
 The commands live by group: ``servers`` (standalone, serve, cluster, db, config-doc,
 bench, with ``deadletters`` and ``certs``), ``messaging`` (register, send, listen),
+``posting`` (post, service-send: sends without a socket),
 ``chat``, ``conversations`` (conversations, history, read), ``account`` (whoami,
 logout), ``groups`` (group ..., receipts).
 """
@@ -47,10 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     gateway = gateway_parent()
 
-    from im.cli import account, chat, conversations, groups, messaging, servers
+    from im.cli import account, chat, conversations, groups, messaging, posting, servers
 
     servers.register(sub)
     messaging.register(sub, gateway)  # register, send, listen
+    posting.register(sub, gateway)  # post (REST), service-send (internal gRPC)
     chat.register(sub, gateway)
     conversations.register(sub, gateway)  # conversations, history, read
     account.register(sub, gateway)  # whoami, logout
