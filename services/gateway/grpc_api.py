@@ -51,7 +51,7 @@ class MessageServicer(message_pb2_grpc.MessageServiceServicer):
         self, request: message_pb2.ServerSendRequest, context: grpc.aio.ServicerContext
     ) -> message_pb2.ServerSendResponse:
         device = request.sender_device or SERVER_DEVICE
-        if not _DEVICE.match(device):
+        if not _DEVICE.fullmatch(device):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "sender_device must be 1-64 characters of A-Z a-z 0-9 _ . : -",

@@ -93,6 +93,7 @@ async def test_the_sender_must_exist_and_be_a_member(suite: Suite, stub) -> None
         ({"body": b"x" * 32769}, "32768"),
         ({"attachment_ids": ["ok"] * 17}, "attachment"),
         ({"sender_device": "bad device"}, "sender_device"),
+        ({"sender_device": "bot\n"}, "sender_device"),
     ],
 )
 async def test_input_limits(suite: Suite, stub, fields: dict, where: str) -> None:  # type: ignore[no-untyped-def]
