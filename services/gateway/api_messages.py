@@ -60,7 +60,10 @@ class PostMessageRequest(BaseModel):
 
     def body(self) -> bytes:
         if self.text is not None:
-            return self.text.encode("utf-8", "surrogatepass")
+            try:
+                return self.text.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate ("\ud800") from the JSON
+                raise invalid("text is not valid Unicode (lone surrogate)") from None
         try:
             return base64.b64decode(self.body_base64 or "", validate=True)
         except (binascii.Error, ValueError):

@@ -131,6 +131,15 @@ async def test_input_is_held_to_the_socket_limits(
     assert published(suite) == []
 
 
+async def test_text_with_a_lone_surrogate_is_refused(suite: Suite) -> None:
+    _alice, headers, _bob, cid = await pair(suite)
+    raw = b'{"client_msg_id": "s", "text": "a\\ud800b"}'  # valid JSON, not valid Unicode
+    r = await suite.client.post(
+        url(cid), content=raw, headers={**headers, "content-type": "application/json"}
+    )
+    assert "surrogate" in assert_problem(r, 422, "invalid_request")["detail"]
+
+
 async def test_a_body_over_the_socket_limit_is_413(suite: Suite) -> None:
     _alice, headers, _bob, cid = await pair(suite)
     limit = suite.settings.max_body_bytes
