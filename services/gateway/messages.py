@@ -36,6 +36,7 @@ MAX_ATTACHMENTS = 16
 ATTACHMENT_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 DEFAULT_CONTENT_TYPE = "text/plain"
 SERVER_DEVICE = "server"  # sender_device of gRPC sends that name none
+RETRY_AFTER_SECONDS = 1  # told to a caller whose send met a bus failure
 # The problem code of a gRPC send naming a user that does not exist.
 UNKNOWN_SENDER = "unknown_sender"
 
@@ -144,7 +145,17 @@ class MessageOps:
         await self._require_writer(draft.sender_id, draft.conversation_id)
         # Any failure of the idempotency store or the bus is a 503: the caller sends
         # again with the same client_msg_id, and the message is still stored once.
-        return await self._calls.backend("message bus", self._sender.send(draft.message()))
+        try:
+            return await self._sender.send(draft.message())
+        except Exception as exc:
+            log.warning("server-side send failed: %r", exc)
+            raise ApiError(
+                503,
+                "unavailable",
+                "the message bus did not take the message; send it again with the same "
+                "client_msg_id",
+                {"Retry-After": str(RETRY_AFTER_SECONDS)},
+            ) from exc
 
     async def _require_writer(self, user_id: int, conversation_id: str) -> None:
         """A member may write; a user's own 1:1 with an existing peer is created on its

@@ -243,7 +243,8 @@ async def test_a_bus_failure_is_503_and_the_retry_keeps_the_msg_id(suite: Suite)
         r = await suite.client.post(
             url(cid), json={"client_msg_id": "b", "text": "x"}, headers=headers
         )
-        assert_problem(r, 503, "unavailable")
+        assert "same client_msg_id" in assert_problem(r, 503, "unavailable")["detail"]
+        assert r.headers["retry-after"] == "1"
     finally:
         suite.backends.bus = working
     claimed = await suite.kv.claim(idempotency_key(alice, "b"), b"other", 60)
