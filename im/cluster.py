@@ -59,6 +59,7 @@ class Cluster:
     extra_env: dict[str, str] = field(default_factory=dict)
     procs: dict[str, Proc] = field(default_factory=dict)
     gateway_url: str = ""
+    gateway_grpc: str = ""  # host:port of the gateway's MessageService (mutual TLS)
 
     def _port(self, default: int) -> int:
         return default if self.fixed_ports else free_port()
@@ -95,8 +96,9 @@ class Cluster:
     def plan(self) -> list[Proc]:
         base = self._base_env()
         user_port, group_port = self._port(50051), self._port(50052)
-        gateway_port = self._port(8080)
+        gateway_port, gateway_grpc_port = self._port(8080), self._port(50070)
         self.gateway_url = f"http://127.0.0.1:{gateway_port}"
+        self.gateway_grpc = f"127.0.0.1:{gateway_grpc_port}"
         shared = {
             "IM_USER_SERVICE_ADDR": f"127.0.0.1:{user_port}",
             "IM_GROUP_SERVICE_ADDR": f"127.0.0.1:{group_port}",
@@ -160,6 +162,7 @@ class Cluster:
                     **base,
                     **shared,
                     "IM_GATEWAY_PORT": str(gateway_port),
+                    "IM_GATEWAY_GRPC_PORT": str(gateway_grpc_port),
                     "IM_GATEWAY_METRICS_PORT": str(self._port(9464)),
                 },
                 self.log_dir / "gateway.log",
@@ -238,7 +241,7 @@ class Cluster:
                 if k.startswith("IM_") and k.endswith("_PORT") and os.environ.get(k) != v
             )
             lines.append(f"  {name:<12} pid {pid:<7} {where}")
-        lines.append(f"Gateway: {self.gateway_url}")
+        lines.append(f"Gateway: {self.gateway_url} (gRPC MessageService: {self.gateway_grpc})")
         return "\n".join(lines)
 
 

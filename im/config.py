@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     user_grpc_port: int = Field(50051, description="User service gRPC port.")
     group_grpc_port: int = Field(50052, description="Group service gRPC port.")
     connector_grpc_port: int = Field(50053, description="Connector internal gRPC port.")
+    gateway_grpc_port: int = Field(
+        50070,
+        description="Gateway internal gRPC port (at internal_host, mutual TLS): "
+        "MessageService.Send, server-side sends for internal services and bots.",
+    )
     router_grpc_port: int = Field(
         50060, description="Router gRPC port (health only: NOT_SERVING while batches fail)."
     )
@@ -105,8 +110,9 @@ class Settings(BaseSettings):
     # --- internal gRPC security and client TLS -----------------------------------
     internal_host: str = Field(
         "127.0.0.1",
-        description="Interface every internal gRPC server (user, group, connector, router) "
-        "binds to; `host` is for the public listeners (gateway HTTP, connector TCP/WS).",
+        description="Interface every internal gRPC server (user, group, connector, router, "
+        "gateway) binds to; `host` is for the public listeners (gateway HTTP, connector "
+        "TCP/WS).",
     )
     internal_ca_file: str = Field(
         "",

@@ -32,7 +32,10 @@ LISTENERS: dict[str, tuple[Listener, ...]] = {
         Listener("connector WebSocket", "host", "connector_ws_port"),
     ),
     "router": (Listener("router gRPC", "internal_host", "router_grpc_port"),),
-    "gateway": (Listener("gateway HTTP", "host", "gateway_port"),),
+    "gateway": (
+        Listener("gateway HTTP", "host", "gateway_port"),
+        Listener("gateway gRPC", "internal_host", "gateway_grpc_port"),
+    ),
 }
 
 

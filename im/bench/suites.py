@@ -115,6 +115,7 @@ def start_standalone(run_dir: Path, extra_env: dict[str, str] | None = None) -> 
             "CONNECTOR_TCP_PORT",
             "CONNECTOR_WS_PORT",
             "ROUTER_GRPC_PORT",
+            "GATEWAY_GRPC_PORT",
             "GATEWAY_METRICS_PORT",
         )
     }

@@ -5,6 +5,7 @@ JSON object on stderr with exit status 1, so they compose with ``jq`` and script
 The commands live by group: ``servers`` (standalone, serve, cluster, db, config-doc,
 bench, with ``deadletters`` and ``certs``), ``messaging`` (register, send, listen),
 ``editing`` (recall, edit),
+``posting`` (post, service-send: sends without a socket),
 ``chat``, ``conversations`` (conversations, history, read), ``account`` (whoami,
 logout), ``groups`` (group ..., receipts).
 """
@@ -48,11 +49,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     gateway = gateway_parent()
 
-    from im.cli import account, chat, conversations, editing, groups, messaging, privacy, servers
+    from im.cli import (
+        account,
+        chat,
+        conversations,
+        editing,
+        groups,
+        messaging,
+        posting,
+        privacy,
+        servers,
+    )
 
     servers.register(sub)
     messaging.register(sub, gateway)  # register, send, listen
     editing.register(sub, gateway)  # recall, edit
+    posting.register(sub, gateway)  # post (REST), service-send (internal gRPC)
     chat.register(sub, gateway)
     conversations.register(sub, gateway)  # conversations, history, read
     account.register(sub, gateway)  # whoami, logout

@@ -18,6 +18,7 @@ from im.client.gateway import (
     HistoryPage,
     LoginResult,
     MemberPage,
+    PostedMessage,
     as_group_id,
     message_from_json,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "ImClient",
     "LoginResult",
     "MemberPage",
+    "PostedMessage",
     "ReconnectPolicy",
     "Reconnected",
     "Reconnecting",

@@ -13,6 +13,7 @@ import email.utils
 import json
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -88,6 +89,26 @@ class LoginResult:
 class HistoryPage:
     messages: list[wire_pb2.Message]
     has_more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PostedMessage:
+    """What ``post_message`` got back: the message is on the bus; its seq comes with
+    its delivery (the sender's own sockets get it too) and in history."""
+
+    msg_id: int
+    conversation_id: str
+    client_msg_id: str  # send again with it after a timeout or 503: stored once
+    server_ts: int
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PostedMessage:
+        return cls(
+            msg_id=int(data["msg_id"]),  # a decimal string on REST
+            conversation_id=str(data["conversation_id"]),
+            client_msg_id=str(data["client_msg_id"]),
+            server_ts=int(data["server_ts"]),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -456,6 +477,38 @@ class GatewayClient(GroupLifecycleCalls):
                 return
             if until_seq is not None and cursor >= until_seq:
                 return
+
+    async def post_message(
+        self,
+        conversation_id: str,
+        text: str | None = None,
+        *,
+        body: bytes | None = None,
+        content_type: str = "text/plain",
+        client_msg_id: str | None = None,
+        attachment_ids: list[str] | None = None,
+    ) -> PostedMessage:
+        """Send a message over REST, without a socket: ``text``, or ``body`` bytes.
+
+        Idempotent by ``client_msg_id`` (a new UUID when None): after an ApiError 503 or
+        a timeout, call again with the same one and the message is stored once. A 429
+        carries ``retry_after``."""
+        if (text is None) == (body is None):
+            raise ValueError("give exactly one of text and body")
+        payload: dict[str, Any] = {
+            "client_msg_id": client_msg_id or str(uuid.uuid4()),
+            "content_type": content_type,
+        }
+        if text is not None:
+            payload["text"] = text
+        else:
+            payload["body_base64"] = base64.b64encode(body or b"").decode("ascii")
+        if attachment_ids:
+            payload["attachment_ids"] = list(attachment_ids)
+        data = await self._request(
+            "POST", f"/v1/conversations/{_conv_path(conversation_id)}/messages", json_body=payload
+        )
+        return PostedMessage.from_json(data)
 
     async def ack(self, conversation_id: str, seq: int) -> None:
         await self._request(

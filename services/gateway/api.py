@@ -14,6 +14,7 @@ from services.gateway import (
     api_lifecycle,
     api_messages,
     api_ops,
+    api_posting,
     api_privacy,
     api_sessions,
     api_users,
@@ -53,6 +54,7 @@ def create_app(
         api_privacy,
         api_conversations,
         api_messages,
+        api_posting,
         api_lifecycle,  # before api_groups: /v1/groups/join is not a group id
         api_groups,
         api_ops,

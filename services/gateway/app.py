@@ -1,5 +1,6 @@
 """The gateway as a runnable service: uvicorn serving the FastAPI app in the current
-event loop, so standalone mode runs it next to the other services."""
+event loop, so standalone mode runs it next to the other services, and the internal
+gRPC server of server-side sends (grpc_api.py)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ from fastapi import FastAPI
 from im.adapters.factory import build_message_store
 from im.auth import TokenIssuer, TokenVerifier, load_keys
 from im.config import Settings
+from im.grpcutil import GrpcServer
 from im.httpserve import QuietServer, bind_socket
 from im.listeners import ListenError
 from im.metrics import MetricsRegistry, MetricsServer
 from im.ports import Backends, MessageStore
 from im.tls import public_files
 from services.gateway.api import create_app
+from services.gateway.grpc_api import message_server
 from services.gateway.service import TOKEN_LEEWAY, Gateway
 
 log = logging.getLogger("im.gateway")
@@ -55,6 +58,7 @@ class GatewayService:
         self._task: asyncio.Task[None] | None = None
         self._port = 0
         self._metrics: MetricsServer | None = None
+        self._grpc: GrpcServer | None = None
 
     async def start(self) -> None:
         host, port = self._settings.host, self._settings.gateway_port
@@ -64,8 +68,10 @@ class GatewayService:
             raise ListenError("gateway HTTP", host, port, "gateway_port", exc) from exc
         try:
             await self.gateway.open()
+            await self._start_grpc()
         except BaseException:
             sock.close()
+            await self._close_after_failure()
             raise
         tls = public_files(self._settings)
         self._port = sock.getsockname()[1]
@@ -104,6 +110,13 @@ class GatewayService:
         if self._metrics is not None:
             await self._metrics.start()
 
+    async def _start_grpc(self) -> None:
+        """MessageService.Send for internal callers (a taken port is a ListenError)."""
+        server = message_server(self._settings, self.gateway.messages, [self.metrics.grpc_server()])
+        await server.start()
+        self._grpc = server
+        log.info("gateway gRPC (MessageService) on %s", self.endpoints()["grpc"])
+
     def _create_app(self) -> FastAPI:
         """The API app, with /metrics on it or, apart from it, on the internal port."""
         on_api = metrics_on_api(self._settings)
@@ -122,7 +135,13 @@ class GatewayService:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
+        await self._stop_grpc(0)
         await self.gateway.close()
+
+    async def _stop_grpc(self, grace: float) -> None:
+        if self._grpc is not None:
+            grpc_server, self._grpc = self._grpc, None
+            await grpc_server.stop(grace)
 
     async def stop(self) -> None:
         if self._metrics is not None:
@@ -140,6 +159,7 @@ class GatewayService:
                 log.exception("gateway HTTP server failed")
             self._server = None
             self._task = None
+        await self._stop_grpc(2.0)
         await self.gateway.close()
         if self._owns_store:
             await self._store.close()
@@ -150,6 +170,8 @@ class GatewayService:
             host = f"[{host}]"
         scheme = "https" if self._settings.public_tls() else "http"
         endpoints = {"http": f"{scheme}://{host}:{self._port}"}
+        if self._grpc is not None and self._grpc.port:
+            endpoints["grpc"] = f"{self._settings.internal_public_host()}:{self._grpc.port}"
         if self._metrics is not None and self._metrics.port:
             endpoints["metrics"] = self._metrics.url()
         return endpoints

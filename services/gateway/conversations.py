@@ -123,16 +123,21 @@ class ConversationOps:
         )
 
     async def member(self, conversation_id: str, user_id: int) -> group_pb2.Member | None:
+        answer = await self.membership(conversation_id, user_id)
+        return answer.member if answer.is_member else None
+
+    async def membership(self, conversation_id: str, user_id: int) -> group_pb2.CheckMemberResponse:
+        """The group service's whole answer: membership, and whether sending is refused
+        (a blocked 1:1 pair, a dissolved group)."""
         request = group_pb2.CheckMemberRequest(conversation_id=conversation_id, user_id=user_id)
         try:
-            response = await self._calls.rpc(self._groups().CheckMember, request)
+            return await self._calls.rpc(self._groups().CheckMember, request)
         except ApiError as exc:
             # An unknown conversation answers like one the user is not in: ids of
             # other people's conversations must not be probeable.
             if exc.status in (403, 404):
-                return None
+                return group_pb2.CheckMemberResponse(is_member=False)
             raise
-        return response.member if response.is_member else None
 
     async def require_member(self, conversation_id: str, user_id: int) -> group_pb2.Member:
         if not is_valid_conversation_id(conversation_id):

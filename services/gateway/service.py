@@ -4,8 +4,9 @@ checks access tokens. The ``api_*`` modules map it onto routes; errors leave as
 ``ApiError`` (errors.py).
 
 ``Gateway`` does login, tokens and users itself and holds the parts for the rest:
-``conversation_ops`` (conversations.py), ``group_ops`` (groups.py), ``sessions``,
-``limits`` and the connector assignment (assignment.py).
+``conversation_ops`` (conversations.py), ``group_ops`` (groups.py), ``messages``
+(messages.py: server-side sends), ``sessions``, ``limits`` and the connector assignment
+(assignment.py).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from services.gateway.groups import GroupOps
 from services.gateway.lifecycle import GroupLifecycleOps
 from services.gateway.limits import LoginLimits, RateLimited
 from services.gateway.message_events import MessageEventOps
+from services.gateway.messages import MessageOps
 from services.gateway.privacy import PrivacyOps
 from services.gateway.readiness import check_readiness
 from services.gateway.sessions import Issued, RefreshRefused, Sessions
@@ -111,6 +113,14 @@ class Gateway:
             backends.idempotency,
             self._calls,
             self.clock,
+        )
+        self.messages = MessageOps(
+            settings,
+            self.sender,
+            self.conversation_ops,
+            self.get_user,
+            lambda: self._backends.rate_limits,
+            self._calls,
         )
         self.group_ops = GroupOps(
             settings,

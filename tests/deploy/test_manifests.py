@@ -45,6 +45,10 @@ GRPC_PORTS = {
     "connector": "connector_grpc_port",
     "router": "router_grpc_port",
 }
+# Internal gRPC of services whose probes are HTTP (no plaintext health port): the
+# gateway's MessageService, for the suite's pods and labelled internal callers.
+HTTP_PROBED_GRPC_PORTS = {"gateway": "gateway_grpc_port"}
+MESSAGE_SENDER_LABELS = {"im.example/message-sender": "true"}
 PUBLIC_PORTS = {
     "gateway": ["gateway_port"],
     "connector": ["connector_tcp_port", "connector_ws_port"],
@@ -220,6 +224,8 @@ def expected_ports(service: str, config: dict[str, str]) -> set[int]:
     names = list(PUBLIC_PORTS.get(service, [])) + INTERNAL_PORTS.get(service, [])
     if service in GRPC_PORTS:
         names += [GRPC_PORTS[service], "grpc_health_port"]
+    if service in HTTP_PROBED_GRPC_PORTS:
+        names.append(HTTP_PROBED_GRPC_PORTS[service])
     return {setting(config, n) for n in names}
 
 

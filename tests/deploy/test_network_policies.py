@@ -14,8 +14,10 @@ from tests.deploy.test_manifests import (
     BASE_DOCS,
     DEFAULTS,
     GRPC_PORTS,
+    HTTP_PROBED_GRPC_PORTS,
     INTERNAL_PORTS,
     INTERNAL_TLS_SECRET,
+    MESSAGE_SENDER_LABELS,
     OVERLAYS,
     PUBLIC_PORTS,
     SERVED,
@@ -58,7 +60,8 @@ def allowed_from(service: str, port: int) -> list[list[dict[str, Any]] | None]:
 
 
 def internal_ports(config: dict[str, str]) -> dict[str, int]:
-    return {service: setting(config, name) for service, name in GRPC_PORTS.items()}
+    ports = {**GRPC_PORTS, **HTTP_PROBED_GRPC_PORTS}
+    return {service: setting(config, name) for service, name in ports.items()}
 
 
 @pytest.mark.parametrize("folder", [None, *OVERLAYS.values()], ids=["base", *OVERLAYS])
@@ -113,6 +116,24 @@ def test_internal_grpc_answers_only_the_suites_pods(service: str) -> None:
             # Pods of this namespace (no namespaceSelector, no ipBlock), of the suite.
             assert set(peer) == {"podSelector"}, peer
             assert peer["podSelector"].get("matchLabels", {}).items() >= SUITE_LABELS.items()
+
+
+def test_the_gateways_grpc_answers_the_suite_and_labelled_senders_only() -> None:
+    port = internal_ports(BASE_CONFIG)["gateway"]
+    sources = allowed_from("gateway", port)
+    assert sources, f"the gateway's gRPC port {port} is not reachable"
+    wanted = [SUITE_LABELS, MESSAGE_SENDER_LABELS]
+    for source in sources:
+        assert source, f"the gateway's gRPC port {port} is open to anyone"
+        for peer in source:
+            # Pods of this namespace only (no namespaceSelector, no ipBlock).
+            assert set(peer) == {"podSelector"}, peer
+            labels = peer["podSelector"].get("matchLabels", {})
+            assert any(labels.items() >= w.items() for w in wanted), peer
+    peers = [peer["podSelector"]["matchLabels"] for s in sources for peer in s or []]
+    assert SUITE_LABELS in peers and MESSAGE_SENDER_LABELS in peers
+    service = docs_of("Service")["gateway"]
+    assert port in [p["port"] for p in service["spec"]["ports"]]
 
 
 @pytest.mark.parametrize(

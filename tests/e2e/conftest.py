@@ -4,6 +4,7 @@ and ``target``: the same test against both."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -36,6 +37,8 @@ class Target:
 
     gateway: str
     cluster: object | None = None  # im.cluster.Cluster in distributed mode
+    gateway_grpc: str = ""  # host:port of the gateway's MessageService
+    internal_tls: Path | None = None  # folder of the suite's ca.crt, tls.crt, tls.key
 
 
 @pytest.fixture(
@@ -47,6 +50,16 @@ class Target:
 )
 def target(request) -> Target:  # type: ignore[no-untyped-def]
     if request.param == "standalone":
-        return Target(request.getfixturevalue("suite").gateway)
+        suite = request.getfixturevalue("suite")
+        return Target(
+            suite.gateway,
+            gateway_grpc=f"127.0.0.1:{suite.env['IM_GATEWAY_GRPC_PORT']}",
+            internal_tls=Path(suite.env["IM_DATA_DIR"]) / "tls" / "internal",
+        )
     cluster = request.getfixturevalue("cluster")
-    return Target(cluster.gateway_url, cluster)
+    return Target(
+        cluster.gateway_url,
+        cluster,
+        gateway_grpc=cluster.gateway_grpc,
+        internal_tls=cluster.log_dir / "tls" / "internal",
+    )

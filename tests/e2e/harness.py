@@ -46,6 +46,7 @@ def _start_suite_once(data_dir: Path, **overrides: str) -> RunningSuite:
             "GROUP_GRPC_PORT",
             "CONNECTOR_GRPC_PORT",
             "ROUTER_GRPC_PORT",
+            "GATEWAY_GRPC_PORT",
             "CONNECTOR_TCP_PORT",
             "CONNECTOR_WS_PORT",
         )

@@ -16,6 +16,7 @@ FREE = {
     "group_grpc_port": 0,
     "connector_grpc_port": 0,
     "router_grpc_port": 0,
+    "gateway_grpc_port": 0,
     "connector_tcp_port": 0,
     "connector_ws_port": 0,
     "gateway_port": 0,

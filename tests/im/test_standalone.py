@@ -29,6 +29,7 @@ PORTS = (
     "group_grpc_port",
     "connector_grpc_port",
     "router_grpc_port",
+    "gateway_grpc_port",
     "connector_tcp_port",
     "connector_ws_port",
 )
@@ -38,6 +39,7 @@ OTHER_PORTS = (
     "GROUP_GRPC_PORT",
     "CONNECTOR_GRPC_PORT",
     "ROUTER_GRPC_PORT",
+    "GATEWAY_GRPC_PORT",
     "CONNECTOR_TCP_PORT",
     "CONNECTOR_WS_PORT",
 )
@@ -133,6 +135,7 @@ async def test_a_suite_that_cannot_start_leaves_nothing_running(
             group_grpc_port=0,
             connector_grpc_port=0,
             router_grpc_port=0,
+            gateway_grpc_port=0,
             connector_tcp_port=0,
             connector_ws_port=0,
         )

@@ -53,6 +53,7 @@ async def secure_suite(tmp_path: Path) -> AsyncIterator[SecureSuite]:
         "group_grpc_port",
         "connector_grpc_port",
         "router_grpc_port",
+        "gateway_grpc_port",
         "connector_tcp_port",
         "connector_ws_port",
     )

@@ -20,6 +20,8 @@ from im.v1 import (
     connector_pb2_grpc,
     group_pb2,
     group_pb2_grpc,
+    message_pb2,
+    message_pb2_grpc,
     user_pb2,
     user_pb2_grpc,
     wire_pb2,
@@ -54,6 +56,19 @@ async def list_users(ch: grpc.aio.Channel) -> Any:
     return await user_pb2_grpc.UserServiceStub(ch).GetUsers(request, timeout=5)
 
 
+async def forge_message(ch: grpc.aio.Channel) -> Any:
+    request = message_pb2.ServerSendRequest(
+        sender_id=1, conversation_id="d:1:2", client_msg_id="forged", body=b"forged"
+    )
+    try:
+        return await message_pb2_grpc.MessageServiceStub(ch).Send(request, timeout=5)
+    except grpc.aio.AioRpcError as exc:
+        # Past the certificate check: this fresh suite has no user 1.
+        if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+            raise
+        return None
+
+
 async def router_health(ch: grpc.aio.Channel) -> Any:
     return await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
 
@@ -63,6 +78,7 @@ ATTACKS: dict[str, tuple[str, Call]] = {
     "group CreateGroup + AddMembers": ("group", join_group),
     "user GetUsers": ("user", list_users),
     "router health": ("router", router_health),
+    "gateway MessageService.Send": ("gateway", forge_message),
 }
 
 
@@ -120,5 +136,5 @@ async def test_reflection_is_off_by_default(secure_suite: SecureSuite) -> None:
 def test_internal_listeners_are_not_the_public_ones(secure_suite: SecureSuite) -> None:
     settings = secure_suite.settings
     assert settings.internal_host == "127.0.0.1"
-    for service in ("user", "group", "connector", "router"):
+    for service in ("user", "group", "connector", "router", "gateway"):
         assert secure_suite.grpc_addr(service).startswith(f"{settings.internal_host}:")

@@ -1,12 +1,12 @@
 // @ts-check
 /**
  * The gateway's REST API (docs/rest-api.md) on `fetch`: login, refresh, users,
- * conversations, history, cursors, receipts and groups. Bodies come back as the
+ * conversations, history, sending without a socket, cursors, receipts and groups. Bodies come back as the
  * gateway's JSON objects, except messages, which are turned into the SDK's `Message`.
  * @module
  */
 
-import { groupConversationId, messageFromRest } from "./wire.js";
+import { groupConversationId, messageFromRest, toBase64 } from "./wire.js";
 
 /** The gateway's largest history page. */
 export const MAX_PAGE = 500;
@@ -285,6 +285,33 @@ export class GatewayClient {
   edit(conversationId, msgId, text, clientMsgId) {
     const path = `/v1/conversations/${encodeURIComponent(conversationId)}/messages/${msgId}`;
     return this.request("PATCH", path, clientMsgId ? { text, client_msg_id: clientMsgId } : { text });
+  }
+
+  /**
+   * Send a message over REST, without a socket (`POST /v1/conversations/{id}/messages`).
+   * Idempotent by `clientMsgId`: after a 503 or a network error, call again with the
+   * same one and the message is stored once. `ImClient.post` makes the id for you.
+   * @param {string} conversationId
+   * @param {string} clientMsgId 1-64 characters
+   * @param {string | Uint8Array} content text (sent as UTF-8) or bytes
+   * @param {{contentType?: string, attachmentIds?: string[]}} [options]
+   * @returns {Promise<import("./wire.js").SendAck>} msgId as a decimal string
+   */
+  async postMessage(conversationId, clientMsgId, content, options = {}) {
+    const { contentType = "text/plain", attachmentIds = [] } = options;
+    /** @type {Record<string, unknown>} */
+    const body = { client_msg_id: clientMsgId, content_type: contentType };
+    if (typeof content === "string") body.text = content;
+    else body.body_base64 = toBase64(content);
+    if (attachmentIds.length) body.attachment_ids = attachmentIds;
+    const path = `/v1/conversations/${encodeURIComponent(conversationId)}/messages`;
+    const data = await this.request("POST", path, body);
+    return {
+      clientMsgId: data.client_msg_id,
+      msgId: String(data.msg_id),
+      serverTs: Number(data.server_ts),
+      conversationId: data.conversation_id,
+    };
   }
 
   /** @param {string} conversationId @param {number} seq */

@@ -675,6 +675,21 @@ export class ImClient {
     });
   }
 
+  /**
+   * Send over REST instead of the socket (no connection needed, e.g. a page or a job
+   * that only posts). Resolves once the server has it; the message then arrives on
+   * every member's socket, this user's too, like any other.
+   * @param {string} conversationId
+   * @param {string | Uint8Array} content text (sent as UTF-8) or bytes
+   * @param {{contentType?: string, clientMsgId?: string, attachmentIds?: string[]}} [options]
+   *   a retry with the same clientMsgId is stored once
+   * @returns {Promise<SendAck>}
+   */
+  post(conversationId, content, options = {}) {
+    const { clientMsgId = newClientMsgId(), ...rest } = options;
+    return this.gateway.postMessage(conversationId, clientMsgId, content, rest);
+  }
+
   /** Send to the 1:1 conversation with a user (username or id). @param {string | number} peer @param {string | Uint8Array} content */
   async sendToUser(peer, content, options = {}) {
     return this.send(await this.directConversationWith(peer), content, options);

@@ -85,6 +85,7 @@ def base_settings(data_dir: Path) -> Settings:
         data_dir=data_dir,
         host="127.0.0.1",
         gateway_port=0,
+        gateway_grpc_port=0,
         user_grpc_port=0,
         group_grpc_port=0,
         argon2_time_cost=1,

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 PROBLEM = "application/problem+json"
 RATE_LIMITED = {
+    ("post", "/v1/conversations/{conversation_id}/messages"),
     ("post", "/v1/auth/register"),
     ("post", "/v1/auth/login"),
     ("post", "/v1/auth/refresh"),

@@ -81,3 +81,18 @@ async def test_privacy_settings_round_trip_and_contacts_only_refuses_strangers(
         "/v1/groups", json={"name": "g", "member_ids": [alice_id]}, headers=bob
     )
     assert_problem(r, 403, "forbidden")
+
+
+async def test_a_rest_send_into_a_blocked_pair_is_refused_neutrally(suite: Suite) -> None:
+    alice_id, alice = await suite.user("alice")
+    bob_id, bob = await suite.user("bob")
+    cid = direct_conversation_id(alice_id, bob_id)
+    url = f"/v1/conversations/{cid}/messages"
+    r = await suite.client.post(url, json={"client_msg_id": "m1", "text": "hi"}, headers=bob)
+    assert r.status_code == 202, r.text
+    await suite.client.put(f"/v1/users/{bob_id}/block", headers=alice)
+    r = await suite.client.post(url, json={"client_msg_id": "m2", "text": "hi?"}, headers=bob)
+    problem = assert_problem(r, 403, "forbidden")
+    assert "block" not in problem["detail"]
+    r = await suite.client.post(url, json={"client_msg_id": "m3", "text": "x"}, headers=alice)
+    assert_problem(r, 403, "forbidden")  # the blocker neither
