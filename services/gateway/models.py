@@ -120,6 +120,10 @@ class MessageOut(BaseModel):
         description="The body as UTF-8 text when content_type starts with `text/`, else null."
     )
     server_ts: int = Field(description="Server time of acceptance, ms since the epoch.")
+    attachment_ids: list[str] = Field(
+        default_factory=list,
+        description="Attachments the message refers to: `GET /v1/attachments/{id}`.",
+    )
 
 
 class MessagePage(BaseModel):
@@ -271,6 +275,7 @@ def message_out(m: wire_pb2.Message) -> MessageOut:
         body_b64=base64.b64encode(m.body).decode("ascii"),
         text=text,
         server_ts=m.server_ts,
+        attachment_ids=list(m.attachment_ids),
     )
 
 

@@ -21,10 +21,11 @@ from im.clock import SystemClock
 from im.config import Settings
 from im.grpcutil import ChannelPool
 from im.ids import NODE_IDS, MsgIdGenerator
-from im.ports import Backends, ConnectorInfo, MessageStore
+from im.ports import AttachmentStore, Backends, ConnectorInfo, MessageStore
 from im.sending import ServerSender
 from im.v1 import group_pb2_grpc, user_pb2, user_pb2_grpc
 from services.gateway.assignment import ConnectorAssigner, ConnectorProber
+from services.gateway.attachments import AttachmentOps
 from services.gateway.calls import Calls
 from services.gateway.conversations import ConversationOps
 from services.gateway.errors import ApiError, rate_limited, unauthorized
@@ -60,6 +61,7 @@ class Gateway:
         issuer: TokenIssuer,
         verifier: TokenVerifier,
         rpc_timeout: float = RPC_TIMEOUT,
+        attachments: AttachmentStore | None = None,
     ) -> None:
         self.settings = settings
         self._backends = backends
@@ -101,6 +103,20 @@ class Gateway:
             self.conversation_ops,
             self._calls,
             lambda user_ids: self.get_users(user_ids=user_ids),
+        )
+        # Uploads and downloads (attachments.py); None: the routes answer 404.
+        self.attachment_ops = (
+            None
+            if attachments is None
+            else AttachmentOps(
+                settings,
+                attachments,
+                lambda: self.groups,
+                self.conversation_ops,
+                self._calls,
+                lambda: self._backends.rate_limits,
+                SystemClock(),
+            )
         )
 
     # ------------------------------------------------------------------ lifecycle
