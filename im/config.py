@@ -306,7 +306,7 @@ class Settings(BaseSettings):
         "(active content), though downloads are always served as `attachment` with nosniff.",
     )
     max_attachments_per_message: int = Field(
-        10, ge=0, description="Most attachment_ids one message may carry."
+        10, ge=0, le=40, description="Most attachment_ids one message may carry (up to 40)."
     )
     attachment_uploads_per_hour: int = Field(
         200, ge=0, description="Uploads one user may make per hour (429 past it). 0 disables."

@@ -34,6 +34,8 @@ Id64 = BigInteger().with_variant(Integer, "sqlite")
 
 # Longest dead-letter reason kept; the SQL message store cuts longer ones to fit.
 DEAD_LETTER_REASON_CHARS = 1024
+# Room for IM_MAX_ATTACHMENTS_PER_MESSAGE (at most 40) ids of 22 characters, spaced.
+ATTACHMENT_IDS_CHARS = 1024
 
 
 class Base(DeclarativeBase):
@@ -117,6 +119,10 @@ class MessageRow(Base):
     content_type: Mapped[str] = mapped_column(String(64), nullable=False, default="")
     body: Mapped[bytes] = mapped_column(LargeBinary(length=16 * 1024 * 1024), nullable=False)
     server_ts: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    # The message's attachment ids, space-separated (ids are URL-safe base64).
+    attachment_ids: Mapped[str] = mapped_column(
+        String(ATTACHMENT_IDS_CHARS), nullable=False, default="", server_default=""
+    )
 
 
 class DeadLetterRow(Base):

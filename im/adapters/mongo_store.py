@@ -3,7 +3,8 @@
 One document per message, never one per member::
 
     {_id: msg_id (Int64), conversation_id, seq (Int64), sender_id (Int64), sender_device,
-     client_msg_id, content_type, body (binary), server_ts (Int64)}
+     client_msg_id, content_type, body (binary), server_ts (Int64),
+     attachment_ids (strings; only when there are some)}
 
 A unique index on (conversation_id, seq) serves history and last_seqs and guards the
 gap-free sequence: two different messages can never hold the same seq.
@@ -87,6 +88,13 @@ _TRANSIENT_CODES = frozenset(
 
 
 def _to_doc(m: wire_pb2.Message) -> dict[str, Any]:
+    doc = _base_doc(m)
+    if m.attachment_ids:  # only where there are some: most messages carry none
+        doc["attachment_ids"] = list(m.attachment_ids)
+    return doc
+
+
+def _base_doc(m: wire_pb2.Message) -> dict[str, Any]:
     return {
         "_id": Int64(m.msg_id),
         "conversation_id": m.conversation_id,
@@ -111,6 +119,7 @@ def _to_message(d: dict[str, Any]) -> wire_pb2.Message:
         content_type=d.get("content_type", ""),
         body=bytes(d.get("body", b"")),
         server_ts=int(d.get("server_ts", 0)),
+        attachment_ids=d.get("attachment_ids") or [],
     )
 
 

@@ -53,6 +53,7 @@ def _to_row(m: wire_pb2.Message) -> dict[str, Any]:
         "content_type": m.content_type,
         "body": m.body,
         "server_ts": m.server_ts,
+        "attachment_ids": " ".join(m.attachment_ids),
     }
 
 
@@ -67,6 +68,7 @@ def _to_message(r: MessageRow) -> wire_pb2.Message:
         content_type=r.content_type,
         body=r.body,
         server_ts=r.server_ts,
+        attachment_ids=(r.attachment_ids or "").split(),
     )
 
 
