@@ -12,6 +12,7 @@ import datetime
 import email.utils
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from urllib.parse import quote
 
 import httpx
 
+from im.client import attachments
 from im.client.errors import ApiError
 from im.client.transports import tls_context
 from im.v1 import wire_pb2
@@ -118,6 +120,7 @@ def message_from_json(data: dict[str, Any]) -> wire_pb2.Message:
         content_type=data.get("content_type") or "",
         body=body,
         server_ts=int(data.get("server_ts") or 0),
+        attachment_ids=[str(a) for a in data.get("attachment_ids") or []],
     )
 
 
@@ -503,6 +506,32 @@ class GatewayClient:
         )
 
     # ------------------------------------------------------------------ receipts
+
+    # --------------------------------------------------------------- attachments
+    # Streamed both ways; see im/client/attachments.py.
+
+    async def upload_file(
+        self, path: str | os.PathLike[str], content_type: str | None = None
+    ) -> dict[str, Any]:
+        """Upload a file: ``{attachment_id, size, sha256, content_type, filename, ...}``;
+        the type is guessed from the name unless given."""
+        return await attachments.upload_file(self, path, content_type)
+
+    async def upload_bytes(
+        self, data: bytes, filename: str, content_type: str | None = None
+    ) -> dict[str, Any]:
+        return await attachments.upload_bytes(self, data, filename, content_type)
+
+    async def attachment(self, attachment_id: str) -> dict[str, Any]:
+        """An attachment's metadata (owner or member of a conversation it was sent to)."""
+        return await attachments.metadata(self, attachment_id)
+
+    async def download(self, attachment_id: str) -> bytes:
+        return await attachments.download(self, attachment_id)
+
+    async def download_to(self, attachment_id: str, path: str | os.PathLike[str]) -> int:
+        """Stream an attachment into a file; returns the bytes written."""
+        return await attachments.download_to(self, attachment_id, path)
 
     async def receipts(
         self,
