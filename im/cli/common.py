@@ -93,6 +93,7 @@ def message_json(message: wire_pb2.Message) -> dict[str, Any]:
         "content_type": message.content_type,
         "text": text,
         "server_ts": message.server_ts,
+        **({"attachment_ids": list(message.attachment_ids)} if message.attachment_ids else {}),
     }
 
 

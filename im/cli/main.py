@@ -4,8 +4,8 @@ Client commands print JSON lines on stdout (one per result/message) and problems
 JSON object on stderr with exit status 1, so they compose with ``jq`` and scripts.
 The commands live by group: ``servers`` (standalone, serve, cluster, db, config-doc,
 bench, with ``deadletters`` and ``certs``), ``messaging`` (register, send, listen),
-``chat``, ``conversations`` (conversations, history, read), ``account`` (whoami,
-logout), ``groups`` (group ..., receipts).
+``files`` (send-file, download), ``chat``, ``conversations`` (conversations, history,
+read), ``account`` (whoami, logout), ``groups`` (group ..., receipts).
 """
 
 from __future__ import annotations
@@ -47,10 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     gateway = gateway_parent()
 
-    from im.cli import account, chat, conversations, groups, messaging, servers
+    from im.cli import account, chat, conversations, files, groups, messaging, servers
 
     servers.register(sub)
     messaging.register(sub, gateway)  # register, send, listen
+    files.register(sub, gateway)  # send-file, download
     chat.register(sub, gateway)
     conversations.register(sub, gateway)  # conversations, history, read
     account.register(sub, gateway)  # whoami, logout
