@@ -36,6 +36,8 @@ export const RETRYABLE_SEND_ERRORS = new Set(["UNAVAILABLE", "RATE_LIMITED"]);
  * @property {Uint8Array} body
  * @property {string | null} text the body as UTF-8 when contentType is text/*, else null
  * @property {number} serverTs milliseconds since the Unix epoch
+ * @property {string[]} attachmentIds uploads the message refers to
+ *   (`client.gateway.downloadAttachment(id)`)
  */
 
 /**
@@ -126,6 +128,7 @@ export function messageFromWire(m) {
     body,
     text: textOf(contentType, body),
     serverTs: num(m.serverTs),
+    attachmentIds: Array.isArray(m.attachmentIds) ? m.attachmentIds.map(String) : [],
   };
 }
 
@@ -148,6 +151,7 @@ export function messageFromRest(m) {
     body,
     text: m.text ?? textOf(contentType, body),
     serverTs: num(m.server_ts),
+    attachmentIds: Array.isArray(m.attachment_ids) ? m.attachment_ids.map(String) : [],
   };
 }
 
