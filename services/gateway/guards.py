@@ -32,8 +32,9 @@ def page_csp(tls: bool) -> str:
     and change as connectors come and go, so any WebSocket host is allowed (only
     ``wss:`` when the suite serves TLS: a page over https cannot use ``ws:`` anyway)."""
     sockets = "wss:" if tls else "ws: wss:"
+    # blob: images: attachments are fetched with the token and shown from their bytes.
     return (
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
         f"connect-src 'self' {sockets}; "
         "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
     )

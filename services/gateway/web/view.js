@@ -89,7 +89,7 @@ const clock = (ts) => new Date(ts).toLocaleTimeString([], { hour: "2-digit", min
 
 /**
  * One message bubble.
- * @param {{text: string, mine: boolean, sender: string, time: string, status: string, markText: string, hint: string, seq?: number}} m
+ * @param {{text: string, mine: boolean, sender: string, time: string, status: string, markText: string, hint: string, seq?: number, attachments?: Node[]}} m
  */
 function bubble(m) {
   const node = el("div", {
@@ -99,7 +99,8 @@ function bubble(m) {
   });
   if (m.seq) node.dataset.seq = String(m.seq);
   if (!m.mine && m.sender) node.append(el("div", { class: "sender" }, m.sender));
-  node.append(el("div", { class: "text" }, m.text));
+  if (m.text) node.append(el("div", { class: "text" }, m.text));
+  if (m.attachments?.length) node.append(el("div", { class: "attachments" }, ...m.attachments));
   const meta = el("div", { class: "meta" }, el("time", {}, m.time));
   if (m.mine) meta.append(" ", el("span", { class: "mark", title: m.hint }, m.markText));
   node.append(meta);
@@ -112,8 +113,9 @@ function bubble(m) {
  * older messages came in above, "keep" follows the newest only if already there.
  * @param {Conv} conv @param {number} me @param {Map<number, string>} names
  * @param {"bottom" | "prepend" | "keep"} mode
+ * @param {(id: string) => Node} [attachment] the node showing an attachment
  */
-export function renderMessages(conv, me, names, mode) {
+export function renderMessages(conv, me, names, mode, attachment) {
   const box = $("messages");
   const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
   const fromBottom = box.scrollHeight - box.scrollTop;
@@ -127,7 +129,8 @@ export function renderMessages(conv, me, names, mode) {
     const { status, text, hint } = mine ? mark(conv, seq) : { status: "received", text: "", hint: "" };
     const sender = conv.kind === "group" ? (names.get(m.senderId) ?? `user ${m.senderId}`) : "";
     const body = m.text ?? `(${m.contentType}, ${m.body.length} bytes)`;
-    nodes.push(bubble({ text: body, mine, sender, time: clock(m.serverTs), status, markText: text, hint, seq }));
+    const files = attachment ? (m.attachmentIds ?? []).map(attachment) : [];
+    nodes.push(bubble({ text: body, mine, sender, time: clock(m.serverTs), status, markText: text, hint, seq, attachments: files }));
   }
   for (const p of conv.pending.values()) {
     const { text, hint } = PENDING_MARKS[p.status];
