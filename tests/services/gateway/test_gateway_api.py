@@ -325,6 +325,7 @@ async def test_history_paging(suite: Suite) -> None:
         "body_b64": base64.b64encode(b"hello 1").decode(),
         "text": "hello 1",
         "server_ts": 1_800_000_000_001,
+        "attachment_ids": [],
     }
 
     page = (await suite.client.get(url, params={"after_seq": 2, "limit": 3}, headers=alice)).json()
