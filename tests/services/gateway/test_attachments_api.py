@@ -191,3 +191,20 @@ async def test_a_later_member_reads_only_what_was_sent_after_joining(suite: Suit
     await link(suite, first, gid, 2, alice_id)  # sent again: now dave sees it
     r = await suite.client.get(f"/v1/attachments/{first}", headers=dave)
     assert r.status_code == 200 and r.content == PNG
+
+
+async def test_a_store_that_fails_is_503(suite: Suite, monkeypatch: pytest.MonkeyPatch) -> None:
+    from im.ports import BackendUnavailable
+
+    _, alice = await suite.user("alice")
+    attachment_id = (await uploaded(suite, alice))["attachment_id"]
+    store = suite.gateway.gateway.attachment_ops.store  # type: ignore[union-attr]
+
+    async def down(*_args: Any, **_kwargs: Any) -> Any:
+        raise BackendUnavailable("attachment store", "down")
+
+    monkeypatch.setattr(store, "meta", down)
+    monkeypatch.setattr(store, "put", down)
+    url = f"/v1/attachments/{attachment_id}"
+    assert_problem(await suite.client.get(url, headers=alice), 503, "unavailable")
+    assert_problem(await upload(suite, alice), 503, "unavailable")

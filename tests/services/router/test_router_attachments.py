@@ -96,3 +96,15 @@ async def test_a_failing_link_never_fails_the_batch(harness: Harness) -> None:
     assert [m.msg_id for m in await h.router.store.history("d:1:2", 0, 10)] == [100]
     assert sorted(h.connector.delivered()) == [(1, 1), (2, 1)]
     assert h.router.linker.stats.failures == 1 and h.router.failing == 0
+
+
+async def test_link_outcomes_are_metrics(harness: Harness) -> None:
+    from services.router.metrics import families
+
+    h = harness
+    h.router.linker = AttachmentLinker(RecordingStore(fail=True))  # type: ignore[arg-type]
+    await send(h, "d:1:2", 1, 100, "a" * 22)
+    await h.run_bus()
+    (links,) = [f for f in families(h.router, None) if f.name == "im_router_attachment_links"]
+    values = {s.labels["outcome"]: s.value for s in links.samples}
+    assert values == {"linked": 0, "refused": 0, "failed": 1}
