@@ -68,6 +68,11 @@ def _check(response: httpx.Response) -> None:
         raise _problem(response)
 
 
+async def limits(gw: GatewayClient) -> dict[str, Any]:
+    """``{max_bytes, content_types, max_per_message}`` of the gateway's uploads."""
+    return await gw._request("GET", "/v1/attachments/limits")
+
+
 async def upload(
     gw: GatewayClient,
     body: Callable[[], AsyncIterator[bytes] | bytes],
@@ -76,6 +81,31 @@ async def upload(
     content_type: str | None,
 ) -> dict[str, Any]:
     """POST /v1/attachments; ``body`` makes the bytes (again for a retry)."""
+    try:
+        return await _upload(gw, body, size, filename, content_type)
+    except ApiError as exc:
+        if exc.status != 0:
+            raise
+        # The gateway refuses a too-large upload before reading it and closes the
+        # connection; a client still sending sees that as a broken connection.
+        try:
+            most = int((await limits(gw))["max_bytes"])
+        except (ApiError, KeyError, TypeError, ValueError):
+            raise exc from None
+        if size > most:
+            raise ApiError(
+                413, "payload_too_large", f"the attachment is larger than {most} bytes"
+            ) from exc
+        raise
+
+
+async def _upload(
+    gw: GatewayClient,
+    body: Callable[[], AsyncIterator[bytes] | bytes],
+    size: int,
+    filename: str,
+    content_type: str | None,
+) -> dict[str, Any]:
 
     async def once(headers: dict[str, str]) -> dict[str, Any]:
         headers = {

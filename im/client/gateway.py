@@ -522,6 +522,10 @@ class GatewayClient:
     ) -> dict[str, Any]:
         return await attachments.upload_bytes(self, data, filename, content_type)
 
+    async def attachment_limits(self) -> dict[str, Any]:
+        """``{max_bytes, content_types, max_per_message}``."""
+        return await attachments.limits(self)
+
     async def attachment(self, attachment_id: str) -> dict[str, Any]:
         """An attachment's metadata (owner or member of a conversation it was sent to)."""
         return await attachments.metadata(self, attachment_id)

@@ -89,6 +89,31 @@ async def upload(
     return attachment_out(meta)
 
 
+class AttachmentLimits(BaseModel):
+    max_bytes: int = Field(description="Largest upload (IM_MAX_ATTACHMENT_BYTES).")
+    content_types: list[str] = Field(
+        description="Accepted media types (`type/*`: a family; `*/*`: any)."
+    )
+    max_per_message: int = Field(description="Most attachment_ids one message may carry.")
+
+
+@router.get(
+    "/v1/attachments/limits",
+    response_model=AttachmentLimits,
+    tags=["attachments"],
+    responses=problem_responses(401),
+)
+async def limits(gateway: GatewayDep, claims: Auth) -> AttachmentLimits:
+    """What uploads may be: check a file against it before sending it (a refused
+    upload's 413 may reach a client that is still sending as a broken connection)."""
+    settings = gateway.settings
+    return AttachmentLimits(
+        max_bytes=settings.max_attachment_bytes,
+        content_types=attachments.parse_allowlist(settings.attachment_content_types),
+        max_per_message=settings.max_attachments_per_message,
+    )
+
+
 @router.get(
     "/v1/attachments/{attachment_id}",
     response_class=StreamingResponse,

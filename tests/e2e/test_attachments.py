@@ -93,11 +93,18 @@ async def test_malformed_or_too_many_ids_are_refused_at_send(gateway):
         await close_all(alice, bob)
 
 
-async def test_uploads_outside_the_allowlist_are_refused(gateway):
+async def test_uploads_outside_the_allowlist_or_too_large_are_refused(gateway, tmp_path):
     alice = await new_user(gateway, "alice")
     try:
         with pytest.raises(ApiError) as caught:
             await alice.gateway.upload_bytes(b"<script>", "x.html", "text/html")
         assert (caught.value.status, caught.value.code) == (415, "unsupported_media_type")
+        most = (await alice.gateway.attachment_limits())["max_bytes"]
+        big = tmp_path / "big.bin"
+        with big.open("wb") as out:  # sparse: no need to write the bytes
+            out.truncate(most + 1)
+        with pytest.raises(ApiError) as caught:
+            await alice.gateway.upload_file(big)
+        assert (caught.value.status, caught.value.code) == (413, "payload_too_large")
     finally:
         await alice.close()

@@ -280,14 +280,31 @@ export class GatewayClient {
     const type =
       contentType || (file instanceof Blob ? file.type : "") || "application/octet-stream";
     const path = `/v1/attachments?filename=${encodeURIComponent(name)}`;
-    const response = await this._authorized((auth) =>
-      this.fetch(this.baseUrl + path, {
-        method: "POST",
-        headers: { ...auth, "Content-Type": type, Accept: "application/json" },
-        body: /** @type {BodyInit} */ (file),
-      }),
-    );
-    return response.json();
+    try {
+      const response = await this._authorized((auth) =>
+        this.fetch(this.baseUrl + path, {
+          method: "POST",
+          headers: { ...auth, "Content-Type": type, Accept: "application/json" },
+          body: /** @type {BodyInit} */ (file),
+        }),
+      );
+      return await response.json();
+    } catch (err) {
+      // A too-large upload is refused before it is read and the connection closed:
+      // a client still sending sees a network error. Say what it was.
+      if (!(err instanceof ApiError) || err.status !== 0) throw err;
+      const size = file instanceof Blob ? file.size : file.byteLength;
+      const limits = await this.attachmentLimits().catch(() => null);
+      if (limits && size > limits.max_bytes) {
+        throw new ApiError(413, "payload_too_large", `the attachment is larger than ${limits.max_bytes} bytes`);
+      }
+      throw err;
+    }
+  }
+
+  /** What uploads may be. @returns {Promise<{max_bytes: number, content_types: string[], max_per_message: number}>} */
+  attachmentLimits() {
+    return this.request("GET", "/v1/attachments/limits");
   }
 
   /** Metadata of an attachment you may read. @param {string} attachmentId */

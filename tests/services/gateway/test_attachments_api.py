@@ -208,3 +208,13 @@ async def test_a_store_that_fails_is_503(suite: Suite, monkeypatch: pytest.Monke
     url = f"/v1/attachments/{attachment_id}"
     assert_problem(await suite.client.get(url, headers=alice), 503, "unavailable")
     assert_problem(await upload(suite, alice), 503, "unavailable")
+
+
+@pytest.mark.parametrize("settings_overrides", [{"max_attachment_bytes": 1234}])
+async def test_limits_are_told(suite: Suite) -> None:
+    _, alice = await suite.user("alice")
+    r = await suite.client.get("/v1/attachments/limits", headers=alice)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["max_bytes"] == 1234 and "image/png" in body["content_types"]
+    assert body["max_per_message"] == 10
