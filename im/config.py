@@ -300,6 +300,35 @@ class Settings(BaseSettings):
         "serves no such port: the gateway's `/metrics` shows every service of the suite.",
     )
 
+    # --- attachments ----------------------------------------------------------------
+    attachment_store_url: str = Field(
+        "",
+        description="Where uploaded files live: `file:///path` (a folder; metadata in SQLite "
+        "inside it; several gateways need it shared) or `mongodb://host:27017/db` (GridFS). "
+        "Empty: GridFS in the message store's database when that is MongoDB, else the "
+        "folder `attachments` in data_dir.",
+    )
+    max_attachment_bytes: int = Field(
+        25 * 1024 * 1024,
+        gt=0,
+        description="Largest upload (`POST /v1/attachments`); larger ones get 413, refused on "
+        "their Content-Length before any byte is read, or cut off at the limit when streamed.",
+    )
+    attachment_content_types: str = Field(
+        "image/png,image/jpeg,image/gif,image/webp,application/pdf,text/plain,text/csv,"
+        "audio/mpeg,audio/ogg,audio/wav,audio/webm,audio/mp4,video/mp4,video/webm,"
+        "video/quicktime,application/zip,application/octet-stream",
+        description="Comma-separated media types an upload may declare (`type/*` allows a "
+        "family, `*/*` anything); others get 415. HTML and SVG are left out on purpose "
+        "(active content), though downloads are always served as `attachment` with nosniff.",
+    )
+    max_attachments_per_message: int = Field(
+        10, ge=0, le=40, description="Most attachment_ids one message may carry (up to 40)."
+    )
+    attachment_uploads_per_hour: int = Field(
+        200, ge=0, description="Uploads one user may make per hour (429 past it). 0 disables."
+    )
+
     # --- bus ----------------------------------------------------------------------
     topic_messages: str = Field("im.messages", description="Topic of inbound messages.")
     topic_cursors: str = Field("im.cursors", description="Topic of acks and read reports.")
@@ -332,6 +361,14 @@ class Settings(BaseSettings):
     )
 
     # --- derived ------------------------------------------------------------------
+    def resolved_attachment_store_url(self) -> str:
+        if self.attachment_store_url:
+            return self.attachment_store_url
+        messages = self.resolved_message_store_url()
+        if messages.startswith(("mongodb://", "mongodb+srv://")):
+            return messages
+        return (self.data_dir / "attachments").resolve().as_uri()
+
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url

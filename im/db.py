@@ -39,6 +39,8 @@ GROUP_AVATAR_CHARS = 512
 
 # Longest dead-letter reason kept; the SQL message store cuts longer ones to fit.
 DEAD_LETTER_REASON_CHARS = 1024
+# Room for IM_MAX_ATTACHMENTS_PER_MESSAGE (at most 40) ids of 22 characters, spaced.
+ATTACHMENT_IDS_CHARS = 1024
 
 
 class Base(DeclarativeBase):
@@ -204,6 +206,11 @@ class MessageRow(Base):
     recalled: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=false())
     # Seq of the edit event applied last: an older edit seen again changes nothing.
     edit_seq: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+
+    # The message's attachment ids, space-separated (ids are URL-safe base64).
+    attachment_ids: Mapped[str] = mapped_column(
+        String(ATTACHMENT_IDS_CHARS), nullable=False, default="", server_default=""
+    )
 
 
 class DeadLetterRow(Base):

@@ -11,7 +11,7 @@ library's own errors through.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -228,6 +228,75 @@ class DeadLetterStore(Protocol):
         """The newest first (by at_ms, then letter_id), at most ``limit``, only those
         older than ``before_ms`` when given."""
         ...
+
+
+# ------------------------------------------------------------------ attachments
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentMeta:
+    """An uploaded file as the store keeps it (``im.attachments`` has the shape rules)."""
+
+    attachment_id: str
+    owner_id: int
+    filename: str
+    content_type: str
+    size: int
+    sha256: str  # hex
+    created_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentLink:
+    """A stored message of ``sender_id`` at (conversation_id, seq) refers to the
+    attachment. It counts only when the sender owns the attachment."""
+
+    attachment_id: str
+    conversation_id: str
+    seq: int
+    sender_id: int
+
+
+class AttachmentStore(Protocol):
+    """Files uploaded for messages, their metadata, and the conversations they were
+    sent to (which decide who else may read them). Every call may raise
+    ``BackendUnavailable``."""
+
+    async def put(
+        self,
+        attachment_id: str,
+        owner_id: int,
+        filename: str,
+        content_type: str,
+        chunks: AsyncIterator[bytes],
+        max_bytes: int,
+        now_ms: int,
+    ) -> AttachmentMeta:
+        """Store the chunks as a new attachment, streaming (never the whole file in
+        memory); returns it with its size and sha256. Raises
+        ``im.attachments.AttachmentTooLarge`` past ``max_bytes``; on any failure
+        nothing of it stays stored."""
+        ...
+
+    async def meta(self, attachment_id: str) -> AttachmentMeta | None: ...
+
+    def read(self, attachment_id: str) -> AsyncIterator[bytes]:
+        """The stored bytes, in chunks (an attachment ``meta`` found)."""
+        ...
+
+    async def link(self, links: list[AttachmentLink]) -> int:
+        """Record each link whose sender owns the attachment (others are ignored: a
+        message cannot share someone else's file); per (attachment, conversation)
+        the highest seq is kept. Idempotent. Returns how many links counted."""
+        ...
+
+    async def links(self, attachment_id: str, limit: int) -> dict[str, int]:
+        """conversation_id -> highest linked seq, at most ``limit`` conversations."""
+        ...
+
+    async def healthy(self) -> bool: ...
+
+    async def close(self) -> None: ...
 
 
 # -------------------------------------------------------------------- registry

@@ -6,6 +6,7 @@
 | registry_url | memory:// | zk://host:2181[,host:2181]/root |
 | kv_url | memory:// (*) | redis://host:6379/db |
 | message_store_url | (the SQL database) | mongodb://host:27017/db or a SQLAlchemy URL |
+| attachment_store_url | file:// folder in data_dir | GridFS in the message store's MongoDB |
 
 (*) memory:// keeps presence and rate-limit windows in the process (live state a
 restart may lose), but revoked sessions and idempotency keys in ``state.db`` in the
@@ -17,12 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from im.adapters.memory import MemoryBus, MemoryKV, MemoryRegistry
 from im.adapters.sqlite_state import STATE_FILE, SqliteStateStore
 from im.config import Settings
-from im.ports import Backends, IdempotencyStore, MessageStore, SessionStore
+from im.ports import AttachmentStore, Backends, IdempotencyStore, MessageStore, SessionStore
 
 # memory:// adapters are shared by every service of one process (standalone mode);
 # memory://<name> gives a separate set, e.g. for two suites in one test process.
@@ -142,3 +143,17 @@ def build_message_store(settings: Settings) -> MessageStore:
     from im.adapters.sqlstore import SqlMessageStore
 
     return SqlMessageStore(url, auto_migrate=settings.auto_migrate)
+
+
+def build_attachment_store(settings: Settings) -> AttachmentStore:
+    url = settings.resolved_attachment_store_url()
+    scheme = _scheme(url)
+    if scheme in ("mongodb", "mongodb+srv"):
+        from im.adapters.gridfs_attachments import GridFsAttachmentStore
+
+        return GridFsAttachmentStore(url)
+    if scheme == "file":
+        from im.adapters.file_attachments import FileAttachmentStore
+
+        return FileAttachmentStore(Path(unquote(urlparse(url).path)))
+    raise ValueError(f"unsupported attachment store URL {url!r}")

@@ -3,7 +3,8 @@
 One document per message, never one per member::
 
     {_id: msg_id (Int64), conversation_id, seq (Int64), sender_id (Int64), sender_device,
-     client_msg_id, content_type, body (binary), server_ts (Int64)}
+     client_msg_id, content_type, body (binary), server_ts (Int64),
+     attachment_ids (strings; only when there are some)}
 
 plus, only where they are set: ``refers_to`` (Int64, events), ``edited_at`` (Int64),
 ``recalled`` (bool) and ``edit_seq`` (Int64, the seq of the edit applied last). A
@@ -94,6 +95,13 @@ _TRANSIENT_CODES = frozenset(
 
 
 def _to_doc(m: wire_pb2.Message) -> dict[str, Any]:
+    doc = _base_doc(m)
+    if m.attachment_ids:  # only where there are some: most messages carry none
+        doc["attachment_ids"] = list(m.attachment_ids)
+    return doc
+
+
+def _base_doc(m: wire_pb2.Message) -> dict[str, Any]:
     return {
         "_id": Int64(m.msg_id),
         "conversation_id": m.conversation_id,
@@ -125,6 +133,7 @@ def _to_message(d: dict[str, Any]) -> wire_pb2.Message:
         refers_to=int(d.get("refers_to", 0)),
         edited_at=int(d.get("edited_at", 0)),
         recalled=bool(d.get("recalled", False)),
+        attachment_ids=d.get("attachment_ids") or [],
     )
 
 

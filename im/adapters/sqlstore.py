@@ -58,6 +58,7 @@ def _to_row(m: wire_pb2.Message) -> dict[str, Any]:
         "refers_to": m.refers_to or None,
         "edited_at": m.edited_at,
         "recalled": m.recalled,
+        "attachment_ids": " ".join(m.attachment_ids),
     }
 
 
@@ -75,13 +76,18 @@ def _to_message(r: MessageRow) -> wire_pb2.Message:
         refers_to=r.refers_to or 0,
         edited_at=r.edited_at,
         recalled=r.recalled,
+        attachment_ids=(r.attachment_ids or "").split(),
     )
 
 
 def _statement(change: event_plan.Change) -> Any:
     table = MessageRow.__table__
     if isinstance(change, event_plan.Recall):
-        return update(table).where(table.c.msg_id == change.target).values(recalled=True, body=b"")
+        return (
+            update(table)
+            .where(table.c.msg_id == change.target)
+            .values(recalled=True, body=b"", attachment_ids="")
+        )
     if isinstance(change, event_plan.Edit):
         return (
             update(table)

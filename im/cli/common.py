@@ -94,6 +94,7 @@ def message_json(message: wire_pb2.Message) -> dict[str, Any]:
         "content_type": message.content_type,
         "text": text,
         "server_ts": message.server_ts,
+        **({"attachment_ids": list(message.attachment_ids)} if message.attachment_ids else {}),
     }
     # Events and their effects, only where there are some (as on the REST API).
     if message.refers_to:

@@ -4,10 +4,9 @@ Client commands print JSON lines on stdout (one per result/message) and problems
 JSON object on stderr with exit status 1, so they compose with ``jq`` and scripts.
 The commands live by group: ``servers`` (standalone, serve, cluster, db, config-doc,
 bench, with ``deadletters`` and ``certs``), ``messaging`` (register, send, listen),
-``editing`` (recall, edit),
-``posting`` (post, service-send: sends without a socket),
-``chat``, ``conversations`` (conversations, history, read), ``account`` (whoami,
-logout), ``groups`` (group ..., receipts).
+``editing`` (recall, edit), ``posting`` (post, service-send: sends without a socket),
+``files`` (send-file, download), ``chat``, ``conversations`` (conversations, history,
+read), ``account`` (whoami, logout), ``groups`` (group ..., receipts).
 """
 
 from __future__ import annotations
@@ -54,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         chat,
         conversations,
         editing,
+        files,
         groups,
         messaging,
         posting,
@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     messaging.register(sub, gateway)  # register, send, listen
     editing.register(sub, gateway)  # recall, edit
     posting.register(sub, gateway)  # post (REST), service-send (internal gRPC)
+    files.register(sub, gateway)  # send-file, download
     chat.register(sub, gateway)
     conversations.register(sub, gateway)  # conversations, history, read
     account.register(sub, gateway)  # whoami, logout

@@ -274,8 +274,11 @@ class Connection:
         ack_timeout: float = 5.0,
         attempts: int = 3,
         busy_retries: int = 5,
+        attachment_ids: list[str] | None = None,
     ) -> wire_pb2.SendAck:
         """Send one message; resend the identical frame until a SendAck arrives.
+        ``attachment_ids``: uploads of this user (``GatewayClient.upload_file``) the
+        message refers to; the conversation's members may then download them.
 
         A Send the connector refuses as BUSY (overloaded) is sent again after the
         retry-after it names, up to ``busy_retries`` times (0: the BUSY SendError is
@@ -294,6 +297,7 @@ class Connection:
                 conversation_id=conversation_id,
                 content_type=content_type,
                 body=data,
+                attachment_ids=attachment_ids or [],
             ),
         ).SerializeToString()
         for refusals in itertools.count():

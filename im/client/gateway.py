@@ -12,6 +12,7 @@ import datetime
 import email.utils
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -21,6 +22,7 @@ from urllib.parse import quote
 
 import httpx
 
+from im.client import attachments
 from im.client.errors import ApiError
 from im.client.group_lifecycle import GroupLifecycleCalls
 from im.client.transports import tls_context
@@ -143,6 +145,7 @@ def message_from_json(data: dict[str, Any]) -> wire_pb2.Message:
         refers_to=int(data.get("refers_to") or 0),
         edited_at=int(data.get("edited_at") or 0),
         recalled=bool(data.get("recalled")),
+        attachment_ids=[str(a) for a in data.get("attachment_ids") or []],
     )
 
 
@@ -602,6 +605,36 @@ class GatewayClient(GroupLifecycleCalls):
         )
 
     # ------------------------------------------------------------------ receipts
+
+    # --------------------------------------------------------------- attachments
+    # Streamed both ways; see im/client/attachments.py.
+
+    async def upload_file(
+        self, path: str | os.PathLike[str], content_type: str | None = None
+    ) -> dict[str, Any]:
+        """Upload a file: ``{attachment_id, size, sha256, content_type, filename, ...}``;
+        the type is guessed from the name unless given."""
+        return await attachments.upload_file(self, path, content_type)
+
+    async def upload_bytes(
+        self, data: bytes, filename: str, content_type: str | None = None
+    ) -> dict[str, Any]:
+        return await attachments.upload_bytes(self, data, filename, content_type)
+
+    async def attachment_limits(self) -> dict[str, Any]:
+        """``{max_bytes, content_types, max_per_message}``."""
+        return await attachments.limits(self)
+
+    async def attachment(self, attachment_id: str) -> dict[str, Any]:
+        """An attachment's metadata (owner or member of a conversation it was sent to)."""
+        return await attachments.metadata(self, attachment_id)
+
+    async def download(self, attachment_id: str) -> bytes:
+        return await attachments.download(self, attachment_id)
+
+    async def download_to(self, attachment_id: str, path: str | os.PathLike[str]) -> int:
+        """Stream an attachment into a file; returns the bytes written."""
+        return await attachments.download_to(self, attachment_id, path)
 
     async def receipts(
         self,

@@ -299,7 +299,8 @@ class ImClient(MessageStream):
         content_type: str = "text/plain",
         **kwargs: Any,
     ) -> wire_pb2.SendAck:
-        """``Connection.send``: kwargs client_msg_id, ack_timeout, attempts."""
+        """``Connection.send``: kwargs client_msg_id, ack_timeout, attempts,
+        attachment_ids."""
         return await self._conn().send(conversation_id, text, content_type, **kwargs)
 
     async def read(self, conversation_id: str, seq: int) -> None:

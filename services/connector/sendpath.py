@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from im import events, tracing
+from im import attachments, events, tracing
 from im.clock import Clock
 from im.config import Settings
 from im.ids import MsgIdGenerator, is_valid_conversation_id
@@ -139,6 +139,12 @@ class SendPath:
             return E.ERROR_CODE_INVALID_ARGUMENT, (
                 f"content_type {events.RESERVED_PREFIX}* is reserved for server events"
             )
+        if send.attachment_ids:
+            problem = attachments.check_ids(
+                send.attachment_ids, self._settings.max_attachments_per_message
+            )
+            if problem is not None:
+                return E.ERROR_CODE_INVALID_ARGUMENT, problem
         return None
 
     async def _drain(self, conn: Conn) -> None:

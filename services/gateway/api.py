@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from services.gateway import (
+    api_attachments,
     api_auth,
     api_conversations,
     api_groups,
@@ -55,6 +56,7 @@ def create_app(
         api_conversations,
         api_messages,
         api_posting,
+        api_attachments,
         api_lifecycle,  # before api_groups: /v1/groups/join is not a group id
         api_groups,
         api_ops,
@@ -84,10 +86,20 @@ def _add_guards(app: FastAPI, gateway: Gateway) -> None:
     """The body limit runs inside the metrics (413s are counted) and before anything
     reads the body: routing, authentication, parsing."""
     limit = gateway.settings.max_request_body_bytes
+    upload = gateway.settings.max_attachment_bytes
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=limit,
         refuse=lambda: problem(
             413, "payload_too_large", f"the request body is larger than {limit} bytes"
         ),
+        # Uploads stream to the attachment store under a limit of their own.
+        paths={
+            api_attachments.UPLOAD_PATH: (
+                upload,
+                lambda: problem(
+                    413, "payload_too_large", f"the attachment is larger than {upload} bytes"
+                ),
+            )
+        },
     )

@@ -11,14 +11,14 @@ import logging
 import uvicorn
 from fastapi import FastAPI
 
-from im.adapters.factory import build_message_store
+from im.adapters.factory import build_attachment_store, build_message_store
 from im.auth import TokenIssuer, TokenVerifier, load_keys
 from im.config import Settings
 from im.grpcutil import GrpcServer
 from im.httpserve import QuietServer, bind_socket
 from im.listeners import ListenError
 from im.metrics import MetricsRegistry, MetricsServer
-from im.ports import Backends, MessageStore
+from im.ports import AttachmentStore, Backends, MessageStore
 from im.tls import public_files
 from services.gateway.api import create_app
 from services.gateway.grpc_api import message_server
@@ -39,6 +39,7 @@ class GatewayService:
         backends: Backends,
         message_store: MessageStore | None = None,
         metrics: MetricsRegistry | None = None,
+        attachments: AttachmentStore | None = None,
     ) -> None:
         self._settings = settings
         # Standalone: the suite's registry, so /metrics shows every service of it.
@@ -47,12 +48,15 @@ class GatewayService:
         assert private is not None  # need_private=True guarantees it
         self._owns_store = message_store is None
         self._store = message_store or build_message_store(settings)
+        self._owns_attachments = attachments is None
+        self._attachments = attachments or build_attachment_store(settings)
         self.gateway = Gateway(
             settings,
             backends,
             self._store,
             TokenIssuer(private, settings.jwt_issuer, settings.jwt_ttl_seconds),
             TokenVerifier(public, settings.jwt_issuer, leeway=TOKEN_LEEWAY),
+            attachments=self._attachments,
         )
         self._server: QuietServer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -163,6 +167,8 @@ class GatewayService:
         await self.gateway.close()
         if self._owns_store:
             await self._store.close()
+        if self._owns_attachments:
+            await self._attachments.close()
 
     def endpoints(self) -> dict[str, str]:
         host = self._settings.public_host()

@@ -32,8 +32,9 @@ def page_csp(tls: bool) -> str:
     and change as connectors come and go, so any WebSocket host is allowed (only
     ``wss:`` when the suite serves TLS: a page over https cannot use ``ws:`` anyway)."""
     sockets = "wss:" if tls else "ws: wss:"
+    # blob: images: attachments are fetched with the token and shown from their bytes.
     return (
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
         f"connect-src 'self' {sockets}; "
         "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
     )
@@ -48,28 +49,46 @@ class BodyLimitMiddleware:
     the app then sees a disconnect, and whatever it answers goes nowhere.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, refuse: Callable[[], Response]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        refuse: Callable[[], Response],
+        paths: dict[str, tuple[int, Callable[[], Response]]] | None = None,
+    ) -> None:
+        """``paths``: exact paths with a limit (and refusal) of their own, e.g. uploads."""
         self.app = app
         self.max_bytes = max_bytes
         self.refuse = refuse
+        self.paths = paths or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes, refuse = self.paths.get(scope.get("path", ""), (self.max_bytes, self.refuse))
         declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            await self._answer(scope, receive, send)
+        if declared is not None and declared > max_bytes:
+            await self._answer(scope, receive, send, refuse)
             return
-        await self._counted(scope, receive, send)
+        await self._counted(scope, receive, send, max_bytes, refuse)
 
-    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = self.refuse()
+    async def _answer(
+        self, scope: Scope, receive: Receive, send: Send, refuse: Callable[[], Response]
+    ) -> None:
+        response = refuse()
         # The unread rest of the body makes the connection unusable: close it.
         response.headers["Connection"] = "close"
         await response(scope, receive, send)
 
-    async def _counted(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _counted(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        max_bytes: int,
+        refuse: Callable[[], Response],
+    ) -> None:
         received = 0
         refused = False
         started = False
@@ -81,10 +100,10 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     refused = True
                     if not started:
-                        await self._answer(scope, receive, send)
+                        await self._answer(scope, receive, send, refuse)
                     return {"type": "http.disconnect"}
             return message
 

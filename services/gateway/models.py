@@ -140,6 +140,11 @@ class MessageOut(BaseModel):
         False, description="Recalled by its sender or a group admin: its body is erased."
     )
 
+    attachment_ids: list[str] = Field(
+        default_factory=list,
+        description="Attachments the message refers to: `GET /v1/attachments/{id}`.",
+    )
+
 
 class MessagePage(BaseModel):
     messages: list[MessageOut] = Field(description="Messages in ascending seq order.")
@@ -298,6 +303,7 @@ def message_out(m: wire_pb2.Message) -> MessageOut:
         refers_to=str(m.refers_to) if m.refers_to else None,
         edited_at=m.edited_at or None,
         recalled=m.recalled,
+        attachment_ids=list(m.attachment_ids),
     )
 
 

@@ -22,10 +22,11 @@ from im.clock import Clock, SystemClock
 from im.config import Settings
 from im.grpcutil import ChannelPool
 from im.ids import NODE_IDS, MsgIdGenerator
-from im.ports import Backends, ConnectorInfo, MessageStore
+from im.ports import AttachmentStore, Backends, ConnectorInfo, MessageStore
 from im.sending import ServerSender
 from im.v1 import group_pb2_grpc, user_pb2, user_pb2_grpc
 from services.gateway.assignment import ConnectorAssigner, ConnectorProber
+from services.gateway.attachments import AttachmentOps
 from services.gateway.calls import Calls
 from services.gateway.conversations import ConversationOps
 from services.gateway.errors import ApiError, rate_limited, unauthorized
@@ -67,6 +68,7 @@ class Gateway:
         verifier: TokenVerifier,
         rpc_timeout: float = RPC_TIMEOUT,
         clock: Clock | None = None,
+        attachments: AttachmentStore | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
@@ -133,6 +135,20 @@ class Gateway:
         self.lifecycle_clock: Clock = SystemClock()
         self.lifecycle_ops = GroupLifecycleOps(
             lambda: self.groups, self.group_ops, self.conversation_ops, self._calls
+        )
+        # Uploads and downloads (attachments.py); None: the routes answer 404.
+        self.attachment_ops = (
+            None
+            if attachments is None
+            else AttachmentOps(
+                settings,
+                attachments,
+                lambda: self.groups,
+                self.conversation_ops,
+                self._calls,
+                lambda: self._backends.rate_limits,
+                SystemClock(),
+            )
         )
 
     # ------------------------------------------------------------------ lifecycle

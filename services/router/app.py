@@ -7,11 +7,12 @@ import asyncio
 import logging
 
 from im.adapters import build_message_store
+from im.adapters.factory import build_attachment_store
 from im.clock import Clock
 from im.config import Settings
 from im.grpcutil import ChannelPool, GrpcServer
 from im.metrics import MetricsRegistry
-from im.ports import Backends, BusConsumer, MessageStore
+from im.ports import AttachmentStore, Backends, BusConsumer, MessageStore
 from im.runtime import bounded
 from services.router import metrics as router_metrics
 from services.router.service import Router
@@ -42,13 +43,20 @@ class RouterApp:
         store: MessageStore | None = None,
         metrics: MetricsRegistry | None = None,
         clock: Clock | None = None,
+        attachments: AttachmentStore | None = None,
     ) -> None:
         self.settings = settings
         self.backends = backends
         self.metrics = metrics or MetricsRegistry()
         self.store = store or build_message_store(settings)
+        self.attachments = attachments or build_attachment_store(settings)
         self.router = Router(
-            settings, backends, self.store, channels=ChannelPool.for_settings(settings), clock=clock
+            settings,
+            backends,
+            self.store,
+            channels=ChannelPool.for_settings(settings),
+            clock=clock,
+            attachments=self.attachments,
         )
         self.router_id = settings.resolved_router_id()
         self._consumer: BusConsumer | None = None
@@ -166,6 +174,7 @@ class RouterApp:
         self.router.delivery.close()
         await self.router.channels.close()
         await bounded("closing the message store", self.store.close(), 3)
+        await bounded("closing the attachment store", self.attachments.close(), 3)
 
     def endpoints(self) -> dict[str, str]:
         return {

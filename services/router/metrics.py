@@ -14,6 +14,8 @@
 - ``im_router_delivery_failures_total``, ``im_router_delivery_dropped_total``: Deliver
   calls that failed, and outboxes a lagging connector had no room for (both wait for
   sync).
+- ``im_router_attachment_links_total{outcome}``: attachment links ``linked``,
+  ``refused`` (the sender did not own the attachment) and link calls ``failed``.
 """
 
 from __future__ import annotations
@@ -71,6 +73,16 @@ def families(router: Router, consumer: BusConsumer | None) -> Iterator[Any]:
         for (topic, partition), n in sorted(consumer.lag().items()):
             lag.add_metric([topic, str(partition)], n)
     yield lag
+    if router.linker is not None:
+        links = CounterMetricFamily(
+            "im_router_attachment_links",
+            "Attachment links by outcome: linked, refused (not the sender's), failed calls.",
+            labels=["outcome"],
+        )
+        links.add_metric(["linked"], router.linker.stats.linked)
+        links.add_metric(["refused"], router.linker.stats.refused)
+        links.add_metric(["failed"], router.linker.stats.failures)
+        yield links
     yield CounterMetricFamily(
         "im_router_seq_conflicts",
         "Seqs the store already held (a stale counter, reseeded from the store).",

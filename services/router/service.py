@@ -25,6 +25,7 @@ from im.config import Settings
 from im.grpcutil import ChannelPool
 from im.metrics import Distribution
 from im.ports import (
+    AttachmentStore,
     Backends,
     BackendUnavailable,
     BusConsumer,
@@ -35,6 +36,7 @@ from im.ports import (
 )
 from im.v1 import bus_pb2, group_pb2, group_pb2_grpc, wire_pb2
 from services.router import events, records
+from services.router.attachments import AttachmentLinker
 from services.router.delivery import Deliverer
 from services.router.sequencer import Outcome, Sequencer
 from services.router.traces import BatchTraces
@@ -97,6 +99,7 @@ class Router:
         channels: ChannelPool | None = None,
         clock: Clock | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        attachments: AttachmentStore | None = None,
     ) -> None:
         self.settings = settings
         self.backends = backends
@@ -107,6 +110,8 @@ class Router:
         self.sequencer = Sequencer(store)
         self.delivery = Deliverer(settings, backends, self.channels, self.clock)
         self.stats = RouterStats()
+        # Links attachments to the conversations their owners sent them to.
+        self.linker = AttachmentLinker(attachments) if attachments is not None else None
         self.failing = 0  # consecutive failed batches; readiness reflects the real path
         self.last_progress = self.clock.monotonic()  # a loop turn completed
         self.joined = False  # the consumer got its first partition assignment
@@ -226,6 +231,11 @@ class Router:
         applied, orphans = await events.apply_events(self.store, messages)
         self.stats.events_applied += applied
         self.stats.orphan_events += orphans
+
+        if self.linker is not None:
+            # Before delivery, so a member can download what it is told about; replays
+            # too (a crash may have come between the store and the link).
+            await self.linker.link(messages)
         # Stored messages go out at once; the cursor write is not on their way.
         await self._start_delivery(messages, {}, self._lag_ms(outcome.new), spans)
 

@@ -340,6 +340,100 @@ export class GatewayClient {
     return this.request("GET", path);
   }
 
+  // ------------------------------------------------------------- attachments
+
+  /**
+   * Upload a file (a `Blob`/`File`, or bytes) for messages; send its `attachment_id`
+   * in `send(..., {attachmentIds})`. The gateway refuses files over its size limit
+   * (413) and types it does not accept (415).
+   * @param {Blob | Uint8Array} file
+   * @param {{filename?: string, contentType?: string}} [options] defaults: the File's
+   * @returns {Promise<{attachment_id: string, owner_id: number, filename: string,
+   *   content_type: string, size: number, sha256: string, created_at: number}>}
+   */
+  async uploadAttachment(file, { filename, contentType } = {}) {
+    const name = filename ?? (/** @type {any} */ (file).name || "file");
+    const type =
+      contentType || (file instanceof Blob ? file.type : "") || "application/octet-stream";
+    const path = `/v1/attachments?filename=${encodeURIComponent(name)}`;
+    try {
+      const response = await this._authorized((auth) =>
+        this.fetch(this.baseUrl + path, {
+          method: "POST",
+          headers: { ...auth, "Content-Type": type, Accept: "application/json" },
+          body: /** @type {BodyInit} */ (file),
+        }),
+      );
+      return await response.json();
+    } catch (err) {
+      // A too-large upload is refused before it is read and the connection closed:
+      // a client still sending sees a network error. Say what it was.
+      if (!(err instanceof ApiError) || err.status !== 0) throw err;
+      const size = file instanceof Blob ? file.size : file.byteLength;
+      const limits = await this.attachmentLimits().catch(() => null);
+      if (limits && size > limits.max_bytes) {
+        throw new ApiError(413, "payload_too_large", `the attachment is larger than ${limits.max_bytes} bytes`);
+      }
+      throw err;
+    }
+  }
+
+  /** What uploads may be. @returns {Promise<{max_bytes: number, content_types: string[], max_per_message: number}>} */
+  attachmentLimits() {
+    return this.request("GET", "/v1/attachments/limits");
+  }
+
+  /** Metadata of an attachment you may read. @param {string} attachmentId */
+  attachmentMeta(attachmentId) {
+    return this.request("GET", `/v1/attachments/${encodeURIComponent(attachmentId)}/meta`);
+  }
+
+  /**
+   * The attachment's bytes as a `Blob` (its type set). Downloads need the bearer
+   * token, so an `<img>` cannot point at the URL itself: show
+   * `URL.createObjectURL(blob)` instead.
+   * @param {string} attachmentId
+   * @returns {Promise<Blob>}
+   */
+  async downloadAttachment(attachmentId) {
+    const url = `${this.baseUrl}/v1/attachments/${encodeURIComponent(attachmentId)}`;
+    const response = await this._authorized((auth) => this.fetch(url, { headers: auth }));
+    return response.blob();
+  }
+
+  /**
+   * A fetch with the bearer header, once more after a refresh on 401; a failed
+   * answer becomes an ApiError.
+   * @param {(auth: Record<string, string>) => Promise<Response>} call
+   */
+  async _authorized(call) {
+    if (!this.session) throw new ApiError(401, "unauthorized", "not logged in");
+    if (this.session.expiresAt - Date.now() < 30_000) await this.refresh();
+    const headers = () => ({ Authorization: `Bearer ${this.session?.accessToken}` });
+    let response;
+    try {
+      response = await call(headers());
+      if (response.status === 401 && this.session?.refreshToken) {
+        await this.refresh();
+        response = await call(headers());
+      }
+    } catch (err) {
+      if (err instanceof ApiError) throw err;
+      throw new ApiError(0, "network", `gateway unreachable: ${/** @type {Error} */ (err).message}`);
+    }
+    if (!response.ok) {
+      const data = await response.json().catch(() => ({}));
+      const retry = response.headers.get("retry-after");
+      throw new ApiError(
+        response.status,
+        data.code ?? "http_error",
+        data.detail ?? response.statusText,
+        retry === null ? null : Number(retry),
+      );
+    }
+    return response;
+  }
+
   // ------------------------------------------------------------------ groups
 
   /**

@@ -656,17 +656,22 @@ export class ImClient {
    * Send to a conversation; resolves with the SendAck (the server has it, durably).
    * @param {string} conversationId
    * @param {string | Uint8Array} content text (sent as UTF-8) or bytes
-   * @param {{contentType?: string, clientMsgId?: string}} [options]
+   * @param {{contentType?: string, clientMsgId?: string, attachmentIds?: string[]}} [options]
+   *   `attachmentIds`: your uploads (`client.gateway.uploadAttachment`) the message
+   *   refers to; the conversation's members may then download them.
    * @returns {Promise<SendAck>}
    */
-  send(conversationId, content, { contentType = "text/plain", clientMsgId } = {}) {
+  send(conversationId, content, { contentType = "text/plain", clientMsgId, attachmentIds } = {}) {
     if (!this._wanted) return Promise.reject(new ClientClosed("not connected: call connect()"));
     const cmid = clientMsgId ?? newClientMsgId();
     if (this._pending.has(cmid)) {
       return Promise.reject(new Error(`a send with client_msg_id ${cmid} is in flight`));
     }
     const body = toBase64(toBytes(content));
-    const frame = { send: { clientMsgId: cmid, conversationId, contentType, body } };
+    /** @type {Record<string, unknown>} */
+    const send = { clientMsgId: cmid, conversationId, contentType, body };
+    if (attachmentIds?.length) send.attachmentIds = attachmentIds;
+    const frame = { send };
     return new Promise((resolve, reject) => {
       /** @type {PendingSend} */
       const entry = { cmid, frame, tries: 0, timer: undefined, resolve, reject };

@@ -39,6 +39,9 @@ export const RETRYABLE_SEND_ERRORS = new Set(["UNAVAILABLE", "RATE_LIMITED"]);
  * @property {string} refersTo events (recall, edit): the msgId they act on; else ""
  * @property {number} editedAt when the text was last edited (ms), 0 if never
  * @property {boolean} recalled recalled: its body is empty for good
+
+ * @property {string[]} attachmentIds uploads the message refers to
+ *   (`client.gateway.downloadAttachment(id)`)
  */
 
 /**
@@ -138,6 +141,8 @@ export function messageFromWire(m) {
     refersTo: idOrEmpty(m.refersTo),
     editedAt: num(m.editedAt),
     recalled: Boolean(m.recalled),
+
+    attachmentIds: Array.isArray(m.attachmentIds) ? m.attachmentIds.map(String) : [],
   };
 }
 
@@ -163,6 +168,8 @@ export function messageFromRest(m) {
     refersTo: idOrEmpty(m.refers_to),
     editedAt: num(m.edited_at),
     recalled: Boolean(m.recalled),
+
+    attachmentIds: Array.isArray(m.attachment_ids) ? m.attachment_ids.map(String) : [],
   };
 }
 

@@ -1,6 +1,7 @@
 // The web chat page, on the JavaScript SDK that the gateway serves at /sdk/ (the same
 // files as clients/js/src). State lives here, drawing in view.js.
 import { ApiError, groupEventData, ImClient, isGroupEvent, newClientMsgId } from "/sdk/im.js";
+import { Attachments } from "./attachments.js";
 import { $, renderList, renderMembers, renderMessages, renderStatus, title, unread } from "./view.js";
 import { applyEvents, bindMessageActions } from "./edits.js";
 
@@ -9,6 +10,7 @@ const PAGE = 50; // messages per history page
 const store = sessionStorage;
 
 const client = new ImClient(""); // the gateway that served this page
+const attachments = new Attachments(client.gateway, () => redraw("keep"));
 /** @type {Map<string, import("./view.js").Conv>} */
 const conversations = new Map();
 /** @type {Map<number, string>} user id -> username */
@@ -116,7 +118,7 @@ function redraw(mode) {
   const conv = openId ? conversations.get(openId) : undefined;
   if (conv) {
     $("title").textContent = title(conv, names);
-    renderMessages(conv, client.userId, names, mode);
+    renderMessages(conv, client.userId, names, mode, (id) => attachments.node(id));
     renderMembers(conv, names, client.userId);
     const closed = Boolean(conv.dissolved);
     /** @type {HTMLTextAreaElement} */ ($("composer")).disabled = closed;
@@ -249,6 +251,7 @@ async function logOut() {
     // the session may be gone already: signed out either way
   }
   store.removeItem("im.refresh");
+  attachments.clear();
   leaving = false;
   showLogin();
 }
@@ -260,6 +263,7 @@ async function openConversation(id) {
   const composer = /** @type {HTMLTextAreaElement} */ ($("composer"));
   composer.disabled = false;
   /** @type {HTMLButtonElement} */ ($("send")).disabled = false;
+  /** @type {HTMLButtonElement} */ ($("attach-button")).disabled = false;
   $("members-toggle").hidden = conv.kind !== "group";
   showBlockButton(conv);
   $("members").hidden = true;
@@ -366,6 +370,38 @@ function send() {
       redraw("keep");
     },
   );
+}
+
+/**
+ * Upload the chosen files, then send each in a message of its own (its name as the
+ * text); its bubble waits meanwhile like any message of ours.
+ * @param {FileList} files
+ */
+function sendFiles(files) {
+  const conv = openId ? conversations.get(openId) : undefined;
+  if (!conv) return;
+  for (const file of files) {
+    const cmid = newClientMsgId();
+    /** @type {import("./view.js").Pending} */
+    const pending = { cmid, text: `📎 ${file.name}`, status: "sending" };
+    conv.pending.set(cmid, pending);
+    conv.touched = ++activity;
+    redraw("bottom");
+    client.gateway
+      .uploadAttachment(file)
+      .then((up) => client.send(conv.id, file.name, { clientMsgId: cmid, attachmentIds: [up.attachment_id] }))
+      .then(
+        () => {
+          pending.status = "sent";
+          redraw("keep");
+        },
+        (err) => {
+          pending.status = "failed";
+          pending.error = describe(err);
+          redraw("keep");
+        },
+      );
+  }
 }
 
 // ------------------------------------------------------------------ forms and keys
@@ -518,6 +554,18 @@ function bind() {
   $("composer-form").addEventListener("submit", (event) => {
     event.preventDefault();
     send();
+  });
+
+  $("attach-button").addEventListener("click", () => $("attach").click());
+  $("attach").addEventListener("change", () => {
+    const input = /** @type {HTMLInputElement} */ ($("attach"));
+    if (input.files?.length) sendFiles(input.files);
+    input.value = ""; // the same file can be picked again
+  });
+  $("messages").addEventListener("click", (event) => {
+    const button = /** @type {HTMLElement} */ (event.target).closest("[data-save]");
+    const id = button?.getAttribute("data-save");
+    if (id) attachments.save(id).catch((err) => ($("side-error").textContent = describe(err)));
   });
 
   $("messages").addEventListener("scroll", () => {

@@ -92,7 +92,7 @@ const clock = (ts) => new Date(ts).toLocaleTimeString([], { hour: "2-digit", min
 /**
  * One message bubble. `state`: "edited" or "recalled" when it is; `actions`: our own
  * text messages get Edit and Recall buttons (the gateway says whether it is too late).
- * @param {{text: string, mine: boolean, sender: string, time: string, status: string, markText: string, hint: string, seq?: number, state?: string, actions?: boolean}} m
+ * @param {{text: string, mine: boolean, sender: string, time: string, status: string, markText: string, hint: string, seq?: number, state?: string, actions?: boolean, attachments?: Node[]}} m
  */
 function bubble(m) {
   const node = el("div", {
@@ -103,7 +103,8 @@ function bubble(m) {
   if (m.seq) node.dataset.seq = String(m.seq);
   if (m.state) node.dataset.state = m.state;
   if (!m.mine && m.sender) node.append(el("div", { class: "sender" }, m.sender));
-  node.append(el("div", { class: "text" }, m.text));
+  if (m.text) node.append(el("div", { class: "text" }, m.text));
+  if (m.attachments?.length) node.append(el("div", { class: "attachments" }, ...m.attachments));
   const meta = el("div", { class: "meta" }, el("time", {}, m.time));
   if (m.state === "edited") meta.append(" ", el("span", { class: "edited" }, "(edited)"));
   if (m.mine) meta.append(" ", el("span", { class: "mark", title: m.hint }, m.markText));
@@ -123,8 +124,9 @@ function bubble(m) {
  * older messages came in above, "keep" follows the newest only if already there.
  * @param {Conv} conv @param {number} me @param {Map<number, string>} names
  * @param {"bottom" | "prepend" | "keep"} mode
+ * @param {(id: string) => Node} [attachment] the node showing an attachment
  */
-export function renderMessages(conv, me, names, mode) {
+export function renderMessages(conv, me, names, mode, attachment) {
   const box = $("messages");
   const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
   const fromBottom = box.scrollHeight - box.scrollTop;
@@ -148,7 +150,10 @@ export function renderMessages(conv, me, names, mode) {
     const state = m.recalled ? "recalled" : m.editedAt ? "edited" : "";
     const actions = mine && !m.recalled;
     const time = clock(m.serverTs);
-    nodes.push(bubble({ text: body, mine, sender, time, status, markText: text, hint, seq, state, actions }));
+    const files = attachment && !m.recalled ? (m.attachmentIds ?? []).map(attachment) : [];
+    nodes.push(
+      bubble({ text: body, mine, sender, time, status, markText: text, hint, seq, state, actions, attachments: files }),
+    );
   }
   for (const p of conv.pending.values()) {
     const { text, hint } = PENDING_MARKS[p.status];

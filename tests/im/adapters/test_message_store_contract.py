@@ -497,3 +497,14 @@ async def test_mysql_down_is_backend_unavailable_for_every_call() -> None:
         assert await store.healthy() is False
     finally:
         await store.close()
+
+
+async def test_attachment_ids_are_stored_with_the_message(case: Case) -> None:
+    with_files = case.msg(1, "a", 1)
+    with_files.attachment_ids.extend(["A" * 22, "b-_" + "c" * 19])
+    plain = case.msg(2, "a", 2)
+    await case.store.insert_many([with_files, plain])
+    got = await case.store.history(case.conv("a"), 0, 10)
+    assert [list(m.attachment_ids) for m in got] == [["A" * 22, "b-_" + "c" * 19], []]
+    by_id = await case.store.get_by_msg_ids([with_files.msg_id])
+    assert by_id[with_files.msg_id] == with_files

@@ -330,6 +330,7 @@ async def test_history_paging(suite: Suite) -> None:
         "refers_to": None,
         "edited_at": None,
         "recalled": False,
+        "attachment_ids": [],
     }
 
     page = (await suite.client.get(url, params={"after_seq": 2, "limit": 3}, headers=alice)).json()

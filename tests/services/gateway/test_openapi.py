@@ -19,6 +19,7 @@ RATE_LIMITED = {
     ("post", "/v1/auth/login"),
     ("post", "/v1/auth/refresh"),
     ("post", "/v1/users/me/password"),
+    ("post", "/v1/attachments"),
 }
 
 
