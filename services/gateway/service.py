@@ -31,6 +31,7 @@ from services.gateway.errors import ApiError, rate_limited, unauthorized
 from services.gateway.groups import GroupOps
 from services.gateway.limits import LoginLimits, RateLimited
 from services.gateway.readiness import check_readiness
+from services.gateway.search import SearchOps
 from services.gateway.sessions import Issued, RefreshRefused, Sessions
 
 T = TypeVar("T")
@@ -94,6 +95,9 @@ class Gateway:
         self.sender = ServerSender(settings, backends, self.ids, SystemClock())
         self.conversation_ops = ConversationOps(
             settings, lambda: self.groups, message_store, self._calls, self.get_user
+        )
+        self.search_ops = SearchOps(
+            settings, lambda: self.groups, message_store, self._calls, self.conversation_ops
         )
         self.group_ops = GroupOps(
             settings,
