@@ -47,12 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     gateway = gateway_parent()
 
-    from im.cli import account, chat, conversations, groups, messaging, servers
+    from im.cli import account, chat, conversations, groups, messaging, search, servers
 
     servers.register(sub)
     messaging.register(sub, gateway)  # register, send, listen
     chat.register(sub, gateway)
     conversations.register(sub, gateway)  # conversations, history, read
+    search.register(sub, gateway)
     account.register(sub, gateway)  # whoami, logout
     groups.register(sub, account_parent(gateway, "group"))  # group ..., receipts
     return parser

@@ -17,6 +17,8 @@ from im.client.gateway import (
     HistoryPage,
     LoginResult,
     MemberPage,
+    SearchHit,
+    SearchPage,
     as_group_id,
     message_from_json,
 )
@@ -39,6 +41,8 @@ __all__ = [
     "ReconnectPolicy",
     "Reconnected",
     "Reconnecting",
+    "SearchHit",
+    "SearchPage",
     "SeenIds",
     "SendError",
     "SendTimeout",

@@ -28,6 +28,7 @@ log = logging.getLogger("im.client")
 
 MAX_PAGE = 500  # the gateway's largest accepted `limit`
 MAX_MEMBER_PAGE = 1000  # the largest `limit` of member and reader pages
+MAX_SEARCH_PAGE = 100  # the largest `limit` of a search page
 GROUP_PREFIX = "g:"
 
 
@@ -87,6 +88,19 @@ class LoginResult:
 class HistoryPage:
     messages: list[wire_pb2.Message]
     has_more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    message: wire_pb2.Message
+    snippet: str  # part of the body around the first match
+    highlights: list[tuple[int, int]]  # [start, end) of each matching word in snippet
+
+
+@dataclass(frozen=True, slots=True)
+class SearchPage:
+    hits: list[SearchHit]  # newest first
+    next_cursor: str | None  # None on the last page
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,6 +442,32 @@ class GatewayClient:
                 return
             if until_seq is not None and cursor >= until_seq:
                 return
+
+    async def search(
+        self,
+        query: str,
+        conversation_id: str | None = None,
+        cursor: str | None = None,
+        limit: int = 20,
+    ) -> SearchPage:
+        """Text messages of my conversations holding every word of ``query`` (whole
+        words, any case), newest first; only ``conversation_id`` when given. Pass
+        ``next_cursor`` back as ``cursor`` for the older ones."""
+        params: dict[str, Any] = {"q": query, "limit": max(1, min(int(limit), MAX_SEARCH_PAGE))}
+        if conversation_id is not None:
+            params["conversation_id"] = conversation_id
+        if cursor:
+            params["cursor"] = cursor
+        data = await self._request("GET", "/v1/search", params=params)
+        hits = [
+            SearchHit(
+                message=message_from_json(r["message"]),
+                snippet=r["snippet"]["text"],
+                highlights=[(int(a), int(b)) for a, b in r["snippet"]["highlights"]],
+            )
+            for r in data.get("results") or []
+        ]
+        return SearchPage(hits=hits, next_cursor=data.get("next_cursor"))
 
     async def ack(self, conversation_id: str, seq: int) -> None:
         await self._request(
