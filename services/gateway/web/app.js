@@ -1,6 +1,7 @@
 // The web chat page, on the JavaScript SDK that the gateway serves at /sdk/ (the same
 // files as clients/js/src). State lives here, drawing in view.js.
 import { ApiError, ImClient, newClientMsgId } from "/sdk/im.js";
+import { bindSearch } from "./search.js";
 import { $, renderList, renderMembers, renderMessages, renderStatus, title, unread } from "./view.js";
 
 const PAGE = 50; // messages per history page
@@ -440,6 +441,7 @@ function bind() {
     }
   });
   document.addEventListener("visibilitychange", markRead);
+  bindSearch(client, { open: openConversation, label: (id) => title(conversation(id), names), describe });
 }
 
 async function start() {
