@@ -177,7 +177,7 @@ class _Store:
 @pytest.mark.parametrize("settings_overrides", [{"search_timeout": 0.2}])
 @pytest.mark.parametrize("hang", [False, True], ids=["fails", "hangs"])
 async def test_a_failing_or_hung_store_is_503(suite: Suite, hang: bool) -> None:
-    alice_id, alice = await suite.user("alice")
+    _, alice = await suite.user("alice")
     bob_id, _ = await suite.user("bob")
     await direct(suite, alice, bob_id)
     suite.gateway.gateway.search_ops._messages = _Store(hang)  # type: ignore[assignment]
