@@ -282,6 +282,12 @@ class Settings(BaseSettings):
         "refused on their Content-Length before any byte is read (streamed bodies are cut "
         "off at the limit).",
     )
+    search_timeout: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds a message search may take in the message store; then the "
+        "request is answered 503 (retry later).",
+    )
     gateway_metrics: Literal["auto", "api", "internal"] = Field(
         "auto",
         description="Where the gateway serves `/metrics`: `api` (its public API port), "

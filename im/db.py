@@ -232,6 +232,23 @@ class DeadLetterRow(Base):
     at_ms: Mapped[int] = mapped_column(BigInteger, nullable=False)
 
 
+# Schema objects of message search (migration 0008_search) that the models leave out:
+# they differ per database (an FTS5 table and its shadow tables on SQLite, a generated
+# column with a FULLTEXT index on MySQL), so schema comparisons skip them.
+SEARCH_TABLE_PREFIX = "message_search"
+SEARCH_COLUMN = "search_text"
+SEARCH_INDEX = "ft_messages_search"
+
+
+def include_in_schema_compare(obj, name, type_, reflected, compare_to) -> bool:  # type: ignore[no-untyped-def]
+    """Alembic ``include_object``: everything but the search objects above."""
+    if type_ == "table" and name and name.startswith(SEARCH_TABLE_PREFIX):
+        return False
+    if type_ == "column" and name == SEARCH_COLUMN:
+        return False
+    return not (type_ == "index" and name == SEARCH_INDEX)
+
+
 # A transaction the database chose as a deadlock victim (or that waited too long for a
 # lock) was rolled back whole: running it again is the documented remedy. MySQL/MariaDB
 # error numbers; PostgreSQL SQLSTATEs (deadlock, serialization failure).

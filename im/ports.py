@@ -163,6 +163,21 @@ class MessageStore(Protocol):
         when the store cannot be reached (then any prefix may be applied)."""
         ...
 
+    async def search(
+        self, scope: dict[str, int], terms: list[str], before_msg_id: int, limit: int
+    ) -> list[wire_pb2.Message]:
+        """Text messages (``im.search.searchable``) of the conversations in ``scope``
+        (conversation_id -> the seq after which the reader may see them: its
+        joined_seq) with seq > that, whose body holds every one of ``terms`` (words
+        made by ``im.search.parse_query``) as a whole word, case- and accent-
+        insensitively; only msg_id < ``before_msg_id`` when it is not 0; newest
+        (highest msg_id) first, at most ``limit``.
+
+        The index follows updates of a stored body: a body erased or changed in place
+        no longer matches what it no longer holds. Recalled messages never match.
+        """
+        ...
+
     async def healthy(self) -> bool: ...
 
     async def close(self) -> None: ...

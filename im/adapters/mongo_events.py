@@ -9,6 +9,7 @@ from bson import Int64
 from pymongo import UpdateMany, UpdateOne
 
 from im.adapters import event_plan
+from im.adapters.mongo_search import search_fields
 from im.events import EDIT
 
 
@@ -28,7 +29,10 @@ def writes_of(change: event_plan.Change) -> list[UpdateOne | UpdateMany]:
         return [
             UpdateOne(
                 {"_id": target},
-                {"$set": {"recalled": True, "body": b""}, "$unset": {"attachment_ids": ""}},
+                {
+                    "$set": {"recalled": True, "body": b"", **search_fields("", b"")},
+                    "$unset": {"attachment_ids": ""},
+                },
             ),
             UpdateMany(
                 {
@@ -44,6 +48,8 @@ def writes_of(change: event_plan.Change) -> list[UpdateOne | UpdateMany]:
             "body": change.body,
             "edited_at": Int64(change.edited_at),
             "edit_seq": Int64(change.edit_seq),
+            # Only text messages are edited: the new text is what search finds.
+            **search_fields("text/plain", change.body),
         }
         return [UpdateOne({"_id": Int64(change.target)}, {"$set": values})]
     return [UpdateOne({"_id": Int64(change.msg_id)}, {"$set": {"body": b""}})]

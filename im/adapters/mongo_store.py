@@ -4,14 +4,15 @@ One document per message, never one per member::
 
     {_id: msg_id (Int64), conversation_id, seq (Int64), sender_id (Int64), sender_device,
      client_msg_id, content_type, body (binary), server_ts (Int64),
-     attachment_ids (strings; only when there are some)}
+     attachment_ids (strings; only when there are some), search_terms}
 
 plus, only where they are set: ``refers_to`` (Int64, events), ``edited_at`` (Int64),
 ``recalled`` (bool) and ``edit_seq`` (Int64, the seq of the edit applied last). A
 partial index on (refers_to) holds the events only: a recall finds its target's edits.
 
 A unique index on (conversation_id, seq) serves history and last_seqs and guards the
-gap-free sequence: two different messages can never hold the same seq.
+gap-free sequence: two different messages can never hold the same seq. Search is a
+keyword index over ``search_terms`` (``im.adapters.mongo_search`` says why not $text).
 
 Dead letters live in the ``dead_letters`` collection of the same database::
 
@@ -28,6 +29,7 @@ message ``SeqConflict``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,8 +45,11 @@ from pymongo.errors import BulkWriteError, PyMongoError
 
 from im.adapters import event_plan
 from im.adapters.mongo_events import target_of, writes_of
+from im.adapters.mongo_search import MongoSearch, search_fields
 from im.ports import AlreadyStored, BackendUnavailable, DeadLetter, RecordRejected, SeqConflict
 from im.v1 import wire_pb2
+
+log = logging.getLogger("im.mongo_store")
 
 BACKEND = "message store"
 SEQ_INDEX = "conversation_seq"
@@ -116,6 +121,7 @@ def _base_doc(m: wire_pb2.Message) -> dict[str, Any]:
         **({"refers_to": Int64(m.refers_to)} if m.refers_to else {}),
         **({"edited_at": Int64(m.edited_at)} if m.edited_at else {}),
         **({"recalled": True} if m.recalled else {}),
+        **search_fields(m.content_type, m.body),
     }
 
 
@@ -237,6 +243,7 @@ class MongoMessageStore:
         database: str | None = None,
         collection: str = "messages",
         dead_letter_collection: str = "dead_letters",
+        meta_collection: str = "message_store_meta",
         client: AsyncMongoClient | None = None,
     ) -> None:
         """``database`` overrides the URL's path (default "im")."""
@@ -252,6 +259,10 @@ class MongoMessageStore:
         self._letters: AsyncCollection = db.get_collection(
             dead_letter_collection, write_concern=write_concern
         )
+        self._search = MongoSearch(
+            self._messages, db.get_collection(meta_collection, write_concern=write_concern)
+        )
+        self._backfill: asyncio.Task[int] | None = None
         self._indexed = False
         self._index_lock = asyncio.Lock()
 
@@ -284,7 +295,24 @@ class MongoMessageStore:
                 await self._letters.create_index(
                     [("at_ms", DESCENDING), ("_id", DESCENDING)], name=DEAD_LETTER_INDEX
                 )
+                await self._search.create_index()
                 self._indexed = True
+                # Messages stored before search existed: indexed in the background
+                # (a no-op after the first time), never holding up this call.
+                self._backfill = asyncio.create_task(self._backfill_search())
+
+    async def _backfill_search(self) -> int:
+        try:
+            return await self._search.backfill()
+        except Exception as exc:  # the next start tries again
+            log.warning("message search backfill stopped: %r", exc)
+            return 0
+
+    async def backfill_search(self) -> int:
+        """Index the messages stored before search existed, now; returns how many."""
+        with _store_errors():
+            await self._ready()
+            return await self._search.backfill()
 
     # ------------------------------------------------------------------ writes
 
@@ -401,6 +429,16 @@ class MongoMessageStore:
             )
             return [_to_message(d) async for d in cursor]
 
+    async def search(
+        self, scope: dict[str, int], terms: list[str], before_msg_id: int, limit: int
+    ) -> list[wire_pb2.Message]:
+        if not scope or not terms or limit <= 0:
+            return []
+        with _store_errors():
+            await self._ready()
+            docs = await self._search.search(scope, terms, before_msg_id, limit)
+        return [_to_message(d) for d in docs]
+
     async def dead_letters(self, limit: int, before_ms: int | None = None) -> list[DeadLetter]:
         if limit <= 0:
             return []
@@ -424,4 +462,6 @@ class MongoMessageStore:
             return False
 
     async def close(self) -> None:
+        if self._backfill is not None:
+            self._backfill.cancel()
         await self._client.close()

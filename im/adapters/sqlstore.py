@@ -1,6 +1,7 @@
 """Message store on SQL (SQLAlchemy): the standalone default, any SQLAlchemy URL.
 
-Also the dead-letter store (``dead_letters`` table) next to the messages.
+Also the dead-letter store (``dead_letters`` table) next to the messages, and message
+search on the index of migration 0008_search (``im.adapters.sql_search``).
 
 Errors: every client error leaves as ``BackendUnavailable``, except on insert_many,
 where a row the database refuses by itself is ``RecordRejected``, a stored msg_id
@@ -19,6 +20,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyErro
 from sqlalchemy.orm import Session
 
 from im.adapters import event_plan
+from im.adapters.sql_search import SqlSearch
 from im.db import (
     DEAD_LETTER_REASON_CHARS,
     DeadLetterRow,
@@ -161,6 +163,7 @@ class SqlMessageStore:
                 create_schema(engine)
             except SQLAlchemyError as exc:
                 raise BackendUnavailable(BACKEND, _describe(exc)) from exc
+        self._search = SqlSearch(engine)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` in a worker thread (the database driver blocks; SQLite inline);
@@ -313,6 +316,19 @@ class SqlMessageStore:
                 .limit(limit)
             )
             return [_to_message(r) for r in session.scalars(stmt)]
+
+    async def search(
+        self, scope: dict[str, int], terms: list[str], before_msg_id: int, limit: int
+    ) -> list[wire_pb2.Message]:
+        if not scope or not terms or limit <= 0:
+            return []
+        # Always in a worker thread, SQLite too: a search may read many index pages,
+        # and the router's inline writes must not wait behind it on the event loop.
+        try:
+            rows = await asyncio.to_thread(self._search.search, scope, terms, before_msg_id, limit)
+        except SQLAlchemyError as exc:
+            raise BackendUnavailable(BACKEND, _describe(exc)) from exc
+        return [_to_message(r) for r in rows]
 
     async def dead_letters(self, limit: int, before_ms: int | None = None) -> list[DeadLetter]:
         if limit <= 0:

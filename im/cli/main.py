@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         messaging,
         posting,
         privacy,
+        search,
         servers,
     )
 
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     files.register(sub, gateway)  # send-file, download
     chat.register(sub, gateway)
     conversations.register(sub, gateway)  # conversations, history, read
+    search.register(sub, gateway)
     account.register(sub, gateway)  # whoami, logout
     privacy.register(sub, gateway)  # block, unblock, blocks, privacy
     groups.register(sub, account_parent(gateway, "group"))  # group ..., receipts

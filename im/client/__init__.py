@@ -19,6 +19,8 @@ from im.client.gateway import (
     LoginResult,
     MemberPage,
     PostedMessage,
+    SearchHit,
+    SearchPage,
     as_group_id,
     message_from_json,
 )
@@ -42,6 +44,8 @@ __all__ = [
     "ReconnectPolicy",
     "Reconnected",
     "Reconnecting",
+    "SearchHit",
+    "SearchPage",
     "SeenIds",
     "SendError",
     "SendTimeout",

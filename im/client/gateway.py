@@ -32,6 +32,7 @@ log = logging.getLogger("im.client")
 
 MAX_PAGE = 500  # the gateway's largest accepted `limit`
 MAX_MEMBER_PAGE = 1000  # the largest `limit` of member and reader pages
+MAX_SEARCH_PAGE = 100  # the largest `limit` of a search page
 GROUP_PREFIX = "g:"
 
 
@@ -111,6 +112,19 @@ class PostedMessage:
             client_msg_id=str(data["client_msg_id"]),
             server_ts=int(data["server_ts"]),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    message: wire_pb2.Message
+    snippet: str  # part of the body around the first match
+    highlights: list[tuple[int, int]]  # [start, end) of each matching word in snippet
+
+
+@dataclass(frozen=True, slots=True)
+class SearchPage:
+    hits: list[SearchHit]  # newest first
+    next_cursor: str | None  # None on the last page
 
 
 @dataclass(frozen=True, slots=True)
@@ -512,6 +526,32 @@ class GatewayClient(GroupLifecycleCalls):
             "POST", f"/v1/conversations/{_conv_path(conversation_id)}/messages", json_body=payload
         )
         return PostedMessage.from_json(data)
+
+    async def search(
+        self,
+        query: str,
+        conversation_id: str | None = None,
+        cursor: str | None = None,
+        limit: int = 20,
+    ) -> SearchPage:
+        """Text messages of my conversations holding every word of ``query`` (whole
+        words, any case), newest first; only ``conversation_id`` when given. Pass
+        ``next_cursor`` back as ``cursor`` for the older ones."""
+        params: dict[str, Any] = {"q": query, "limit": max(1, min(int(limit), MAX_SEARCH_PAGE))}
+        if conversation_id is not None:
+            params["conversation_id"] = conversation_id
+        if cursor:
+            params["cursor"] = cursor
+        data = await self._request("GET", "/v1/search", params=params)
+        hits = [
+            SearchHit(
+                message=message_from_json(r["message"]),
+                snippet=r["snippet"]["text"],
+                highlights=[(int(a), int(b)) for a, b in r["snippet"]["highlights"]],
+            )
+            for r in data.get("results") or []
+        ]
+        return SearchPage(hits=hits, next_cursor=data.get("next_cursor"))
 
     async def ack(self, conversation_id: str, seq: int) -> None:
         await self._request(

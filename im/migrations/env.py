@@ -3,7 +3,7 @@ connection (no alembic.ini needed)."""
 
 from alembic import context
 
-from im.db import Base
+from im.db import Base, include_in_schema_compare
 
 connection = context.config.attributes["connection"]
 context.configure(
@@ -11,6 +11,7 @@ context.configure(
     target_metadata=Base.metadata,
     render_as_batch=connection.dialect.name == "sqlite",  # SQLite cannot ALTER much
     compare_type=True,
+    include_object=include_in_schema_compare,
 )
 with context.begin_transaction():
     context.run_migrations()

@@ -17,6 +17,7 @@ from services.gateway import (
     api_ops,
     api_posting,
     api_privacy,
+    api_search,
     api_sessions,
     api_users,
 )
@@ -55,6 +56,7 @@ def create_app(
         api_privacy,
         api_conversations,
         api_messages,
+        api_search,
         api_posting,
         api_attachments,
         api_lifecycle,  # before api_groups: /v1/groups/join is not a group id

@@ -38,6 +38,7 @@ from services.gateway.message_events import MessageEventOps
 from services.gateway.messages import MessageOps
 from services.gateway.privacy import PrivacyOps
 from services.gateway.readiness import check_readiness
+from services.gateway.search import SearchOps
 from services.gateway.sessions import Issued, RefreshRefused, Sessions
 
 T = TypeVar("T")
@@ -123,6 +124,10 @@ class Gateway:
             self.get_user,
             lambda: self._backends.rate_limits,
             self._calls,
+        )
+
+        self.search_ops = SearchOps(
+            settings, lambda: self.groups, message_store, self._calls, self.conversation_ops
         )
         self.group_ops = GroupOps(
             settings,

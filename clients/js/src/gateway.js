@@ -314,6 +314,29 @@ export class GatewayClient {
     };
   }
 
+  /**
+   * Text messages of my conversations holding every word of `query` (whole words, any
+   * case, accents ignored), newest first; only `conversationId` when given. Pass
+   * `nextCursor` back as `cursor` for older hits. `snippet` is plain text around the
+   * first match; `highlights` are [start, end) offsets of the matching words in it.
+   * @param {string} query
+   * @param {{conversationId?: string, cursor?: string, limit?: number}} [options]
+   * @returns {Promise<{hits: {message: import("./wire.js").Message, snippet: string,
+   *   highlights: [number, number][]}[], nextCursor: string | null}>}
+   */
+  async search(query, { conversationId, cursor = "", limit = 20 } = {}) {
+    const params = new URLSearchParams({ q: query, limit: String(limit) });
+    if (conversationId != null) params.set("conversation_id", conversationId);
+    if (cursor) params.set("cursor", cursor);
+    const data = await this.request("GET", `/v1/search?${params}`);
+    const hits = data.results.map((r) => ({
+      message: messageFromRest(r.message),
+      snippet: r.snippet.text,
+      highlights: r.snippet.highlights,
+    }));
+    return { hits, nextCursor: data.next_cursor ?? null };
+  }
+
   /** @param {string} conversationId @param {number} seq */
   ack(conversationId, seq) {
     return this.request("POST", `/v1/conversations/${encodeURIComponent(conversationId)}/ack`, {

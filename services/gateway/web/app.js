@@ -2,6 +2,7 @@
 // files as clients/js/src). State lives here, drawing in view.js.
 import { ApiError, groupEventData, ImClient, isGroupEvent, newClientMsgId } from "/sdk/im.js";
 import { Attachments } from "./attachments.js";
+import { bindSearch } from "./search.js";
 import { $, renderList, renderMembers, renderMessages, renderStatus, title, unread } from "./view.js";
 import { applyEvents, bindMessageActions } from "./edits.js";
 
@@ -580,6 +581,7 @@ function bind() {
     }
   });
   document.addEventListener("visibilitychange", markRead);
+  bindSearch(client, { open: openConversation, label: (id) => title(conversation(id), names), describe });
 }
 
 async function start() {
