@@ -12,6 +12,7 @@ from services.gateway import (
     api_conversations,
     api_groups,
     api_ops,
+    api_presence,
     api_sessions,
     api_users,
 )
@@ -44,7 +45,15 @@ def create_app(
     app.state.gateway = gateway
     app.state.metrics = metrics = Metrics(registry)
     # This order is the order of the paths in openapi.json and the docs.
-    for module in (api_auth, api_users, api_conversations, api_groups, api_ops, api_sessions):
+    for module in (
+        api_auth,
+        api_users,
+        api_conversations,
+        api_presence,
+        api_groups,
+        api_ops,
+        api_sessions,
+    ):
         app.include_router(module.router)
     if metrics_on_api:
         app.include_router(api_ops.metrics_router)
