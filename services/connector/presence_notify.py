@@ -219,7 +219,10 @@ class GrpcDirectory:
         return reply.users[0].visible if reply.users else True
 
     async def record_last_seen(self, user_id: int, last_seen_ms: int) -> None:
-        await self._directory.record_last_seen(user_id, last_seen_ms)
+        await self._users().PresenceRecordLastSeen(
+            user_pb2.PresenceLastSeenRequest(user_id=user_id, last_seen_ms=last_seen_ms),
+            timeout=RPC_TIMEOUT,
+        )
 
     async def peers(self, user_id: int) -> list[int]:
         """The other user of each of this user's 1:1 conversations."""
