@@ -1,6 +1,7 @@
 // The web chat page, on the JavaScript SDK that the gateway serves at /sdk/ (the same
 // files as clients/js/src). State lives here, drawing in view.js.
 import { ApiError, ImClient, newClientMsgId } from "/sdk/im.js";
+import { PageSignals } from "./signals.js";
 import { $, renderList, renderMembers, renderMessages, renderStatus, title, unread } from "./view.js";
 
 const PAGE = 50; // messages per history page
@@ -16,6 +17,7 @@ const names = new Map();
 let openId = null;
 let leaving = false; // a logout in progress: its "closed" is expected
 let activity = 0;
+const signals = new PageSignals(client, conversations, names, () => openId);
 
 // ------------------------------------------------------------------ helpers
 
@@ -101,6 +103,7 @@ function redraw(mode) {
     renderMessages(conv, client.userId, names, mode);
     renderMembers(conv, names, client.userId);
   }
+  signals.render();
   document.title = [...conversations.values()].some(unread) ? "(new) IM chat" : "IM chat";
 }
 
@@ -229,6 +232,7 @@ async function openConversation(id) {
   try {
     if (!conv.loaded) await loadLatest(conv);
     await loadReads(conv);
+    await signals.load(conv);
   } catch (err) {
     $("side-error").textContent = describe(err);
   }
@@ -306,6 +310,7 @@ function send() {
   const conv = openId ? conversations.get(openId) : undefined;
   if (!text || !conv) return;
   composer.value = "";
+  signals.sent();
   const cmid = newClientMsgId();
   /** @type {import("./view.js").Pending} */
   const pending = { cmid, text, status: "sending" };
@@ -423,6 +428,7 @@ function bind() {
       /** @type {HTMLElement | null} */ ($("conversations").querySelector("[aria-current]"))?.focus();
     }
   });
+  $("composer").addEventListener("input", () => signals.typed());
   $("composer-form").addEventListener("submit", (event) => {
     event.preventDefault();
     send();
