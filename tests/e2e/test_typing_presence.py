@@ -72,6 +72,21 @@ async def test_bob_sees_alice_typing_and_a_stranger_is_refused(gateway):
         await close_all(alice, bob, carol)
 
 
+async def test_typing_in_a_group_reaches_every_other_member(gateway):
+    alice, bob, carol = [await new_user(gateway, n) for n in ("alice", "bob", "carol")]
+    try:
+        group = await alice.gateway.create_group("team", [bob.user_id, carol.user_id])
+        conv = group["conversation_id"]
+        for client in (bob, carol, alice):
+            await client.connect()
+        await alice.send_typing(conv)
+        for client in (bob, carol):
+            typing = await next_of(client, wire_pb2.Typing)
+            assert (typing.conversation_id, typing.user_id) == (conv, alice.user_id)
+    finally:
+        await close_all(alice, bob, carol)
+
+
 async def test_offline_after_the_debounce_with_last_seen_and_the_presence_endpoint(gateway):
     alice, bob, conv = await pair(gateway)
     try:
