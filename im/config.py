@@ -220,6 +220,32 @@ class Settings(BaseSettings):
     )
     max_group_size: int = Field(10000, description="Most members a group may have.")
 
+    # --- typing and presence --------------------------------------------------------
+    typing_expiry_ms: int = Field(
+        6000,
+        gt=0,
+        description="Told to receivers of a Typing frame (expires_in_ms): a STARTED not "
+        "refreshed within this many milliseconds counts as STOPPED. Clients refresh a "
+        "STARTED every few seconds while the user types.",
+    )
+    typing_per_second: float = Field(
+        2.0,
+        description="Sustained Typing frames per second per connection; excess ones are "
+        "dropped silently (typing is best effort; Sends have their own budget).",
+    )
+    typing_burst: int = Field(5, description="Typing frames a connection may burst.")
+    typing_max_members: int = Field(
+        200,
+        description="Typing is relayed only in conversations of at most this many members "
+        "(in larger groups it would be noise and fan-out for nothing).",
+    )
+    presence_debounce_seconds: float = Field(
+        5.0,
+        description="A user whose last device went away is announced offline to their 1:1 "
+        "peers only after this many seconds without an online device anywhere; a "
+        "reconnect within it announces nothing (neither offline nor online).",
+    )
+
     # --- connector socket limits ----------------------------------------------------
     max_outbox_bytes: int = Field(
         4 * 1024 * 1024,

@@ -57,6 +57,18 @@ class UserRow(Base):
     created_at: Mapped[int] = mapped_column(BigInteger, nullable=False)
 
 
+class PresenceRow(Base):
+    """A user's presence setting and durable last-seen time (users without a row are
+    visible, last seen unknown). Its own table: written once per going offline, never
+    on the users row that logins read."""
+
+    __tablename__ = "presence"
+
+    user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    visible: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    last_seen_ms: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+
+
 class SessionRow(Base):
     """A login session of the user service: what a refresh token renews. Its id is
     the access tokens' ``sid``. Refresh tokens are kept only as SHA-256 hashes; the

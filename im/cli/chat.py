@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from im import events
+from im.cli.chat_signals import ChatSignals
 from im.cli.common import (
     UsageError,
     UserNames,
@@ -45,8 +46,9 @@ HISTORY = 20  # messages shown when the chat opens
 SEND_WAIT = 60.0  # seconds a line typed while offline waits for the connection
 HINT = "(Enter sends the line; /help for commands; /quit or Ctrl-D leaves)"
 HELP = (
-    "(/history [N]: the last N messages again; /members: the group's members; /quit or "
-    "Ctrl-D: leave; a line that starts with // is sent with one / less)"
+    "(/history [N]: the last N messages again; /members: the group's members; /presence: "
+    "who is online; /typing: tell the others you are typing; /quit or Ctrl-D: leave; a "
+    "line that starts with // is sent with one / less)"
 )
 
 
@@ -123,6 +125,7 @@ class Chat:
         self.seqs: dict[int, int] = {}  # msg_id -> seq of the messages shown
         self.online = asyncio.Event()
         self.outbox: asyncio.Queue[str] = asyncio.Queue()
+        self.signals = ChatSignals(client, room.conversation_id, names, screen)
 
     # ----------------------------------------------------------------- showing
 
@@ -200,13 +203,22 @@ class Chat:
         if room.unread_elsewhere:
             counts = ", ".join(f"{title} {n}" for title, n in room.unread_elsewhere)
             self.screen.show(f"(unread elsewhere: {counts}; imctl conversations)")
+        if room.kind != "group":
+            await self.signals.show_presence()
         self.screen.show(HINT)
         self.client.follow(room.conversation_id, top)  # live ones after a gap pull it
 
     async def show_events(self) -> None:
         async for event in self.client.events():
             if isinstance(event, wire_pb2.Message):
+                self.signals.on_message(event)
                 await self.show_message(event)
+            elif isinstance(event, wire_pb2.Typing):
+                await self.signals.on_typing(event)
+            elif isinstance(event, wire_pb2.Presence):
+                await self.signals.on_presence(event)
+            elif isinstance(event, wire_pb2.Error):
+                self.screen.show(f"  (refused: {event.message})")
             elif isinstance(event, wire_pb2.Receipt):
                 if event.conversation_id == self.room.conversation_id and (
                     event.reader_id != self.me
@@ -235,6 +247,7 @@ class Chat:
                     return
                 continue
             if text.strip():
+                self.signals.sent_line()
                 self.outbox.put_nowait(text)
 
     async def command(self, text: str) -> bool:
@@ -249,6 +262,10 @@ class Chat:
             async for member in self.client.gateway.members_all(self.room.conversation_id):
                 who = await self.names.of(int(member["user_id"]))
                 self.screen.show(f"  {who} ({member['role']})")
+        elif name == "/presence":
+            await self.signals.show_presence()
+        elif name == "/typing":
+            await self.signals.send_typing()
         else:
             self.screen.show(HELP)
         return True
@@ -288,6 +305,9 @@ class Chat:
         with self.screen.session():
             await self.opening()
             await self.client.connect(sync=False)  # the room's backlog was just shown
+            on_edit = getattr(self.screen, "on_edit", None)
+            if on_edit is not None:
+                on_edit(self.signals.edited)  # keystrokes send Typing (a terminal only)
             self.online.set()
             shower = asyncio.create_task(self.show_events())
             sender = asyncio.create_task(self.send_lines())
@@ -332,7 +352,9 @@ def register(sub: argparse._SubParsersAction, gateway: argparse.ArgumentParser) 
         description="Chat with a user (--to) or in a group (-g, or -c for any "
         "conversation id). Opens with the last messages, then shows each one as "
         "[time] #seq name: text, your own too; receipts as (name read up to #N); "
-        "messages of other conversations with their name. Reconnects by itself. " + HELP,
+        "messages of other conversations with their name; (name is typing…) while a member "
+        "types, and a 1:1 peer's online/offline with the last-seen time; your own typing "
+        "is sent as you type. Reconnects by itself. " + HELP,
     )
     add_target(p)
     p.set_defaults(func=run_client(_chat))

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from im.client.errors import ClientError, kick_reason_name
+from im.client.errors import ClientError, error_code_name, kick_reason_name
 from im.events import EDIT
 from im.v1 import wire_pb2
 
@@ -119,6 +119,26 @@ def event_json(event: object) -> dict[str, Any]:
         }
     if isinstance(event, wire_pb2.Kick):
         return {"kick": {"reason": kick_reason_name(event.reason), "detail": event.detail}}
+    if isinstance(event, wire_pb2.Typing):
+        started = event.state == wire_pb2.TYPING_STATE_STARTED
+        return {
+            "typing": {
+                "conversation_id": event.conversation_id,
+                "user_id": event.user_id,
+                "state": "started" if started else "stopped",
+                "expires_in_ms": event.expires_in_ms,
+            }
+        }
+    if isinstance(event, wire_pb2.Presence):
+        return {
+            "presence": {
+                "user_id": event.user_id,
+                "online": event.online,
+                "last_seen_ms": event.last_seen_ms or None,
+            }
+        }
+    if isinstance(event, wire_pb2.Error):
+        return {"error": {"code": error_code_name(event.code), "message": event.message}}
     to_dict = getattr(event, "to_dict", None)
     if callable(to_dict):
         return dict(to_dict())  # the client's own events: reconnecting, reconnected

@@ -6,7 +6,9 @@ The commands live by group: ``servers`` (standalone, serve, cluster, db, config-
 bench, with ``deadletters`` and ``certs``), ``messaging`` (register, send, listen),
 ``editing`` (recall, edit), ``posting`` (post, service-send: sends without a socket),
 ``files`` (send-file, download), ``chat``, ``conversations`` (conversations, history,
-read), ``account`` (whoami, logout), ``groups`` (group ..., receipts).
+read), ``presence`` (presence, presence-visibility), ``privacy`` (block, unblock,
+blocks, privacy), ``search``, ``account`` (whoami, logout), ``groups`` (group ...,
+receipts).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         groups,
         messaging,
         posting,
+        presence,
         privacy,
         search,
         servers,
@@ -70,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.register(sub, gateway)
     conversations.register(sub, gateway)  # conversations, history, read
     search.register(sub, gateway)
+    presence.register(sub, gateway)  # presence, presence-visibility
     account.register(sub, gateway)  # whoami, logout
     privacy.register(sub, gateway)  # block, unblock, blocks, privacy
     groups.register(sub, account_parent(gateway, "group"))  # group ..., receipts

@@ -73,6 +73,15 @@ class PromptScreen:
     def show(self, line: str) -> None:
         print(line, flush=True)
 
+    def on_edit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever the line being typed changes (typing signals)."""
+
+        def changed(buffer: object) -> None:
+            if self._session.default_buffer.text:  # not the erase after Enter
+                callback()
+
+        self._session.default_buffer.on_text_changed += changed
+
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
         from prompt_toolkit.patch_stdout import patch_stdout

@@ -2,7 +2,8 @@
 
 ``Connection.open`` authenticates, then a reader task dispatches frames: SendAcks and
 send Errors resolve the pending ``send`` call, Delivers are deduplicated by msg_id and
-queued as events (Message, Receipt, Kick), and DeliverAcks are batched. A heartbeat task
+queued as events (Message, Receipt, Kick; Typing and Presence signals, and the Error
+refusing a Typing), and DeliverAcks are batched. A heartbeat task
 pings at the interval from AuthOk and gives up on a connector silent for three of them.
 """
 
@@ -37,7 +38,15 @@ log = logging.getLogger("im.client")
 BUSY_RETRY_MIN_MS = 50
 
 Transport = Literal["tcp", "ws"]
-Event = wire_pb2.Message | wire_pb2.Receipt | wire_pb2.Kick
+Event = (
+    wire_pb2.Message
+    | wire_pb2.Receipt
+    | wire_pb2.Kick
+    | wire_pb2.Typing
+    | wire_pb2.Presence
+    | wire_pb2.Error
+)
+MAX_TYPING_REQUESTS = 64  # request ids of recent Typing frames, to match their refusals
 
 # Errors after which the connector closes the stream (docs/protocol.md "Errors").
 _FATAL_ERRORS = frozenset(
@@ -131,6 +140,7 @@ class Connection:
         self._events: asyncio.Queue[object] = asyncio.Queue()
         self._pending: dict[str, asyncio.Future[wire_pb2.SendAck]] = {}
         self._request_ids = itertools.count(2)  # 1 was the Auth frame
+        self._typing_requests: dict[int, None] = {}  # recent ones, oldest first
         self._ping_sent_at: float | None = None
         self._last_recv = time.monotonic()
 
@@ -339,6 +349,21 @@ class Connection:
         frame = wire_pb2.Frame(read=wire_pb2.Read(conversation_id=conversation_id, seq=seq))
         await self._write([frame.SerializeToString()])
 
+    async def typing(self, conversation_id: str, started: bool = True) -> None:
+        """Tell the other members the user is (no longer) typing. Best effort: nothing
+        answers it, except an Error event (FORBIDDEN, INVALID_ARGUMENT) when refused.
+        While the user types, send it again every few seconds (before expires_in_ms)."""
+        request_id = next(self._request_ids)
+        self._typing_requests[request_id] = None
+        if len(self._typing_requests) > MAX_TYPING_REQUESTS:
+            del self._typing_requests[next(iter(self._typing_requests))]
+        state = wire_pb2.TYPING_STATE_STARTED if started else wire_pb2.TYPING_STATE_STOPPED
+        frame = wire_pb2.Frame(
+            request_id=request_id,
+            typing=wire_pb2.Typing(conversation_id=conversation_id, state=state),
+        )
+        await self._write([frame.SerializeToString()])
+
     async def ping(self) -> None:
         self._ping_sent_at = time.monotonic()
         self.pings += 1
@@ -459,6 +484,10 @@ class Connection:
                 self._ping_sent_at = None
         elif kind == "receipt":
             self._events.put_nowait(frame.receipt)
+        elif kind == "typing":
+            self._events.put_nowait(frame.typing)
+        elif kind == "presence":
+            self._events.put_nowait(frame.presence)
         elif kind == "kick":
             self.kick = frame.kick
             self._events.put_nowait(frame.kick)
@@ -468,6 +497,9 @@ class Connection:
             await self._shutdown(reason)
             return False
         elif kind == "error":
+            if self._typing_requests.pop(frame.request_id, 0) is None:
+                self._events.put_nowait(frame.error)  # a Typing was refused
+                return True
             return await self._on_error(frame.error)
         else:
             log.debug("ignoring unexpected %s frame", kind)

@@ -458,6 +458,22 @@ class GatewayClient(GroupLifecycleCalls):
         data = await self._request("GET", "/v1/conversations")
         return list(data.get("conversations") or [])
 
+    async def conversation_presence(self, conversation_id: str) -> list[dict[str, Any]]:
+        """Each other member's ``{user_id, online, last_seen_ms}`` (null: unknown or hidden)."""
+        data = await self._request(
+            "GET", f"/v1/conversations/{_conv_path(conversation_id)}/presence"
+        )
+        return list(data.get("members") or [])
+
+    async def my_presence(self) -> dict[str, Any]:
+        return await self._request("GET", "/v1/users/me/presence")
+
+    async def set_presence_visible(self, visible: bool) -> dict[str, Any]:
+        """Show (True) or hide (False) this user's online state and last seen."""
+        return await self._request(
+            "PUT", "/v1/users/me/presence", json_body={"visible": bool(visible)}
+        )
+
     async def sync(self) -> list[dict[str, Any]]:
         data = await self._request("GET", "/v1/sync")
         return list(data.get("conversations") or [])

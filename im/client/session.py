@@ -17,6 +17,7 @@ from im.client.connection import Connection, Transport
 from im.client.errors import ApiError, AuthError, ClientError, ConnectionClosed
 from im.client.gateway import GatewayClient, LoginResult, as_group_id
 from im.client.reconnect import Reconnected, Reconnector, ReconnectPolicy, final_kick
+from im.client.signals import PresenceBook, TypingTracker
 from im.client.stream import MessageStream
 from im.client.transports import tls_context
 from im.clock import Clock, SystemClock
@@ -63,6 +64,10 @@ class ImClient(MessageStream):
         MessageStream.__init__(self, self.gateway, dedupe_size)
         self._pump: asyncio.Task[None] | None = None
         self._user_ids: dict[str, int] = {}
+        self.clock = clock or SystemClock()
+        # Who is typing where, and the peers' online state, as the signals told.
+        self.typing = TypingTracker(self.clock)
+        self.presence = PresenceBook()
 
         self._sync_on_connect = True
         self._closing = False
@@ -72,7 +77,7 @@ class ImClient(MessageStream):
         self._reconnector = (
             Reconnector(
                 policy,
-                clock or SystemClock(),
+                self.clock,
                 self._connect_again,
                 self._out.put_nowait,
                 self._end_stream,
@@ -223,8 +228,13 @@ class ImClient(MessageStream):
         try:
             async for event in conn.events():
                 if isinstance(event, wire_pb2.Message):
+                    self.typing.stopped(event.conversation_id, event.sender_id)
                     await self._accept_live(conn, event)
                 else:
+                    if isinstance(event, wire_pb2.Typing):
+                        self.typing.on_typing(event)
+                    elif isinstance(event, wire_pb2.Presence):
+                        self.presence.on_presence(event)
                     self._out.put_nowait(event)
         except asyncio.CancelledError:
             raise
@@ -318,6 +328,22 @@ class ImClient(MessageStream):
         ``client_msg_id`` to retry safely (one is made up when none is given)."""
         key = client_msg_id or uuid.uuid4().hex
         return await self.gateway.edit(conversation_id, msg_id, text, key)
+
+    async def send_typing(self, conversation_id: str, started: bool = True) -> None:
+        """``Connection.typing``: others see it for expires_in_ms unless refreshed."""
+        await self._conn().typing(conversation_id, started)
+
+    def typing_in(self, conversation_id: str) -> list[int]:
+        """User ids typing in the conversation now (expired STARTEDs left out)."""
+        return self.typing.typing(conversation_id)
+
+    async def conversation_presence(self, conversation_id: str) -> list[dict[str, Any]]:
+        """Every other member's ``{user_id, online, last_seen_ms}`` (REST), also
+        noted in ``presence`` so later pushes update it."""
+        members = await self.gateway.conversation_presence(conversation_id)
+        for m in members:
+            self.presence.set(int(m["user_id"]), bool(m["online"]), m.get("last_seen_ms"))
+        return members
 
     # ------------------------------------------------------------------ reading
 

@@ -252,6 +252,7 @@ class ConnectorApp:
             await bounded("TCP listener", self._tcp.wait_closed(), 2)
         if self._ws is not None:
             await bounded("WebSocket listener", self._ws.wait_closed(), 2)
+        self.core.signals.close()
         await self.core.channels.close()
 
     def endpoints(self) -> dict[str, str]:

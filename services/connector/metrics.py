@@ -15,6 +15,9 @@ adds to integers.
 - ``im_connector_sends_refused_total``, ``im_connector_sends_in_flight``,
   ``im_connector_router_lag_seconds``: admission control (Sends refused BUSY under
   overload, Sends waiting for the bus, the worst lag a router reported lately).
+- ``im_connector_typing_total{outcome}``, ``im_connector_presence_total{event}``,
+  ``im_connector_signals_total{outcome}``: Typing frames (relayed, rate_limited,
+  refused...), presence announcements made here, and signal relaying.
 """
 
 from __future__ import annotations
@@ -65,7 +68,9 @@ def families(core: ConnectorCore) -> Iterator[Any]:
     }
     for kind, n in written.items():
         frames.add_metric(["out", kind], n)
+    frames.add_metric(["out", "signal"], core.signals.stats.pushed)
     yield frames
+    yield from _signals(core)
 
     yield histogram_family(
         "im_connector_send_ack_seconds",
@@ -150,3 +155,32 @@ def _connections(core: ConnectorCore) -> Iterator[Any]:
 
 def _counter(name: str, documentation: str, value: int) -> CounterMetricFamily:
     return CounterMetricFamily(name, documentation, value=value)
+
+
+def _signals(core: ConnectorCore) -> Iterator[Any]:
+    typing = core.typing.stats
+    family = CounterMetricFamily(
+        "im_connector_typing", "Typing frames received, by what became of them.", labels=["outcome"]
+    )
+    for outcome in ("received", "relayed", "rate_limited", "overloaded", "refused", "failures"):
+        family.add_metric([outcome], getattr(typing, outcome))
+    yield family
+    presence = core.presence_notes.stats
+    family = CounterMetricFamily(
+        "im_connector_presence",
+        "Presence changes this connector handled (announced online/offline, offlines a "
+        "reconnect cancelled, dropped or failed announcements).",
+        labels=["event"],
+    )
+    for event in ("online", "offline", "debounced", "dropped", "failures"):
+        family.add_metric([event], getattr(presence, event))
+    yield family
+    signals = core.signals.stats
+    family = CounterMetricFamily(
+        "im_connector_signals",
+        "Signals (typing, presence) handed to connectors, dropped on a full lane, failed.",
+        labels=["outcome"],
+    )
+    for outcome in ("sent", "dropped", "failures"):
+        family.add_metric([outcome], getattr(signals, outcome))
+    yield family

@@ -22,6 +22,7 @@ from im import events, logs, tracing
 from im.auth import TokenError, TokenVerifier
 from im.clock import Clock, SystemClock
 from im.config import Settings
+from im.fanout import MemberCache
 from im.grpcutil import ChannelPool
 from im.ids import MsgIdGenerator
 from im.ports import Backends, ConnectorInfo
@@ -38,8 +39,11 @@ from services.connector.conn import (
 )
 from services.connector.cursors import CursorReports
 from services.connector.limits import REFUSED_MESSAGE, WS_POLICY_VIOLATION, UnauthenticatedLimit
+from services.connector.presence_notify import Directory, GrpcDirectory, PresenceNotifier
+from services.connector.relay import SignalRelay, push_signals
 from services.connector.sendpath import SendPath
 from services.connector.timers import RetransmitSchedule, TokenBucket
+from services.connector.typing import MEMBER_LIST_MAX_AGE, TypingRelay
 
 __all__ = ["Conn", "ConnectorCore", "ConnectorServicer", "ConnectorStats"]
 
@@ -60,6 +64,7 @@ class ConnectorCore:
         clock: Clock | None = None,
         channels: ChannelPool | None = None,
         authorizer: Authorizer | None = None,
+        directory: Directory | None = None,
     ) -> None:
         self.settings = settings
         self.backends = backends
@@ -77,6 +82,24 @@ class ConnectorCore:
         self.cursors = CursorReports(settings, backends, self.authorizer, self.clock, self._spawn)
         self.retransmits = RetransmitSchedule(
             settings.retransmit_timeout, settings.retransmit_attempts
+        )
+        # Typing and presence: relayed to online devices, never stored.
+        self.signals = SignalRelay(backends, self.channels, self.connector_id, self.deliver)
+        self.typing = TypingRelay(
+            settings,
+            self.authorizer,
+            MemberCache(settings, self.channels, self.clock, MEMBER_LIST_MAX_AGE),
+            self.signals,
+            self.clock,
+            self._spawn,
+        )
+        self.presence_notes = PresenceNotifier(
+            settings,
+            backends,
+            directory or GrpcDirectory(settings, self.channels),
+            self.signals,
+            self.clock,
+            self._spawn,
         )
         self._conn_ids = itertools.count(1)
         self.conns: dict[int, Conn] = {}
@@ -120,6 +143,7 @@ class ConnectorCore:
         conn.pending.clear()
         self.sends.drop_queued(conn)
         conn.unverified.clear()
+        self.typing.forget_conn(conn)
         self._release_device(conn)
 
     def _leave_unauthed(self, conn_id: int) -> None:
@@ -131,6 +155,7 @@ class ConnectorCore:
         key = (conn.user_id, conn.device_id)
         if conn.user_id and self.by_device.get(key) is conn:
             del self.by_device[key]
+            self.presence_notes.device_gone(*key)
             # Also after a failed auth: presence.connect may have written before it
             # failed. The delete only removes an entry that names this connector.
             self._spawn(self._forget_presence(key))
@@ -171,6 +196,8 @@ class ConnectorCore:
                     request_id=frame.request_id, pong=wire_pb2.Pong(server_ts=self.clock.wall_ms())
                 )
             )
+        elif kind == "typing":
+            self.typing.on_typing(conn, frame.typing, frame.request_id)
         elif kind == "read":
             read = frame.read
             self.cursors.report(
@@ -265,6 +292,7 @@ class ConnectorCore:
         conn.bucket = TokenBucket(s.send_rate_per_second, s.send_burst, now)
         conn.cursor_bucket = TokenBucket(s.cursor_reports_per_second, s.cursor_report_burst, now)
         self.stats.authenticated += 1
+        self.presence_notes.device_online(conn.user_id, conn.device_id)
         conn.write(
             frame_payload(
                 request_id=request_id,
@@ -327,6 +355,7 @@ class ConnectorCore:
             self.authorizer.forget(event.conversation_id, [*event.added, *event.removed])
         else:
             self.authorizer.forget(event.conversation_id)
+        self.typing.forget_conversation(event.conversation_id)
 
     async def flush_cursor_reports(self) -> int:
         return await self.cursors.flush()
@@ -375,9 +404,11 @@ class ConnectorCore:
                     continue
                 conn.write(payload)
                 receipts += 1
+        signals = push_signals(request.signals, self.by_device) if request.signals else 0
         self.stats.delivered += pushed
         self.stats.receipts += receipts
-        return connector_pb2.DeliverResponse(missing=missing, pushed=pushed + receipts)
+        self.signals.stats.pushed += signals
+        return connector_pb2.DeliverResponse(missing=missing, pushed=pushed + receipts + signals)
 
     def kick(self, user_id: int, device_id: str, reason: int, session_id: str = "") -> int:
         if device_id:
@@ -416,6 +447,7 @@ class ConnectorCore:
             self.stats.retransmits += 1
             self.retransmits.schedule((conn_id, conv, seq), now, attempt + 1)
 
+        self.presence_notes.tick()
         if self._unauthed:
             deadline = now - self.settings.auth_timeout
             for conn_id in list(self._unauthed):

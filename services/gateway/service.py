@@ -36,6 +36,7 @@ from services.gateway.lifecycle import GroupLifecycleOps
 from services.gateway.limits import LoginLimits, RateLimited
 from services.gateway.message_events import MessageEventOps
 from services.gateway.messages import MessageOps
+from services.gateway.presence import PresenceOps
 from services.gateway.privacy import PrivacyOps
 from services.gateway.readiness import check_readiness
 from services.gateway.search import SearchOps
@@ -128,6 +129,10 @@ class Gateway:
 
         self.search_ops = SearchOps(
             settings, lambda: self.groups, message_store, self._calls, self.conversation_ops
+        )
+
+        self.presence_ops = PresenceOps(
+            lambda: self.users, lambda: self.groups, backends, self._calls, self.conversation_ops
         )
         self.group_ops = GroupOps(
             settings,

@@ -18,16 +18,17 @@ import grpc
 
 from im.clock import Clock, SystemClock
 from im.config import Settings
+from im.fanout import Audience, Lane, Lanes, MemberCache, devices_by_connector, rpc_code
 from im.grpcutil import ChannelPool
-from im.ids import parse_direct
 from im.metrics import Distribution
 from im.ports import Backends, ConnectorInfo, DeviceRoute
 from im.runtime import local_connectors
-from im.v1 import connector_pb2, connector_pb2_grpc, group_pb2, group_pb2_grpc, wire_pb2
+from im.v1 import connector_pb2, wire_pb2
 
 log = logging.getLogger("im.router")
 
-DELIVER_TIMEOUT = 5.0
+__all__ = ["Audience", "Deliverer", "DeliveryStats", "MemberCache"]
+
 LANE_DEPTH = 64  # Deliver calls queued per connector before newer ones are dropped
 # (user, device, message, connector that did not hold the device)
 Missing = tuple[int, str, wire_pb2.Message, str]
@@ -43,53 +44,6 @@ class DeliveryStats:
     # Seconds from a message's server_ts (its SendAck) to its Deliver being handed to
     # a connector, per message and connector.
     seconds: Distribution = field(default_factory=Distribution)
-
-
-@dataclass(slots=True)
-class Audience:
-    """Who may receive a conversation's messages: member id -> seq they joined after."""
-
-    joined: dict[int, int]
-    version: int = 0
-
-
-class MemberCache:
-    """Members per conversation. A 1:1 id names both members; a group's list is cached
-    and revalidated once per batch by its member_version (one small RPC that answers
-    "unchanged" without the list), so a removed member gets nothing after removal."""
-
-    def __init__(self, settings: Settings, channels: ChannelPool) -> None:
-        self._settings = settings
-        self._channels = channels
-        self._groups: dict[str, Audience] = {}
-        self.fetches = 0
-
-    def forget(self, conversation_id: str) -> None:
-        self._groups.pop(conversation_id, None)
-
-    async def audience(self, conversation_id: str) -> Audience:
-        pair = parse_direct(conversation_id)
-        if pair is not None:
-            return Audience(dict.fromkeys(pair, 0))
-        cached = self._groups.get(conversation_id)
-        stub = group_pb2_grpc.GroupServiceStub(self._channels.get(self._settings.group_addr()))
-        reply = await stub.ListMemberIds(
-            group_pb2.ListMemberIdsRequest(
-                conversation_id=conversation_id,
-                known_version=cached.version if cached else 0,
-            ),
-            timeout=10,
-        )
-        if reply.unchanged and cached is not None:
-            return cached
-        self.fetches += 1
-        audience = Audience(
-            dict(zip(reply.user_ids, reply.joined_seqs, strict=True)), reply.member_version
-        )
-        if len(self._groups) > 10_000:
-            self._groups.clear()  # bounded memory; lists are fetched again when needed
-        self._groups[conversation_id] = audience
-        return audience
 
 
 @dataclass(slots=True)
@@ -114,7 +68,9 @@ class Deliverer:
         self.clock = clock or SystemClock()
         self.members = MemberCache(settings, channels)
         self.stats = DeliveryStats()
-        self._lanes: dict[str, Lane] = {}
+        self._lanes: Lanes[Outbox] = Lanes(
+            channels, self._lane_answered, self._lane_failed, self._lane_dropped
+        )
         self._router_id = settings.resolved_router_id()
 
     async def deliver(
@@ -251,98 +207,34 @@ class Deliverer:
             if (t.user_id, t.device_id) in wanted
         ]
 
-    def _lane(self, info: ConnectorInfo) -> Lane:
-        lane = self._lanes.get(info.connector_id)
-        if lane is None or lane.addr != info.grpc_addr:
-            if lane is not None:
-                lane.close()
-            stub = connector_pb2_grpc.ConnectorServiceStub(self.channels.get(info.grpc_addr))
-            lane = self._lanes[info.connector_id] = Lane(
-                info.connector_id, info.grpc_addr, stub, self
-            )
-        return lane
+    def _lane(self, info: ConnectorInfo) -> Lane[Outbox]:
+        return self._lanes.get(info, LANE_DEPTH)
 
     def _close_lanes_except(self, live: dict[str, ConnectorInfo]) -> None:
-        for connector_id in [c for c in self._lanes if c not in live]:
-            self._lanes.pop(connector_id).close()  # its queued outboxes wait for sync
+        self._lanes.close_except(live)  # queued outboxes of a gone connector wait for sync
+
+    async def _lane_answered(
+        self, connector_id: str, outbox: Outbox, result: connector_pb2.DeliverResponse
+    ) -> None:
+        missing = self.accept(connector_id, outbox, result)
+        if missing:
+            await self.reroute(missing)
+
+    def _lane_failed(self, connector_id: str, exc: BaseException) -> None:
+        self.stats.delivery_failures += 1
+        log.warning("deliver to %s failed: %s", connector_id, rpc_code(exc))
+
+    def _lane_dropped(self, connector_id: str) -> None:
+        # The connector is far behind or gone: its devices get these by sync.
+        self.stats.dropped += 1
+        log.warning("connector %s is %d batches behind: dropping one", connector_id, LANE_DEPTH)
 
     async def idle(self) -> None:
         """Until every lane has sent what it was given (tests, shutdown)."""
-        for lane in list(self._lanes.values()):
-            await lane.idle()
+        await self._lanes.idle()
 
     def close(self) -> None:
-        for lane in self._lanes.values():
-            lane.close()
-        self._lanes.clear()
-
-
-class Lane:
-    """Deliver calls to one remote connector: in order, one at a time, from a bounded
-    queue, so a slow or dead connector delays only its own clients (their messages
-    wait for retransmit or sync), never the batches behind it for everyone else."""
-
-    def __init__(
-        self,
-        connector_id: str,
-        addr: str,
-        stub: connector_pb2_grpc.ConnectorServiceStub,
-        deliverer: Deliverer,
-    ) -> None:
-        self.connector_id = connector_id
-        self.addr = addr
-        self._stub = stub
-        self._deliverer = deliverer
-        self._queue: asyncio.Queue[tuple[Outbox, connector_pb2.DeliverRequest]] = asyncio.Queue(
-            LANE_DEPTH
-        )
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    def offer(self, outbox: Outbox, request: connector_pb2.DeliverRequest) -> None:
-        try:
-            self._queue.put_nowait((outbox, request))
-        except asyncio.QueueFull:
-            # The connector is far behind or gone: its devices get these by sync.
-            self._deliverer.stats.dropped += 1
-            log.warning(
-                "connector %s is %d batches behind: dropping one", self.connector_id, LANE_DEPTH
-            )
-
-    async def _run(self) -> None:
-        stats = self._deliverer.stats
-        while True:
-            outbox, request = await self._queue.get()
-            try:
-                result = await self._stub.Deliver(request, timeout=DELIVER_TIMEOUT)
-                missing = self._deliverer.accept(self.connector_id, outbox, result)
-                if missing:
-                    await self._deliverer.reroute(missing)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                stats.delivery_failures += 1
-                code = exc.code() if isinstance(exc, grpc.RpcError) else repr(exc)
-                log.warning("deliver to %s failed: %s", self.connector_id, code)
-            finally:
-                self._queue.task_done()
-
-    async def idle(self) -> None:
-        await self._queue.join()
-
-    def close(self) -> None:
-        self._task.cancel()
-
-
-def _devices_by_connector(
-    user_ids: list[int], routes: dict[int, list[DeviceRoute]]
-) -> dict[str, list[connector_pb2.DeviceRef]]:
-    out: dict[str, list[connector_pb2.DeviceRef]] = defaultdict(list)
-    for user_id in user_ids:
-        for route in routes.get(user_id, ()):
-            out[route.connector_id].append(
-                connector_pb2.DeviceRef(user_id=user_id, device_id=route.device_id)
-            )
-    return out
+        self._lanes.close()
 
 
 def _plan_messages(
@@ -397,7 +289,7 @@ def _plan_receipt(
     user_ids: list[int],
     routes: dict[int, list[DeviceRoute]],
 ) -> None:
-    for connector_id, refs in _devices_by_connector(user_ids, routes).items():
+    for connector_id, refs in devices_by_connector(user_ids, routes).items():
         plan[connector_id].receipts.append(
             connector_pb2.ReceiptDelivery(receipt=receipt, targets=refs)
         )

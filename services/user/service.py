@@ -31,6 +31,7 @@ from im.db import UserRow
 from im.sqlservice import ServiceError, rpc_errors
 from im.v1 import user_pb2, user_pb2_grpc
 from im.validation import InvalidInput, require_clean_name, require_ids
+from services.user.presence import PresenceRpcs, PresenceTable
 from services.user.sessions import SessionTable, session_pb
 
 log = logging.getLogger("im.user")
@@ -135,7 +136,7 @@ class UserStore:
             return list(session.scalars(select(UserRow).where(or_(*conditions))))
 
 
-class UserServicer(user_pb2_grpc.UserServiceServicer):
+class UserServicer(PresenceRpcs, user_pb2_grpc.UserServiceServicer):
     def __init__(
         self,
         settings: Settings,
@@ -145,6 +146,7 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
     ) -> None:
         self._store = UserStore(engine)
         self._sessions = SessionTable(engine)
+        self._presence = PresenceTable(engine)
         self._hasher: PasswordHasher = password_hasher(settings)
         self._clock = clock or SystemClock()
         self._hash_pool = ThreadPoolExecutor(

@@ -10,6 +10,9 @@ import pytest
 
 from tests.e2e.harness import RunningSuite, start_cluster, start_suite, stop_cluster, stop_suite
 
+# Short enough for the presence tests to wait out, long enough for a quick reconnect.
+PRESENCE_DEBOUNCE = "3.0"
+
 
 @pytest.fixture(scope="session")
 def suite(tmp_path_factory) -> RunningSuite:
@@ -18,6 +21,7 @@ def suite(tmp_path_factory) -> RunningSuite:
         tmp_path_factory.mktemp("suite"),
         heartbeat_interval="1.0",
         retransmit_timeout="0.5",
+        presence_debounce_seconds=PRESENCE_DEBOUNCE,
     )
     yield running
     code = stop_suite(running)
@@ -26,7 +30,9 @@ def suite(tmp_path_factory) -> RunningSuite:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, real_server):
-    running = start_cluster(tmp_path_factory, real_server)
+    running = start_cluster(
+        tmp_path_factory, real_server, presence_debounce_seconds=PRESENCE_DEBOUNCE
+    )
     yield running
     stop_cluster(running)
 

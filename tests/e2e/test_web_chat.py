@@ -180,3 +180,45 @@ def test_group_events_and_settings_in_the_page(browser, suite: RunningSuite):  #
     finally:
         for context in contexts:
             context.close()
+
+
+def test_typing_indicator_and_the_peer_online_dot(browser, suite: RunningSuite):  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    run = uuid.uuid4().hex[:6]
+    alice, bob = f"alice{run}", f"bob{run}"
+    contexts = [browser.new_context(viewport={"width": 1100, "height": 700}) for _ in range(2)]
+    a, b = (c.new_page() for c in contexts)
+    errors: list[str] = []
+    for page in (a, b):
+        page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        register(a, suite.gateway, alice)
+        register(b, suite.gateway, bob)
+        a.get_by_test_id("peer").fill(bob)
+        a.get_by_test_id("peer").press("Enter")
+        b.get_by_test_id("peer").fill(alice)
+        b.get_by_test_id("peer").press("Enter")
+
+        # Both are online: each sees the other's dot in the header and the list.
+        expect(a.get_by_test_id("presence")).to_have_attribute("data-state", "online")
+        expect(
+            b.get_by_test_id("conversation").filter(has_text=alice).get_by_test_id("online")
+        ).to_have_count(1)
+
+        # Bob types: alice sees it; his message ends it.
+        b.get_by_test_id("composer").press_sequentially("hello", delay=20)
+        expect(a.get_by_test_id("typing")).to_have_text(f"{bob} is typing…")
+        b.get_by_test_id("composer").press("Enter")
+        expect(a.get_by_test_id("message").filter(has_text="hello")).to_be_visible()
+        expect(a.get_by_test_id("typing")).to_have_text("")
+
+        # Bob leaves: after the debounce alice sees when he was last seen.
+        contexts[1].close()
+        expect(a.get_by_test_id("presence")).to_have_attribute("data-state", "offline")
+        expect(a.get_by_test_id("presence")).to_contain_text("last seen")
+        assert not errors, errors
+    finally:
+        for context in contexts:
+            context.close()

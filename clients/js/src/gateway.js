@@ -337,6 +337,26 @@ export class GatewayClient {
     return { hits, nextCursor: data.next_cursor ?? null };
   }
 
+  /**
+   * Every other member's presence: `{user_id, online, last_seen_ms}` (null: unknown or
+   * hidden). Members only.
+   * @param {string} conversationId
+   */
+  async conversationPresence(conversationId) {
+    const path = `/v1/conversations/${encodeURIComponent(conversationId)}/presence`;
+    return (await this.request("GET", path)).members;
+  }
+
+  /** Your presence setting: `{visible, last_seen_ms}`. */
+  myPresence() {
+    return this.request("GET", "/v1/users/me/presence");
+  }
+
+  /** Show (true) or hide (false) your online state and last seen. @param {boolean} visible */
+  setPresenceVisible(visible) {
+    return this.request("PUT", "/v1/users/me/presence", { visible });
+  }
+
   /** @param {string} conversationId @param {number} seq */
   ack(conversationId, seq) {
     return this.request("POST", `/v1/conversations/${encodeURIComponent(conversationId)}/ack`, {

@@ -31,11 +31,13 @@ import {
   directConversationId,
   groupConversationId,
 } from "./wire.js";
+import { TypingTracker, presenceFromWire, typingFrame, typingFromWire } from "./signals.js";
 
 export { ApiError, GatewayClient } from "./gateway.js";
 export { applyEvent, displayText, EDIT, isEvent, RECALL } from "./events.js";
 
 export { describeGroupEvent, GROUP_EVENT_PREFIX, groupEventData, isGroupEvent } from "./groupEvents.js";
+export { TypingTracker } from "./signals.js";
 export {
   directConversationId,
   fromBase64,
@@ -110,6 +112,7 @@ const DEFAULTS = {
  * @typedef {typeof DEFAULTS & {
  *   WebSocket?: typeof WebSocket,
  *   fetch?: typeof fetch,
+ *   now?: () => number,
  * }} Options
  */
 
@@ -122,6 +125,11 @@ const DEFAULTS = {
  * @property {Session | null} session new tokens (store the refresh token) or none
  * @property {Conversation[]} synced the conversation list, after each sync
  * @property {{code: string, message: string}} error a connector error that ended nothing
+ *   (e.g. FORBIDDEN for a Typing in a conversation the user is not in)
+ * @property {import("./signals.js").Typing} typing a member started or stopped typing
+ *   (`typingIn` tells who is typing now, expiries applied)
+ * @property {import("./signals.js").Presence} presence a 1:1 peer came online or went
+ *   offline (debounced by the server)
  */
 
 /**
@@ -203,6 +211,7 @@ export class ImClient {
     /** @type {Map<string, number>} */
     this._userIds = new Map();
     this._userOfState = 0; // whose cursors and seen ids these are
+    this.typing = new TypingTracker(options.now);
     this._onBrowserOnline = () => this._retryNow();
     this._onBrowserOffline = () => this._lose(this._ws, "the browser went offline");
   }
@@ -521,9 +530,17 @@ export class ImClient {
     else if (frame.deliver) this._onDeliver(messageFromWire(frame.deliver.message ?? {}));
     else if (frame.sendAck) this._onSendAck(frame.sendAck);
     else if (frame.receipt) this._emit("receipt", receiptFromWire(frame.receipt));
+    else if (frame.typing) this._onTyping(typingFromWire(frame.typing));
+    else if (frame.presence) this._emit("presence", presenceFromWire(frame.presence));
     else if (frame.kick) this._onKick(ws, frame.kick);
     else if (frame.error) this._onError(ws, frame.error);
     // pong: being a frame was the point (_lastRecv)
+  }
+
+  /** @param {import("./signals.js").Typing} typing */
+  _onTyping(typing) {
+    this.typing.update(typing);
+    this._emit("typing", typing);
   }
 
   /** @param {Message} message */
@@ -567,6 +584,7 @@ export class ImClient {
       this._seen.delete(/** @type {string} */ (this._seen.keys().next().value));
     }
     this._cursor.set(m.conversationId, Math.max(this._cursor.get(m.conversationId) ?? 0, m.seq));
+    this.typing.stopped(m.conversationId, m.senderId);
     this._emit("message", m);
     return true;
   }
@@ -780,6 +798,22 @@ export class ImClient {
    */
   edit(conversationId, msgId, text, clientMsgId = newClientMsgId()) {
     return this.gateway.edit(conversationId, msgId, text, clientMsgId);
+  }
+
+  /**
+   * Tell the other members the user is (no longer) typing; best effort (false when not
+   * connected). While the user types, call it again every few seconds: a STARTED runs
+   * out after the expiry the server gives it.
+   * @param {string} conversationId @param {boolean} [started]
+   */
+  sendTyping(conversationId, started = true) {
+    if (!this._authed) return false;
+    return this._sendFrame({ requestId: this._nextRequestId(), ...typingFrame(conversationId, started) });
+  }
+
+  /** User ids typing in a conversation now. @param {string} conversationId */
+  typingIn(conversationId) {
+    return this.typing.typingIn(conversationId);
   }
 
   /** Highest seq of a conversation handed out so far. @param {string} conversationId */

@@ -3,6 +3,7 @@
 import { ApiError, groupEventData, ImClient, isGroupEvent, newClientMsgId } from "/sdk/im.js";
 import { Attachments } from "./attachments.js";
 import { bindSearch } from "./search.js";
+import { PageSignals } from "./signals.js";
 import { $, renderList, renderMembers, renderMessages, renderStatus, title, unread } from "./view.js";
 import { applyEvents, bindMessageActions } from "./edits.js";
 
@@ -22,6 +23,7 @@ let openId = null;
 const blocked = new Set();
 let leaving = false; // a logout in progress: its "closed" is expected
 let activity = 0;
+const signals = new PageSignals(client, conversations, names, () => openId);
 
 // ------------------------------------------------------------------ helpers
 
@@ -128,6 +130,7 @@ function redraw(mode) {
       ? "This group was dissolved: read only"
       : "Message (Enter sends, Shift+Enter for a new line)";
   }
+  signals.render();
   document.title = [...conversations.values()].some(unread) ? "(new) IM chat" : "IM chat";
 }
 
@@ -274,6 +277,7 @@ async function openConversation(id) {
   try {
     if (!conv.loaded) await loadLatest(conv);
     await loadReads(conv);
+    await signals.load(conv);
   } catch (err) {
     $("side-error").textContent = describe(err);
   }
@@ -353,6 +357,7 @@ function send() {
   const conv = openId ? conversations.get(openId) : undefined;
   if (!text || !conv) return;
   composer.value = "";
+  signals.sent();
   const cmid = newClientMsgId();
   /** @type {import("./view.js").Pending} */
   const pending = { cmid, text, status: "sending" };
@@ -552,6 +557,7 @@ function bind() {
     }
   });
   bindMessageActions(client, () => (openId ? conversations.get(openId) : undefined), describe);
+  $("composer").addEventListener("input", () => signals.typed());
   $("composer-form").addEventListener("submit", (event) => {
     event.preventDefault();
     send();

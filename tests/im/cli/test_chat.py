@@ -66,6 +66,8 @@ class FakeClient:
         self.tried = asyncio.Event()  # set by every send
         self.connected = True
         self.close_reason: str | None = None
+        self.presence: list[dict[str, Any]] = []
+        self.typing_sent: list[str] = []
 
     async def connect(self, sync: bool = True) -> None:
         assert sync is False
@@ -81,6 +83,12 @@ class FakeClient:
 
     async def read(self, cid: str, seq: int) -> None:
         self.read_frames.append((cid, seq))
+
+    async def conversation_presence(self, cid: str) -> list[dict[str, Any]]:
+        return list(self.presence)
+
+    async def send_typing(self, cid: str, started: bool = True) -> None:
+        self.typing_sent.append(cid)
 
     async def events(self) -> AsyncIterator[object]:
         while (event := await self.events_queue.get()) is not None:
@@ -279,3 +287,44 @@ async def test_group_events_read_as_lines_of_their_own() -> None:
         server_ts=TS,
     )
     assert await chat.line_of(added) == f"[{T}] #5 * alice added bob, carol"
+
+
+# ---------------------------------------------------------------- typing, presence
+
+
+def typing(user: int, state: int = wire_pb2.TYPING_STATE_STARTED) -> wire_pb2.Typing:
+    return wire_pb2.Typing(conversation_id=ROOM, user_id=user, state=state, expires_in_ms=6000)
+
+
+async def test_a_peer_typing_is_shown_once_until_it_stops_or_its_message_comes() -> None:
+    client, screen = FakeClient(), FakeScreen()
+    chat = make_chat(client, screen)
+    await chat.signals.on_typing(typing(2))
+    await chat.signals.on_typing(typing(2))  # a refresh: nothing new to say
+    await chat.signals.on_typing(typing(1))  # our own: never shown
+    assert screen.shown == ["  (bob is typing…)"]
+    chat.signals.on_message(msg(1, 2, "hi"))
+    await chat.signals.on_typing(typing(2))
+    assert screen.shown[-1] == "  (bob is typing…)" and len(screen.shown) == 2
+
+
+async def test_the_peer_presence_at_opening_and_when_it_changes() -> None:
+    client, screen = FakeClient(), FakeScreen()
+    client.presence = [{"user_id": 2, "online": True, "last_seen_ms": TS}]
+    chat = make_chat(client, screen)
+    await chat.opening()
+    assert "  (bob is online)" in screen.shown
+    await chat.signals.on_presence(wire_pb2.Presence(user_id=2, online=False, last_seen_ms=TS))
+    await chat.signals.on_presence(wire_pb2.Presence(user_id=3, online=True))  # not the room's
+    assert screen.shown[-1] == f"  (bob is offline, last seen {T})"
+
+
+async def test_editing_sends_typing_now_and_then_and_the_typing_command() -> None:
+    client, screen = FakeClient(), FakeScreen()
+    chat = make_chat(client, screen)
+    chat.signals.edited()
+    chat.signals.edited()  # within TYPING_REFRESH: not again
+    await asyncio.sleep(0)
+    assert client.typing_sent == [ROOM]
+    await chat.command("/typing")
+    assert client.typing_sent == [ROOM, ROOM]

@@ -132,3 +132,25 @@ def test_clock_time_shows_the_date_only_for_another_day() -> None:
     ts = int(noon.timestamp() * 1000)
     assert clock_time(ts, now=noon) == "12:00:05"
     assert clock_time(ts, now=datetime(2026, 12, 4, 9, 0)) == "2026-12-03 12:00"
+
+
+def test_typing_presence_and_refusals_as_json() -> None:
+    from im.cli.common import event_json
+    from im.v1 import wire_pb2
+
+    typing = wire_pb2.Typing(
+        conversation_id="d:1:2", user_id=1, state=wire_pb2.TYPING_STATE_STARTED, expires_in_ms=6000
+    )
+    assert event_json(typing) == {
+        "typing": {
+            "conversation_id": "d:1:2",
+            "user_id": 1,
+            "state": "started",
+            "expires_in_ms": 6000,
+        }
+    }
+    assert event_json(wire_pb2.Presence(user_id=2, online=True)) == {
+        "presence": {"user_id": 2, "online": True, "last_seen_ms": None}
+    }
+    refused = wire_pb2.Error(code=wire_pb2.ERROR_CODE_FORBIDDEN, message="no")
+    assert event_json(refused) == {"error": {"code": "FORBIDDEN", "message": "no"}}

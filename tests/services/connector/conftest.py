@@ -11,7 +11,7 @@ from im.clock import FakeClock
 from im.config import Settings
 from im.ports import Backends
 from services.connector.service import ConnectorCore
-from tests.services.connector.helpers import AllowList
+from tests.services.connector.helpers import AllowList, FakeDirectory
 
 
 @pytest.fixture
@@ -49,6 +49,11 @@ def setup(keys, clock, tmp_path):
         rate_limits=kv,
     )
     core = ConnectorCore(
-        settings, backends, keys[1], clock=clock, authorizer=AllowList({(1, "d:1:2"), (2, "d:1:2")})
+        settings,
+        backends,
+        keys[1],
+        clock=clock,
+        authorizer=AllowList({(1, "d:1:2"), (2, "d:1:2")}),
+        directory=FakeDirectory(),
     )
     return core, keys[0], bus, kv

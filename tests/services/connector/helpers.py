@@ -60,6 +60,24 @@ class AllowList:
         return {c for c in conversation_ids if (user_id, c) in self.allowed}
 
 
+class FakeDirectory:
+    """What presence asks the user and group services, from dicts."""
+
+    def __init__(self) -> None:
+        self.hidden: set[int] = set()
+        self.peers_of: dict[int, list[int]] = {1: [2], 2: [1]}
+        self.last_seen: dict[int, int] = {}
+
+    async def visible(self, user_id: int) -> bool:
+        return user_id not in self.hidden
+
+    async def peers(self, user_id: int) -> list[int]:
+        return self.peers_of.get(user_id, [])
+
+    async def record_last_seen(self, user_id: int, last_seen_ms: int) -> None:
+        self.last_seen[user_id] = max(last_seen_ms, self.last_seen.get(user_id, 0))
+
+
 def open_conn(core: ConnectorCore) -> RecordingConn:
     conn = RecordingConn(core.new_conn_id(), core.clock.monotonic())
     core.opened(conn)

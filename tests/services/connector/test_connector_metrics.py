@@ -200,3 +200,16 @@ def test_a_second_connector_on_one_registry_is_refused(setup) -> None:
     connector_metrics.register(metrics, core)
     with pytest.raises(ValueError, match="Duplicated"):
         connector_metrics.register(metrics, core)
+
+
+async def test_typing_and_presence_are_counted(setup, scrape: Scrape) -> None:
+    core, issuer, *_ = setup
+    await authed(core, issuer, 2)
+    alice = await authed(core, issuer, 1)  # bob hears of it: one presence signal
+    typing = wire_pb2.Typing(conversation_id="d:1:2", state=E.TYPING_STATE_STARTED)
+    core.on_frame(alice, wire_pb2.Frame(typing=typing))
+    await core.wait_background()
+    assert scrape("im_connector_typing_total", outcome="relayed") == 1
+    assert scrape("im_connector_presence_total", event="online") == 2
+    assert scrape("im_connector_signals_total", outcome="sent") == 2
+    assert frames(scrape, "out", "signal") == 2

@@ -96,3 +96,16 @@ async def test_a_rest_send_into_a_blocked_pair_is_refused_neutrally(suite: Suite
     assert "block" not in problem["detail"]
     r = await suite.client.post(url, json={"client_msg_id": "m3", "text": "x"}, headers=alice)
     assert_problem(r, 403, "forbidden")  # the blocker neither
+
+
+async def test_a_block_hides_presence_both_ways(suite: Suite) -> None:
+    alice_id, alice = await suite.user("alice")
+    bob_id, bob = await suite.user("bob")
+    cid = direct_conversation_id(alice_id, bob_id)
+    r = await suite.client.post("/v1/conversations/direct", json={"peer_id": bob_id}, headers=alice)
+    assert r.status_code == 200, r.text
+    await suite.client.put(f"/v1/users/{bob_id}/block", headers=alice)
+    for headers, other in ((alice, bob_id), (bob, alice_id)):
+        r = await suite.client.get(f"/v1/conversations/{cid}/presence", headers=headers)
+        assert r.status_code == 200, r.text
+        assert r.json()["members"] == [{"user_id": other, "online": False, "last_seen_ms": None}]

@@ -1,0 +1,94 @@
+"""Typing at the connector: checked, rate limited, relayed to the other members'
+online devices (never stored, never on the bus)."""
+
+from __future__ import annotations
+
+from im.v1 import wire_pb2
+from tests.services.connector.helpers import authed, send
+
+E = wire_pb2
+
+
+def typing(core, conn, conv: str = "d:1:2", state: int = E.TYPING_STATE_STARTED, rid: int = 0):  # type: ignore[no-untyped-def]
+    core.on_frame(
+        conn,
+        wire_pb2.Frame(request_id=rid, typing=wire_pb2.Typing(conversation_id=conv, state=state)),
+    )
+
+
+def typings(conn) -> list[wire_pb2.Typing]:  # type: ignore[no-untyped-def]
+    return [f.typing for f in conn.frames if f.WhichOneof("kind") == "typing"]
+
+
+async def test_typing_reaches_the_other_members_devices_with_user_and_expiry(setup):
+    core, issuer, bus, _kv = setup
+    alice = await authed(core, issuer, 1, "a1")
+    bob_phone = await authed(core, issuer, 2, "phone")
+    bob_laptop = await authed(core, issuer, 2, "laptop")
+    typing(core, alice)
+    typing(core, alice, state=E.TYPING_STATE_STOPPED)
+    await core.wait_background()
+    for conn in (bob_phone, bob_laptop):
+        got = typings(conn)
+        assert [(t.conversation_id, t.user_id, t.state) for t in got] == [
+            ("d:1:2", 1, E.TYPING_STATE_STARTED),
+            ("d:1:2", 1, E.TYPING_STATE_STOPPED),
+        ]
+        assert got[0].expires_in_ms == core.settings.typing_expiry_ms
+    assert typings(alice) == []  # not echoed to the typist
+    assert core.typing.stats.relayed == 2
+    assert bus._logs == {}  # nothing published: typing is never on the bus
+
+
+async def test_malformed_typing_is_refused_and_the_connection_stays(setup):
+    core, issuer, *_ = setup
+    alice = await authed(core, issuer, 1)
+    typing(core, alice, conv="not-an-id", rid=4)
+    assert alice.last("error").error.code == E.ERROR_CODE_INVALID_ARGUMENT
+    assert alice.last("error").request_id == 4
+    typing(core, alice, state=E.TYPING_STATE_UNSPECIFIED)
+    assert alice.last("error").error.code == E.ERROR_CODE_INVALID_ARGUMENT
+    assert not alice.was_closed
+
+
+async def test_a_non_member_gets_forbidden_and_nobody_sees_it(setup):
+    core, issuer, *_ = setup
+    bob = await authed(core, issuer, 2)
+    mallory = await authed(core, issuer, 3)
+    typing(core, mallory, conv="d:1:2", rid=9)
+    typing(core, mallory, conv="g:77", rid=10)
+    await core.wait_background()
+    errors = [f for f in mallory.frames if f.WhichOneof("kind") == "error"]
+    assert [(f.request_id, f.error.code) for f in errors] == [
+        (9, E.ERROR_CODE_FORBIDDEN),
+        (10, E.ERROR_CODE_FORBIDDEN),
+    ]
+    assert not mallory.was_closed
+    assert typings(bob) == []
+
+
+async def test_typing_in_an_own_1to1_not_created_yet_is_dropped_quietly(setup):
+    core, issuer, *_ = setup
+    alice = await authed(core, issuer, 1)
+    typing(core, alice, conv="d:1:5")
+    await core.wait_background()
+    assert "error" not in alice.kinds()
+
+
+async def test_typing_over_its_rate_is_dropped_silently_and_sends_go_on(setup, clock):
+    core, issuer, _bus, _kv = setup
+    alice = await authed(core, issuer, 1)
+    bob = await authed(core, issuer, 2)
+    burst = core.settings.typing_burst
+    for _ in range(burst + 3):
+        typing(core, alice)
+    send(core, alice, "c1")  # the Send budget is not the typing one
+    await core.wait_background()
+    assert len(typings(bob)) == burst
+    assert core.typing.stats.rate_limited == 3
+    assert "error" not in alice.kinds()
+    assert alice.last("send_ack").send_ack.client_msg_id == "c1"
+    clock.advance(1.0)  # the budget refills
+    typing(core, alice)
+    await core.wait_background()
+    assert len(typings(bob)) == burst + 1
