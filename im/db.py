@@ -34,6 +34,8 @@ Id64 = BigInteger().with_variant(Integer, "sqlite")
 
 # Longest dead-letter reason kept; the SQL message store cuts longer ones to fit.
 DEAD_LETTER_REASON_CHARS = 1024
+# Longest name a member may give a conversation for itself.
+MEMBER_SETTINGS_NAME_CHARS = 64
 
 
 class Base(DeclarativeBase):
@@ -100,6 +102,23 @@ class MemberRow(Base):
     delivered_seq: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     read_seq: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     joined_at: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+class MemberSettingsRow(Base):
+    """One member's own settings of a conversation (mute, pin, archive, a name of its
+    own). A row only once something was set; no row reads as the defaults. Keyed by
+    user first: the conversation list reads all of one user's rows."""
+
+    __tablename__ = "member_settings"
+
+    user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    conversation_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # ms since the epoch; 0 = not muted; -1 = muted forever.
+    muted_until: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    pinned: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    archived: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    name: Mapped[str] = mapped_column(String(MEMBER_SETTINGS_NAME_CHARS), nullable=False)
+    updated_at: Mapped[int] = mapped_column(BigInteger, nullable=False)
 
 
 class MessageRow(Base):

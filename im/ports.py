@@ -406,6 +406,50 @@ class RateLimiter(Protocol):
         ...
 
 
+# ------------------------------------------------------------------ push
+
+
+@dataclass(frozen=True, slots=True)
+class PushNotification:
+    """A stored message for a member none of whose devices is online: what a push
+    gateway (APNs, FCM, via the operator's relay) needs to wake the app."""
+
+    user_id: int
+    conversation_id: str
+    msg_id: int
+    seq: int
+    sender_id: int
+    content_type: str
+    server_ts: int
+    preview: str | None = None  # None unless previews are enabled (privacy)
+
+
+@dataclass(slots=True)
+class PushStats:
+    queued: int = 0  # taken into the outgoing queue
+    sent: int = 0  # accepted by the receiver (2xx)
+    failed: int = 0  # given up on: refused (4xx) or retries exhausted
+    dropped: int = 0  # the queue was full
+
+
+class PushNotifier(Protocol):
+    """Hands notifications to a push gateway in the background. ``offer`` never
+    blocks nor waits for the network: what does not fit in its bounded queue is
+    dropped and counted."""
+
+    stats: PushStats
+
+    def offer(self, notifications: list[PushNotification]) -> int:
+        """Queue these; returns how many were taken (the rest was dropped)."""
+        ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None:
+        """Stop; what is still queued gets a short last chance, then is dropped."""
+        ...
+
+
 @dataclass(slots=True)
 class Backends:
     """Everything a process needs from outside, built once by ``im.adapters.build``."""

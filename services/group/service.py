@@ -18,6 +18,8 @@ from im.ids import MsgIdGenerator, is_valid_conversation_id
 from im.sqlservice import rpc_errors
 from im.v1 import group_pb2, group_pb2_grpc
 from im.validation import InvalidInput, is_id, parse_id_text, require_clean_name
+from services.group.settings import SettingsRpcs
+from services.group.settings_store import SettingsStore
 from services.group.store import MAX_NAME_CHARS, MAX_SQL_INT, GroupStore, invalid
 
 log = logging.getLogger("im.group")
@@ -109,7 +111,7 @@ def coalesce_cursor_updates(
 MAX_MEMBERSHIP_CHECKS = 1000
 
 
-class GroupServicer(group_pb2_grpc.GroupServiceServicer):
+class GroupServicer(SettingsRpcs, group_pb2_grpc.GroupServiceServicer):
     def __init__(
         self,
         settings: Settings,
@@ -126,6 +128,8 @@ class GroupServicer(group_pb2_grpc.GroupServiceServicer):
             ids=ids or MsgIdGenerator(0, clock),
             clock=clock,
         )
+        self._clock = clock
+        self._settings = SettingsStore(engine, clock)
 
     @_rpc
     async def GetOrCreateDirect(
@@ -190,6 +194,7 @@ class GroupServicer(group_pb2_grpc.GroupServiceServicer):
             request.actor_id,
             request.user_id,
         )
+        await asyncio.to_thread(self._settings.forget, request.conversation_id, request.user_id)
         return group_pb2.MembersResponse(members=[removed])
 
     @_rpc
@@ -221,6 +226,7 @@ class GroupServicer(group_pb2_grpc.GroupServiceServicer):
         conversations = await asyncio.to_thread(
             self._store.list_user_conversations, request.user_id
         )
+        conversations = await self.with_settings(request.user_id, conversations)
         return group_pb2.ListUserConversationsResponse(conversations=conversations)
 
     @_rpc

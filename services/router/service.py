@@ -32,10 +32,12 @@ from im.ports import (
     DeadLetter,
     DeadLetterStore,
     MessageStore,
+    PushNotifier,
 )
 from im.v1 import bus_pb2, group_pb2, group_pb2_grpc, wire_pb2
 from services.router import records
 from services.router.delivery import Deliverer
+from services.router.push import PushDispatcher
 from services.router.sequencer import Outcome, Sequencer
 from services.router.traces import BatchTraces
 
@@ -95,7 +97,9 @@ class Router:
         channels: ChannelPool | None = None,
         clock: Clock | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        push: PushNotifier | None = None,
     ) -> None:
+        """``push``: where offline members' notifications go (None: push is off)."""
         self.settings = settings
         self.backends = backends
         self.store = store
@@ -104,6 +108,8 @@ class Router:
         self.channels = channels or ChannelPool()
         self.sequencer = Sequencer(store)
         self.delivery = Deliverer(settings, backends, self.channels, self.clock)
+        self.push = PushDispatcher(settings, push, self._group) if push is not None else None
+        self.delivery.push = self.push
         self.stats = RouterStats()
         self.failing = 0  # consecutive failed batches; readiness reflects the real path
         self.last_progress = self.clock.monotonic()  # a loop turn completed

@@ -18,9 +18,9 @@ def _diff(engine) -> list:  # type: ignore[no-untyped-def]
 
 def test_upgrade_on_an_empty_sqlite_database_matches_the_models(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'm.db'}")
-    assert create_schema(engine) == "0003"
+    assert create_schema(engine) == "0004_member_settings"
     assert _diff(engine) == []
-    assert create_schema(engine) == "0003"  # idempotent
+    assert create_schema(engine) == "0004_member_settings"  # idempotent
 
 
 @pytest.mark.integration
@@ -29,5 +29,13 @@ def test_upgrade_on_mariadb_matches_the_models(mysql_url):
     create_schema(engine)
     assert _diff(engine) == []
     names = set(inspect(create_engine(mysql_url)).get_table_names())
-    assert {"users", "conversations", "members", "messages", "dead_letters", "sessions"} <= names
+    assert {
+        "users",
+        "conversations",
+        "members",
+        "messages",
+        "dead_letters",
+        "sessions",
+        "member_settings",
+    } <= names
     assert "alembic_version" in names
