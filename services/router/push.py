@@ -113,9 +113,6 @@ class PushDispatcher:
             except Exception as exc:
                 self.stats.failed += sum(len(u) for _m, u in taken)
                 log.warning("push: the mute check failed (%r); %d not pushed", exc, len(taken))
-            finally:
-                self._idle = asyncio.Event()  # nothing pending, nothing being checked
-        self._idle.set()
 
     async def _dispatch(self, taken: list[tuple[wire_pb2.Message, list[int]]]) -> None:
         muted = await self._muted(taken)
