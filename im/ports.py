@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from im.v1 import wire_pb2
 
@@ -154,6 +154,17 @@ class MessageStore(Protocol):
     async def healthy(self) -> bool: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class ActivityStore(Protocol):
+    """Both message store adapters implement it next to the messages: what the
+    conversation list is ordered by."""
+
+    async def last_activity(self, conversation_ids: list[str]) -> dict[str, tuple[int, int]]:
+        """Per conversation, (seq, server_ts) of its newest stored message; (0, 0) for
+        none."""
+        ...
 
 
 class AlreadyStored(Exception):

@@ -37,7 +37,7 @@ log = logging.getLogger("im.client")
 BUSY_RETRY_MIN_MS = 50
 
 Transport = Literal["tcp", "ws"]
-Event = wire_pb2.Message | wire_pb2.Receipt | wire_pb2.Kick
+Event = wire_pb2.Message | wire_pb2.Receipt | wire_pb2.Kick | wire_pb2.ConversationSettingsChanged
 
 # Errors after which the connector closes the stream (docs/protocol.md "Errors").
 _FATAL_ERRORS = frozenset(
@@ -396,7 +396,8 @@ class Connection:
     # ------------------------------------------------------------------ events
 
     async def events(self) -> AsyncIterator[Event]:
-        """Message, Receipt and Kick objects until the connection ends.
+        """Message, Receipt, ConversationSettingsChanged and Kick objects until the
+        connection ends.
 
         After the end, ``close_reason`` (and ``kick`` / ``error``) say why.
         """
@@ -455,6 +456,9 @@ class Connection:
                 self._ping_sent_at = None
         elif kind == "receipt":
             self._events.put_nowait(frame.receipt)
+        elif kind == "conversation_settings_changed":
+            # This user's own settings changed (on this device or another).
+            self._events.put_nowait(frame.conversation_settings_changed)
         elif kind == "kick":
             self.kick = frame.kick
             self._events.put_nowait(frame.kick)

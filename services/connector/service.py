@@ -39,6 +39,7 @@ from services.connector.conn import (
 from services.connector.cursors import CursorReports
 from services.connector.limits import REFUSED_MESSAGE, WS_POLICY_VIOLATION, UnauthenticatedLimit
 from services.connector.sendpath import SendPath
+from services.connector.settings_push import push_settings
 from services.connector.timers import RetransmitSchedule, TokenBucket
 
 __all__ = ["Conn", "ConnectorCore", "ConnectorServicer", "ConnectorStats"]
@@ -373,6 +374,7 @@ class ConnectorCore:
                 receipts += 1
         self.stats.delivered += pushed
         self.stats.receipts += receipts
+        receipts += push_settings(self.by_device, request.settings_changes)
         return connector_pb2.DeliverResponse(missing=missing, pushed=pushed + receipts)
 
     def kick(self, user_id: int, device_id: str, reason: int, session_id: str = "") -> int:

@@ -30,6 +30,7 @@ from services.gateway.conversations import ConversationOps
 from services.gateway.errors import ApiError, rate_limited, unauthorized
 from services.gateway.groups import GroupOps
 from services.gateway.limits import LoginLimits, RateLimited
+from services.gateway.member_settings import SettingsOps
 from services.gateway.readiness import check_readiness
 from services.gateway.sessions import Issued, RefreshRefused, Sessions
 
@@ -94,6 +95,13 @@ class Gateway:
         self.sender = ServerSender(settings, backends, self.ids, SystemClock())
         self.conversation_ops = ConversationOps(
             settings, lambda: self.groups, message_store, self._calls, self.get_user
+        )
+        self.settings_ops = SettingsOps(
+            lambda: self.groups,
+            self.conversation_ops,
+            self._calls,
+            backends,
+            self._connector_pool,
         )
         self.group_ops = GroupOps(
             settings,
