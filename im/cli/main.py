@@ -4,7 +4,8 @@ Client commands print JSON lines on stdout (one per result/message) and problems
 JSON object on stderr with exit status 1, so they compose with ``jq`` and scripts.
 The commands live by group: ``servers`` (standalone, serve, cluster, db, config-doc,
 bench, with ``deadletters`` and ``certs``), ``messaging`` (register, send, listen),
-``chat``, ``conversations`` (conversations, history, read), ``account`` (whoami,
+``chat``, ``conversations`` (conversations, history, read), ``conv_settings``
+(conv-settings), ``account`` (whoami,
 logout), ``groups`` (group ..., receipts).
 """
 
@@ -47,12 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     gateway = gateway_parent()
 
-    from im.cli import account, chat, conversations, groups, messaging, servers
+    from im.cli import account, chat, conv_settings, conversations, groups, messaging, servers
 
     servers.register(sub)
     messaging.register(sub, gateway)  # register, send, listen
     chat.register(sub, gateway)
     conversations.register(sub, gateway)  # conversations, history, read
+    conv_settings.register(sub, gateway)  # conv-settings
     account.register(sub, gateway)  # whoami, logout
     groups.register(sub, account_parent(gateway, "group"))  # group ..., receipts
     return parser
