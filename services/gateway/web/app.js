@@ -1,7 +1,17 @@
 // The web chat page, on the JavaScript SDK that the gateway serves at /sdk/ (the same
 // files as clients/js/src). State lives here, drawing in view.js.
 import { ApiError, ImClient, newClientMsgId } from "/sdk/im.js";
-import { $, renderList, renderMembers, renderMessages, renderStatus, title, unread } from "./view.js";
+import {
+  $,
+  isMuted,
+  renderList,
+  renderMembers,
+  renderMessages,
+  renderSettings,
+  renderStatus,
+  title,
+  unread,
+} from "./view.js";
 
 const PAGE = 50; // messages per history page
 // Per tab: each tab is a device of its own (a second login of one device ends the first).
@@ -16,6 +26,8 @@ const names = new Map();
 let openId = null;
 let leaving = false; // a logout in progress: its "closed" is expected
 let activity = 0;
+/** A list position for activity now: wall-clock ms, like the gateway's last_activity_at. */
+const touch = () => (activity = Math.max(activity + 1, Date.now()));
 
 // ------------------------------------------------------------------ helpers
 
@@ -68,6 +80,8 @@ function conversation(id) {
       exhausted: false,
       loading: false,
       touched: 0,
+      pinned: false,
+      mutedUntil: 0,
     };
     conversations.set(id, conv);
     if (peerId) learnName(peerId);
@@ -89,6 +103,12 @@ function upsert(c) {
   conv.lastSeq = Math.max(conv.lastSeq, c.last_seq ?? 0);
   // unread already leaves out what came before we joined a group
   conv.readPoint = Math.max(conv.readPoint, (c.last_seq ?? 0) - (c.unread ?? 0));
+  if (c.settings) {
+    conv.pinned = c.settings.pinned;
+    conv.mutedUntil = c.settings.muted_until;
+  }
+  // The list comes in the gateway's order (pinned, then last activity): keep it.
+  if (c.last_activity_at) conv.touched = Math.max(conv.touched, c.last_activity_at);
   return conv;
 }
 
@@ -101,6 +121,7 @@ function redraw(mode) {
     renderMessages(conv, client.userId, names, mode);
     renderMembers(conv, names, client.userId);
   }
+  renderSettings(conv);
   document.title = [...conversations.values()].some(unread) ? "(new) IM chat" : "IM chat";
 }
 
@@ -135,7 +156,7 @@ client.on("message", (m) => {
   const conv = conversation(m.conversationId);
   conv.messages.set(m.seq, m);
   conv.lastSeq = Math.max(conv.lastSeq, m.seq);
-  conv.touched = ++activity;
+  conv.touched = touch();
   if (m.senderId === client.userId) {
     conv.pending.delete(m.clientMsgId); // it has its seq now
     conv.readPoint = Math.max(conv.readPoint, m.seq); // ours: not unread
@@ -154,6 +175,14 @@ client.on("receipt", (r) => {
   } else {
     conv.reads.set(r.readerId, Math.max(conv.reads.get(r.readerId) ?? 0, r.readSeq));
   }
+  redraw("keep");
+});
+
+// Our own settings changed, here or on another device of ours.
+client.on("settings", (s) => {
+  const conv = conversation(s.conversationId);
+  conv.pinned = s.pinned;
+  conv.mutedUntil = s.mutedUntil;
   redraw("keep");
 });
 
@@ -310,7 +339,7 @@ function send() {
   /** @type {import("./view.js").Pending} */
   const pending = { cmid, text, status: "sending" };
   conv.pending.set(cmid, pending);
-  conv.touched = ++activity;
+  conv.touched = touch();
   redraw("bottom");
   // Offline, it waits in the SDK and goes out on the next connection.
   client.send(conv.id, text, { clientMsgId: cmid }).then(
@@ -342,6 +371,23 @@ function onSubmit(id, action) {
 /** @param {string} id */
 const value = (id) => /** @type {HTMLInputElement} */ ($(id)).value.trim();
 
+/**
+ * Change a setting of the open conversation; every device of ours follows.
+ * @param {(conv: import("./view.js").Conv) => object} changes
+ */
+async function changeSettings(changes) {
+  const conv = openId ? conversations.get(openId) : undefined;
+  if (!conv) return;
+  try {
+    const stored = await client.gateway.updateSettings(conv.id, changes(conv));
+    conv.pinned = stored.pinned;
+    conv.mutedUntil = stored.muted_until;
+    redraw("keep");
+  } catch (err) {
+    $("side-error").textContent = describe(err);
+  }
+}
+
 function bind() {
   $("login-form").addEventListener("submit", (event) => {
     event.preventDefault();
@@ -364,11 +410,16 @@ function bind() {
     const group = await client.gateway.createGroup(value("group-name"), ids);
     const conv = conversation(group.conversation_id);
     conv.name = group.name;
-    conv.touched = ++activity;
+    conv.touched = touch();
     form.reset();
     /** @type {HTMLDetailsElement} */ ($("new-group")).open = false;
     await openConversation(conv.id);
   });
+
+  $("pin").addEventListener("click", () => changeSettings((conv) => ({ pinned: !conv.pinned })));
+  $("mute").addEventListener("click", () =>
+    changeSettings((conv) => ({ mutedUntil: isMuted(conv) ? 0 : -1 })),
+  );
 
   onSubmit("add-member-form", async (form) => {
     if (!openId) return;
