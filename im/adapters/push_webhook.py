@@ -163,6 +163,9 @@ class WebhookPushNotifier:
             return
         if not self._secret:
             log.warning("push webhook without IM_PUSH_WEBHOOK_SECRET: requests are not signed")
+        # httpx logs every request with its full URL at INFO: the URL may hold a token,
+        # and one line per batch is noise. Failures are logged here, without the path.
+        logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger("httpx").level))
         self._client = httpx.AsyncClient(timeout=self.options.timeout, transport=self._transport)
         self._task = asyncio.get_running_loop().create_task(self._run())
 
