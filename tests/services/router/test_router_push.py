@@ -14,6 +14,7 @@ from im.v1 import bus_pb2, connector_pb2, group_pb2, wire_pb2
 from services.router.push import PushDispatcher, preview_of
 from tests.im.adapters.webhook_server import webhook_server
 from tests.services.router.harness import Harness, make_group, online
+from tests.services.router.test_router_metrics import Scrape
 
 
 class RecordingNotifier:
@@ -85,7 +86,10 @@ async def test_muted_members_get_no_push(harness) -> None:  # type: ignore[no-un
     finally:
         await push.close()
     assert [n.user_id for n in recorder.got] == [3]
-    assert push.stats.muted == 1
+    scrape = Scrape(h.router)
+    assert scrape("im_router_push_notifications_total", outcome="muted") == 1
+    assert scrape("im_router_push_notifications_total", outcome="queued") == 1
+    assert scrape("im_router_push_notifications_total", outcome="dropped") == 0
 
 
 async def test_events_are_not_pushed(harness) -> None:  # type: ignore[no-untyped-def]
@@ -170,6 +174,16 @@ async def test_delivery_does_not_wait_for_a_hanging_webhook(harness) -> None:  #
             assert notifier.stats.sent == 0
         finally:
             await push.close()
+
+
+async def test_a_full_dispatch_queue_drops_and_counts(harness) -> None:  # type: ignore[no-untyped-def]
+    h = harness
+    settings = h.settings.model_copy(update={"push_queue_size": 2})
+    push = PushDispatcher(settings, RecordingNotifier(), h.router._group)  # not started
+    message = wire_pb2.Message(msg_id=1, conversation_id="g:1", seq=1, sender_id=1)
+    push.offer(message, [2, 3, 4])
+    push.offer(message, [5])
+    assert (push.stats.candidates, push.stats.dropped) == (4, 2)
 
 
 def test_previews_are_short_text_only() -> None:
