@@ -127,7 +127,7 @@ async def test_a_member_the_connector_no_longer_holds_is_pushed(harness) -> None
         conv = await make_group(h, 1, [2, 3])
         await online(h, 1, 2, 3)
         await h.send(conv, 1, 100)
-        await h.run_bus()
+        await settle(h, push)
         assert recorder.got == []  # presence still lists 2: rerouted to nowhere new
         await h.kv.disconnect(2, "dev2", "c1")
         await h.send(conv, 1, 101)
