@@ -377,6 +377,49 @@ class Settings(BaseSettings):
         "router that gets none for good (more routers than partitions) stays not ready.",
     )
 
+    # --- offline push ----------------------------------------------------------------
+    push_webhook_url: str = Field(
+        "",
+        description="Offline push: the router POSTs batches of JSON notifications here for "
+        "members with no online device (your relay to APNs/FCM; docs/operations.md). Empty: "
+        "push is off. Members who muted the conversation, senders and events get none.",
+    )
+    push_webhook_secret: str = Field(
+        "",
+        description="HMAC-SHA256 key: each push request carries `X-IM-Timestamp` and "
+        '`X-IM-Signature: v1=hex(HMAC(secret, timestamp + "." + body))` for the receiver '
+        "to verify. Empty: requests are unsigned (a warning at start-up).",
+    )
+    push_webhook_timeout: float = Field(5.0, description="Seconds per push request attempt.")
+    push_batch_size: int = Field(
+        100, ge=1, le=10_000, description="Most notifications in one push request."
+    )
+    push_queue_size: int = Field(
+        10_000,
+        ge=1,
+        description="Notifications a router holds for the webhook; past it new ones are "
+        'dropped (counted in `im_router_push_notifications_total{outcome="dropped"}`, '
+        "logged). Delivery never waits for push.",
+    )
+    push_max_attempts: int = Field(
+        5,
+        ge=1,
+        description="Attempts per push request: 5xx, 408, 429, timeouts and connection "
+        "errors are retried with exponential backoff; other 4xx are not.",
+    )
+    push_retry_base_seconds: float = Field(
+        0.5, description="Wait before the first push retry; doubled by each further one."
+    )
+    push_retry_max_seconds: float = Field(30.0, description="Longest wait between push retries.")
+    push_preview: bool = Field(
+        False,
+        description="Put the start of a text message in its push notification (`preview`). "
+        "Off by default: the text would leave the suite for a third party (APNs/FCM).",
+    )
+    push_preview_chars: int = Field(
+        80, ge=1, le=1000, description="Longest push preview, in characters (then `…`)."
+    )
+
     # --- logs and traces ------------------------------------------------------------
     log_level: str = Field("INFO", description="Python logging level.")
     log_format: Literal["text", "json"] = Field(

@@ -42,6 +42,9 @@ DEAD_LETTER_REASON_CHARS = 1024
 # Room for IM_MAX_ATTACHMENTS_PER_MESSAGE (at most 40) ids of 22 characters, spaced.
 ATTACHMENT_IDS_CHARS = 1024
 
+# Longest name a member may give a conversation for itself.
+MEMBER_SETTINGS_NAME_CHARS = 64
+
 
 class Base(DeclarativeBase):
     pass
@@ -188,6 +191,23 @@ class GroupJoinRequestRow(Base):
     user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     link_id: Mapped[str] = mapped_column(String(16), nullable=False)
     requested_at: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+class MemberSettingsRow(Base):
+    """One member's own settings of a conversation (mute, pin, archive, a name of its
+    own). A row only once something was set; no row reads as the defaults. Keyed by
+    user first: the conversation list reads all of one user's rows."""
+
+    __tablename__ = "member_settings"
+
+    user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    conversation_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # ms since the epoch; 0 = not muted; -1 = muted forever.
+    muted_until: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    pinned: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    archived: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    name: Mapped[str] = mapped_column(String(MEMBER_SETTINGS_NAME_CHARS), nullable=False)
+    updated_at: Mapped[int] = mapped_column(BigInteger, nullable=False)
 
 
 class MessageRow(Base):

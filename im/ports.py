@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from im.v1 import wire_pb2
 
@@ -181,6 +181,17 @@ class MessageStore(Protocol):
     async def healthy(self) -> bool: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class ActivityStore(Protocol):
+    """Both message store adapters implement it next to the messages: what the
+    conversation list is ordered by."""
+
+    async def last_activity(self, conversation_ids: list[str]) -> dict[str, tuple[int, int]]:
+        """Per conversation, (seq, server_ts) of its newest stored message; (0, 0) for
+        none."""
+        ...
 
 
 class AlreadyStored(Exception):
@@ -499,6 +510,50 @@ class RateLimiter(Protocol):
 
     async def forgive(self, key: str) -> None:
         """Forget key's failures and wait (a success)."""
+        ...
+
+
+# ------------------------------------------------------------------ push
+
+
+@dataclass(frozen=True, slots=True)
+class PushNotification:
+    """A stored message for a member none of whose devices is online: what a push
+    gateway (APNs, FCM, via the operator's relay) needs to wake the app."""
+
+    user_id: int
+    conversation_id: str
+    msg_id: int
+    seq: int
+    sender_id: int
+    content_type: str
+    server_ts: int
+    preview: str | None = None  # None unless previews are enabled (privacy)
+
+
+@dataclass(slots=True)
+class PushStats:
+    queued: int = 0  # taken into the outgoing queue
+    sent: int = 0  # accepted by the receiver (2xx)
+    failed: int = 0  # given up on: refused (4xx) or retries exhausted
+    dropped: int = 0  # the queue was full
+
+
+class PushNotifier(Protocol):
+    """Hands notifications to a push gateway in the background. ``offer`` never
+    blocks nor waits for the network: what does not fit in its bounded queue is
+    dropped and counted."""
+
+    stats: PushStats
+
+    def offer(self, notifications: list[PushNotification]) -> int:
+        """Queue these; returns how many were taken (the rest was dropped)."""
+        ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None:
+        """Stop; what is still queued gets a short last chance, then is dropped."""
         ...
 
 

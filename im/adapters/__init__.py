@@ -1,5 +1,5 @@
 """Adapters behind the ports of ``im.ports``, chosen by URL scheme (see ``build``)."""
 
-from im.adapters.factory import build_backends, build_message_store
+from im.adapters.factory import build_backends, build_message_store, build_push_notifier
 
-__all__ = ["build_backends", "build_message_store"]
+__all__ = ["build_backends", "build_message_store", "build_push_notifier"]

@@ -23,7 +23,14 @@ from urllib.parse import unquote, urlparse
 from im.adapters.memory import MemoryBus, MemoryKV, MemoryRegistry
 from im.adapters.sqlite_state import STATE_FILE, SqliteStateStore
 from im.config import Settings
-from im.ports import AttachmentStore, Backends, IdempotencyStore, MessageStore, SessionStore
+from im.ports import (
+    AttachmentStore,
+    Backends,
+    IdempotencyStore,
+    MessageStore,
+    PushNotifier,
+    SessionStore,
+)
 
 # memory:// adapters are shared by every service of one process (standalone mode);
 # memory://<name> gives a separate set, e.g. for two suites in one test process.
@@ -131,6 +138,26 @@ def build_backends(settings: Settings, client_id: str = "im") -> Backends:
         rate_limits=kv,
         closers=closers,
         starters=starters,
+    )
+
+
+def build_push_notifier(settings: Settings) -> PushNotifier | None:
+    """The offline-push webhook, or None when IM_PUSH_WEBHOOK_URL is unset (push off)."""
+    if not settings.push_webhook_url:
+        return None
+    from im.adapters.push_webhook import WebhookOptions, WebhookPushNotifier
+
+    return WebhookPushNotifier(
+        WebhookOptions(
+            url=settings.push_webhook_url,
+            secret=settings.push_webhook_secret,
+            timeout=settings.push_webhook_timeout,
+            batch_size=settings.push_batch_size,
+            queue_size=settings.push_queue_size,
+            max_attempts=settings.push_max_attempts,
+            retry_base=settings.push_retry_base_seconds,
+            retry_max=settings.push_retry_max_seconds,
+        )
     )
 
 

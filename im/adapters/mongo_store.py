@@ -413,6 +413,29 @@ class MongoMessageStore:
                 out[row["_id"]] = int(row["seq"])
         return out
 
+    async def last_activity(self, conversation_ids: list[str]) -> dict[str, tuple[int, int]]:
+        if not conversation_ids:
+            return {}
+        out = dict.fromkeys(conversation_ids, (0, 0))
+        # As last_seqs: one DISTINCT_SCAN-friendly aggregate, the newest message's
+        # server_ts taken along.
+        pipeline: list[dict[str, Any]] = [
+            {"$match": {"conversation_id": {"$in": list(out)}}},
+            {"$sort": {"conversation_id": -1, "seq": -1}},
+            {
+                "$group": {
+                    "_id": "$conversation_id",
+                    "seq": {"$first": "$seq"},
+                    "server_ts": {"$first": "$server_ts"},
+                }
+            },
+        ]
+        with _store_errors():
+            await self._ready()
+            async for row in await self._messages.aggregate(pipeline):
+                out[row["_id"]] = (int(row["seq"]), int(row.get("server_ts") or 0))
+        return out
+
     async def history(
         self, conversation_id: str, after_seq: int, limit: int
     ) -> list[wire_pb2.Message]:

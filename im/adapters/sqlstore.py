@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import and_, func, select, text, update
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -300,6 +300,32 @@ class SqlMessageStore:
             )
             for conv, seq in session.execute(stmt):
                 out[conv] = int(seq or 0)
+        return out
+
+    async def last_activity(self, conversation_ids: list[str]) -> dict[str, tuple[int, int]]:
+        if not conversation_ids:
+            return {}
+        return await self._run(self._last_activity, conversation_ids)
+
+    def _last_activity(self, conversation_ids: list[str]) -> dict[str, tuple[int, int]]:
+        out = dict.fromkeys(conversation_ids, (0, 0))
+        last = (
+            select(MessageRow.conversation_id, func.max(MessageRow.seq).label("seq"))
+            .where(MessageRow.conversation_id.in_(conversation_ids))
+            .group_by(MessageRow.conversation_id)
+            .subquery()
+        )
+        # The newest message of each: its (conversation_id, seq) is the unique index.
+        stmt = select(MessageRow.conversation_id, MessageRow.seq, MessageRow.server_ts).join(
+            last,
+            and_(
+                MessageRow.conversation_id == last.c.conversation_id,
+                MessageRow.seq == last.c.seq,
+            ),
+        )
+        with Session(self._engine) as session:
+            for conv, seq, server_ts in session.execute(stmt):
+                out[conv] = (int(seq), int(server_ts))
         return out
 
     async def history(

@@ -139,6 +139,17 @@ def event_json(event: object) -> dict[str, Any]:
         }
     if isinstance(event, wire_pb2.Error):
         return {"error": {"code": error_code_name(event.code), "message": event.message}}
+    if isinstance(event, wire_pb2.ConversationSettingsChanged):
+        return {
+            "settings_changed": {
+                "conversation_id": event.conversation_id,
+                "muted_until": event.muted_until,
+                "pinned": event.pinned,
+                "archived": event.archived,
+                "name": event.name,
+                "updated_at": event.updated_at,
+            }
+        }
     to_dict = getattr(event, "to_dict", None)
     if callable(to_dict):
         return dict(to_dict())  # the client's own events: reconnecting, reconnected

@@ -7,7 +7,8 @@ bench, with ``deadletters`` and ``certs``), ``messaging`` (register, send, liste
 ``editing`` (recall, edit), ``posting`` (post, service-send: sends without a socket),
 ``files`` (send-file, download), ``chat``, ``conversations`` (conversations, history,
 read), ``presence`` (presence, presence-visibility), ``privacy`` (block, unblock,
-blocks, privacy), ``search``, ``account`` (whoami, logout), ``groups`` (group ...,
+blocks, privacy), ``search``, ``conv_settings`` (conv-settings),
+``account`` (whoami, logout), ``groups`` (group ...,
 receipts).
 """
 
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     from im.cli import (
         account,
         chat,
+        conv_settings,
         conversations,
         editing,
         files,
@@ -74,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     conversations.register(sub, gateway)  # conversations, history, read
     search.register(sub, gateway)
     presence.register(sub, gateway)  # presence, presence-visibility
+    conv_settings.register(sub, gateway)  # conv-settings
     account.register(sub, gateway)  # whoami, logout
     privacy.register(sub, gateway)  # block, unblock, blocks, privacy
     groups.register(sub, account_parent(gateway, "group"))  # group ..., receipts

@@ -45,6 +45,7 @@ Event = (
     | wire_pb2.Typing
     | wire_pb2.Presence
     | wire_pb2.Error
+    | wire_pb2.ConversationSettingsChanged
 )
 MAX_TYPING_REQUESTS = 64  # request ids of recent Typing frames, to match their refusals
 
@@ -425,7 +426,8 @@ class Connection:
     # ------------------------------------------------------------------ events
 
     async def events(self) -> AsyncIterator[Event]:
-        """Message, Receipt and Kick objects until the connection ends.
+        """Message, Receipt, ConversationSettingsChanged and Kick objects until the
+        connection ends.
 
         After the end, ``close_reason`` (and ``kick`` / ``error``) say why.
         """
@@ -488,6 +490,9 @@ class Connection:
             self._events.put_nowait(frame.typing)
         elif kind == "presence":
             self._events.put_nowait(frame.presence)
+        elif kind == "conversation_settings_changed":
+            # This user's own settings changed (on this device or another).
+            self._events.put_nowait(frame.conversation_settings_changed)
         elif kind == "kick":
             self.kick = frame.kick
             self._events.put_nowait(frame.kick)

@@ -478,6 +478,33 @@ class GatewayClient(GroupLifecycleCalls):
         data = await self._request("GET", "/v1/sync")
         return list(data.get("conversations") or [])
 
+    async def update_settings(
+        self,
+        conversation_id: str,
+        *,
+        muted_until: int | None = None,
+        mute_for_seconds: int | None = None,
+        pinned: bool | None = None,
+        archived: bool | None = None,
+        name: str | None = None,
+    ) -> dict[str, Any]:
+        """Change your own settings of a conversation; only the arguments given change.
+        ``muted_until``: ms since the epoch, 0 unmutes, -1 mutes forever. Returns
+        ``{muted, muted_until, pinned, archived, name, updated_at}``; your other online
+        devices get a ``ConversationSettingsChanged`` event."""
+        fields = {
+            "muted_until": muted_until,
+            "mute_for_seconds": mute_for_seconds,
+            "pinned": pinned,
+            "archived": archived,
+            "name": name,
+        }
+        return await self._request(
+            "PATCH",
+            f"/v1/conversations/{_conv_path(conversation_id)}/settings",
+            json_body={k: v for k, v in fields.items() if v is not None},
+        )
+
     async def history(
         self, conversation_id: str, after_seq: int = 0, limit: int = 100
     ) -> HistoryPage:

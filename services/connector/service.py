@@ -42,6 +42,7 @@ from services.connector.limits import REFUSED_MESSAGE, WS_POLICY_VIOLATION, Unau
 from services.connector.presence_notify import Directory, GrpcDirectory, PresenceNotifier
 from services.connector.relay import SignalRelay, push_signals
 from services.connector.sendpath import SendPath
+from services.connector.settings_push import push_settings
 from services.connector.timers import RetransmitSchedule, TokenBucket
 from services.connector.typing import MEMBER_LIST_MAX_AGE, TypingRelay
 
@@ -408,6 +409,7 @@ class ConnectorCore:
         self.stats.delivered += pushed
         self.stats.receipts += receipts
         self.signals.stats.pushed += signals
+        receipts += push_settings(self.by_device, request.settings_changes)
         return connector_pb2.DeliverResponse(missing=missing, pushed=pushed + receipts + signals)
 
     def kick(self, user_id: int, device_id: str, reason: int, session_id: str = "") -> int:

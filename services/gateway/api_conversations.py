@@ -3,6 +3,7 @@ history, delivered/read cursors and read receipts. See docs/rest-api.md."""
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
@@ -24,6 +25,7 @@ from services.gateway.models import (
 )
 from services.gateway.problems import problem_responses
 from services.gateway.service import Gateway
+from services.gateway.settings_models import SettingsOut, SettingsPatch, settings_out
 
 router = APIRouter()
 
@@ -53,8 +55,25 @@ async def _conversation_list(gateway: Gateway, claims: Claims) -> ConversationLi
     responses=problem_responses(401, 503),
 )
 async def conversations(gateway: GatewayDep, claims: Auth) -> ConversationList:
-    """The user's conversations with their cursors and unread counts."""
+    """The user's conversations with their cursors, unread counts and the user's own
+    settings: pinned first, then by last activity (newest first)."""
     return await _conversation_list(gateway, claims)
+
+
+@router.patch(
+    "/v1/conversations/{conversation_id}/settings",
+    response_model=SettingsOut,
+    tags=["conversations"],
+    responses=problem_responses(401, 403, 404, 422, 503),
+)
+async def update_settings(
+    gateway: GatewayDep, claims: Auth, conversation_id: ConversationId, body: SettingsPatch
+) -> SettingsOut:
+    """Change your own settings of a conversation (mute, pin, archive, your name for
+    it); only the fields present change. Members only. Every online device of yours is
+    told with a `ConversationSettingsChanged` frame; muted conversations get no push."""
+    stored = await gateway.settings_ops.update(claims.user_id, conversation_id, body)
+    return settings_out(stored, int(time.time() * 1000))
 
 
 @router.get(

@@ -5,12 +5,14 @@ Membership is the group service's; messages are the message store's."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from im.config import Settings
 from im.ids import is_valid_conversation_id, parse_direct
-from im.ports import MessageStore
+from im.ports import ActivityStore, MessageStore
 from im.v1 import bus_pb2, group_pb2, group_pb2_grpc, user_pb2, wire_pb2
 from services.gateway.calls import Calls
 from services.gateway.errors import ApiError, forbidden
@@ -27,6 +29,9 @@ class ConversationView:
     read_seq: int
     unread: int
     dissolved: bool = False
+    last_activity_at: int = 0
+    settings: group_pb2.MemberSettings | None = None  # in the list only
+    now_ms: int = 0  # when the view was made (whether a mute is still on)
 
 
 _KINDS = {
@@ -45,6 +50,18 @@ class ReceiptsView:
     # None when that list was not asked for; else (user ids, next cursor or None).
     read_by: tuple[list[int], str | None] | None
     unread: tuple[list[int], str | None] | None
+
+
+def _activity_at(entry: group_pb2.UserConversation, activity: dict[str, tuple[int, int]]) -> int:
+    """The newest message's time; before any, when the user's membership began."""
+    _seq, server_ts = activity.get(entry.conversation.conversation_id, (0, 0))
+    return server_ts or max(entry.conversation.created_at, entry.member.joined_at)
+
+
+def _list_order(view: ConversationView) -> tuple[bool, int, str]:
+    """Pinned first, then the most recently active, then by id (a stable order)."""
+    pinned = view.settings is not None and view.settings.pinned
+    return (not pinned, -view.last_activity_at, view.conversation_id)
 
 
 class ConversationOps:
@@ -85,8 +102,30 @@ class ConversationOps:
             await self._calls.rpc(self._groups().ListUserConversations, request)
         ).conversations
         # One message-store round trip for every conversation, not one each.
-        last = await self.last_seqs([e.conversation.conversation_id for e in entries])
-        return [self._view(me, e.conversation, e.member, last) for e in entries]
+        activity = await self.last_activity([e.conversation.conversation_id for e in entries])
+        last = {cid: seq for cid, (seq, _ts) in activity.items()}
+        now = int(time.time() * 1000)
+        views = [
+            dataclasses.replace(
+                self._view(me, e.conversation, e.member, last),
+                last_activity_at=_activity_at(e, activity),
+                settings=e.settings,
+                now_ms=now,
+            )
+            for e in entries
+        ]
+        return sorted(views, key=_list_order)
+
+    async def last_activity(self, conversation_ids: list[str]) -> dict[str, tuple[int, int]]:
+        """(last seq, its server_ts) per conversation; a store without ``last_activity``
+        tells seqs only."""
+        if not conversation_ids:
+            return {}
+        if not isinstance(self._messages, ActivityStore):
+            return {c: (seq, 0) for c, seq in (await self.last_seqs(conversation_ids)).items()}
+        return await self._calls.backend(
+            "message store", self._messages.last_activity(conversation_ids)
+        )
 
     async def last_seqs(self, conversation_ids: list[str]) -> dict[str, int]:
         if not conversation_ids:

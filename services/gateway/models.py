@@ -14,6 +14,7 @@ from services.gateway.conversations import ConversationView, ReceiptsView
 from services.gateway.groups import GroupView, role_name
 from services.gateway.inputs import DisplayName, GroupName, Seq, UserId
 from services.gateway.service import LoginResult
+from services.gateway.settings_models import SettingsOut, settings_out
 
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,64}$"
 MAX_IDS_PER_REQUEST = 5000  # user ids per create/add: bounds one request's work
@@ -112,9 +113,21 @@ class ConversationOut(BaseModel):
         False, description="A dissolved group: its history is readable, nothing can be sent."
     )
 
+    last_activity_at: int = Field(
+        0,
+        description="server_ts of the newest message (ms since the epoch); with none yet, "
+        "when the conversation was created (or the user joined it).",
+    )
+    settings: SettingsOut | None = Field(
+        None, description="This user's own settings of it (mute, pin, archive, name)."
+    )
+
 
 class ConversationList(BaseModel):
-    conversations: list[ConversationOut] = Field(description="The user's conversations.")
+    conversations: list[ConversationOut] = Field(
+        description="The user's conversations: pinned ones first, then by last activity, "
+        "newest first (ties: by conversation_id)."
+    )
 
 
 class MessageOut(BaseModel):
@@ -279,6 +292,8 @@ def conversation_out(v: ConversationView) -> ConversationOut:
         read_seq=v.read_seq,
         unread=v.unread,
         dissolved=v.dissolved,
+        last_activity_at=v.last_activity_at,
+        settings=settings_out(v.settings, v.now_ms) if v.settings is not None else None,
     )
 
 

@@ -34,6 +34,7 @@ from services.gateway.group_events import GroupEvents
 from services.gateway.groups import GroupOps
 from services.gateway.lifecycle import GroupLifecycleOps
 from services.gateway.limits import LoginLimits, RateLimited
+from services.gateway.member_settings import SettingsOps
 from services.gateway.message_events import MessageEventOps
 from services.gateway.messages import MessageOps
 from services.gateway.presence import PresenceOps
@@ -133,6 +134,14 @@ class Gateway:
 
         self.presence_ops = PresenceOps(
             lambda: self.users, lambda: self.groups, backends, self._calls, self.conversation_ops
+        )
+
+        self.settings_ops = SettingsOps(
+            lambda: self.groups,
+            self.conversation_ops,
+            self._calls,
+            backends,
+            self._connector_pool,
         )
         self.group_ops = GroupOps(
             settings,

@@ -27,6 +27,8 @@ from im.validation import InvalidInput, is_id, parse_id_text, require_clean_name
 from services.group.lifecycle import LifecycleStore
 from services.group.lifecycle_service import LifecycleRpcs
 from services.group.privacy import PrivacyStore
+from services.group.settings import SettingsRpcs
+from services.group.settings_store import SettingsStore
 from services.group.store import MAX_NAME_CHARS, MAX_SQL_INT, GroupStore, invalid
 
 log = logging.getLogger("im.group")
@@ -118,7 +120,7 @@ def coalesce_cursor_updates(
 MAX_MEMBERSHIP_CHECKS = 1000
 
 
-class GroupServicer(LifecycleRpcs, group_pb2_grpc.GroupServiceServicer):
+class GroupServicer(LifecycleRpcs, SettingsRpcs, group_pb2_grpc.GroupServiceServicer):
     def __init__(
         self,
         settings: Settings,
@@ -137,6 +139,8 @@ class GroupServicer(LifecycleRpcs, group_pb2_grpc.GroupServiceServicer):
             clock=clock,
         )
         self._lifecycle = LifecycleStore(engine, settings.max_group_size, clock)
+        self._clock = clock
+        self._settings = SettingsStore(engine, clock)
 
     @_rpc
     async def GetOrCreateDirect(
@@ -201,6 +205,7 @@ class GroupServicer(LifecycleRpcs, group_pb2_grpc.GroupServiceServicer):
             request.actor_id,
             request.user_id,
         )
+        await asyncio.to_thread(self._settings.forget, request.conversation_id, request.user_id)
         return group_pb2.MembersResponse(members=[removed], change_version=version)
 
     @_rpc
@@ -232,6 +237,7 @@ class GroupServicer(LifecycleRpcs, group_pb2_grpc.GroupServiceServicer):
         conversations = await asyncio.to_thread(
             self._store.list_user_conversations, request.user_id
         )
+        conversations = await self.with_settings(request.user_id, conversations)
         return group_pb2.ListUserConversationsResponse(conversations=conversations)
 
     @_rpc

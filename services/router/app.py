@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from im.adapters import build_message_store
+from im.adapters import build_message_store, build_push_notifier
 from im.adapters.factory import build_attachment_store
 from im.clock import Clock
 from im.config import Settings
@@ -57,6 +57,7 @@ class RouterApp:
             channels=ChannelPool.for_settings(settings),
             clock=clock,
             attachments=self.attachments,
+            push=build_push_notifier(settings),
         )
         self.router_id = settings.resolved_router_id()
         self._consumer: BusConsumer | None = None
@@ -141,6 +142,8 @@ class RouterApp:
         await self._grpc.set_serving(False)  # until the consumer joined its group
         await self.backends.registry.announce_router(self.router_id, False)
         self._health_task = asyncio.get_running_loop().create_task(self._watch_health())
+        if self.router.push is not None:
+            await self.router.push.start()
         self._consumer = self.backends.bus.consumer(
             [s.topic_messages, s.topic_cursors, s.topic_membership], s.router_group
         )
@@ -162,6 +165,8 @@ class RouterApp:
             # not left to a bus that may not outlive this process (standalone).
             await bounded("storing what is on the bus", self.router.drain(self._consumer), 5)
         await bounded("deliveries in flight", self.router.flush(), 5)
+        if self.router.push is not None:
+            await bounded("push notifications", self.router.push.close(), 5)
         if self._health_task is not None:
             self._health_task.cancel()
             await asyncio.gather(self._health_task, return_exceptions=True)

@@ -24,6 +24,7 @@ from im.metrics import Distribution
 from im.ports import Backends, ConnectorInfo, DeviceRoute
 from im.runtime import local_connectors
 from im.v1 import connector_pb2, wire_pb2
+from services.router.push import PushDispatcher
 
 log = logging.getLogger("im.router")
 
@@ -72,6 +73,7 @@ class Deliverer:
             channels, self._lane_answered, self._lane_failed, self._lane_dropped
         )
         self._router_id = settings.resolved_router_id()
+        self.push: PushDispatcher | None = None  # offline push, when configured
 
     async def deliver(
         self,
@@ -99,6 +101,8 @@ class Deliverer:
         routes = await self.backends.presence.routes(users) if users else {}
 
         plan = self._plan(by_conv, receipts, audiences, routes, traces)
+        if self.push is not None:
+            _offer_offline(self.push, by_conv, audiences, routes)
         missing = await self._send_plan(plan, lag_ms)
         if missing:
             await self.reroute(missing)
@@ -149,6 +153,14 @@ class Deliverer:
                         retry[route.connector_id].deliveries.append(delivery)
                     delivery.targets.add(user_id=user_id, device_id=device_id)
                     self.stats.rerouted += 1
+        if self.push is not None:
+            # Not at any device the presence knows of now: the member is offline.
+            gone: dict[int, tuple[wire_pb2.Message, set[int]]] = {}
+            for user_id, _device, message, _old in missing:
+                if not fresh.get(user_id):
+                    gone.setdefault(id(message), (message, set()))[1].add(user_id)
+            for message, users in gone.values():
+                self.push.offer(message, sorted(users))
         if retry:
             await self._send_plan(retry)
 
@@ -272,6 +284,24 @@ def _plan_messages(
             if parent:
                 delivery.traceparent = parent
             plan[connector_id].deliveries.append(delivery)
+
+
+def _offer_offline(
+    push: PushDispatcher,
+    by_conv: dict[str, list[wire_pb2.Message]],
+    audiences: dict[str, Audience | None],
+    routes: dict[int, list[DeviceRoute]],
+) -> None:
+    """Members with no online device, per message they may see (joined before it)."""
+    for conv, msgs in by_conv.items():
+        audience = audiences.get(conv)
+        if audience is None:
+            continue
+        offline = [(u, j) for u, j in audience.joined.items() if u not in routes]
+        if not offline:
+            continue
+        for m in msgs:
+            push.offer(m, [u for u, joined_seq in offline if joined_seq < m.seq])
 
 
 def _group_refs(

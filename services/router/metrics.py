@@ -11,6 +11,9 @@
   assigned partition (Kafka: as of its last look, every few seconds).
 - ``im_router_seq_conflicts_total``: seq already taken in the store (a stale counter
   after a rebalance; the counter is reseeded).
+- ``im_router_push_notifications_total{outcome}``: offline push (when configured):
+  ``queued`` for the webhook, ``sent`` (accepted), ``failed`` (refused, retries used
+  up, or the mute check failed), ``dropped`` (a full queue), ``muted`` (skipped).
 - ``im_router_delivery_failures_total``, ``im_router_delivery_dropped_total``: Deliver
   calls that failed, and outboxes a lagging connector had no room for (both wait for
   sync).
@@ -27,6 +30,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from im.metrics import MetricsRegistry, StatsCollector, histogram_family
 from im.ports import BusConsumer
+from services.router.push import PushDispatcher
 from services.router.service import Router
 
 
@@ -93,8 +97,27 @@ def families(router: Router, consumer: BusConsumer | None) -> Iterator[Any]:
         "Deliver calls to a connector that failed (the messages wait for sync).",
         value=delivery.delivery_failures,
     )
+    if router.push is not None:
+        yield _push_family(router.push)
     yield CounterMetricFamily(
         "im_router_delivery_dropped",
         "Deliver batches dropped for a connector too far behind (they wait for sync).",
         value=delivery.dropped,
     )
+
+
+def _push_family(push: PushDispatcher) -> CounterMetricFamily:
+    sent = push.notifier.stats
+    family = CounterMetricFamily(
+        "im_router_push_notifications",
+        "Offline push notifications by outcome: queued for the webhook, sent (accepted), "
+        "failed (refused, retries used up, or the mute check failed), dropped (a full "
+        "queue), muted (the member muted the conversation).",
+        labels=["outcome"],
+    )
+    family.add_metric(["queued"], sent.queued)
+    family.add_metric(["sent"], sent.sent)
+    family.add_metric(["failed"], sent.failed + push.stats.failed)
+    family.add_metric(["dropped"], sent.dropped + push.stats.dropped)
+    family.add_metric(["muted"], push.stats.muted)
+    return family

@@ -33,11 +33,13 @@ from im.ports import (
     DeadLetter,
     DeadLetterStore,
     MessageStore,
+    PushNotifier,
 )
 from im.v1 import bus_pb2, group_pb2, group_pb2_grpc, wire_pb2
 from services.router import events, records
 from services.router.attachments import AttachmentLinker
 from services.router.delivery import Deliverer
+from services.router.push import PushDispatcher
 from services.router.sequencer import Outcome, Sequencer
 from services.router.traces import BatchTraces
 
@@ -100,7 +102,9 @@ class Router:
         clock: Clock | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         attachments: AttachmentStore | None = None,
+        push: PushNotifier | None = None,
     ) -> None:
+        """``push``: where offline members' notifications go (None: push is off)."""
         self.settings = settings
         self.backends = backends
         self.store = store
@@ -109,6 +113,8 @@ class Router:
         self.channels = channels or ChannelPool()
         self.sequencer = Sequencer(store)
         self.delivery = Deliverer(settings, backends, self.channels, self.clock)
+        self.push = PushDispatcher(settings, push, self._group) if push is not None else None
+        self.delivery.push = self.push
         self.stats = RouterStats()
         # Links attachments to the conversations their owners sent them to.
         self.linker = AttachmentLinker(attachments) if attachments is not None else None

@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 
 IMCTL = Path(sys.executable).with_name("imctl")
+# Seconds a suite may take to become ready (raise it on a loaded machine).
+READY_TIMEOUT = float(os.environ.get("IM_TEST_READY_TIMEOUT", "30"))
 
 
 def free_port() -> int:
@@ -78,7 +80,7 @@ def _launch(env: dict[str, str], log_path: Path, mode: str) -> RunningSuite:
         [str(IMCTL), "standalone"], env=env, stdout=log_file, stderr=subprocess.STDOUT
     )
     gateway = f"http://127.0.0.1:{env['IM_GATEWAY_PORT']}"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + READY_TIMEOUT
     while True:
         if process.poll() is not None:
             raise RuntimeError(f"suite exited early:\n{log_path.read_text()}")
@@ -89,7 +91,7 @@ def _launch(env: dict[str, str], log_path: Path, mode: str) -> RunningSuite:
             pass
         if time.monotonic() > deadline:
             process.kill()
-            raise RuntimeError(f"suite not ready in 30 s:\n{log_path.read_text()}")
+            raise RuntimeError(f"suite not ready in {READY_TIMEOUT:.0f} s:\n{log_path.read_text()}")
         time.sleep(0.1)
     return RunningSuite(
         gateway=gateway,

@@ -222,3 +222,64 @@ def test_typing_indicator_and_the_peer_online_dot(browser, suite: RunningSuite):
     finally:
         for context in contexts:
             context.close()
+
+
+def log_in(page, gateway: str, username: str) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    page.goto(f"{gateway}/")
+    page.get_by_test_id("username").fill(username)
+    page.get_by_test_id("password").fill(f"{username}-password")
+    page.get_by_test_id("login").click()
+    expect(page.locator("#status")).to_have_attribute("data-state", "online")
+
+
+def test_pin_and_mute_follow_every_device_of_the_user(browser, suite: RunningSuite):  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    run = uuid.uuid4().hex[:6]
+    alice, bob = f"alice{run}", f"bob{run}"
+    contexts = [browser.new_context(viewport={"width": 1100, "height": 700}) for _ in range(3)]
+    a, phone, b = (c.new_page() for c in contexts)
+    errors: list[str] = []
+    for page in (a, phone, b):
+        page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        register(b, suite.gateway, bob)
+        register(a, suite.gateway, alice)
+        log_in(phone, suite.gateway, alice)  # a second device of alice's
+        for name in ("first", "second"):
+            a.locator("#new-group summary").click()
+            a.locator("#group-name").fill(name)
+            a.locator("#group-members").fill(bob)
+            a.locator("#group-name").press("Enter")
+            expect(a.locator("#title")).to_have_text(name)
+            a.get_by_test_id("composer").fill(f"in {name}")
+            a.get_by_test_id("composer").press("Enter")
+        listed = phone.get_by_test_id("conversation")
+        expect(listed.first).to_contain_text("second")  # the most recent first
+
+        a.get_by_test_id("conversation").filter(has_text="first").click()
+        a.get_by_test_id("pin").click()
+        a.get_by_test_id("mute").click()
+        expect(a.get_by_test_id("mute")).to_have_text("Unmute")
+        expect(a.get_by_test_id("pin")).to_have_text("Unpin")
+        # The other device follows at once: pinned first, marked muted.
+        first = phone.get_by_test_id("conversation").filter(has_text="first")
+        expect(first).to_have_attribute("data-pinned", "true")
+        expect(first).to_have_attribute("data-muted", "true")
+        expect(listed.first).to_contain_text("first")
+        # Bob's list is his own: nothing pinned or muted there.
+        theirs = b.get_by_test_id("conversation").filter(has_text="first")
+        expect(theirs).to_have_attribute("data-muted", "false")
+
+        phone.reload()  # a fresh start reads the settings from the list
+        expect(phone.locator("#status")).to_have_attribute("data-state", "online")
+        expect(phone.get_by_test_id("conversation").first).to_have_attribute("data-pinned", "true")
+        a.get_by_test_id("mute").click()
+        expect(first).to_have_attribute("data-muted", "false")
+        assert not errors, errors
+    finally:
+        for context in contexts:
+            context.close()

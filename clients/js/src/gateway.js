@@ -477,6 +477,52 @@ export class GatewayClient {
     return response;
   }
 
+  /**
+   * Change your own settings of a conversation; only what is given changes. Your other
+   * online devices get a "settings" event. Resolves to the settings now in force
+   * (`{muted, muted_until, pinned, archived, name, updated_at}`).
+   * @param {string} conversationId
+   * @param {{mutedUntil?: number, muteForSeconds?: number, pinned?: boolean,
+   *   archived?: boolean, name?: string}} changes mutedUntil: ms since the epoch,
+   *   0 unmutes, -1 mutes forever
+   */
+  updateSettings(conversationId, changes) {
+    const fields = {
+      muted_until: changes.mutedUntil,
+      mute_for_seconds: changes.muteForSeconds,
+      pinned: changes.pinned,
+      archived: changes.archived,
+      name: changes.name,
+    };
+    const body = Object.fromEntries(Object.entries(fields).filter(([, v]) => v !== undefined));
+    return this.request(
+      "PATCH",
+      `/v1/conversations/${encodeURIComponent(conversationId)}/settings`,
+      body,
+    );
+  }
+
+  /**
+   * Mute for `seconds`, or forever when not given.
+   * @param {string} conversationId @param {number} [seconds]
+   */
+  mute(conversationId, seconds) {
+    return this.updateSettings(
+      conversationId,
+      seconds === undefined ? { mutedUntil: -1 } : { muteForSeconds: seconds },
+    );
+  }
+
+  /** @param {string} conversationId */
+  unmute(conversationId) {
+    return this.updateSettings(conversationId, { mutedUntil: 0 });
+  }
+
+  /** @param {string} conversationId @param {boolean} [pinned] */
+  pin(conversationId, pinned = true) {
+    return this.updateSettings(conversationId, { pinned });
+  }
+
   // ------------------------------------------------------------------ groups
 
   /**

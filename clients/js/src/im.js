@@ -24,6 +24,7 @@ import {
   messageFromWire,
   RETRYABLE_SEND_ERRORS,
   receiptFromWire,
+  settingsFromWire,
   SUBPROTOCOL,
   sendAckFromWire,
   toBase64,
@@ -120,6 +121,8 @@ const DEFAULTS = {
  * @typedef {object} Events
  * @property {Message} message a message, once, in seq order per conversation
  * @property {Receipt} receipt a member's read cursor moved
+ * @property {import("./wire.js").ConversationSettings} settings this user's own settings
+ *   of a conversation changed (on this device or another): apply them as they are
  * @property {{reason: string, detail: string}} kick
  * @property {{state: State, reason: string}} state
  * @property {Session | null} session new tokens (store the refresh token) or none
@@ -532,6 +535,9 @@ export class ImClient {
     else if (frame.receipt) this._emit("receipt", receiptFromWire(frame.receipt));
     else if (frame.typing) this._onTyping(typingFromWire(frame.typing));
     else if (frame.presence) this._emit("presence", presenceFromWire(frame.presence));
+    else if (frame.conversationSettingsChanged) {
+      this._emit("settings", settingsFromWire(frame.conversationSettingsChanged));
+    }
     else if (frame.kick) this._onKick(ws, frame.kick);
     else if (frame.error) this._onError(ws, frame.error);
     // pong: being a frame was the point (_lastRecv)

@@ -59,6 +59,18 @@ export const RETRYABLE_SEND_ERRORS = new Set(["UNAVAILABLE", "RATE_LIMITED"]);
  * @property {number} readSeq the reader has read every message up to this seq
  */
 
+/**
+ * A member's own settings of a conversation (ConversationSettingsChanged, and the
+ * `settings` of GET /v1/conversations in camelCase).
+ * @typedef {object} ConversationSettings
+ * @property {string} conversationId
+ * @property {number} mutedUntil ms since the epoch; 0 not muted; -1 muted forever
+ * @property {boolean} pinned
+ * @property {boolean} archived
+ * @property {string} name the user's own name for it ("" = none)
+ * @property {number} updatedAt ms since the epoch
+ */
+
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
@@ -189,6 +201,18 @@ export function receiptFromWire(r) {
     conversationId: r.conversationId ?? "",
     readerId: num(r.readerId),
     readSeq: num(r.readSeq),
+  };
+}
+
+/** @param {any} s @returns {ConversationSettings} */
+export function settingsFromWire(s) {
+  return {
+    conversationId: s.conversationId ?? "",
+    mutedUntil: num(s.mutedUntil),
+    pinned: Boolean(s.pinned),
+    archived: Boolean(s.archived),
+    name: s.name ?? "",
+    updatedAt: num(s.updatedAt),
   };
 }
 

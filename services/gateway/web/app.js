@@ -4,7 +4,17 @@ import { ApiError, groupEventData, ImClient, isGroupEvent, newClientMsgId } from
 import { Attachments } from "./attachments.js";
 import { bindSearch } from "./search.js";
 import { PageSignals } from "./signals.js";
-import { $, renderList, renderMembers, renderMessages, renderStatus, title, unread } from "./view.js";
+import {
+  $,
+  isMuted,
+  renderList,
+  renderMembers,
+  renderMessages,
+  renderSettings,
+  renderStatus,
+  title,
+  unread,
+} from "./view.js";
 import { applyEvents, bindMessageActions } from "./edits.js";
 
 const PAGE = 50; // messages per history page
@@ -24,6 +34,8 @@ const blocked = new Set();
 let leaving = false; // a logout in progress: its "closed" is expected
 let activity = 0;
 const signals = new PageSignals(client, conversations, names, () => openId);
+/** A list position for activity now: wall-clock ms, like the gateway's last_activity_at. */
+const touch = () => (activity = Math.max(activity + 1, Date.now()));
 
 // ------------------------------------------------------------------ helpers
 
@@ -76,6 +88,8 @@ function conversation(id) {
       exhausted: false,
       loading: false,
       touched: 0,
+      pinned: false,
+      mutedUntil: 0,
     };
     conversations.set(id, conv);
     if (peerId) learnName(peerId);
@@ -98,6 +112,12 @@ function upsert(c) {
   conv.lastSeq = Math.max(conv.lastSeq, c.last_seq ?? 0);
   // unread already leaves out what came before we joined a group
   conv.readPoint = Math.max(conv.readPoint, (c.last_seq ?? 0) - (c.unread ?? 0));
+  if (c.settings) {
+    conv.pinned = c.settings.pinned;
+    conv.mutedUntil = c.settings.muted_until;
+  }
+  // The list comes in the gateway's order (pinned, then last activity): keep it.
+  if (c.last_activity_at) conv.touched = Math.max(conv.touched, c.last_activity_at);
   return conv;
 }
 
@@ -131,6 +151,7 @@ function redraw(mode) {
       : "Message (Enter sends, Shift+Enter for a new line)";
   }
   signals.render();
+  renderSettings(conv);
   document.title = [...conversations.values()].some(unread) ? "(new) IM chat" : "IM chat";
 }
 
@@ -166,7 +187,7 @@ client.on("message", (m) => {
   conv.messages.set(m.seq, m);
   applyEvents(conv, [m]);
   conv.lastSeq = Math.max(conv.lastSeq, m.seq);
-  conv.touched = ++activity;
+  conv.touched = touch();
   applyGroupEvent(conv, m);
   if (m.senderId === client.userId) {
     conv.pending.delete(m.clientMsgId); // it has its seq now
@@ -186,6 +207,14 @@ client.on("receipt", (r) => {
   } else {
     conv.reads.set(r.readerId, Math.max(conv.reads.get(r.readerId) ?? 0, r.readSeq));
   }
+  redraw("keep");
+});
+
+// Our own settings changed, here or on another device of ours.
+client.on("settings", (s) => {
+  const conv = conversation(s.conversationId);
+  conv.pinned = s.pinned;
+  conv.mutedUntil = s.mutedUntil;
   redraw("keep");
 });
 
@@ -362,7 +391,7 @@ function send() {
   /** @type {import("./view.js").Pending} */
   const pending = { cmid, text, status: "sending" };
   conv.pending.set(cmid, pending);
-  conv.touched = ++activity;
+  conv.touched = touch();
   redraw("bottom");
   // Offline, it waits in the SDK and goes out on the next connection.
   client.send(conv.id, text, { clientMsgId: cmid }).then(
@@ -426,6 +455,23 @@ function onSubmit(id, action) {
 /** @param {string} id */
 const value = (id) => /** @type {HTMLInputElement} */ ($(id)).value.trim();
 
+/**
+ * Change a setting of the open conversation; every device of ours follows.
+ * @param {(conv: import("./view.js").Conv) => object} changes
+ */
+async function changeSettings(changes) {
+  const conv = openId ? conversations.get(openId) : undefined;
+  if (!conv) return;
+  try {
+    const stored = await client.gateway.updateSettings(conv.id, changes(conv));
+    conv.pinned = stored.pinned;
+    conv.mutedUntil = stored.muted_until;
+    redraw("keep");
+  } catch (err) {
+    $("side-error").textContent = describe(err);
+  }
+}
+
 function bind() {
   $("login-form").addEventListener("submit", (event) => {
     event.preventDefault();
@@ -448,11 +494,16 @@ function bind() {
     const group = await client.gateway.createGroup(value("group-name"), ids);
     const conv = conversation(group.conversation_id);
     conv.name = group.name;
-    conv.touched = ++activity;
+    conv.touched = touch();
     form.reset();
     /** @type {HTMLDetailsElement} */ ($("new-group")).open = false;
     await openConversation(conv.id);
   });
+
+  $("pin").addEventListener("click", () => changeSettings((conv) => ({ pinned: !conv.pinned })));
+  $("mute").addEventListener("click", () =>
+    changeSettings((conv) => ({ mutedUntil: isMuted(conv) ? 0 : -1 })),
+  );
 
   onSubmit("add-member-form", async (form) => {
     if (!openId) return;

@@ -27,7 +27,12 @@ import { describeGroupEvent, isEvent, isGroupEvent } from "/sdk/im.js";
  * @property {boolean} loading
  * @property {number} touched for the list order: last activity
  * @property {boolean} [dissolved] a dissolved group: read-only
+ * @property {boolean} pinned listed first (our own setting, on every device of ours)
+ * @property {number} mutedUntil ms since the epoch; 0 not muted; -1 muted forever
  */
+
+/** @param {Conv} conv */
+export const isMuted = (conv) => conv.mutedUntil === -1 || conv.mutedUntil > Date.now();
 
 export const $ = (/** @type {string} */ id) => /** @type {HTMLElement} */ (document.getElementById(id));
 
@@ -49,11 +54,13 @@ export function title(conv, names) {
 }
 
 /**
- * The conversation list, most recent activity first.
+ * The conversation list: pinned first, then the most recent activity.
  * @param {Map<string, Conv>} conversations @param {string | null} openId @param {Map<number, string>} names
  */
 export function renderList(conversations, openId, names) {
-  const sorted = [...conversations.values()].sort((a, b) => b.touched - a.touched);
+  const sorted = [...conversations.values()].sort(
+    (a, b) => Number(b.pinned) - Number(a.pinned) || b.touched - a.touched,
+  );
   const items = sorted.map((conv) => {
     const count = unread(conv);
     const button = el(
@@ -61,11 +68,29 @@ export function renderList(conversations, openId, names) {
       { type: "button", "data-testid": "conversation", "data-id": conv.id },
       el("span", { class: "name" }, conv.kind === "group" ? `# ${title(conv, names)}` : title(conv, names)),
     );
+    if (conv.pinned) button.append(el("span", { class: "flag", "aria-label": "pinned" }, "📌"));
+    if (isMuted(conv)) button.append(el("span", { class: "flag", "aria-label": "muted" }, "🔕"));
+    button.dataset.pinned = String(conv.pinned);
+    button.dataset.muted = String(isMuted(conv));
     if (count) button.append(el("span", { class: "unread", "aria-label": `${count} unread` }, String(count)));
     if (conv.id === openId) button.setAttribute("aria-current", "true");
     return el("li", {}, button);
   });
   $("conversations").replaceChildren(...items);
+}
+
+/**
+ * The open conversation's pin and mute buttons, as our settings say.
+ * @param {Conv | undefined} conv
+ */
+export function renderSettings(conv) {
+  for (const id of ["pin", "mute"]) $(id).hidden = !conv;
+  if (!conv) return;
+  const muted = isMuted(conv);
+  $("pin").textContent = conv.pinned ? "Unpin" : "Pin";
+  $("pin").setAttribute("aria-pressed", String(conv.pinned));
+  $("mute").textContent = muted ? "Unmute" : "Mute";
+  $("mute").setAttribute("aria-pressed", String(muted));
 }
 
 /**

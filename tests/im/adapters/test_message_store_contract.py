@@ -309,6 +309,19 @@ async def test_last_seqs_for_several_conversations(case: Case) -> None:
     assert await s.last_seqs([case.conv("a")]) == {case.conv("a"): 6}
 
 
+async def test_last_activity_is_the_newest_messages_seq_and_time(case: Case) -> None:
+    s = case.store
+    await s.insert_many([case.msg(n, "a", n) for n in range(1, 4)])
+    await s.insert_many([case.msg(100, "b", 1)])
+    got = await s.last_activity([case.conv("a"), case.conv("b"), case.conv("none")])
+    assert got == {
+        case.conv("a"): (3, 1_800_000_000_003),
+        case.conv("b"): (1, 1_800_000_000_100),
+        case.conv("none"): (0, 0),
+    }
+    assert await s.last_activity([]) == {}
+
+
 async def test_healthy(case: Case) -> None:
     assert await case.store.healthy() is True
 

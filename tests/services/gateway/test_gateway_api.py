@@ -253,6 +253,9 @@ async def test_direct_conversation(suite: Suite) -> None:
         "read_seq": 0,
         "unread": 0,
         "dissolved": False,
+        # The list's own: the 1:1 answer carries neither.
+        "last_activity_at": 0,
+        "settings": None,
     }
     assert (await direct(suite, headers, bob_id))["conversation_id"] == conv["conversation_id"]
 
@@ -296,6 +299,15 @@ async def test_conversations_and_sync(suite: Suite) -> None:
         "read_seq": 0,
         "unread": 1,
         "dissolved": False,
+        "last_activity_at": by_id[gid]["last_activity_at"],
+        "settings": {
+            "muted": False,
+            "muted_until": 0,
+            "pinned": False,
+            "archived": False,
+            "name": "",
+            "updated_at": 0,
+        },
     }
 
     r = await suite.client.post(f"/v1/conversations/{cid}/read", json={"seq": 2}, headers=bob)
