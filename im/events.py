@@ -14,3 +14,8 @@ EDIT = "application/vnd.im.edit"
 
 def is_reserved(content_type: str) -> bool:
     return content_type.startswith(RESERVED_PREFIX)
+
+
+# Not an event: what a stored message becomes when an operator erased its body (its
+# sender's account was deleted with erase_messages). Body: empty.
+ERASED = "application/vnd.im.erased"

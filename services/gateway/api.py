@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from services.gateway import (
+    api_admin,
     api_auth,
     api_conversations,
     api_groups,
@@ -44,7 +45,15 @@ def create_app(
     app.state.gateway = gateway
     app.state.metrics = metrics = Metrics(registry)
     # This order is the order of the paths in openapi.json and the docs.
-    for module in (api_auth, api_users, api_conversations, api_groups, api_ops, api_sessions):
+    for module in (
+        api_auth,
+        api_users,
+        api_conversations,
+        api_groups,
+        api_ops,
+        api_sessions,
+        api_admin,
+    ):
         app.include_router(module.router)
     if metrics_on_api:
         app.include_router(api_ops.metrics_router)
@@ -69,10 +78,14 @@ def _add_guards(app: FastAPI, gateway: Gateway) -> None:
     """The body limit runs inside the metrics (413s are counted) and before anything
     reads the body: routing, authentication, parsing."""
     limit = gateway.settings.max_request_body_bytes
+    # The admin import carries thousands of users; it reads its body only after the
+    # admin token was checked (api_admin.py).
+    larger = {api_admin.IMPORT_PATH: gateway.settings.admin_import_max_bytes}
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=limit,
         refuse=lambda: problem(
             413, "payload_too_large", f"the request body is larger than {limit} bytes"
         ),
+        larger=larger,
     )

@@ -48,20 +48,28 @@ class BodyLimitMiddleware:
     the app then sees a disconnect, and whatever it answers goes nowhere.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, refuse: Callable[[], Response]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        refuse: Callable[[], Response],
+        larger: dict[str, int] | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.refuse = refuse
+        self.larger = larger or {}  # exact paths with a limit of their own
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.larger.get(scope.get("path", ""), self.max_bytes)
         declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
+        if declared is not None and declared > limit:
             await self._answer(scope, receive, send)
             return
-        await self._counted(scope, receive, send)
+        await self._counted(scope, receive, send, limit)
 
     async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = self.refuse()
@@ -69,7 +77,7 @@ class BodyLimitMiddleware:
         response.headers["Connection"] = "close"
         await response(scope, receive, send)
 
-    async def _counted(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _counted(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         received = 0
         refused = False
         started = False
@@ -81,7 +89,7 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > limit:
                     refused = True
                     if not started:
                         await self._answer(scope, receive, send)
