@@ -5,7 +5,7 @@ JSON object on stderr with exit status 1, so they compose with ``jq`` and script
 The commands live by group: ``servers`` (standalone, serve, cluster, db, config-doc,
 bench, with ``deadletters`` and ``certs``), ``messaging`` (register, send, listen),
 ``chat``, ``conversations`` (conversations, history, read), ``account`` (whoami,
-logout), ``groups`` (group ..., receipts).
+logout), ``groups`` (group ..., receipts), ``admin`` (admin ...: operators).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     gateway = gateway_parent()
 
-    from im.cli import account, chat, conversations, groups, messaging, servers
+    from im.cli import account, admin, chat, conversations, groups, messaging, servers
 
     servers.register(sub)
     messaging.register(sub, gateway)  # register, send, listen
@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     conversations.register(sub, gateway)  # conversations, history, read
     account.register(sub, gateway)  # whoami, logout
     groups.register(sub, account_parent(gateway, "group"))  # group ..., receipts
+    admin.register(sub, gateway)  # admin ... (operators, with an admin token)
     return parser
 
 
