@@ -79,7 +79,7 @@ USER 10001:10001
 
 # gateway http, user/group/connector/router gRPC, connector client TCP and WebSocket,
 # gateway metrics (internal)
-EXPOSE 8080 50051 50052 50053 50060 7070 7071 9464
+EXPOSE 8080 50050 50051 50052 50053 50060 7070 7071 9464
 
 # imctl is PID 1 and handles SIGTERM itself (graceful stop; connectors drain).
 ENTRYPOINT ["imctl"]

@@ -161,6 +161,7 @@ class Cluster:
                     **shared,
                     "IM_GATEWAY_PORT": str(gateway_port),
                     "IM_GATEWAY_METRICS_PORT": str(self._port(9464)),
+                    "IM_ADMIN_GRPC_PORT": str(self._port(50050)),  # with an admin token
                 },
                 self.log_dir / "gateway.log",
             )

@@ -92,11 +92,16 @@ class AdminTokens:
         if settings.admin_token:
             tokens.append((DEFAULT_NAME, settings.admin_token))
         if settings.admin_token_file:
-            try:
-                text = Path(settings.admin_token_file).read_text()
-            except OSError as exc:
-                raise AdminConfigError(f"cannot read IM_ADMIN_TOKEN_FILE: {exc}") from exc
-            tokens += parse_token_lines(text)
+            path = Path(settings.admin_token_file)
+            if not path.exists():
+                # An optional Secret that was not created (Kubernetes): the API is off.
+                audit_log.warning("admin token file %s does not exist: admin API off", path)
+            else:
+                try:
+                    text = path.read_text()
+                except OSError as exc:
+                    raise AdminConfigError(f"cannot read IM_ADMIN_TOKEN_FILE: {exc}") from exc
+                tokens += parse_token_lines(text)
         return cls(tokens)
 
     @property

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests.e2e.harness import RunningSuite, start_cluster, start_suite, stop_cluster, stop_suite
+from tests.e2e.helpers import ADMIN_TOKEN
 
 
 @pytest.fixture(scope="session")
@@ -17,6 +18,7 @@ def suite(tmp_path_factory) -> RunningSuite:
         tmp_path_factory.mktemp("suite"),
         heartbeat_interval="1.0",
         retransmit_timeout="0.5",
+        admin_token=ADMIN_TOKEN,  # the admin API (tests/e2e/test_admin.py)
     )
     yield running
     code = stop_suite(running)
@@ -25,7 +27,7 @@ def suite(tmp_path_factory) -> RunningSuite:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, real_server):
-    running = start_cluster(tmp_path_factory, real_server)
+    running = start_cluster(tmp_path_factory, real_server, admin_token=ADMIN_TOKEN)
     yield running
     stop_cluster(running)
 
