@@ -9,6 +9,8 @@ erases message bodies in the message store. Errors leave as ``ApiError``.
 
 from __future__ import annotations
 
+import logging
+
 import grpc
 
 from im.config import Settings
@@ -16,8 +18,10 @@ from im.ports import MessageStore
 from im.v1 import admin_pb2, admin_pb2_grpc, wire_pb2
 from services.gateway.assignment import ConnectorAssigner
 from services.gateway.calls import Calls
-from services.gateway.errors import rpc_error
+from services.gateway.errors import ApiError, rpc_error
 from services.gateway.sessions import Sessions
+
+log = logging.getLogger("im.gateway")
 
 # Imports hash plain passwords (slow) and insert thousands of rows: more time than
 # the usual call's.
@@ -56,7 +60,12 @@ class AdminOps:
         (also those of tokens whose session had ended before). Returns how many
         sessions ended."""
         await self._sessions.end(list(change.revoked), _REVOKED)
-        await self._connectors.kick_user(change.user.user_id, _REVOKED)
+        try:
+            await self._connectors.kick_user(change.user.user_id, _REVOKED)
+        except ApiError as exc:
+            # Presence is down, so no connector can be named; the tokens are revoked
+            # already and every connector refuses them at the next Auth.
+            log.warning("could not kick user %d: %s", change.user.user_id, exc.detail)
         return len(change.revoked)
 
     async def disable(self, user_id: int) -> admin_pb2.AdminUserResponse:
