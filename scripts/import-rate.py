@@ -29,6 +29,7 @@ def main() -> int:
     parser.add_argument("count", type=int, help="users to import")
     parser.add_argument("--gateway", default="http://127.0.0.1:8080")
     parser.add_argument("--chunk", type=int, default=5000, help="users per request")
+    parser.add_argument("--concurrency", type=int, default=2, help="requests in flight")
     parser.add_argument("--password", default="imported-pass-1", help="every user's password")
     args = parser.parse_args()
     hashed = password_hasher(Settings()).hash(args.password)
@@ -41,7 +42,8 @@ def main() -> int:
                 out.write("\n")
         imctl = Path(sys.executable).with_name("imctl")
         command = [str(imctl), "--gateway", args.gateway, "admin", "import", str(path)]
-        return subprocess.call([*command, "--chunk", str(args.chunk)])
+        options = ["--chunk", str(args.chunk), "--concurrency", str(args.concurrency)]
+        return subprocess.call([*command, *options])
 
 
 if __name__ == "__main__":

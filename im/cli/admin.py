@@ -110,7 +110,7 @@ async def _import(args: argparse.Namespace) -> int:
     users = list(read_users(args.file, args.format))
     started = time.perf_counter()
     async with _client(args) as admin:
-        result = await admin.import_users(users, chunk=args.chunk)
+        result = await admin.import_users(users, chunk=args.chunk, concurrency=args.concurrency)
     seconds = time.perf_counter() - started
     for error in result["errors"]:
         print_json({"not_imported": error})
@@ -223,3 +223,9 @@ def register(sub: argparse._SubParsersAction, gateway: argparse.ArgumentParser) 
         help="auto: csv for *.csv, else JSON lines",
     )
     p.add_argument("--chunk", type=int, default=5000, help="users per request (max 10000)")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=2,
+        help="requests in flight (1: in file order, so a repeat is always the later row)",
+    )

@@ -10,6 +10,7 @@ Answers are the gateway's JSON dicts; failures raise ``ApiError`` as GatewayClie
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from typing import Any
 
@@ -20,6 +21,7 @@ from im.client.gateway import _problem
 from im.client.transports import tls_context
 
 IMPORT_CHUNK = 5000  # users per import request (the gateway takes up to 10,000)
+IMPORT_CONCURRENCY = 2  # requests in flight
 
 
 class AdminClient:
@@ -118,30 +120,34 @@ class AdminClient:
         return await self._call("GET", f"/v1/admin/users/{int(user_id)}/sessions")
 
     async def import_users(
-        self, users: Iterable[dict[str, Any]], chunk: int = IMPORT_CHUNK
+        self,
+        users: Iterable[dict[str, Any]],
+        chunk: int = IMPORT_CHUNK,
+        concurrency: int = IMPORT_CONCURRENCY,
     ) -> dict[str, Any]:
         """Imports ``users`` ({username, display_name?, password_hash? | password?}) in
-        requests of ``chunk``; returns {imported, users, errors} over all of them, with
-        each ``index`` counted from the start of ``users``."""
-        total: dict[str, Any] = {"imported": 0, "users": [], "errors": []}
-        batch: list[dict[str, Any]] = []
-        offset = 0
+        requests of ``chunk``, ``concurrency`` at a time (the gateway parses one while
+        the database writes another); returns {imported, users, errors} over all of
+        them, each ``index`` counted from the start of ``users``. A failed request
+        raises; what the others imported stays (run the import again: the users already
+        there come back as ``username_taken``)."""
+        rows = list(users)
+        gate = asyncio.Semaphore(max(1, concurrency))
 
-        async def send() -> None:
-            nonlocal offset
-            result = await self._call("POST", "/v1/admin/users/import", json_body={"users": batch})
-            total["imported"] += result["imported"]
+        async def send(offset: int) -> dict[str, Any]:
+            async with gate:
+                batch = rows[offset : offset + chunk]
+                result = await self._call(
+                    "POST", "/v1/admin/users/import", json_body={"users": batch}
+                )
             for key in ("users", "errors"):
                 for row in result[key]:
                     row["index"] += offset
-                    total[key].append(row)
-            offset += len(batch)
-            batch.clear()
+            return result
 
-        for user in users:
-            batch.append(user)
-            if len(batch) >= chunk:
-                await send()
-        if batch:
-            await send()
-        return total
+        results = await asyncio.gather(*(send(o) for o in range(0, len(rows), max(1, chunk))))
+        return {
+            "imported": sum(r["imported"] for r in results),
+            "users": [u for r in results for u in r["users"]],
+            "errors": [e for r in results for e in r["errors"]],
+        }

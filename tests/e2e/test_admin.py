@@ -84,8 +84,9 @@ async def test_bulk_import_then_login(target):
     users = [{"username": f"{prefix}_{i}", "password_hash": hashed} for i in range(300)]
     users.append({"username": f"{prefix}_7", "password_hash": hashed})  # repeated
     async with admin_of(target) as admin:
-        # Two requests: the repeat comes in the second, when the name is taken.
-        result = await admin.import_users(users, chunk=200)
+        # Two requests, one after the other: the repeat comes in the second, when the
+        # name is taken.
+        result = await admin.import_users(users, chunk=200, concurrency=1)
     assert result["imported"] == 300
     assert [(e["index"], e["code"]) for e in result["errors"]] == [(300, "username_taken")]
     client = ImClient(target.gateway)

@@ -87,3 +87,16 @@ async def test_refusals_are_problems_on_stderr(
     assert code == 1 and lines[0]["status"] == 401
     code, lines = await imctl(suite, capsys, "disable", "nobody")
     assert code == 1 and lines[0]["status"] == 404
+
+
+async def test_the_client_imports_in_concurrent_chunks_and_counts_from_the_start(
+    suite: Suite,
+) -> None:
+    from im.client import AdminClient
+
+    rows = [{"username": f"chunk{i}"} for i in range(25)] + [{"username": "x"}]
+    async with AdminClient(str(suite.client.base_url), TOKEN) as admin:
+        result = await admin.import_users(rows, chunk=10, concurrency=3)
+    assert result["imported"] == 25
+    assert sorted(u["index"] for u in result["users"]) == list(range(25))
+    assert [(e["index"], e["code"]) for e in result["errors"]] == [(25, "invalid")]
