@@ -56,10 +56,10 @@ class AdminOps:
         return await self._calls.rpc(call, request, _OVERRIDES)
 
     async def _end(self, change: admin_pb2.UserChange) -> int:
-        """Revokes the ended sessions' tokens, then kicks every socket of the user
-        (also those of tokens whose session had ended before). Returns how many
-        sessions ended."""
-        await self._sessions.end(list(change.revoked), _REVOKED)
+        """Revokes the ended sessions' tokens (and again those revoked before: a
+        repeated operation completes a revocation that failed), then kicks every
+        socket of the user. Returns how many sessions ended now."""
+        await self._sessions.end([*change.revoked, *change.revoked_before], _REVOKED)
         try:
             await self._connectors.kick_user(change.user.user_id, _REVOKED)
         except ApiError as exc:

@@ -17,10 +17,9 @@ from argon2 import PasswordHasher
 from sqlalchemy.engine import Engine
 
 from im.clock import Clock
-from im.db import SessionRow, UserRow
 from im.sqlservice import ServiceError, rpc_errors
 from im.v1 import admin_pb2, admin_pb2_grpc
-from services.user.admin_store import AdminTable
+from services.user.admin_store import AdminTable, Ended
 from services.user.importer import (
     MAX_IMPORT_USERS,
     Candidate,
@@ -45,11 +44,13 @@ GENERATED_PASSWORD_BYTES = 15  # 20 URL-safe characters, 120 random bits
 Hashing = Callable[..., Awaitable[Any]]  # UserServicer.hashing: (fn, *args) on its pool
 
 
-def _change(row: UserRow, revoked: list[SessionRow], generated: str = "") -> admin_pb2.UserChange:
+def _change(ended: Ended, generated: str = "") -> admin_pb2.UserChange:
+    row, revoked, earlier = ended
     return admin_pb2.UserChange(
         user=to_user(row),
         revoked=[session_pb(r) for r in revoked],
         generated_password=generated,
+        revoked_before=[session_pb(r) for r in earlier],
     )
 
 
@@ -73,13 +74,13 @@ class UserAdminServicer(admin_pb2_grpc.UserAdminServiceServicer):
     async def SetDisabled(
         self, request: admin_pb2.SetUserDisabledRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.UserChange:
-        row, revoked = await asyncio.to_thread(
+        ended = await asyncio.to_thread(
             self._table.set_disabled,
             _user_id(request.user_id),
             request.disabled,
             self._clock.wall_ms(),
         )
-        return _change(row, revoked)
+        return _change(ended)
 
     @_rpc
     async def ResetPassword(
@@ -95,19 +96,19 @@ class UserAdminServicer(admin_pb2_grpc.UserAdminServiceServicer):
                 f"password must be {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters",
             )
         password_hash = await self._hashing(self._hasher.hash, password)
-        row, revoked = await asyncio.to_thread(
+        ended = await asyncio.to_thread(
             self._table.set_password, user_id, password_hash, self._clock.wall_ms()
         )
-        return _change(row, revoked, generated)
+        return _change(ended, generated)
 
     @_rpc
     async def DeleteUser(
         self, request: admin_pb2.AdminUserRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.UserChange:
-        row, revoked = await asyncio.to_thread(
+        ended = await asyncio.to_thread(
             self._table.delete, _user_id(request.user_id), self._clock.wall_ms()
         )
-        return _change(row, revoked)
+        return _change(ended)
 
     @_rpc
     async def ListSessions(

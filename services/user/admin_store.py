@@ -21,6 +21,8 @@ from im.sqlservice import ServiceError
 from services.user.sessions import SessionTable
 
 DELETED_DISPLAY_NAME = "Deleted user"
+# The user as changed, the sessions revoked now, and those revoked before.
+Ended = tuple[UserRow, list[SessionRow], list[SessionRow]]
 
 
 def deleted_username(user_id: int) -> str:
@@ -47,6 +49,20 @@ def _revoke_all(db: Session, user_id: int, now: int) -> list[SessionRow]:
     return SessionTable.revoke_where(db, now, SessionRow.user_id == user_id)
 
 
+def revoked_before(db: Session, user_id: int, now: int) -> list[SessionRow]:
+    """The user's sessions revoked earlier whose refresh tokens had not expired: their
+    access tokens may still be live if their revocation did not reach the store."""
+    return list(
+        db.scalars(
+            select(SessionRow).where(
+                SessionRow.user_id == user_id,
+                SessionRow.revoked_at.is_not(None),
+                SessionRow.expires_at > now,
+            )
+        )
+    )
+
+
 class AdminTable:
     def __init__(self, engine: Engine) -> None:
         if engine.dialect.name != "sqlite":
@@ -55,31 +71,31 @@ class AdminTable:
         self._engine = engine
 
     @retry_transaction
-    def set_disabled(
-        self, user_id: int, disabled: bool, now: int
-    ) -> tuple[UserRow, list[SessionRow]]:
+    def set_disabled(self, user_id: int, disabled: bool, now: int) -> Ended:
         """Disabling revokes every open session of the user in the same transaction."""
         with Session(self._engine, expire_on_commit=False) as db, db.begin():
             row = _locked_user(db, user_id)
             if not disabled:
                 _not_deleted(row, "enable it")
-            row.disabled = disabled
-            revoked = _revoke_all(db, user_id, now) if disabled else []
-        return row, revoked
+                row.disabled = False
+                return row, [], []
+            row.disabled = True
+            earlier = revoked_before(db, user_id, now)
+            revoked = _revoke_all(db, user_id, now)
+        return row, revoked, earlier
 
     @retry_transaction
-    def set_password(
-        self, user_id: int, password_hash: str, now: int
-    ) -> tuple[UserRow, list[SessionRow]]:
+    def set_password(self, user_id: int, password_hash: str, now: int) -> Ended:
         with Session(self._engine, expire_on_commit=False) as db, db.begin():
             row = _locked_user(db, user_id)
             _not_deleted(row, "set a password")
             row.password_hash = password_hash
+            earlier = revoked_before(db, user_id, now)
             revoked = _revoke_all(db, user_id, now)
-        return row, revoked
+        return row, revoked, earlier
 
     @retry_transaction
-    def delete(self, user_id: int, now: int) -> tuple[UserRow, list[SessionRow]]:
+    def delete(self, user_id: int, now: int) -> Ended:
         """Renames the user, removes its password and disables it; the row stays, so
         its messages still name a user (shown as deleted)."""
         with Session(self._engine, expire_on_commit=False) as db, db.begin():
@@ -90,8 +106,9 @@ class AdminTable:
             row.disabled = True
             if row.deleted_at is None:
                 row.deleted_at = now
+            earlier = revoked_before(db, user_id, now)
             revoked = _revoke_all(db, user_id, now)
-        return row, revoked
+        return row, revoked, earlier
 
     def open_sessions(self, user_id: int, now: int) -> tuple[UserRow, Sequence[SessionRow]]:
         with Session(self._engine, expire_on_commit=False) as db:

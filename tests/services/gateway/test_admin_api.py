@@ -194,3 +194,26 @@ async def test_import_reports_duplicates_and_imports_the_others(suite: Suite) ->
     assert_problem(bad, 422, "invalid_request")
     r = await suite.client.post("/v1/admin/users/import", json={"users": users})
     assert_problem(r, 401, "unauthorized")
+
+
+async def test_disabling_again_completes_a_revocation_the_store_missed(suite: Suite) -> None:
+    user_id = await suite.register("fay")
+    login = await suite.login("fay")
+    real = suite.backends.sessions
+
+    class Down:
+        async def revoke(self, session_id: str, ttl: float) -> None:
+            raise ConnectionError("revocation store down")
+
+        async def is_revoked(self, session_id: str) -> bool:
+            return await real.is_revoked(session_id)
+
+    suite.backends.sessions = Down()  # type: ignore[assignment]
+    r = await suite.client.post(f"/v1/admin/users/{user_id}/disable", headers=ADMIN)
+    assert_problem(r, 503, "unavailable")
+    suite.backends.sessions = real
+    # The table says disabled, but the access token still works: run it again.
+    assert (await suite.client.get("/v1/users/me", headers=bearer(login))).status_code == 200
+    r = await suite.client.post(f"/v1/admin/users/{user_id}/disable", headers=ADMIN)
+    assert r.status_code == 200 and r.json()["sessions_ended"] == 0
+    assert (await suite.client.get("/v1/users/me", headers=bearer(login))).status_code == 401
