@@ -77,9 +77,9 @@ ENV VIRTUAL_ENV=/opt/venv \
 WORKDIR /home/im
 USER 10001:10001
 
-# gateway http, user/group/connector/router/gateway gRPC, connector client TCP and
-# WebSocket, gateway metrics (internal)
-EXPOSE 8080 50051 50052 50053 50060 50070 7070 7071 9464
+# gateway http, user/group/connector/router gRPC, gateway MessageService and admin
+# gRPC, connector client TCP and WebSocket, gateway metrics (internal)
+EXPOSE 8080 50050 50051 50052 50053 50060 50070 7070 7071 9464
 
 # imctl is PID 1 and handles SIGTERM itself (graceful stop; connectors drain).
 ENTRYPOINT ["imctl"]

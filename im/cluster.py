@@ -164,6 +164,7 @@ class Cluster:
                     "IM_GATEWAY_PORT": str(gateway_port),
                     "IM_GATEWAY_GRPC_PORT": str(gateway_grpc_port),
                     "IM_GATEWAY_METRICS_PORT": str(self._port(9464)),
+                    "IM_ADMIN_GRPC_PORT": str(self._port(50050)),  # with an admin token
                 },
                 self.log_dir / "gateway.log",
             )

@@ -300,6 +300,37 @@ class Settings(BaseSettings):
         "lifetime (an idle session ends after this long).",
     )
 
+    # --- admin API (operators) -------------------------------------------------------
+    admin_token: str = Field(
+        "",
+        repr=False,  # a secret: never in a log line or traceback
+        description="Secret token of the admin API (`/v1/admin`, and the gateway's "
+        "AdminService on admin_grpc_port): `Authorization: Bearer <token>`, at least 32 "
+        "characters. Empty (and no admin_token_file): the admin API is off.",
+    )
+    admin_token_file: str = Field(
+        "",
+        description="File of admin tokens, one per line, `name:token` or just `token` "
+        "(named `admin`); several lines let a new token be rolled out before the old one "
+        "is removed. The name is the operator in the audit log. Read at start-up.",
+    )
+    admin_grpc_port: int = Field(
+        50050,
+        description="Internal port (at internal_host, mutual TLS) where the gateway serves "
+        "the admin gRPC API (im.v1.AdminService) while an admin token is configured.",
+    )
+    admin_failures_per_address: int = Field(
+        10,
+        description="Requests with a wrong admin token from one client address before that "
+        "address must wait (exponential backoff, as for failed logins). 0 disables.",
+    )
+    admin_import_max_bytes: int = Field(
+        8 * 1024 * 1024,
+        gt=0,
+        description="Largest body of `POST /v1/admin/users/import` (read only after the "
+        "admin token was checked); every other request keeps max_request_body_bytes.",
+    )
+
     # --- HTTP request limits and surfaces ------------------------------------------
     max_request_body_bytes: int = Field(
         65536,

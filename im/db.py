@@ -58,6 +58,12 @@ class UserRow(Base):
     display_name: Mapped[str] = mapped_column(String(128), nullable=False, default="")
     password_hash: Mapped[str] = mapped_column(String(255), nullable=False)
     created_at: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    # Set by an admin (docs/rest-api.md, "Admin"): a disabled user cannot log in or
+    # open a session; a deleted one (deleted_at, ms) is renamed and has no password.
+    disabled: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=false()
+    )
+    deleted_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class PresenceRow(Base):
@@ -92,6 +98,8 @@ class SessionRow(Base):
     created_at: Mapped[int] = mapped_column(BigInteger, nullable=False)
     expires_at: Mapped[int] = mapped_column(BigInteger, nullable=False)
     revoked_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # The login or the last refresh (ms): what an admin's session list shows.
+    last_seen_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class ConversationRow(Base):

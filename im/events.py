@@ -34,3 +34,8 @@ GROUP_DISSOLVED = GROUP_EVENT_PREFIX + "dissolved"  # actor_id
 
 def is_group_event(content_type: str) -> bool:
     return content_type.startswith(GROUP_EVENT_PREFIX)
+
+
+# Not an event: what a stored message becomes when an operator erased its body (its
+# sender's account was deleted with erase_messages). Body: empty.
+ERASED = "application/vnd.im.erased"

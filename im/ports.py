@@ -178,6 +178,13 @@ class MessageStore(Protocol):
         """
         ...
 
+    async def erase_sender(self, sender_id: int) -> int:
+        """Erase the bodies of every stored message of ``sender_id`` (an admin deleted
+        the account with erase): body empty, content type ``im.events.ERASED``; ids,
+        seqs and timestamps stay, so histories keep no gap. Returns how many messages
+        were erased now (those erased before are not counted again). Safe to repeat."""
+        ...
+
     async def healthy(self) -> bool: ...
 
     async def close(self) -> None: ...

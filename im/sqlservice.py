@@ -105,6 +105,11 @@ class SqlGrpcService:
     def make_servicer(self, settings: Settings, engine: Engine) -> Any:
         raise NotImplementedError
 
+    def more_servicers(self, engine: Engine) -> list[tuple[Callable[[Any, Any], None], Any, str]]:
+        """Further (register, servicer, service name) on the same server, made after
+        ``make_servicer``; none by default."""
+        return []
+
     async def start(self) -> None:
         s = self.settings
         self._engine = await asyncio.to_thread(
@@ -115,6 +120,8 @@ class SqlGrpcService:
             s, self.port_setting, interceptors=[self.metrics.grpc_server()]
         )
         self._server.add(type(self).register, self._servicer, self.service_name)
+        for register, servicer, name in self.more_servicers(self._engine):
+            self._server.add(register, servicer, name)
         self.port = await self._server.start()
         self._watch = asyncio.get_running_loop().create_task(self._watch_database())
         self.log.info("%s service: grpc %s", self.name, self.endpoints()["grpc"])

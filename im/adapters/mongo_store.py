@@ -46,6 +46,7 @@ from pymongo.errors import BulkWriteError, PyMongoError
 from im.adapters import event_plan
 from im.adapters.mongo_events import target_of, writes_of
 from im.adapters.mongo_search import MongoSearch, search_fields
+from im.events import ERASED
 from im.ports import AlreadyStored, BackendUnavailable, DeadLetter, RecordRejected, SeqConflict
 from im.v1 import wire_pb2
 
@@ -384,6 +385,15 @@ class MongoMessageStore:
                 ):
                     raise
                 # Only duplicates: those letters are stored already, as they stand.
+
+    async def erase_sender(self, sender_id: int) -> int:
+        with _store_errors():
+            await self._ready()
+            result = await self._messages.update_many(
+                {"sender_id": Int64(sender_id), "content_type": {"$ne": ERASED}},
+                {"$set": {"body": b"", "content_type": ERASED}},
+            )
+        return int(result.modified_count)
 
     # ------------------------------------------------------------------- reads
 

@@ -28,7 +28,7 @@ from im.db import (
     create_schema,
     make_engine,
 )
-from im.events import EDIT
+from im.events import EDIT, ERASED
 from im.ports import AlreadyStored, BackendUnavailable, DeadLetter, RecordRejected, SeqConflict
 from im.v1 import wire_pb2
 
@@ -44,6 +44,7 @@ _MYSQL_TIMEOUTS = {"connect_timeout": "5", "read_timeout": "30", "write_timeout"
 _ROW_ERRORS = (DataError, OverflowError, ValueError)
 
 T = TypeVar("T")
+ERASE_PAGE = 1000  # messages per transaction of erase_sender
 
 
 def _to_row(m: wire_pb2.Message) -> dict[str, Any]:
@@ -272,6 +273,38 @@ class SqlMessageStore:
             except IntegrityError:
                 if attempt == 1:
                     raise
+
+    async def erase_sender(self, sender_id: int) -> int:
+        erased = 0
+        after = -1
+        while True:
+            # Page by primary key: each UPDATE locks only the rows it names, so the
+            # router's inserts never wait behind a scan of the whole table.
+            count, after = await self._run(self._erase_page, sender_id, after)
+            erased += count
+            if after < 0:
+                return erased
+
+    def _erase_page(self, sender_id: int, after: int) -> tuple[int, int]:
+        """Erases the next ERASE_PAGE messages of the sender with msg_id > after;
+        returns (how many changed, the last msg_id seen or -1 at the end)."""
+        with self._engine.begin() as connection:
+            ids = list(
+                connection.scalars(
+                    select(MessageRow.msg_id)
+                    .where(MessageRow.sender_id == sender_id, MessageRow.msg_id > after)
+                    .order_by(MessageRow.msg_id)
+                    .limit(ERASE_PAGE)
+                )
+            )
+            if not ids:
+                return 0, -1
+            changed = connection.execute(
+                update(MessageRow)
+                .where(MessageRow.msg_id.in_(ids), MessageRow.content_type != ERASED)
+                .values(body=b"", content_type=ERASED)
+            ).rowcount
+        return changed, ids[-1]
 
     # ------------------------------------------------------------------- reads
 

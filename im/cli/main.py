@@ -9,7 +9,7 @@ bench, with ``deadletters`` and ``certs``), ``messaging`` (register, send, liste
 read), ``presence`` (presence, presence-visibility), ``privacy`` (block, unblock,
 blocks, privacy), ``search``, ``conv_settings`` (conv-settings),
 ``account`` (whoami, logout), ``groups`` (group ...,
-receipts).
+receipts), ``admin`` (admin ...: operators).
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from im.cli import (
         account,
+        admin,
         chat,
         conv_settings,
         conversations,
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     account.register(sub, gateway)  # whoami, logout
     privacy.register(sub, gateway)  # block, unblock, blocks, privacy
     groups.register(sub, account_parent(gateway, "group"))  # group ..., receipts
+    admin.register(sub, gateway)  # admin ... (operators, with an admin token)
     return parser
 
 

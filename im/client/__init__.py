@@ -1,5 +1,6 @@
 """Python client of the IM suite: gateway REST client, connector socket, high-level session."""
 
+from im.client.admin import AdminClient
 from im.client.connection import Connection, Event, SeenIds, Transport
 from im.client.errors import (
     ApiError,
@@ -28,6 +29,7 @@ from im.client.reconnect import Reconnected, Reconnecting, ReconnectPolicy
 from im.client.session import ImClient
 
 __all__ = [
+    "AdminClient",
     "ApiError",
     "AuthError",
     "ClientError",

@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from services.gateway import (
+    api_admin,
     api_attachments,
     api_auth,
     api_conversations,
@@ -65,6 +66,7 @@ def create_app(
         api_groups,
         api_ops,
         api_sessions,
+        api_admin,
     ):
         app.include_router(module.router)
     if metrics_on_api:
@@ -104,6 +106,12 @@ def _add_guards(app: FastAPI, gateway: Gateway) -> None:
                 lambda: problem(
                     413, "payload_too_large", f"the attachment is larger than {upload} bytes"
                 ),
-            )
+            ),
+            # The admin import carries thousands of users; it reads its body only after
+            # the admin token was checked (api_admin.py).
+            api_admin.IMPORT_PATH: (
+                gateway.settings.admin_import_max_bytes,
+                lambda: problem(413, "payload_too_large", "the import body is too large"),
+            ),
         },
     )

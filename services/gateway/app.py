@@ -20,6 +20,7 @@ from im.listeners import ListenError
 from im.metrics import MetricsRegistry, MetricsServer
 from im.ports import AttachmentStore, Backends, MessageStore
 from im.tls import public_files
+from services.gateway.admin_grpc import AdminServicer, admin_server
 from services.gateway.api import create_app
 from services.gateway.grpc_api import message_server
 from services.gateway.service import TOKEN_LEEWAY, Gateway
@@ -63,6 +64,7 @@ class GatewayService:
         self._port = 0
         self._metrics: MetricsServer | None = None
         self._grpc: GrpcServer | None = None
+        self._admin: GrpcServer | None = None
 
     async def start(self) -> None:
         host, port = self._settings.host, self._settings.gateway_port
@@ -110,9 +112,23 @@ class GatewayService:
                 await self._close_after_failure()
                 raise RuntimeError(f"gateway HTTP server did not start: {error!r}")
             await asyncio.sleep(0.01)
-        log.info("gateway listening on %s", self.endpoints()["http"])
         if self._metrics is not None:
             await self._metrics.start()
+        await self._start_admin()
+        log.info("gateway listening on %s", self.endpoints()["http"])
+
+    async def _start_admin(self) -> None:
+        """The AdminService's internal gRPC server, only while an admin token is set."""
+        if not self.gateway.admin_guard.tokens.enabled:
+            return
+        servicer = AdminServicer(self.gateway.admin, self.gateway.admin_guard)
+        self._admin = admin_server(self._settings, servicer)
+        try:
+            await self._admin.start()
+        except BaseException:
+            self._admin = None
+            await self.stop()
+            raise
 
     async def _start_grpc(self) -> None:
         """MessageService.Send for internal callers (a taken port is a ListenError)."""
@@ -148,6 +164,9 @@ class GatewayService:
             await grpc_server.stop(grace)
 
     async def stop(self) -> None:
+        if self._admin is not None:
+            await self._admin.stop(1.0)
+            self._admin = None
         if self._metrics is not None:
             await self._metrics.stop()
         if self._server is not None and self._task is not None:
@@ -180,6 +199,8 @@ class GatewayService:
             endpoints["grpc"] = f"{self._settings.internal_public_host()}:{self._grpc.port}"
         if self._metrics is not None and self._metrics.port:
             endpoints["metrics"] = self._metrics.url()
+        if self._admin is not None and self._admin.port:
+            endpoints["admin_grpc"] = f"{self._settings.internal_public_host()}:{self._admin.port}"
         return endpoints
 
 

@@ -195,3 +195,32 @@ class ConnectorAssigner:
             # A dead address must not keep a channel around forever.
             await self._connector_pool.drop(info.grpc_addr)
             raise
+
+    async def kick_user(self, user_id: int, reason: int) -> int:
+        """Kicks every socket of the user on every connector presence names (an admin
+        disabled or deleted the account); returns how many connectors were asked.
+        Best effort per connector: the sessions are revoked already, so a connector
+        that misses the kick refuses them at the next Auth."""
+        routes = await self._calls.backend("presence", self._backends.presence.routes([user_id]))
+        on = {route.connector_id for route in routes.get(user_id, [])}
+        if not on:
+            return 0
+        connectors = await self._backends.registry.connectors()
+        request = connector_pb2.KickRequest(user_id=user_id, reason=reason)  # every device
+        asked = 0
+        for info in connectors:
+            if info.connector_id not in on:
+                continue
+            stub = connector_pb2_grpc.ConnectorServiceStub(self._connector_pool.get(info.grpc_addr))
+            try:
+                await stub.Kick(request, timeout=KICK_TIMEOUT)
+                asked += 1
+            except grpc.aio.AioRpcError as exc:
+                await self._connector_pool.drop(info.grpc_addr)
+                log.warning("kick of user %d at %s failed: %s", user_id, info.connector_id, exc)
+        return asked
+
+    async def device_connectors(self, user_id: int) -> dict[str, str]:
+        """device id -> the connector holding its socket, for the user's online devices."""
+        routes = await self._calls.backend("presence", self._backends.presence.routes([user_id]))
+        return {route.device_id: route.connector_id for route in routes.get(user_id, [])}

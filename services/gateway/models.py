@@ -81,6 +81,11 @@ class UserOut(BaseModel):
     username: str = Field(description="Login name.")
     display_name: str = Field(description="Name shown to others.")
     created_at: int = Field(description="Registration time, milliseconds since the epoch.")
+    deleted: bool = Field(
+        False,
+        description="The account was deleted by an admin: its username and display name "
+        "were replaced; its messages are kept (or their bodies erased).",
+    )
 
 
 class UserView(UserOut):
@@ -278,6 +283,7 @@ def user_out(u: user_pb2.User) -> UserOut:
         username=u.username,
         display_name=u.display_name,
         created_at=u.created_at,
+        deleted=u.deleted,
     )
 
 

@@ -17,6 +17,8 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TypeVar
 
+import grpc
+
 from im.auth import Claims, TokenError, TokenIssuer, TokenVerifier
 from im.clock import Clock, SystemClock
 from im.config import Settings
@@ -24,7 +26,9 @@ from im.grpcutil import ChannelPool
 from im.ids import NODE_IDS, MsgIdGenerator
 from im.ports import AttachmentStore, Backends, ConnectorInfo, MessageStore
 from im.sending import ServerSender
-from im.v1 import group_pb2_grpc, user_pb2, user_pb2_grpc
+from im.v1 import admin_pb2_grpc, group_pb2_grpc, user_pb2, user_pb2_grpc
+from services.gateway.admin import AdminOps
+from services.gateway.admin_auth import AdminGuard, AdminTokens
 from services.gateway.assignment import ConnectorAssigner, ConnectorProber
 from services.gateway.attachments import AttachmentOps
 from services.gateway.calls import Calls
@@ -46,6 +50,8 @@ from services.gateway.sessions import Issued, RefreshRefused, Sessions
 T = TypeVar("T")
 
 RPC_TIMEOUT = 5.0  # every call to user/group
+# The user service answers a right password of a disabled account so.
+_DISABLED = {grpc.StatusCode.PERMISSION_DENIED: (403, "account_disabled")}
 TOKEN_LEEWAY = 5.0  # clock skew accepted when verifying tokens
 
 
@@ -143,6 +149,17 @@ class Gateway:
             backends,
             self._connector_pool,
         )
+
+        # The operators' API (admin.py): its own credentials (admin_auth.py).
+        self.admin = AdminOps(
+            settings, None, self._calls, self.sessions, self._connectors, message_store
+        )
+        self.admin_guard = AdminGuard(
+            settings,
+            AdminTokens.from_settings(settings),
+            lambda: self._backends.rate_limits,
+            self._calls.degraded,
+        )
         self.group_ops = GroupOps(
             settings,
             lambda: self.groups,
@@ -175,6 +192,9 @@ class Gateway:
         """Create the channels; grpc.aio channels belong to the running loop."""
         self._users = user_pb2_grpc.UserServiceStub(self._pool.get(self.settings.user_addr()))
         self._groups = group_pb2_grpc.GroupServiceStub(self._pool.get(self.settings.group_addr()))
+        self.admin.stub = admin_pb2_grpc.UserAdminServiceStub(
+            self._pool.get(self.settings.user_addr())
+        )
         self._prober.start()
         owner = f"gateway-{uuid.uuid4().hex[:12]}"
         self.ids.follow(await self._backends.registry.lease_node_id(owner, NODE_IDS))
@@ -217,7 +237,7 @@ class Gateway:
         (ending the device's previous one) and assigns a connector."""
         request = user_pb2.AuthenticateRequest(username=username, password=password)
         user = await self._limited_call(
-            username, address, self._calls.rpc(self.users.Authenticate, request)
+            username, address, self._calls.rpc(self.users.Authenticate, request, _DISABLED)
         )
         connector = await self._connectors.assign(user.user.user_id, device_id)
         issued = await self.sessions.open(user.user.user_id, device_id, time.time())

@@ -156,6 +156,11 @@ class Sessions:
         await self._end(response.revoked, wire_pb2.KICK_REASON_TOKEN_REVOKED)
         return len(response.revoked)
 
+    async def end(self, sessions: list[user_pb2.Session], reason: int) -> None:
+        """Sessions the user service has revoked (an admin's doing): their access
+        tokens stop working and their sockets are kicked."""
+        await self._end(sessions, reason)
+
     async def _end(self, sessions: list[user_pb2.Session], reason: int) -> None:
         """Revokes the sessions' access tokens, then kicks their live sockets, telling
         them ``reason`` (a ``wire_pb2.KickReason``)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy.engine import Engine
 
 from im.config import Settings
@@ -10,7 +12,8 @@ from im.metrics import MetricsRegistry
 from im.ports import Backends
 from im.runtime import Service
 from im.sqlservice import SqlGrpcService
-from im.v1 import user_pb2, user_pb2_grpc
+from im.v1 import admin_pb2, admin_pb2_grpc, user_pb2, user_pb2_grpc
+from services.user.admin import UserAdminServicer
 from services.user.service import UserServicer
 
 
@@ -22,6 +25,18 @@ class UserApp(SqlGrpcService):
 
     def make_servicer(self, settings: Settings, engine: Engine) -> UserServicer:
         return UserServicer(settings, engine)
+
+    def more_servicers(self, engine: Engine) -> list[tuple[Any, Any, str]]:
+        # The admin half shares the users' password hasher and hash pool.
+        users: UserServicer = self._servicer
+        admin = UserAdminServicer(engine, users.hasher, users.hashing, users.clock)
+        return [
+            (
+                admin_pb2_grpc.add_UserAdminServiceServicer_to_server,
+                admin,
+                service_name(admin_pb2, "UserAdminService"),
+            )
+        ]
 
 
 def build(

@@ -58,12 +58,14 @@ _R = TypeVar("_R")
 _rpc = rpc_errors("user")
 
 
-def _to_user(row: UserRow) -> user_pb2.User:
+def to_user(row: UserRow) -> user_pb2.User:
     return user_pb2.User(
         user_id=row.id,
         username=row.username,
         display_name=row.display_name,
         created_at=row.created_at,
+        disabled=bool(row.disabled),
+        deleted=row.deleted_at is not None,
     )
 
 
@@ -157,6 +159,18 @@ class UserServicer(PresenceRpcs, user_pb2_grpc.UserServiceServicer):
     async def close(self) -> None:
         self._hash_pool.shutdown(wait=False, cancel_futures=True)
 
+    @property
+    def hasher(self) -> PasswordHasher:
+        return self._hasher
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    async def hashing(self, fn: Callable[..., _R], *args: Any) -> _R:
+        """Runs ``fn`` on the hash pool (argon2: slow on purpose)."""
+        return await self._hashing(fn, *args)
+
     async def _hashing(self, fn: Callable[..., _R], *args: Any) -> _R:
         return await asyncio.get_running_loop().run_in_executor(self._hash_pool, fn, *args)
 
@@ -181,7 +195,7 @@ class UserServicer(PresenceRpcs, user_pb2_grpc.UserServiceServicer):
             self._clock.wall_ms(),
         )
         log.info("registered user %d (%s)", row.id, row.username)
-        return user_pb2.RegisterResponse(user=_to_user(row))
+        return user_pb2.RegisterResponse(user=to_user(row))
 
     @_rpc
     async def Authenticate(
@@ -195,16 +209,22 @@ class UserServicer(PresenceRpcs, user_pb2_grpc.UserServiceServicer):
         ):
             raise rejected
         row = await asyncio.to_thread(self._store.by_username, normalize_username(request.username))
-        stored_hash = row.password_hash if row is not None else await self._dummy()
+        # A user imported without a password (or deleted) has none: it costs the same
+        # time as a wrong one, so the answer's timing tells nothing.
+        has_hash = row is not None and bool(row.password_hash)
+        stored_hash = row.password_hash if row is not None and has_hash else await self._dummy()
         ok = await self._hashing(verify_password, self._hasher, stored_hash, request.password)
-        if row is None or not ok:
+        if row is None or not has_hash or not ok:
             raise rejected
+        if row.disabled:
+            # Said only to whoever knows the password: the owner learns why.
+            raise UserError(grpc.StatusCode.PERMISSION_DENIED, "the account is disabled")
         if self._hasher.check_needs_rehash(row.password_hash):
             # The cost parameters were raised since this hash was made: upgrade it now,
             # while the plain password is at hand.
             new_hash = await self._hashing(self._hasher.hash, request.password)
             await asyncio.to_thread(self._store.replace_hash, row.id, row.password_hash, new_hash)
-        return user_pb2.AuthenticateResponse(user=_to_user(row))
+        return user_pb2.AuthenticateResponse(user=to_user(row))
 
     @_rpc
     async def GetUsers(
@@ -219,7 +239,7 @@ class UserServicer(PresenceRpcs, user_pb2_grpc.UserServiceServicer):
         usernames = list(dict.fromkeys(normalize_username(n) for n in request.usernames if n))
         rows = await asyncio.to_thread(self._store.lookup, user_ids, usernames)
         return user_pb2.GetUsersResponse(
-            users=[_to_user(r) for r in _in_request_order(rows, user_ids, usernames)]
+            users=[to_user(r) for r in _in_request_order(rows, user_ids, usernames)]
         )
 
     # ---------------------------------------------------------------- sessions

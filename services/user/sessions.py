@@ -14,11 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import grpc
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from im.db import SessionRow, UserRow, retry_transaction
+from im.sqlservice import ServiceError
 from im.v1 import user_pb2
 
 
@@ -30,6 +32,14 @@ def session_pb(row: SessionRow) -> user_pb2.Session:
         created_at=row.created_at,
         expires_at=row.expires_at,
     )
+
+
+def _require_enabled(db: Session, user_id: int) -> None:
+    disabled = db.scalars(
+        select(UserRow.disabled).where(UserRow.id == user_id).with_for_update()
+    ).first()
+    if disabled:
+        raise ServiceError(grpc.StatusCode.PERMISSION_DENIED, "the account is disabled")
 
 
 def _open(now: int) -> list:
@@ -57,8 +67,12 @@ class SessionTable:
         now: int,
         expires_at: int,
     ) -> list[SessionRow]:
-        """Opens a session; returns the device's earlier open sessions, now revoked."""
+        """Opens a session; returns the device's earlier open sessions, now revoked.
+        A disabled or deleted user gets none (PERMISSION_DENIED): its row is locked
+        first, so an admin disabling it at this moment waits for this session and
+        revokes it, or is waited for and refuses it."""
         with Session(self._engine, expire_on_commit=False) as db, db.begin():
+            _require_enabled(db, user_id)
             # Rows that can never be used again go first: the table stays the size of
             # the users' open sessions plus those revoked since their last login.
             db.execute(
@@ -67,7 +81,7 @@ class SessionTable:
                     or_(SessionRow.expires_at <= now, SessionRow.revoked_at.is_not(None)),
                 )
             )
-            revoked = self._revoke_where(
+            revoked = self.revoke_where(
                 db, now, SessionRow.user_id == user_id, SessionRow.device_id == device_id
             )
             db.add(
@@ -80,6 +94,7 @@ class SessionTable:
                     created_at=now,
                     expires_at=expires_at,
                     revoked_at=None,
+                    last_seen_at=now,
                 )
             )
         return revoked
@@ -95,14 +110,19 @@ class SessionTable:
             changed = db.execute(
                 update(SessionRow)
                 .where(SessionRow.refresh_hash == old_hash, *_open(now))
-                .values(refresh_hash=new_hash, previous_hash=old_hash, expires_at=expires_at)
+                .values(
+                    refresh_hash=new_hash,
+                    previous_hash=old_hash,
+                    expires_at=expires_at,
+                    last_seen_at=now,
+                )
             ).rowcount
             if changed:
                 row = db.scalars(
                     select(SessionRow).where(SessionRow.refresh_hash == new_hash)
                 ).one()
                 return row, False
-            reused = self._revoke_where(db, now, SessionRow.previous_hash == old_hash)
+            reused = self.revoke_where(db, now, SessionRow.previous_hash == old_hash)
         if reused:
             return reused[0], True
         return None, False
@@ -119,7 +139,7 @@ class SessionTable:
         if except_session_id:
             conditions.append(SessionRow.id != except_session_id)
         with Session(self._engine, expire_on_commit=False) as db, db.begin():
-            return self._revoke_where(db, now, *conditions)
+            return self.revoke_where(db, now, *conditions)
 
     @retry_transaction
     def change_password(
@@ -138,10 +158,10 @@ class SessionTable:
             conditions = [SessionRow.user_id == user_id]
             if keep_session_id:
                 conditions.append(SessionRow.id != keep_session_id)
-            return self._revoke_where(db, now, *conditions)
+            return self.revoke_where(db, now, *conditions)
 
     @staticmethod
-    def _revoke_where(db: Session, now: int, *conditions: object) -> list[SessionRow]:
+    def revoke_where(db: Session, now: int, *conditions: object) -> list[SessionRow]:
         rows: Sequence[SessionRow] = db.scalars(
             select(SessionRow).where(*conditions, *_open(now))  # type: ignore[arg-type]
         ).all()

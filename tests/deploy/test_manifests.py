@@ -59,6 +59,8 @@ INTERNAL_PORTS = {
     "gateway": ["gateway_metrics_port"],
     **{service: ["metrics_port"] for service in ("user", "group", "connector", "router")},
 }
+# The gateway's admin gRPC (mutual TLS + admin token): reached from the suite's pods.
+ADMIN_GRPC_PORTS = {"gateway": ["admin_grpc_port"]}
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job")
 # Services with nothing to probe (none today). test_services_without_health_endpoint
 # fails if one gets a port, so its probes are added then.
@@ -222,6 +224,7 @@ def container_ports(container: dict[str, Any]) -> dict[str, int]:
 
 def expected_ports(service: str, config: dict[str, str]) -> set[int]:
     names = list(PUBLIC_PORTS.get(service, [])) + INTERNAL_PORTS.get(service, [])
+    names += ADMIN_GRPC_PORTS.get(service, [])
     if service in GRPC_PORTS:
         names += [GRPC_PORTS[service], "grpc_health_port"]
     if service in HTTP_PROBED_GRPC_PORTS:

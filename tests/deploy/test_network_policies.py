@@ -136,6 +136,15 @@ def test_the_gateways_grpc_answers_the_suite_and_labelled_senders_only() -> None
     assert port in [p["port"] for p in service["spec"]["ports"]]
 
 
+def test_the_admin_grpc_port_answers_only_the_suites_pods() -> None:
+    sources = allowed_from("gateway", setting(BASE_CONFIG, "admin_grpc_port"))
+    assert sources and all(sources), "the admin gRPC port must not be open to anyone"
+    for source in sources:
+        for peer in source or []:
+            assert set(peer) == {"podSelector"}, peer
+            assert peer["podSelector"].get("matchLabels", {}).items() >= SUITE_LABELS.items()
+
+
 @pytest.mark.parametrize(
     ("service", "port"), [(s, n) for s, names in PUBLIC_PORTS.items() for n in names]
 )

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.harness import RunningSuite, start_cluster, start_suite, stop_cluster, stop_suite
+from tests.e2e.helpers import ADMIN_TOKEN
 
 # Short enough for the presence tests to wait out, long enough for a quick reconnect.
 PRESENCE_DEBOUNCE = "3.0"
@@ -22,6 +23,7 @@ def suite(tmp_path_factory) -> RunningSuite:
         heartbeat_interval="1.0",
         retransmit_timeout="0.5",
         presence_debounce_seconds=PRESENCE_DEBOUNCE,
+        admin_token=ADMIN_TOKEN,  # the admin API (tests/e2e/test_admin.py)
     )
     yield running
     code = stop_suite(running)
@@ -31,7 +33,10 @@ def suite(tmp_path_factory) -> RunningSuite:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, real_server):
     running = start_cluster(
-        tmp_path_factory, real_server, presence_debounce_seconds=PRESENCE_DEBOUNCE
+        tmp_path_factory,
+        real_server,
+        presence_debounce_seconds=PRESENCE_DEBOUNCE,
+        admin_token=ADMIN_TOKEN,
     )
     yield running
     stop_cluster(running)

@@ -51,6 +51,7 @@ def _start_suite_once(data_dir: Path, **overrides: str) -> RunningSuite:
             "GATEWAY_GRPC_PORT",
             "CONNECTOR_TCP_PORT",
             "CONNECTOR_WS_PORT",
+            "ADMIN_GRPC_PORT",  # served when a test's suite has an admin token
         )
     }
     env = dict(os.environ)

@@ -9,6 +9,8 @@ from im.client import ImClient
 from im.v1 import wire_pb2
 
 PASSWORD = "correct-horse-9"
+# The admin token of the e2e suites (conftest.py): operators' credentials, not a user's.
+ADMIN_TOKEN = "e2e-admin-token-0123456789abcdef0123456789"
 
 
 def unique(prefix: str) -> str:

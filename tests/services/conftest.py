@@ -17,6 +17,8 @@ from im.grpcutil import GrpcSecurity, grpc_security
 from im.standalone import Suite
 from im.tls import CertFiles, ensure_public
 
+ADMIN_TOKEN = "secure-suite-admin-token-0123456789abcdef"
+
 
 @dataclass
 class SecureSuite:
@@ -38,6 +40,8 @@ class SecureSuite:
         return security
 
     def grpc_addr(self, service: str) -> str:
+        if service == "admin":
+            return self.suite.endpoints()["gateway"]["admin_grpc"]
         if service == "connector":
             info = self.suite.services["connector"].core.info  # type: ignore[attr-defined]
             return info.grpc_addr
@@ -67,6 +71,8 @@ async def secure_suite(tmp_path: Path) -> AsyncIterator[SecureSuite]:
         argon2_memory_kib=8192,
         tls_cert_file=str(public.cert),
         tls_key_file=str(public.key),
+        admin_token=ADMIN_TOKEN,  # the gateway's AdminService on mutual TLS too
+        admin_grpc_port=0,
         **{port: 0 for port in ports},
     )
     suite = Suite(settings)

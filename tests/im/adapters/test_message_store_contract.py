@@ -32,6 +32,7 @@ from im.adapters import mongo_store
 from im.adapters.mongo_store import MongoMessageStore
 from im.adapters.sqlstore import SqlMessageStore
 from im.db import DeadLetterRow, MessageRow
+from im.events import ERASED
 from im.ports import AlreadyStored, BackendUnavailable, DeadLetter, RecordRejected, SeqConflict
 from im.v1 import wire_pb2
 
@@ -73,6 +74,11 @@ class Case:
             reason=reason,
             at_ms=self.base_ms + at,
         )
+
+
+def _from(message: wire_pb2.Message, sender_id: int) -> wire_pb2.Message:
+    message.sender_id = sender_id
+    return message
 
 
 def _namespace() -> tuple[str, int, int]:
@@ -294,6 +300,30 @@ async def test_history_order_limit_and_after_seq(case: Case) -> None:
     assert await s.history(case.conv("nobody"), 0, 100) == []
     assert [m.seq for m in await s.history(case.conv("b"), 0, 100)] == [1, 2, 3]
     assert all(m.conversation_id == a for m in await s.history(a, 0, 100))
+
+
+async def test_erase_sender_empties_only_that_senders_bodies(case: Case) -> None:
+    s = case.store
+    # A sender id of this test alone: the MariaDB table is shared.
+    sender = case.base_id // 1024 + 7
+    mine = [_from(case.msg(n, "e", n), sender) for n in (1, 3, 4)]
+    others = [case.msg(n, "e", n) for n in (2, 5)]
+    await s.insert_many(sorted([*mine, *others], key=lambda m: m.seq))
+    assert await s.erase_sender(sender) == 3
+    stored = await s.history(case.conv("e"), 0, 10)
+    assert [(m.seq, m.body, m.content_type) for m in stored] == [
+        (1, b"", ERASED),
+        (2, b"body 2", "text/plain"),
+        (3, b"", ERASED),
+        (4, b"", ERASED),
+        (5, b"body 5", "text/plain"),
+    ]
+    # Ids, seqs, senders and times stay: histories keep no gap.
+    assert [(m.msg_id, m.sender_id, m.server_ts) for m in stored if m.seq == 3] == [
+        (mine[1].msg_id, sender, mine[1].server_ts)
+    ]
+    assert await s.erase_sender(sender) == 0  # done already: nothing counted twice
+    assert await s.erase_sender(sender + 1) == 0
 
 
 async def test_last_seqs_for_several_conversations(case: Case) -> None:

@@ -221,7 +221,8 @@ async def test_users(suite: Suite) -> None:
 
     me = (await suite.client.get("/v1/users/me", headers=headers)).json()
     assert me["user_id"] == alice_id and me["username"] == "alice"
-    assert set(me) == {"user_id", "username", "display_name", "created_at"}
+    assert set(me) == {"user_id", "username", "display_name", "created_at", "deleted"}
+    assert me["deleted"] is False
     assert me["created_at"] > 1_600_000_000_000  # milliseconds
 
     bob = await suite.client.get(f"/v1/users/{bob_id}", headers=headers)
