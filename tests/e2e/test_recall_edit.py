@@ -21,7 +21,19 @@ def gateway(target) -> str:  # type: ignore[no-untyped-def]
 
 
 async def current(client: ImClient, conv: str) -> list[wire_pb2.Message]:
-    return (await client.gateway.history(conv)).messages
+    """History without the group's system events (the role change of the setup)."""
+    messages = (await client.gateway.history(conv)).messages
+    return [m for m in messages if not events.is_group_event(m.content_type)]
+
+
+async def take_chat(client: ImClient, count: int) -> list[wire_pb2.Message]:
+    """The next ``count`` messages and recall/edit events; system events skipped."""
+    got: list[wire_pb2.Message] = []
+    while len(got) < count:
+        got += [
+            m for m in await take_messages(client, 1) if not events.is_group_event(m.content_type)
+        ]
+    return got
 
 
 def view_of(messages: list[wire_pb2.Message]) -> dict[int, wire_pb2.Message]:
@@ -41,20 +53,25 @@ async def test_edit_and_recall_reach_everyone_in_order_and_history_is_current(ga
         group = await alice.gateway.create_group("team", [bob.user_id, carol.user_id, dave.user_id])
         conv = group["conversation_id"]
         await alice.gateway.set_role(conv, bob.user_id, "admin")
+        base = 1  # the role change is a system event of the group: it holds seq 1
         for c in (alice, bob, dave):
             await c.connect()  # carol stays offline; eve is no member
         live: list[wire_pb2.Message] = []
 
         # alice sends; bob receives it live.
         ack = await alice.send(conv, "hello tema")
-        live += await take_messages(bob, 1)
+        live += await take_chat(bob, 1)
         assert live[0].msg_id == ack.msg_id and live[0].body == b"hello tema"
 
         # alice edits it; bob gets the edit event live; history shows the new text.
         edit = await alice.edit(conv, ack.msg_id, "hello team")
-        live += await take_messages(bob, 1)
+        live += await take_chat(bob, 1)
         event = live[1]
-        assert (event.seq, event.content_type, event.refers_to) == (2, events.EDIT, ack.msg_id)
+        assert (event.seq, event.content_type, event.refers_to) == (
+            base + 2,
+            events.EDIT,
+            ack.msg_id,
+        )
         assert event.body == b"hello team" and str(event.msg_id) == edit["msg_id"]
         first = (await current(bob, conv))[0]
         assert first.body == b"hello team" and first.edited_at == event.server_ts > 0
@@ -63,14 +80,14 @@ async def test_edit_and_recall_reach_everyone_in_order_and_history_is_current(ga
         # alice recalls it; bob gets the recall event; history keeps the row, no body.
         recall = await alice.recall(conv, ack.msg_id)
         assert await alice.recall(conv, ack.msg_id) == recall  # a retry: the same event
-        live += await take_messages(bob, 1)
+        live += await take_chat(bob, 1)
         assert (live[2].seq, live[2].content_type, live[2].refers_to) == (
-            3,
+            base + 3,
             events.RECALL,
             ack.msg_id,
         )
         history = await current(bob, conv)
-        assert [m.seq for m in history] == [1, 2, 3]
+        assert [m.seq for m in history] == [base + 1, base + 2, base + 3]
         assert history[0].recalled and history[0].body == b""
         assert history[1].body == b""  # the edit's text is gone with the recall
         with pytest.raises(ApiError) as refused:
@@ -79,9 +96,9 @@ async def test_edit_and_recall_reach_everyone_in_order_and_history_is_current(ga
 
         # A group admin (bob) recalls another member's (dave's) message.
         dave_ack = await dave.send(conv, "oops, secret")
-        live += await take_messages(bob, 1)
+        live += await take_chat(bob, 1)
         await bob.recall(conv, dave_ack.msg_id)
-        live += await take_messages(bob, 1)
+        live += await take_chat(bob, 1)
         assert (live[4].sender_id, live[4].refers_to) == (bob.user_id, dave_ack.msg_id)
 
         # A stranger may do neither.
@@ -97,8 +114,8 @@ async def test_edit_and_recall_reach_everyone_in_order_and_history_is_current(ga
 
         # carol was offline: she syncs all five, in order, in their current state.
         await carol.connect()
-        synced = await take_messages(carol, 5)
-        assert [m.seq for m in synced] == [1, 2, 3, 4, 5]
+        synced = await take_chat(carol, 5)
+        assert [m.seq for m in synced] == [base + n for n in range(1, 6)]
         assert [m.content_type for m in synced] == [
             "text/plain",
             events.EDIT,
