@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from alembic.migration import MigrationContext
+from alembic.operations import Operations
 from bson import Int64
 from sqlalchemy import create_engine, inspect, text, update
 
@@ -240,16 +242,18 @@ async def test_sqlite_uses_fts5_and_backfills_existing_rows(tmp_path) -> None:  
     store = SqlMessageStore(url)
     try:
         assert store._search.strategy() == "fts5"
-        # Rows stored before the index existed: drop it, store, migrate again.
+        # Rows stored before the index existed: drop it, store, run its migration again
+        # (only that one: later migrations stay applied).
         with store._engine.begin() as conn:
             for trigger in ("insert", "update", "delete"):
                 conn.execute(text(f"DROP TRIGGER message_search_{trigger}"))
             conn.execute(text("DROP TABLE message_search"))
-            conn.execute(text("UPDATE alembic_version SET version_num = '0007'"))
         old = wire_pb2.Message(
             msg_id=7, conversation_id="c", seq=1, content_type="text/plain", body=b"old words"
         )
         await store.insert_many([old])
+        with store._engine.begin() as conn, Operations.context(MigrationContext.configure(conn)):
+            _MIGRATION.upgrade()
     finally:
         await store.close()
     store = SqlMessageStore(url)
