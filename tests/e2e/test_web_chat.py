@@ -47,12 +47,17 @@ def browser() -> Iterator[object]:
 
 
 def register(page, gateway: str, username: str) -> None:  # type: ignore[no-untyped-def]
+    enter(page, gateway, username, "register")
+
+
+def enter(page, gateway: str, username: str, button: str) -> None:  # type: ignore[no-untyped-def]
+    """Open the page, fill the form and press ``button`` ("register" or "login")."""
     from playwright.sync_api import expect
 
     page.goto(f"{gateway}/")
     page.get_by_test_id("username").fill(username)
     page.get_by_test_id("password").fill(f"{username}-password")
-    page.get_by_test_id("register").click()
+    page.get_by_test_id(button).click()
     expect(page.locator("#status")).to_have_attribute("data-state", "online")
 
 
@@ -225,13 +230,7 @@ def test_typing_indicator_and_the_peer_online_dot(browser, suite: RunningSuite):
 
 
 def log_in(page, gateway: str, username: str) -> None:  # type: ignore[no-untyped-def]
-    from playwright.sync_api import expect
-
-    page.goto(f"{gateway}/")
-    page.get_by_test_id("username").fill(username)
-    page.get_by_test_id("password").fill(f"{username}-password")
-    page.get_by_test_id("login").click()
-    expect(page.locator("#status")).to_have_attribute("data-state", "online")
+    enter(page, gateway, username, "login")
 
 
 def test_pin_and_mute_follow_every_device_of_the_user(browser, suite: RunningSuite):  # type: ignore[no-untyped-def]
