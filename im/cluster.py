@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import httpx
 from im import datadir
 from im.auth import generate_key_pair
 from im.config import Settings
+from im.free_ports import free_port, lost_a_port_race
 from im.tls import ensure_internal
 
 DEFAULT_BACKENDS = {
@@ -29,12 +29,6 @@ DEFAULT_BACKENDS = {
     "IM_REGISTRY_URL": "zk://127.0.0.1:2181/im",
     "IM_KV_URL": "redis://127.0.0.1:6379/0",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -187,10 +181,21 @@ class Cluster:
         self.procs[proc.name] = proc
 
     def start(self, timeout: float = 60.0) -> None:
+        """Migrate, then start every process; on free ports, a port taken between
+        choosing and binding it gets up to two more tries on new ports."""
         self.migrate()
-        for proc in self.plan():
-            self.spawn(proc)
-        self.wait_ready(timeout)
+        attempts = 1 if self.fixed_ports else 3
+        for attempt in range(attempts):
+            for proc in self.plan():
+                self.spawn(proc)
+            try:
+                self.wait_ready(timeout)
+                return
+            except RuntimeError as exc:
+                if attempt == attempts - 1 or not lost_a_port_race(str(exc)):
+                    raise
+                self.stop()
+                self.procs.clear()
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

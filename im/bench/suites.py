@@ -22,7 +22,8 @@ import httpx
 
 from im.bench.limits import raise_nofile
 from im.bench.procs import BenchError
-from im.cluster import DEFAULT_BACKENDS, Cluster, free_port
+from im.cluster import DEFAULT_BACKENDS, Cluster
+from im.free_ports import free_port
 
 # The bench drives each connection far above the product's default per-connection send
 # limit (200/s) and logs the same users in many times a minute: the suite it starts lifts

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,15 +14,11 @@ from pathlib import Path
 
 import httpx
 
+from im.free_ports import free_port, lost_a_port_race
+
 IMCTL = Path(sys.executable).with_name("imctl")
 # Seconds a suite may take to become ready (raise it on a loaded machine).
 READY_TIMEOUT = float(os.environ.get("IM_TEST_READY_TIMEOUT", "30"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -111,11 +106,7 @@ def start_suite(data_dir: Path, **overrides: str) -> RunningSuite:
         try:
             return _start_suite_once(data_dir, **overrides)
         except RuntimeError as exc:
-            text = str(exc)
-            taken = any(
-                sign in text for sign in ("Failed to bind", "already in use", "cannot listen on")
-            )
-            if not taken or attempt == 2:
+            if not lost_a_port_race(str(exc)) or attempt == 2:
                 raise
     raise AssertionError("unreachable")
 

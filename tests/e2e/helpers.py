@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+from im import events
 from im.client import ImClient
 from im.v1 import wire_pb2
 
@@ -70,3 +71,14 @@ async def next_receipt(client: ImClient, timeout: float = 15.0) -> wire_pb2.Rece
         event = await next_event(client, timeout)
         if isinstance(event, wire_pb2.Receipt):
             return event
+
+
+async def take_chat(client: ImClient, count: int) -> list[wire_pb2.Message]:
+    """The next ``count`` messages and recall/edit events; the group's system events
+    (members added, roles changed...) are skipped."""
+    got: list[wire_pb2.Message] = []
+    while len(got) < count:
+        got += [
+            m for m in await take_messages(client, 1) if not events.is_group_event(m.content_type)
+        ]
+    return got

@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from im.client import ApiError, ImClient
-from tests.e2e.helpers import new_user, take_messages
+from tests.e2e.helpers import new_user, take_chat, take_messages
 
 pytestmark = pytest.mark.e2e
 
@@ -63,10 +63,10 @@ async def test_a_later_member_does_not_find_earlier_messages(gateway):
         await bob.connect()
         topic = word()
         await alice.send(gid, f"before carol: {topic}")
-        await take_messages(bob, 1)
+        await take_chat(bob, 1)
         await alice.gateway.add_members(gid, [carol.user_id])
         await alice.send(gid, f"after carol: {topic}")
-        await take_messages(bob, 1)
+        await take_chat(bob, 1)  # stored before it is delivered (carol's joining is not)
         assert texts(await bob.gateway.search(topic)) == [
             f"after carol: {topic}",
             f"before carol: {topic}",

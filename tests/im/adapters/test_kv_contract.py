@@ -24,6 +24,7 @@ import redis.exceptions
 from im.adapters.memory import MemoryKV
 from im.adapters.redis_kv import POOL_SIZE, RedisKV
 from im.clock import FakeClock
+from im.free_ports import free_port
 from im.ports import BackendUnavailable, Backoff
 
 # Short TTLs keep the Redis runs quick; long ones are "forever" for a test.
@@ -351,12 +352,6 @@ async def test_redis_layout_and_whole_hash_expiry(redis_url: str) -> None:
 BOUND = 5.0
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 async def _unavailable_within(call: Awaitable[Any], bound: float = BOUND) -> BackendUnavailable:
     """Await ``call``, which must raise BackendUnavailable for redis within ``bound`` s."""
     started = time.monotonic()
@@ -416,7 +411,7 @@ class PrivateRedis:
 
 
 async def test_redis_unreachable_every_call_raises_backend_unavailable() -> None:
-    kv = RedisKV(f"redis://127.0.0.1:{_free_port()}/0", prefix="imtest:down:")
+    kv = RedisKV(f"redis://127.0.0.1:{free_port()}/0", prefix="imtest:down:")
     calls: dict[str, Callable[[], Awaitable[Any]]] = {
         "connect": lambda: kv.connect(1, "phone", "c1", LONG),
         "disconnect": lambda: kv.disconnect(1, "phone", "c1"),
@@ -473,7 +468,7 @@ async def test_redis_more_callers_than_connections_wait_for_one(redis_url: str) 
 
 @pytest.mark.integration
 async def test_redis_hung_then_restarted_same_adapter_recovers() -> None:
-    server = PrivateRedis(_free_port())
+    server = PrivateRedis(free_port())
     await server.start()
     kv = RedisKV(server.url, prefix="imtest:")
     try:

@@ -35,6 +35,7 @@ from kazoo.client import KazooClient
 
 from im.adapters.memory import MemoryRegistry
 from im.adapters.zk_registry import ZkRegistry, encode_info, from_url
+from im.free_ports import free_port
 from im.ports import BackendUnavailable, ConnectorInfo
 
 T = TypeVar("T")
@@ -528,12 +529,6 @@ async def test_an_unreachable_zookeeper_is_backend_unavailable() -> None:
 _ZK_CLASSPATH = "/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _four_letter(port: int, command: bytes) -> bytes:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
@@ -563,7 +558,7 @@ class PrivateZooKeeper:
     freeze (SIGSTOP), wipe (lose its data) and start again on the same port."""
 
     def __init__(self, workdir: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.hosts = f"127.0.0.1:{self.port}"
         self.data_dir = workdir / "data"
         self.config = workdir / "zoo.cfg"
