@@ -1,15 +1,22 @@
 """Fixtures: one standalone suite for the session, a distributed cluster per module,
-and ``target``: the same test against both."""
+``target``: the same test against both, and ``browser`` for the web page tests."""
 
 from __future__ import annotations
 
+import os
+import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.e2e.harness import RunningSuite, start_cluster, start_suite, stop_cluster, stop_suite
 from tests.e2e.helpers import ADMIN_TOKEN
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 # Short enough for the presence tests to wait out, long enough for a quick reconnect.
 PRESENCE_DEBOUNCE = "3.0"
@@ -74,3 +81,31 @@ def target(request) -> Target:  # type: ignore[no-untyped-def]
         gateway_grpc=cluster.gateway_grpc,
         internal_tls=cluster.log_dir / "tls" / "internal",
     )
+
+
+def _missing(what: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{what} (CI must not skip the browser test)")
+    pytest.skip(what)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's chromium driven by Playwright (tests/e2e/web.py opens pages in it).
+    Without either the test is skipped, but fails under CI (scripts/dev-services.sh up
+    installs chromium)."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _missing("playwright is not installed: run `make install`")
+    chromium = os.environ.get("IM_TEST_CHROMIUM") or shutil.which("chromium")
+    if not chromium:
+        _missing("chromium not found: `scripts/dev-services.sh up` installs it (apt)")
+    with sync_playwright() as playwright:
+        # Root (CI, containers) cannot use chromium's sandbox; the machine's network is
+        # closed, so nothing in the background may try to go out.
+        args = ["--no-sandbox", "--disable-gpu", "--disable-quic"]
+        args.append("--disable-background-networking")
+        launched = playwright.chromium.launch(executable_path=chromium, args=args)
+        yield launched
+        launched.close()

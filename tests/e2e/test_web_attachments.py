@@ -1,17 +1,20 @@
-"""Attachments in the web chat page (chromium via Playwright): alice attaches an image
-and a text file; bob sees the image inline (fetched with his token) and the text file
-as a button that downloads it."""
+"""Attachments in the web chat page (chromium via Playwright, see tests/e2e/web.py):
+alice attaches an image and a text file; bob sees the image inline (fetched with his
+token) and the text file as a button that downloads it."""
 
 from __future__ import annotations
 
 import struct
-import uuid
 import zlib
+from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.e2e import web
 from tests.e2e.harness import RunningSuite
-from tests.e2e.test_web_chat import TIMEOUT_MS, browser, register  # noqa: F401 (fixture)
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 pytestmark = pytest.mark.e2e
 
@@ -33,26 +36,12 @@ def png(width: int = 8, height: int = 8) -> bytes:
     )
 
 
-def test_an_image_shows_inline_and_a_file_downloads(browser, suite: RunningSuite):  # type: ignore[no-untyped-def]  # noqa: F811
+def test_an_image_shows_inline_and_a_file_downloads(browser: Browser, suite: RunningSuite) -> None:
     from playwright.sync_api import expect
 
-    expect.set_options(timeout=TIMEOUT_MS)
-    run = uuid.uuid4().hex[:6]
-    alice, bob = f"alice{run}", f"bob{run}"
-    contexts = [browser.new_context(viewport={"width": 1100, "height": 700}) for _ in range(2)]
-    a, b = (c.new_page() for c in contexts)
-    errors: list[str] = []
-    for page in (a, b):
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on(
-            "console",
-            lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None,
-        )
-    try:
-        register(a, suite.gateway, alice)
-        register(b, suite.gateway, bob)
-        a.get_by_test_id("peer").fill(bob)
-        a.get_by_test_id("peer").press("Enter")
+    with web.users(browser, suite.gateway, "alice", "bob", csp_errors=True) as opened:
+        (a, b), (alice, bob) = opened.pages, opened.names
+        web.open_chat(a, bob)
         expect(a.get_by_test_id("attach-button")).to_be_enabled()
         a.get_by_test_id("attach").set_input_files(
             [
@@ -68,14 +57,11 @@ def test_an_image_shows_inline_and_a_file_downloads(browser, suite: RunningSuite
         image = b.get_by_test_id("attachment").locator("img")
         expect(image).to_be_visible()
         assert image.evaluate("img => img.naturalWidth") == 8
-        assert image.get_attribute("src", timeout=TIMEOUT_MS).startswith("blob:")
+        assert image.get_attribute("src", timeout=web.TIMEOUT_MS).startswith("blob:")
         save = b.get_by_test_id("attachment").get_by_role("button", name="notes.txt")
         expect(save).to_be_visible()
         with b.expect_download() as download:
             save.click()
         assert download.value.suggested_filename == "notes.txt"
         assert open(download.value.path(), "rb").read() == b"remember the milk"
-        assert not errors, errors
-    finally:
-        for context in contexts:
-            context.close()
+        assert not opened.errors, opened.errors
