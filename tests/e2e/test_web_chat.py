@@ -1,86 +1,34 @@
-"""The web chat page in a real browser (Debian's chromium, driven by Playwright): two
-users register, chat both ways, one goes offline and gets what was sent meanwhile by
-sync, a group; a screenshot is left in test-artifacts/. Without chromium or Playwright
-the test is skipped, but fails under CI (scripts/dev-services.sh up installs chromium)."""
+"""The web chat page in a real browser (chromium via Playwright, see tests/e2e/web.py):
+two users register, chat both ways, one goes offline and gets what was sent meanwhile by
+sync, a group; a screenshot is left in test-artifacts/."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.e2e import web
 from tests.e2e.harness import RunningSuite
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 pytestmark = pytest.mark.e2e
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-TIMEOUT_MS = 15_000
 
 
-def _missing(what: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{what} (CI must not skip the browser test)")
-    pytest.skip(what)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _missing("playwright is not installed: run `make install`")
-    chromium = os.environ.get("IM_TEST_CHROMIUM") or shutil.which("chromium")
-    if not chromium:
-        _missing("chromium not found: `scripts/dev-services.sh up` installs it (apt)")
-    with sync_playwright() as playwright:
-        # Root (CI, containers) cannot use chromium's sandbox; the machine's network is
-        # closed, so nothing in the background may try to go out.
-        args = ["--no-sandbox", "--disable-gpu", "--disable-quic"]
-        args.append("--disable-background-networking")
-        launched = playwright.chromium.launch(executable_path=chromium, args=args)
-        yield launched
-        launched.close()
-
-
-def register(page, gateway: str, username: str) -> None:  # type: ignore[no-untyped-def]
-    enter(page, gateway, username, "register")
-
-
-def enter(page, gateway: str, username: str, button: str) -> None:  # type: ignore[no-untyped-def]
-    """Open the page, fill the form and press ``button`` ("register" or "login")."""
+def test_two_users_chat_in_the_page(browser: Browser, suite: RunningSuite) -> None:
     from playwright.sync_api import expect
 
-    page.goto(f"{gateway}/")
-    page.get_by_test_id("username").fill(username)
-    page.get_by_test_id("password").fill(f"{username}-password")
-    page.get_by_test_id(button).click()
-    expect(page.locator("#status")).to_have_attribute("data-state", "online")
-
-
-def test_two_users_chat_in_the_page(browser, suite: RunningSuite):  # type: ignore[no-untyped-def]
-    from playwright.sync_api import expect
-
-    expect.set_options(timeout=TIMEOUT_MS)
-    run = uuid.uuid4().hex[:6]
-    alice, bob = f"alice{run}", f"bob{run}"
-    contexts = [browser.new_context(viewport={"width": 1100, "height": 700}) for _ in range(2)]
-    a, b = (c.new_page() for c in contexts)
-    errors: list[str] = []
-    for page in (a, b):
-        page.on("pageerror", lambda e: errors.append(str(e)))
-    try:
-        register(a, suite.gateway, alice)
-        register(b, suite.gateway, bob)
+    with web.users(browser, suite.gateway, "alice", "bob") as opened:
+        (a, b), (alice, bob) = opened.pages, opened.names
 
         # Alice opens a 1:1 by username (Enter) and sends; the mark follows the message.
-        a.get_by_test_id("peer").fill(bob)
-        a.get_by_test_id("peer").press("Enter")
-        a.get_by_test_id("composer").fill("hello bob")
-        a.get_by_test_id("send").click()
+        web.open_chat(a, bob)
+        web.send(a, "hello bob")
         hello = a.get_by_test_id("message").filter(has_text="hello bob")
         expect(hello).to_have_attribute("data-status", "delivered")
 
@@ -97,25 +45,21 @@ def test_two_users_chat_in_the_page(browser, suite: RunningSuite):  # type: igno
         expect(a.get_by_test_id("message").filter(has_text="hi alice")).to_be_visible()
 
         # Bob goes offline: what alice sends meanwhile reaches him by sync.
-        contexts[1].set_offline(True)
+        opened.contexts[1].set_offline(True)
         expect(b.locator("#status")).to_have_attribute("data-state", "offline")
         a.get_by_test_id("composer").fill("while you were away")
         a.get_by_test_id("composer").press("Enter")
         away = a.get_by_test_id("message").filter(has_text="while you were away")
         expect(away).to_have_attribute("data-status", "delivered")
         assert b.get_by_test_id("message").filter(has_text="while you were away").count() == 0
-        contexts[1].set_offline(False)
+        opened.contexts[1].set_offline(False)
         expect(b.locator("#status")).to_have_attribute("data-state", "online")
         expect(b.get_by_test_id("message").filter(has_text="while you were away")).to_be_visible()
         expect(away).to_have_attribute("data-status", "read")
         expect(b.get_by_test_id("message")).to_have_count(3)  # once each
 
         # A group: alice creates it with bob; bob gets it in his list.
-        a.locator("#new-group summary").click()
-        a.locator("#group-name").fill("weekend")
-        a.locator("#group-members").fill(bob)
-        a.locator("#group-name").press("Enter")
-        expect(a.locator("#title")).to_have_text("weekend")  # created and open
+        web.new_group(a, "weekend", bob)
         a.get_by_test_id("composer").fill("who's in?")
         a.get_by_test_id("composer").press("Enter")
         group = b.get_by_test_id("conversation").filter(has_text="weekend")
@@ -134,31 +78,15 @@ def test_two_users_chat_in_the_page(browser, suite: RunningSuite):  # type: igno
 
         b.get_by_test_id("logout").click()
         expect(b.get_by_test_id("login")).to_be_visible()
-        assert not errors, errors
-    finally:
-        for context in contexts:
-            context.close()
+        assert not opened.errors, opened.errors
 
 
-def test_group_events_and_settings_in_the_page(browser, suite: RunningSuite):  # type: ignore[no-untyped-def]
+def test_group_events_and_settings_in_the_page(browser: Browser, suite: RunningSuite) -> None:
     from playwright.sync_api import expect
 
-    expect.set_options(timeout=TIMEOUT_MS)
-    run = uuid.uuid4().hex[:6]
-    alice, bob, carol = f"alice{run}", f"bob{run}", f"carol{run}"
-    contexts = [browser.new_context(viewport={"width": 1100, "height": 700}) for _ in range(3)]
-    a, b, c = (context.new_page() for context in contexts)
-    errors: list[str] = []
-    for page in (a, b, c):
-        page.on("pageerror", lambda e: errors.append(str(e)))
-    try:
-        for page, name in ((a, alice), (b, bob), (c, carol)):
-            register(page, suite.gateway, name)
-        a.locator("#new-group summary").click()
-        a.locator("#group-name").fill("weekend")
-        a.locator("#group-members").fill(bob)
-        a.locator("#group-name").press("Enter")
-        expect(a.locator("#title")).to_have_text("weekend")
+    with web.users(browser, suite.gateway, "alice", "bob", "carol") as opened:
+        (a, b, c), (alice, bob, carol) = opened.pages, opened.names
+        web.new_group(a, "weekend", bob)
 
         # Rename in the settings panel: everyone sees the event line and the new name.
         a.locator("#members-toggle").click()
@@ -181,30 +109,16 @@ def test_group_events_and_settings_in_the_page(browser, suite: RunningSuite):  #
         joined = f"{carol} joined by invite link"
         expect(c.get_by_test_id("event").filter(has_text=joined)).to_be_visible()
         expect(b.get_by_test_id("event").filter(has_text=joined)).to_be_visible()
-        assert not errors, errors
-    finally:
-        for context in contexts:
-            context.close()
+        assert not opened.errors, opened.errors
 
 
-def test_typing_indicator_and_the_peer_online_dot(browser, suite: RunningSuite):  # type: ignore[no-untyped-def]
+def test_typing_indicator_and_the_peer_online_dot(browser: Browser, suite: RunningSuite) -> None:
     from playwright.sync_api import expect
 
-    expect.set_options(timeout=TIMEOUT_MS)
-    run = uuid.uuid4().hex[:6]
-    alice, bob = f"alice{run}", f"bob{run}"
-    contexts = [browser.new_context(viewport={"width": 1100, "height": 700}) for _ in range(2)]
-    a, b = (c.new_page() for c in contexts)
-    errors: list[str] = []
-    for page in (a, b):
-        page.on("pageerror", lambda e: errors.append(str(e)))
-    try:
-        register(a, suite.gateway, alice)
-        register(b, suite.gateway, bob)
-        a.get_by_test_id("peer").fill(bob)
-        a.get_by_test_id("peer").press("Enter")
-        b.get_by_test_id("peer").fill(alice)
-        b.get_by_test_id("peer").press("Enter")
+    with web.users(browser, suite.gateway, "alice", "bob") as opened:
+        (a, b), (alice, bob) = opened.pages, opened.names
+        web.open_chat(a, bob)
+        web.open_chat(b, alice)
 
         # Both are online: each sees the other's dot in the header and the list.
         expect(a.get_by_test_id("presence")).to_have_attribute("data-state", "online")
@@ -220,40 +134,25 @@ def test_typing_indicator_and_the_peer_online_dot(browser, suite: RunningSuite):
         expect(a.get_by_test_id("typing")).to_have_text("")
 
         # Bob leaves: after the debounce alice sees when he was last seen.
-        contexts[1].close()
+        opened.contexts[1].close()
         expect(a.get_by_test_id("presence")).to_have_attribute("data-state", "offline")
         expect(a.get_by_test_id("presence")).to_contain_text("last seen")
-        assert not errors, errors
-    finally:
-        for context in contexts:
-            context.close()
+        assert not opened.errors, opened.errors
 
 
-def log_in(page, gateway: str, username: str) -> None:  # type: ignore[no-untyped-def]
-    enter(page, gateway, username, "login")
-
-
-def test_pin_and_mute_follow_every_device_of_the_user(browser, suite: RunningSuite):  # type: ignore[no-untyped-def]
+def test_pin_and_mute_follow_every_device_of_the_user(
+    browser: Browser, suite: RunningSuite
+) -> None:
     from playwright.sync_api import expect
 
-    expect.set_options(timeout=TIMEOUT_MS)
-    run = uuid.uuid4().hex[:6]
-    alice, bob = f"alice{run}", f"bob{run}"
-    contexts = [browser.new_context(viewport={"width": 1100, "height": 700}) for _ in range(3)]
-    a, phone, b = (c.new_page() for c in contexts)
-    errors: list[str] = []
-    for page in (a, phone, b):
-        page.on("pageerror", lambda e: errors.append(str(e)))
-    try:
-        register(b, suite.gateway, bob)
-        register(a, suite.gateway, alice)
-        log_in(phone, suite.gateway, alice)  # a second device of alice's
+    alice, bob = web.names("alice", "bob")
+    with web.open_pages(browser, 3) as opened:
+        a, phone, b = opened.pages
+        web.register(b, suite.gateway, bob)
+        web.register(a, suite.gateway, alice)
+        web.log_in(phone, suite.gateway, alice)  # a second device of alice's
         for name in ("first", "second"):
-            a.locator("#new-group summary").click()
-            a.locator("#group-name").fill(name)
-            a.locator("#group-members").fill(bob)
-            a.locator("#group-name").press("Enter")
-            expect(a.locator("#title")).to_have_text(name)
+            web.new_group(a, name, bob)
             a.get_by_test_id("composer").fill(f"in {name}")
             a.get_by_test_id("composer").press("Enter")
         listed = phone.get_by_test_id("conversation")
@@ -278,7 +177,4 @@ def test_pin_and_mute_follow_every_device_of_the_user(browser, suite: RunningSui
         expect(phone.get_by_test_id("conversation").first).to_have_attribute("data-pinned", "true")
         a.get_by_test_id("mute").click()
         expect(first).to_have_attribute("data-muted", "false")
-        assert not errors, errors
-    finally:
-        for context in contexts:
-            context.close()
+        assert not opened.errors, opened.errors
