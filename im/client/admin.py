@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from im.client.errors import ApiError
-from im.client.gateway import _problem
+from im.client.gateway_http import _problem
 from im.client.transports import tls_context
 
 IMPORT_CHUNK = 5000  # users per import request (the gateway takes up to 10,000)

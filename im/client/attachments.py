@@ -20,6 +20,7 @@ from urllib.parse import quote
 import httpx
 
 from im.client.errors import ApiError
+from im.client.gateway_http import _problem
 
 if TYPE_CHECKING:
     from im.client.gateway import GatewayClient
@@ -62,8 +63,6 @@ async def _authorized(gw: GatewayClient, call: Callable[[dict[str, str]], Awaita
 
 
 def _check(response: httpx.Response) -> None:
-    from im.client.gateway import _problem
-
     if response.status_code >= 400:
         raise _problem(response)
 
