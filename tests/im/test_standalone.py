@@ -20,6 +20,7 @@ import pytest
 
 from im.adapters.factory import reset_memory
 from im.config import Settings
+from im.free_ports import free_port
 from im.listeners import ListenError
 from im.standalone import Suite, describe, imctl_command, serve_one
 
@@ -53,10 +54,10 @@ async def test_a_service_without_internal_credentials_refuses_to_start(tmp_path:
     assert not (tmp_path / "im.db").exists()  # refused before opening anything
 
 
-async def test_one_service_serves_its_metrics_on_the_metrics_port(tmp_path: Path) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+async def test_one_service_serves_its_metrics_on_the_metrics_port(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = free_port()
     settings = Settings(
         data_dir=tmp_path, user_grpc_port=0, internal_insecure=True, metrics_port=port
     )
@@ -65,14 +66,15 @@ async def test_one_service_serves_its_metrics_on_the_metrics_port(tmp_path: Path
     try:
         async with httpx.AsyncClient(timeout=5) as http:
             deadline = asyncio.get_running_loop().time() + 20
-            while True:  # until the service is up (it says so only on stdout)
-                try:
-                    reply = await http.get(url)
-                    break
-                except httpx.ConnectError:
-                    assert asyncio.get_running_loop().time() < deadline, "no /metrics"
-                    assert not running.done(), running
-                    await asyncio.sleep(0.05)
+            printed = ""
+            # Until the service is up: it says so only on stdout, and /metrics answers
+            # a moment before its start is over (a cancel in between would stop nothing).
+            while "user is up" not in printed:
+                assert asyncio.get_running_loop().time() < deadline, "not up"
+                assert not running.done(), running
+                await asyncio.sleep(0.05)
+                printed += capsys.readouterr().out
+            reply = await http.get(url)
         assert reply.status_code == 200
         assert "process_cpu_seconds_total" in reply.text
         assert "im_grpc_server_handled_total" in reply.text  # the user gRPC server's
