@@ -295,13 +295,8 @@ def _offer_offline(
     """Members with no online device, per message they may see (joined before it)."""
     for conv, msgs in by_conv.items():
         audience = audiences.get(conv)
-        if audience is None:
-            continue
-        offline = [(u, j) for u, j in audience.joined.items() if u not in routes]
-        if not offline:
-            continue
-        for m in msgs:
-            push.offer(m, [u for u, joined_seq in offline if joined_seq < m.seq])
+        if audience is not None:
+            push.offer_offline(msgs, audience.joined, routes)
 
 
 def _group_refs(
