@@ -7,6 +7,11 @@ in a background task, so a slow group service or a hanging webhook never slows a
 Deliver. Events (``application/vnd.im.*``) and the sender's own messages are never
 pushed. What a full queue cannot take is dropped and counted; offering costs what the
 queue takes, not the size of the group.
+
+Only messages a batch stored for the first time are offered (the router's delivery
+sees to it): a batch replayed after a rewind, an isolated retry or a rebalance pushes
+nothing again. The price: a router that stops between storing a message and offering
+it loses that push. Push is best effort; the message itself is stored and synced.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Stores that fail the way real ones do, for the router's tests."""
+"""Stores and services that fail the way real ones do, for the router's tests."""
 
 from __future__ import annotations
 
@@ -38,3 +38,20 @@ class RejectingStore(FailingStore):
                 await self._store.insert_many(messages[:i])
                 raise RecordRejected(i, "value too long")
         return await self._store.insert_many(messages)
+
+
+class CursorsFailOnce:
+    """A group service stub whose next UpdateCursors fails as a whole, once."""
+
+    def __init__(self, stub) -> None:  # type: ignore[no-untyped-def]
+        self._stub = stub
+        self.failures = 1
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self._stub, name)
+
+    async def UpdateCursors(self, request, timeout=None):  # type: ignore[no-untyped-def]
+        if self.failures:
+            self.failures -= 1
+            raise BackendUnavailable("group service", "connection reset")
+        return await self._stub.UpdateCursors(request, timeout=timeout)

@@ -14,6 +14,7 @@ from im.v1 import bus_pb2, connector_pb2, group_pb2, wire_pb2
 from services.router.push import PushDispatcher, preview_of
 from tests.im.adapters.webhook_server import webhook_server
 from tests.services.router.harness import Harness, make_group, online
+from tests.services.router.helpers import CursorsFailOnce
 from tests.services.router.test_router_metrics import Scrape
 
 
@@ -149,11 +150,44 @@ async def test_missing_targets_without_a_fresh_route_are_pushed(harness) -> None
     message = wire_pb2.Message(msg_id=100, conversation_id=conv, seq=1, sender_id=1)
     try:
         # The connector said 2's device was not there, and presence has no route now.
-        await h.router.delivery.reroute([(2, "dev2", message, "c1")])
+        await h.router.delivery.reroute([(2, "dev2", message, "c1")], push={100})
+        await asyncio.wait_for(push.idle(), 10)
+        # The same for a replayed message (not stored now): delivered again, not pushed.
+        await h.router.delivery.reroute([(2, "dev2", message, "c1")], push=set())
         await asyncio.wait_for(push.idle(), 10)
     finally:
         await push.close()
     assert [(n.user_id, n.msg_id) for n in recorder.got] == [(2, 100)]
+
+
+async def test_a_batch_replayed_after_a_failed_cursor_write_pushes_nothing_again(  # type: ignore[no-untyped-def]
+    harness, monkeypatch
+) -> None:
+    h = harness
+    recorder = RecordingNotifier()
+    push = await with_push(h, recorder)
+    conv = await make_group(h, 1, [2, 3])
+    await online(h, 1)
+    flaky = CursorsFailOnce(h.router._group())
+    monkeypatch.setattr(h.router, "_group", lambda: flaky)
+    monkeypatch.setattr(h.router, "_sleep", no_sleep)
+    await h.send(conv, 1, 100)
+    consumer = h.consumer()
+    try:
+        await h.router.turn(consumer)  # stored and delivered; the cursor write fails
+        assert h.router.failing == 1
+        await h.router.turn(consumer)  # rewound: the same batch, a replay now
+        assert h.router.failing == 0 and h.router.stats.replayed == 1
+        await h.router.flush()
+        await asyncio.wait_for(push.idle(), 10)
+    finally:
+        await consumer.close()
+        await push.close()
+    assert sorted((n.user_id, n.msg_id) for n in recorder.got) == [(2, 100), (3, 100)]
+
+
+async def no_sleep(seconds: float) -> None:
+    pass
 
 
 async def test_delivery_does_not_wait_for_a_hanging_webhook(harness) -> None:  # type: ignore[no-untyped-def]
