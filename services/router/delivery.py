@@ -19,6 +19,7 @@ import grpc
 
 from im.clock import Clock, SystemClock
 from im.config import Settings
+from im.events import RECALL
 from im.fanout import Audience, Lane, Lanes, MemberCache, devices_by_connector, rpc_code
 from im.grpcutil import ChannelPool
 from im.metrics import Distribution
@@ -107,10 +108,12 @@ class Deliverer:
         routes = await self.backends.presence.routes(users) if users else {}
 
         plan = self._plan(by_conv, receipts, audiences, routes, traces)
-        if self.push is not None and push:
+        if self.push is not None:
+            push = _take_back_recalled(self.push, messages, push)
             for outbox in plan.values():
                 outbox.push = push
-            _offer_offline(self.push, by_conv, audiences, routes, push)
+            if push:
+                _offer_offline(self.push, by_conv, audiences, routes, push)
         missing = await self._send_plan(plan, lag_ms)
         if missing:
             await self.reroute(missing, push)
@@ -308,6 +311,18 @@ def _offer_offline(
         new = [m for m in msgs if m.msg_id in stored]
         if audience is not None and new:
             push.offer_offline(new, audience.joined, routes)
+
+
+def _take_back_recalled(
+    push: PushDispatcher, messages: list[wire_pb2.Message], pushable: Set[int]
+) -> Set[int]:
+    """The recalls among ``messages`` take back their messages' notifications that
+    still wait; returns ``pushable`` without the messages recalled in this batch."""
+    recalled = {(m.conversation_id, m.refers_to) for m in messages if m.content_type == RECALL}
+    if not recalled:
+        return pushable
+    push.withdraw(recalled)
+    return pushable - {msg_id for _conv, msg_id in recalled}
 
 
 def _group_refs(

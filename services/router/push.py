@@ -12,6 +12,8 @@ Only messages a batch stored for the first time are offered (the router's delive
 sees to it): a batch replayed after a rewind, an isolated retry or a rebalance pushes
 nothing again. The price: a router that stops between storing a message and offering
 it loses that push. Push is best effort; the message itself is stored and synced.
+A recall takes back its message's notifications wherever they still wait (here, or in
+the notifier's queue): with previews on, they would carry the recalled text.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import collections
 import dataclasses
 import logging
 from bisect import bisect_left
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Set
 from dataclasses import dataclass
 from itertools import islice
 
@@ -45,6 +47,7 @@ class DispatchStats:
     muted: int = 0  # of those, skipped: the member muted the conversation
     dropped: int = 0  # the dispatcher's own queue was full
     failed: int = 0  # the mute check failed: not pushed
+    recalled: int = 0  # taken back before they left: their message was recalled
 
 
 def preview_of(message: wire_pb2.Message, chars: int) -> str:
@@ -96,6 +99,9 @@ class PushDispatcher:
         self._groups = groups
         self._pending: collections.deque[Offer] = collections.deque()
         self._pending_users = 0
+        # (conversation, msg_id) recalled while a round is between its mute check and
+        # the notifier (None: no round is); what it took is no longer in the queue.
+        self._recalled_in_round: set[tuple[str, int]] | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._idle = asyncio.Event()  # nothing pending, nothing being checked
@@ -173,6 +179,21 @@ class PushDispatcher:
             preview=preview,
         )
 
+    def withdraw(self, messages: Set[tuple[str, int]]) -> None:
+        """These (conversation_id, msg_id) were recalled: their notifications that
+        have not left yet are dropped, here and in the notifier's queue."""
+        if not messages:
+            return
+        kept = [o for o in self._pending if _key(o.note) not in messages]
+        if len(kept) < len(self._pending):
+            users = sum(len(o.users) for o in kept)
+            self.stats.recalled += self._pending_users - users
+            self._pending = collections.deque(kept)
+            self._pending_users = users
+        if self._recalled_in_round is not None:
+            self._recalled_in_round |= messages
+        self.notifier.withdraw(messages)
+
     async def start(self) -> None:
         await self.notifier.start()
         if self._task is None:
@@ -198,6 +219,7 @@ class PushDispatcher:
             taken = list(self._pending)
             self._pending.clear()
             self._pending_users = 0
+            self._recalled_in_round = set()
             try:
                 await self._dispatch(taken)
             except asyncio.CancelledError:
@@ -205,12 +227,18 @@ class PushDispatcher:
             except Exception as exc:
                 self.stats.failed += sum(len(o.users) for o in taken)
                 log.warning("push: the mute check failed (%r); %d not pushed", exc, len(taken))
+            finally:
+                self._recalled_in_round = None
 
     async def _dispatch(self, taken: list[Offer]) -> None:
         muted = await self._muted(taken)
+        recalled = self._recalled_in_round or set()
         notifications: list[PushNotification] = []
         for offer in taken:
             note = offer.note
+            if _key(note) in recalled:
+                self.stats.recalled += len(offer.users)
+                continue
             quiet = muted.get(note.conversation_id, set())
             for user_id in offer.users:
                 if user_id in quiet:
@@ -232,6 +260,10 @@ class PushDispatcher:
             for q in reply.muted:
                 muted[q.conversation_id].update(q.user_ids)
         return muted
+
+
+def _key(note: PushNotification) -> tuple[str, int]:
+    return note.conversation_id, note.msg_id
 
 
 def _requests(

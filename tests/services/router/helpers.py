@@ -1,9 +1,12 @@
-"""Stores and services that fail the way real ones do, for the router's tests."""
+"""Stores and services that fail the way real ones do, and a push notifier that
+records, for the router's tests."""
 
 from __future__ import annotations
 
+from collections.abc import Set
+
 from im.adapters.sqlstore import SqlMessageStore
-from im.ports import BackendUnavailable, RecordRejected
+from im.ports import BackendUnavailable, PushNotification, PushStats, RecordRejected
 
 
 class FailingStore:
@@ -55,3 +58,26 @@ class CursorsFailOnce:
             self.failures -= 1
             raise BackendUnavailable("group service", "connection reset")
         return await self._stub.UpdateCursors(request, timeout=timeout)
+
+
+class RecordingNotifier:
+    """The push port, keeping what it is offered and what it is told to take back."""
+
+    def __init__(self) -> None:
+        self.stats = PushStats()
+        self.got: list[PushNotification] = []
+        self.withdrawn: set[tuple[str, int]] = set()
+
+    def offer(self, notifications: list[PushNotification]) -> int:
+        self.got += notifications
+        self.stats.queued += len(notifications)
+        return len(notifications)
+
+    def withdraw(self, messages: Set[tuple[str, int]]) -> None:
+        self.withdrawn |= messages
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass

@@ -13,29 +13,13 @@ from im.adapters.memory import MemoryBus, MemoryKV, MemoryRegistry
 from im.config import Settings
 from im.fanout import Audience
 from im.grpcutil import ChannelPool
-from im.ports import Backends, PushNotification, PushStats
+from im.ports import Backends
 from im.v1 import group_pb2, wire_pb2
 from services.router.delivery import Deliverer
 from services.router.push import PushDispatcher
+from tests.services.router.helpers import RecordingNotifier
 
 CONV = "g:1"
-
-
-class RecordingNotifier:
-    def __init__(self) -> None:
-        self.stats = PushStats()
-        self.got: list[PushNotification] = []
-
-    def offer(self, notifications: list[PushNotification]) -> int:
-        self.got += notifications
-        self.stats.queued += len(notifications)
-        return len(notifications)
-
-    async def start(self) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
 
 
 class NobodyMuted:
@@ -222,3 +206,52 @@ def vars_of(obj: object) -> list[object]:
     if slots is not None:
         return [getattr(obj, name) for name in slots]
     return list(obj) if isinstance(obj, tuple) else list(vars(obj).values())
+
+
+async def test_a_recall_takes_back_what_waits_in_the_dispatcher(settings) -> None:  # type: ignore[no-untyped-def]
+    notifier = RecordingNotifier()
+    push = PushDispatcher(settings, notifier, NobodyMuted)
+    recalled, kept = texts(2)
+    push.offer(recalled, [2, 3])
+    push.offer(kept, [2])
+    push.withdraw({(CONV, recalled.msg_id)})
+    assert push.room() == settings.push_queue_size - 1
+    await push.start()
+    try:
+        await asyncio.wait_for(push.idle(), 10)
+    finally:
+        await push.close()
+    assert [(n.user_id, n.msg_id) for n in notifier.got] == [(2, kept.msg_id)]
+    assert push.stats.recalled == 2
+    assert notifier.withdrawn == {(CONV, recalled.msg_id)}  # and whatever it queued
+
+
+class SlowMuteCheck:
+    """A mute check that answers when told to."""
+
+    def __init__(self) -> None:
+        self.asked = asyncio.Event()
+        self.answer = asyncio.Event()
+
+    async def MutedMembers(self, request, timeout):  # type: ignore[no-untyped-def]
+        self.asked.set()
+        await self.answer.wait()
+        return group_pb2.MemberSettingsMutedResponse()
+
+
+async def test_a_recall_during_the_mute_check_is_not_pushed(settings) -> None:  # type: ignore[no-untyped-def]
+    notifier = RecordingNotifier()
+    groups = SlowMuteCheck()
+    push = PushDispatcher(settings, notifier, lambda: groups)  # type: ignore[arg-type, return-value]
+    (message,) = texts(1)
+    await push.start()
+    try:
+        push.offer(message, [2])
+        await asyncio.wait_for(groups.asked.wait(), 10)  # taken from the queue
+        push.withdraw({(CONV, message.msg_id)})
+        groups.answer.set()
+        await asyncio.wait_for(push.idle(), 10)
+    finally:
+        await push.close()
+    assert notifier.got == []
+    assert push.stats.recalled == 1
