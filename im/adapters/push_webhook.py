@@ -145,6 +145,8 @@ class WebhookPushNotifier:
         return len(taken)
 
     def withdraw(self, messages: Set[tuple[str, int]]) -> None:
+        """Recalled (conversation_id, msg_id): out of the queue now, out of the batch
+        being sent before its next attempt."""
         kept = [n for n in self._queue if (n.conversation_id, n.msg_id) not in messages]
         if len(kept) < len(self._queue):
             self.stats.withdrawn += len(self._queue) - len(kept)

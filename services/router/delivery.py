@@ -56,7 +56,7 @@ class Outbox:
     deliveries: list[connector_pb2.Delivery] = field(default_factory=list)
     receipts: list[connector_pb2.ReceiptDelivery] = field(default_factory=list)
     # msg_ids that may be pushed to a member the connector no longer holds.
-    push: Set[int] = frozenset()
+    pushable: Set[int] = frozenset()
 
 
 class Deliverer:
@@ -85,12 +85,12 @@ class Deliverer:
         receipts: dict[tuple[str, int], int] | None = None,
         lag_ms: int | None = None,
         traces: dict[int, str] | None = None,
-        push: Set[int] = frozenset(),
+        pushable: Set[int] = frozenset(),
     ) -> None:
         """``lag_ms``: how far behind the router is, told to the connectors (which
         refuse Sends while it is too far); None when this batch does not tell.
         ``traces``: msg_id -> traceparent of the router's span, for the Deliveries.
-        ``push``: the msg_ids this batch stored for the first time, the only ones
+        ``pushable``: the msg_ids this batch stored for the first time, the only ones
         offered to offline members (a replay delivers again, it does not push again)."""
         receipts = receipts or {}
         by_conv: dict[str, list[wire_pb2.Message]] = defaultdict(list)
@@ -109,14 +109,14 @@ class Deliverer:
 
         plan = self._plan(by_conv, receipts, audiences, routes, traces)
         if self.push is not None:
-            push = _take_back_recalled(self.push, messages, push)
+            pushable = _take_back_recalled(self.push, messages, pushable)
             for outbox in plan.values():
-                outbox.push = push
-            if push:
-                _offer_offline(self.push, by_conv, audiences, routes, push)
+                outbox.pushable = pushable
+            if pushable:
+                _offer_offline(self.push, by_conv, audiences, routes, pushable)
         missing = await self._send_plan(plan, lag_ms)
         if missing:
-            await self.reroute(missing, push)
+            await self.reroute(missing, pushable)
 
     def _plan(
         self,
@@ -148,10 +148,10 @@ class Deliverer:
 
         return plan
 
-    async def reroute(self, missing: list[Missing], push: Set[int] = frozenset()) -> None:
+    async def reroute(self, missing: list[Missing], pushable: Set[int] = frozenset()) -> None:
         """A route can be stale (the device moved since): look once more, and send to
         where the device is now; otherwise the message waits for its sync (and the
-        member is pushed, for the msg_ids in ``push``)."""
+        member is pushed, for the msg_ids in ``pushable``)."""
         fresh = await self.backends.presence.routes(list({u for u, _d, _m, _c in missing}))
         retry: dict[str, Outbox] = defaultdict(Outbox)
         seen: dict[tuple[str, int], connector_pb2.Delivery] = {}
@@ -165,11 +165,11 @@ class Deliverer:
                         retry[route.connector_id].deliveries.append(delivery)
                     delivery.targets.add(user_id=user_id, device_id=device_id)
                     self.stats.rerouted += 1
-        if self.push is not None and push:
+        if self.push is not None and pushable:
             # Not at any device the presence knows of now: the member is offline.
             gone: dict[int, tuple[wire_pb2.Message, set[int]]] = {}
             for user_id, _device, message, _old in missing:
-                if message.msg_id in push and not fresh.get(user_id):
+                if message.msg_id in pushable and not fresh.get(user_id):
                     gone.setdefault(id(message), (message, set()))[1].add(user_id)
             for message, users in gone.values():
                 self.push.offer(message, sorted(users))
@@ -242,7 +242,7 @@ class Deliverer:
     ) -> None:
         missing = self.accept(connector_id, outbox, result)
         if missing:
-            await self.reroute(missing, outbox.push)
+            await self.reroute(missing, outbox.pushable)
 
     def _lane_failed(self, connector_id: str, exc: BaseException) -> None:
         self.stats.delivery_failures += 1

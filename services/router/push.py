@@ -1,12 +1,12 @@
 """Offline push: members none of whose devices got a stored message are handed to the
 push port (``im.ports.PushNotifier``), unless they muted the conversation.
 
-Delivery only calls ``offer`` (no I/O, bounded): the mute check (one group-service
-call per round, for every conversation at once) and the notifier's own sending run
-in a background task, so a slow group service or a hanging webhook never slows a
-Deliver. Events (``application/vnd.im.*``) and the sender's own messages are never
-pushed. What a full queue cannot take is dropped and counted; offering costs what the
-queue takes, not the size of the group.
+Delivery only offers (no I/O, bounded): the mute check (one group-service call per
+round, for every conversation at once) and the notifier's own sending run in a
+background task, so a slow group service or a hanging webhook never slows a Deliver.
+Events (``application/vnd.im.*``) and the sender's own messages are never pushed.
+What a full queue cannot take is dropped and counted; offering costs what the queue
+takes, not the size of the group.
 
 Only messages a batch stored for the first time are offered (the router's delivery
 sees to it): a batch replayed after a rewind, an isolated retry or a rebalance pushes

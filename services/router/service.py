@@ -246,8 +246,8 @@ class Router:
         # those stored now are pushed: a replay would notify every offline member
         # again. A crash between the store and the push loses the push, which is
         # best effort (the message is stored and synced).
-        pushed = {m.msg_id for m in outcome.new}
-        await self._start_delivery(messages, {}, self._lag_ms(outcome.new), spans, pushed)
+        pushable = {m.msg_id for m in outcome.new}
+        await self._start_delivery(messages, {}, self._lag_ms(outcome.new), spans, pushable)
 
         reports = await self._clamp(batch.reports)
         receipts = await self._apply_cursors(messages, reports)
@@ -275,7 +275,7 @@ class Router:
         receipts: dict[tuple[str, int], int],
         lag_ms: int | None = None,
         spans: BatchTraces | None = None,
-        push: Set[int] = frozenset(),
+        pushable: Set[int] = frozenset(),
     ) -> None:
         """Delivery runs while the batch goes on and the next is taken: one delivery in
         flight at a time, so batches still reach the connectors in bus order. (The
@@ -287,7 +287,7 @@ class Router:
         if self._delivering is not None:
             await self._delivering
         self._delivering = asyncio.get_running_loop().create_task(
-            self._deliver_quietly(messages, receipts, lag_ms, spans, push)
+            self._deliver_quietly(messages, receipts, lag_ms, spans, pushable)
         )
 
     async def _store(self, messages: list[wire_pb2.Message]) -> Outcome:
@@ -406,13 +406,13 @@ class Router:
         receipts: dict[tuple[str, int], int],
         lag_ms: int | None,
         spans: BatchTraces | None = None,
-        push: Set[int] = frozenset(),
+        pushable: Set[int] = frozenset(),
     ) -> None:
         # A failed delivery loses nothing (the messages are stored; devices sync), so
         # it must not fail the batch and make it replay.
         traces = spans.parents() if spans is not None else None
         try:
-            await self.delivery.deliver(messages, receipts, lag_ms, traces, push)
+            await self.delivery.deliver(messages, receipts, lag_ms, traces, pushable)
         except Exception:
             self.delivery.stats.delivery_failures += 1
             log.exception("delivery of a batch failed; its messages wait for sync")

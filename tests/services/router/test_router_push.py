@@ -189,10 +189,10 @@ async def test_missing_targets_without_a_fresh_route_are_pushed(harness) -> None
     message = wire_pb2.Message(msg_id=100, conversation_id=conv, seq=1, sender_id=1)
     try:
         # The connector said 2's device was not there, and presence has no route now.
-        await h.router.delivery.reroute([(2, "dev2", message, "c1")], push={100})
+        await h.router.delivery.reroute([(2, "dev2", message, "c1")], pushable={100})
         await asyncio.wait_for(push.idle(), 10)
         # The same for a replayed message (not stored now): delivered again, not pushed.
-        await h.router.delivery.reroute([(2, "dev2", message, "c1")], push=set())
+        await h.router.delivery.reroute([(2, "dev2", message, "c1")], pushable=set())
         await asyncio.wait_for(push.idle(), 10)
     finally:
         await push.close()
