@@ -11,7 +11,7 @@ library's own errors through.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Set
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -544,6 +544,7 @@ class PushStats:
     sent: int = 0  # accepted by the receiver (2xx)
     failed: int = 0  # given up on: refused (4xx) or retries exhausted
     dropped: int = 0  # the queue was full
+    withdrawn: int = 0  # taken back before they were sent: their message was recalled
 
 
 class PushNotifier(Protocol):
@@ -555,6 +556,11 @@ class PushNotifier(Protocol):
 
     def offer(self, notifications: list[PushNotification]) -> int:
         """Queue these; returns how many were taken (the rest was dropped)."""
+        ...
+
+    def withdraw(self, messages: Set[tuple[str, int]]) -> None:
+        """These (conversation_id, msg_id) were recalled: drop their notifications
+        that have not been sent yet (a preview would show the recalled text)."""
         ...
 
     async def start(self) -> None: ...

@@ -19,7 +19,8 @@ request); ``verify`` below is the reference. Retries re-sign with a fresh timest
 Nothing here is on the router's delivery path: ``offer`` only appends to a bounded
 queue (full: dropped and counted), one background task sends. 5xx answers, 408/429,
 timeouts and connection errors are retried with exponential backoff; any other 4xx
-is final (the receiver refuses the batch as it is).
+is final (the receiver refuses the batch as it is). A recalled message's
+notifications are taken out of the queue, and out of a batch before its next retry.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import hmac
 import json
 import logging
 import uuid
+from collections.abc import Set
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -117,6 +119,8 @@ class WebhookPushNotifier:
         self._transport = transport
         self._secret = options.secret.encode()
         self._queue: collections.deque[PushNotification] = collections.deque()
+        # (conversation, msg_id) recalled while a batch is being sent (None: none is).
+        self._recalled_in_flight: set[tuple[str, int]] | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._client: httpx.AsyncClient | None = None
@@ -139,6 +143,16 @@ class WebhookPushNotifier:
             self._idle.clear()
             self._wake.set()
         return len(taken)
+
+    def withdraw(self, messages: Set[tuple[str, int]]) -> None:
+        """Recalled (conversation_id, msg_id): out of the queue now, out of the batch
+        being sent before its next attempt."""
+        kept = [n for n in self._queue if (n.conversation_id, n.msg_id) not in messages]
+        if len(kept) < len(self._queue):
+            self.stats.withdrawn += len(self._queue) - len(kept)
+            self._queue = collections.deque(kept)
+        if self._recalled_in_flight is not None:
+            self._recalled_in_flight |= messages
 
     def _dropped(self, count: int) -> None:
         self.stats.dropped += count
@@ -213,6 +227,13 @@ class WebhookPushNotifier:
                 log.exception("push batch of %d failed", len(batch))
 
     async def _send(self, batch: list[PushNotification]) -> None:
+        self._recalled_in_flight = set()
+        try:
+            await self._send_attempts(batch)
+        finally:
+            self._recalled_in_flight = None
+
+    async def _send_attempts(self, batch: list[PushNotification]) -> None:
         body = payload(batch)
         delivery = uuid.uuid4().hex
         attempt = 0
@@ -236,6 +257,26 @@ class WebhookPushNotifier:
             delay = min(self.options.retry_max, self.options.retry_base * 2 ** (attempt - 1))
             log.info("push to %s: %s; retrying in %.1f s", self._where, why, delay)
             await self._clock.sleep(delay)
+            kept = self._without_recalled(batch)
+            if kept is not batch:
+                # The same delivery id with fewer notifications: a receiver that got an
+                # earlier attempt (its answer lost) has all of them already.
+                if not kept:
+                    return
+                batch, body = kept, payload(kept)
+
+    def _without_recalled(self, batch: list[PushNotification]) -> list[PushNotification]:
+        """``batch`` itself when none of its messages was recalled meanwhile."""
+        recalled = self._recalled_in_flight
+        if not recalled:
+            return batch
+        recalled_ids = set(recalled)
+        recalled.clear()
+        kept = [n for n in batch if (n.conversation_id, n.msg_id) not in recalled_ids]
+        if len(kept) == len(batch):
+            return batch
+        self.stats.withdrawn += len(batch) - len(kept)
+        return kept
 
     async def _attempt(self, body: bytes, delivery: str) -> tuple[bool, str] | None:
         """None when the receiver took the batch, else (retry it?, why not)."""

@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Set
 from dataclasses import dataclass, field
 
 import grpc
 
 from im.clock import Clock, SystemClock
 from im.config import Settings
+from im.events import RECALL
 from im.fanout import Audience, Lane, Lanes, MemberCache, devices_by_connector, rpc_code
 from im.grpcutil import ChannelPool
 from im.metrics import Distribution
@@ -53,6 +55,8 @@ class Outbox:
 
     deliveries: list[connector_pb2.Delivery] = field(default_factory=list)
     receipts: list[connector_pb2.ReceiptDelivery] = field(default_factory=list)
+    # msg_ids that may be pushed to a member the connector no longer holds.
+    pushable: Set[int] = frozenset()
 
 
 class Deliverer:
@@ -81,10 +85,13 @@ class Deliverer:
         receipts: dict[tuple[str, int], int] | None = None,
         lag_ms: int | None = None,
         traces: dict[int, str] | None = None,
+        pushable: Set[int] = frozenset(),
     ) -> None:
         """``lag_ms``: how far behind the router is, told to the connectors (which
         refuse Sends while it is too far); None when this batch does not tell.
-        ``traces``: msg_id -> traceparent of the router's span, for the Deliveries."""
+        ``traces``: msg_id -> traceparent of the router's span, for the Deliveries.
+        ``pushable``: the msg_ids this batch stored for the first time, the only ones
+        offered to offline members (a replay delivers again, it does not push again)."""
         receipts = receipts or {}
         by_conv: dict[str, list[wire_pb2.Message]] = defaultdict(list)
         for m in messages:
@@ -102,10 +109,14 @@ class Deliverer:
 
         plan = self._plan(by_conv, receipts, audiences, routes, traces)
         if self.push is not None:
-            _offer_offline(self.push, by_conv, audiences, routes)
+            pushable = _take_back_recalled(self.push, messages, pushable)
+            for outbox in plan.values():
+                outbox.pushable = pushable
+            if pushable:
+                _offer_offline(self.push, by_conv, audiences, routes, pushable)
         missing = await self._send_plan(plan, lag_ms)
         if missing:
-            await self.reroute(missing)
+            await self.reroute(missing, pushable)
 
     def _plan(
         self,
@@ -137,9 +148,10 @@ class Deliverer:
 
         return plan
 
-    async def reroute(self, missing: list[Missing]) -> None:
+    async def reroute(self, missing: list[Missing], pushable: Set[int] = frozenset()) -> None:
         """A route can be stale (the device moved since): look once more, and send to
-        where the device is now; otherwise the message waits for its sync."""
+        where the device is now; otherwise the message waits for its sync (and the
+        member is pushed, for the msg_ids in ``pushable``)."""
         fresh = await self.backends.presence.routes(list({u for u, _d, _m, _c in missing}))
         retry: dict[str, Outbox] = defaultdict(Outbox)
         seen: dict[tuple[str, int], connector_pb2.Delivery] = {}
@@ -153,11 +165,11 @@ class Deliverer:
                         retry[route.connector_id].deliveries.append(delivery)
                     delivery.targets.add(user_id=user_id, device_id=device_id)
                     self.stats.rerouted += 1
-        if self.push is not None:
+        if self.push is not None and pushable:
             # Not at any device the presence knows of now: the member is offline.
             gone: dict[int, tuple[wire_pb2.Message, set[int]]] = {}
             for user_id, _device, message, _old in missing:
-                if not fresh.get(user_id):
+                if message.msg_id in pushable and not fresh.get(user_id):
                     gone.setdefault(id(message), (message, set()))[1].add(user_id)
             for message, users in gone.values():
                 self.push.offer(message, sorted(users))
@@ -230,7 +242,7 @@ class Deliverer:
     ) -> None:
         missing = self.accept(connector_id, outbox, result)
         if missing:
-            await self.reroute(missing)
+            await self.reroute(missing, outbox.pushable)
 
     def _lane_failed(self, connector_id: str, exc: BaseException) -> None:
         self.stats.delivery_failures += 1
@@ -291,17 +303,26 @@ def _offer_offline(
     by_conv: dict[str, list[wire_pb2.Message]],
     audiences: dict[str, Audience | None],
     routes: dict[int, list[DeviceRoute]],
+    stored: Set[int],
 ) -> None:
-    """Members with no online device, per message they may see (joined before it)."""
+    """Members with no online device, per message stored now that they may see."""
     for conv, msgs in by_conv.items():
         audience = audiences.get(conv)
-        if audience is None:
-            continue
-        offline = [(u, j) for u, j in audience.joined.items() if u not in routes]
-        if not offline:
-            continue
-        for m in msgs:
-            push.offer(m, [u for u, joined_seq in offline if joined_seq < m.seq])
+        new = [m for m in msgs if m.msg_id in stored]
+        if audience is not None and new:
+            push.offer_offline(new, audience.joined, routes)
+
+
+def _take_back_recalled(
+    push: PushDispatcher, messages: list[wire_pb2.Message], pushable: Set[int]
+) -> Set[int]:
+    """The recalls among ``messages`` take back their messages' notifications that
+    still wait; returns ``pushable`` without the messages recalled in this batch."""
+    recalled = {(m.conversation_id, m.refers_to) for m in messages if m.content_type == RECALL}
+    if not recalled:
+        return pushable
+    push.withdraw(recalled)
+    return pushable - {msg_id for _conv, msg_id in recalled}
 
 
 def _group_refs(

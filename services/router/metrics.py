@@ -13,7 +13,8 @@
   after a rebalance; the counter is reseeded).
 - ``im_router_push_notifications_total{outcome}``: offline push (when configured):
   ``queued`` for the webhook, ``sent`` (accepted), ``failed`` (refused, retries used
-  up, or the mute check failed), ``dropped`` (a full queue), ``muted`` (skipped).
+  up, or the mute check failed), ``dropped`` (a full queue), ``muted`` (skipped),
+  ``recalled`` (taken back before it left: its message was recalled).
 - ``im_router_delivery_failures_total``, ``im_router_delivery_dropped_total``: Deliver
   calls that failed, and outboxes a lagging connector had no room for (both wait for
   sync).
@@ -112,7 +113,8 @@ def _push_family(push: PushDispatcher) -> CounterMetricFamily:
         "im_router_push_notifications",
         "Offline push notifications by outcome: queued for the webhook, sent (accepted), "
         "failed (refused, retries used up, or the mute check failed), dropped (a full "
-        "queue), muted (the member muted the conversation).",
+        "queue), muted (the member muted the conversation), recalled (taken back before "
+        "it left: its message was recalled).",
         labels=["outcome"],
     )
     family.add_metric(["queued"], sent.queued)
@@ -120,4 +122,5 @@ def _push_family(push: PushDispatcher) -> CounterMetricFamily:
     family.add_metric(["failed"], sent.failed + push.stats.failed)
     family.add_metric(["dropped"], sent.dropped + push.stats.dropped)
     family.add_metric(["muted"], push.stats.muted)
+    family.add_metric(["recalled"], push.stats.recalled + sent.withdrawn)
     return family

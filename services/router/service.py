@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Set
 from dataclasses import dataclass, field
 
 import grpc
@@ -242,8 +242,12 @@ class Router:
             # Before delivery, so a member can download what it is told about; replays
             # too (a crash may have come between the store and the link).
             await self.linker.link(messages)
-        # Stored messages go out at once; the cursor write is not on their way.
-        await self._start_delivery(messages, {}, self._lag_ms(outcome.new), spans)
+        # Stored messages go out at once; the cursor write is not on their way. Only
+        # those stored now are pushed: a replay would notify every offline member
+        # again. A crash between the store and the push loses the push, which is
+        # best effort (the message is stored and synced).
+        pushable = {m.msg_id for m in outcome.new}
+        await self._start_delivery(messages, {}, self._lag_ms(outcome.new), spans, pushable)
 
         reports = await self._clamp(batch.reports)
         receipts = await self._apply_cursors(messages, reports)
@@ -252,8 +256,8 @@ class Router:
         # The bus position is committed once the batch's messages are stored, its
         # cursors written and its bad records set aside: a crash before this replays
         # the batch (stored messages are recognised by msg_id and delivered again,
-        # which clients drop as seen; cursors only move forward; dead letters are
-        # stored once).
+        # which clients drop as seen, but not pushed again; cursors only move
+        # forward; dead letters are stored once).
         if consumer is not None:
             await consumer.commit()
         await self._start_delivery([], receipts)
@@ -271,6 +275,7 @@ class Router:
         receipts: dict[tuple[str, int], int],
         lag_ms: int | None = None,
         spans: BatchTraces | None = None,
+        pushable: Set[int] = frozenset(),
     ) -> None:
         """Delivery runs while the batch goes on and the next is taken: one delivery in
         flight at a time, so batches still reach the connectors in bus order. (The
@@ -282,7 +287,7 @@ class Router:
         if self._delivering is not None:
             await self._delivering
         self._delivering = asyncio.get_running_loop().create_task(
-            self._deliver_quietly(messages, receipts, lag_ms, spans)
+            self._deliver_quietly(messages, receipts, lag_ms, spans, pushable)
         )
 
     async def _store(self, messages: list[wire_pb2.Message]) -> Outcome:
@@ -401,12 +406,13 @@ class Router:
         receipts: dict[tuple[str, int], int],
         lag_ms: int | None,
         spans: BatchTraces | None = None,
+        pushable: Set[int] = frozenset(),
     ) -> None:
         # A failed delivery loses nothing (the messages are stored; devices sync), so
         # it must not fail the batch and make it replay.
         traces = spans.parents() if spans is not None else None
         try:
-            await self.delivery.deliver(messages, receipts, lag_ms, traces)
+            await self.delivery.deliver(messages, receipts, lag_ms, traces, pushable)
         except Exception:
             self.delivery.stats.delivery_failures += 1
             log.exception("delivery of a batch failed; its messages wait for sync")

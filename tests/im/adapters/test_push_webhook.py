@@ -1,5 +1,6 @@
 """The push webhook adapter against a real HTTP server: batches, a signature the
-receiver can verify, retries with backoff on 5xx (not on 4xx), a bounded queue."""
+receiver can verify, retries with backoff on 5xx (not on 4xx), a bounded queue, and
+recalled messages taken back from the queue and from a batch being retried."""
 
 from __future__ import annotations
 
@@ -198,3 +199,61 @@ async def test_offer_returns_at_once_while_the_receiver_hangs(server) -> None:  
         assert push.stats.sent == 0
     finally:
         await push.close()  # bounded, though the receiver never answers
+
+
+async def test_a_recall_drops_the_queued_notifications_of_its_message(server) -> None:  # type: ignore[no-untyped-def]
+    push = notifier(server, QuickClock(), linger=0)
+    push.offer([note(1, user=7), note(2, user=7), note(1, user=8)])  # before the sender runs
+    push.withdraw({("g:1", note(1).msg_id)})
+    assert (push.pending(), push.stats.withdrawn) == (1, 2)
+    await push.start()
+    try:
+        await settle(push)
+    finally:
+        await push.close()
+    assert [n["seq"] for n in server.notifications()] == [2]
+
+
+class RecallDuringBackoff(QuickClock):
+    """The recall of message ``seq`` arrives while a failed batch waits for its retry."""
+
+    def __init__(self, seq: int) -> None:
+        super().__init__()
+        self.seq = seq
+        self.push: WebhookPushNotifier | None = None
+
+    async def sleep(self, seconds: float) -> None:
+        await super().sleep(seconds)
+        assert self.push is not None
+        self.push.withdraw({("g:1", note(self.seq).msg_id)})
+
+
+async def test_a_retry_leaves_out_a_message_recalled_meanwhile(server) -> None:  # type: ignore[no-untyped-def]
+    server.script = [500]
+    clock = RecallDuringBackoff(1)
+    push = clock.push = notifier(server, clock, linger=0)
+    await push.start()
+    try:
+        push.offer([note(1), note(2)])
+        await settle(push)
+    finally:
+        await push.close()
+    first, retry = server.received
+    assert [n["seq"] for n in first.notifications()] == [1, 2]
+    assert [n["seq"] for n in retry.notifications()] == [2]
+    assert first.headers[DELIVERY_HEADER] == retry.headers[DELIVERY_HEADER]
+    assert (push.stats.sent, push.stats.withdrawn) == (1, 1)
+
+
+async def test_a_batch_whose_messages_were_all_recalled_is_not_retried(server) -> None:  # type: ignore[no-untyped-def]
+    server.script = [500]
+    clock = RecallDuringBackoff(1)
+    push = clock.push = notifier(server, clock, linger=0)
+    await push.start()
+    try:
+        push.offer([note(1, user=7), note(1, user=8)])
+        await settle(push)
+    finally:
+        await push.close()
+    assert len(server.received) == 1
+    assert (push.stats.sent, push.stats.failed, push.stats.withdrawn) == (0, 0, 2)

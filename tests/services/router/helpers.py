@@ -1,9 +1,12 @@
-"""Stores that fail the way real ones do, for the router's tests."""
+"""Stores and services that fail the way real ones do, and a push notifier that
+records, for the router's tests."""
 
 from __future__ import annotations
 
+from collections.abc import Set
+
 from im.adapters.sqlstore import SqlMessageStore
-from im.ports import BackendUnavailable, RecordRejected
+from im.ports import BackendUnavailable, PushNotification, PushStats, RecordRejected
 
 
 class FailingStore:
@@ -38,3 +41,43 @@ class RejectingStore(FailingStore):
                 await self._store.insert_many(messages[:i])
                 raise RecordRejected(i, "value too long")
         return await self._store.insert_many(messages)
+
+
+class CursorsFailOnce:
+    """A group service stub whose next UpdateCursors fails as a whole, once."""
+
+    def __init__(self, stub) -> None:  # type: ignore[no-untyped-def]
+        self._stub = stub
+        self.failures = 1
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self._stub, name)
+
+    async def UpdateCursors(self, request, timeout=None):  # type: ignore[no-untyped-def]
+        if self.failures:
+            self.failures -= 1
+            raise BackendUnavailable("group service", "connection reset")
+        return await self._stub.UpdateCursors(request, timeout=timeout)
+
+
+class RecordingNotifier:
+    """The push port, keeping what it is offered and what it is told to take back."""
+
+    def __init__(self) -> None:
+        self.stats = PushStats()
+        self.got: list[PushNotification] = []
+        self.withdrawn: set[tuple[str, int]] = set()
+
+    def offer(self, notifications: list[PushNotification]) -> int:
+        self.got += notifications
+        self.stats.queued += len(notifications)
+        return len(notifications)
+
+    def withdraw(self, messages: Set[tuple[str, int]]) -> None:
+        self.withdrawn |= messages
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass

@@ -1,6 +1,7 @@
 """Offline push from the router (harness.py: a real group service, in-process bus and
 presence): members with no online device get a notification, online and muted
-members and the sender none, events none; delivery never waits for the webhook."""
+members and the sender none, events none, replays none, recalled messages none;
+delivery never waits for the webhook."""
 
 from __future__ import annotations
 
@@ -8,34 +9,18 @@ import asyncio
 
 from im.adapters.push_webhook import WebhookOptions, WebhookPushNotifier
 from im.events import RECALL
-from im.ports import PushNotification, PushStats
 from im.runtime import local_connectors
 from im.v1 import bus_pb2, connector_pb2, group_pb2, wire_pb2
 from services.router.push import PushDispatcher, preview_of
 from tests.im.adapters.webhook_server import webhook_server
 from tests.services.router.harness import Harness, make_group, online
+from tests.services.router.helpers import CursorsFailOnce, RecordingNotifier
 from tests.services.router.test_router_metrics import Scrape
 
 
-class RecordingNotifier:
-    def __init__(self) -> None:
-        self.stats = PushStats()
-        self.got: list[PushNotification] = []
-
-    def offer(self, notifications: list[PushNotification]) -> int:
-        self.got += notifications
-        self.stats.queued += len(notifications)
-        return len(notifications)
-
-    async def start(self) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
-
-
-async def with_push(h: Harness, notifier) -> PushDispatcher:  # type: ignore[no-untyped-def]
-    push = PushDispatcher(h.settings, notifier, h.router._group)
+async def with_push(h: Harness, notifier, previews: bool = False) -> PushDispatcher:  # type: ignore[no-untyped-def]
+    settings = h.settings.model_copy(update={"push_preview": previews})
+    push = PushDispatcher(settings, notifier, h.router._group)
     h.router.push = h.router.delivery.push = push
     await push.start()
     return push
@@ -112,6 +97,61 @@ async def test_events_are_not_pushed(harness) -> None:  # type: ignore[no-untype
     assert recorder.got == []
 
 
+async def publish(h: Harness, message: wire_pb2.Message) -> None:
+    inbound = bus_pb2.InboundMessage(message=message)
+    await h.bus.publish(
+        h.settings.topic_messages, message.conversation_id, inbound.SerializeToString()
+    )
+
+
+def text(conv: str, msg_id: int, words: str) -> wire_pb2.Message:
+    return wire_pb2.Message(
+        msg_id=msg_id,
+        conversation_id=conv,
+        sender_id=1,
+        content_type="text/plain",
+        body=words.encode(),
+        server_ts=1,
+    )
+
+
+def recall(conv: str, msg_id: int, target: int) -> wire_pb2.Message:
+    return wire_pb2.Message(
+        msg_id=msg_id, conversation_id=conv, sender_id=1, content_type=RECALL, refers_to=target
+    )
+
+
+async def test_a_message_recalled_in_its_own_batch_is_not_pushed(harness) -> None:  # type: ignore[no-untyped-def]
+    h = harness
+    recorder = RecordingNotifier()
+    push = await with_push(h, recorder, previews=True)
+    try:
+        conv = await make_group(h, 1, [2])
+        await publish(h, text(conv, 100, "the plan, sent to the wrong group"))
+        await publish(h, recall(conv, 101, 100))
+        await settle(h, push)
+    finally:
+        await push.close()
+    assert h.router.stats.batches == 1  # the message and its recall together
+    assert recorder.got == []
+
+
+async def test_a_recall_takes_back_the_notifications_still_waiting(harness) -> None:  # type: ignore[no-untyped-def]
+    h = harness
+    recorder = RecordingNotifier()  # holds what it is offered, as a queue would
+    push = await with_push(h, recorder, previews=True)
+    try:
+        conv = await make_group(h, 1, [2])
+        await publish(h, text(conv, 100, "oops"))
+        await settle(h, push)
+        assert [(n.msg_id, n.preview) for n in recorder.got] == [(100, "oops")]
+        await publish(h, recall(conv, 101, 100))
+        await settle(h, push)
+    finally:
+        await push.close()
+    assert recorder.withdrawn == {(conv, 100)}
+
+
 async def test_a_member_the_connector_no_longer_holds_is_pushed(harness) -> None:  # type: ignore[no-untyped-def]
     h = harness
     recorder = RecordingNotifier()
@@ -149,11 +189,44 @@ async def test_missing_targets_without_a_fresh_route_are_pushed(harness) -> None
     message = wire_pb2.Message(msg_id=100, conversation_id=conv, seq=1, sender_id=1)
     try:
         # The connector said 2's device was not there, and presence has no route now.
-        await h.router.delivery.reroute([(2, "dev2", message, "c1")])
+        await h.router.delivery.reroute([(2, "dev2", message, "c1")], pushable={100})
+        await asyncio.wait_for(push.idle(), 10)
+        # The same for a replayed message (not stored now): delivered again, not pushed.
+        await h.router.delivery.reroute([(2, "dev2", message, "c1")], pushable=set())
         await asyncio.wait_for(push.idle(), 10)
     finally:
         await push.close()
     assert [(n.user_id, n.msg_id) for n in recorder.got] == [(2, 100)]
+
+
+async def test_a_batch_replayed_after_a_failed_cursor_write_pushes_nothing_again(  # type: ignore[no-untyped-def]
+    harness, monkeypatch
+) -> None:
+    h = harness
+    recorder = RecordingNotifier()
+    push = await with_push(h, recorder)
+    conv = await make_group(h, 1, [2, 3])
+    await online(h, 1)
+    flaky = CursorsFailOnce(h.router._group())
+    monkeypatch.setattr(h.router, "_group", lambda: flaky)
+    monkeypatch.setattr(h.router, "_sleep", no_sleep)
+    await h.send(conv, 1, 100)
+    consumer = h.consumer()
+    try:
+        await h.router.turn(consumer)  # stored and delivered; the cursor write fails
+        assert h.router.failing == 1
+        await h.router.turn(consumer)  # rewound: the same batch, a replay now
+        assert h.router.failing == 0 and h.router.stats.replayed == 1
+        await h.router.flush()
+        await asyncio.wait_for(push.idle(), 10)
+    finally:
+        await consumer.close()
+        await push.close()
+    assert sorted((n.user_id, n.msg_id) for n in recorder.got) == [(2, 100), (3, 100)]
+
+
+async def no_sleep(seconds: float) -> None:
+    pass
 
 
 async def test_delivery_does_not_wait_for_a_hanging_webhook(harness) -> None:  # type: ignore[no-untyped-def]
