@@ -11,8 +11,9 @@ Who may do what (docs/rest-api.md, "Recall and edit"):
   recalled one; the new text obeys the size limit of a send.
 
 Retries are idempotent: the event's client_msg_id is derived from the target (recall)
-or from the caller's key (edit). A request seen before is answered with the event it
-produced, even when its window has closed since or the router has applied it.
+or from the caller's key (edit), with the server's prefix that no client may use. A
+request seen before is answered with the event it produced, even when its window has
+closed since or the router has applied it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from im.clock import Clock
 from im.config import Settings
 from im.ids import MsgIdGenerator
 from im.ports import IdempotencyStore, MessageStore
-from im.sending import ACK_RECORD, Sent, ServerSender, idempotency_key
+from im.sending import ACK_RECORD, Sent, ServerSender, idempotency_key, server_client_msg_id
 from im.v1 import group_pb2, wire_pb2
 from services.gateway.calls import Calls
 from services.gateway.conversations import ConversationOps
@@ -51,13 +52,13 @@ class EventRequest:
 
 
 def recall_key(target: int) -> str:
-    return f"recall:{target}"
+    return server_client_msg_id("recall", target)
 
 
 def edit_key(target: int, key: str) -> str:
     # Fixed length whatever the caller's key (the stored client_msg_id holds 64).
     digest = hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
-    return f"edit:{target}:{digest}"
+    return server_client_msg_id("edit", target, digest)
 
 
 class MessageEventOps:

@@ -19,7 +19,7 @@ from im import events
 from im.config import Settings
 from im.ids import is_valid_conversation_id, parse_direct
 from im.ports import RateLimiter
-from im.sending import Sent, ServerSender
+from im.sending import Sent, ServerSender, client_msg_id_problem
 from im.v1 import user_pb2, wire_pb2
 from im.validation import is_id
 from services.gateway.calls import Calls
@@ -30,7 +30,6 @@ from services.gateway.limits import RateLimited
 log = logging.getLogger("im.gateway")
 
 # The limits of a socket Send (services/connector/sendpath.py).
-MAX_CLIENT_MSG_ID = 64
 MAX_CONTENT_TYPE = 64
 MAX_ATTACHMENTS = 16
 ATTACHMENT_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
@@ -109,8 +108,9 @@ class MessageOps:
 
     def check(self, draft: Draft) -> None:
         """The limits of a socket Send: 422, or 413 for a body over max_body_bytes."""
-        if not 1 <= len(draft.client_msg_id) <= MAX_CLIENT_MSG_ID:
-            raise invalid(f"client_msg_id must be 1..{MAX_CLIENT_MSG_ID} characters")
+        problem = client_msg_id_problem(draft.client_msg_id)
+        if problem is not None:
+            raise invalid(problem)
         content_type = draft.content_type
         if not 1 <= len(content_type) <= MAX_CONTENT_TYPE:
             raise invalid(f"content_type must be 1..{MAX_CONTENT_TYPE} characters")

@@ -88,6 +88,7 @@ async def test_the_sender_must_exist_and_be_a_member(suite: Suite, stub) -> None
     [
         ({"client_msg_id": ""}, "client_msg_id"),
         ({"client_msg_id": "x" * 65}, "client_msg_id"),
+        ({"client_msg_id": "~g:1:ev:2"}, "client_msg_id"),
         ({"content_type": "application/vnd.im.edit"}, "reserved"),
         ({"content_type": "c" * 65}, "content_type"),
         ({"body": b"x" * 32769}, "32768"),

@@ -116,6 +116,7 @@ async def test_a_client_msg_id_sent_over_the_socket_first_is_the_same_message(
         ({"client_msg_id": "a", "text": "x", "body_base64": "eA=="}, 422, "exactly one"),
         ({"client_msg_id": "a", "body_base64": "not base64!"}, 422, "body_base64"),
         ({"client_msg_id": "a", "text": "x", "content_type": ""}, 422, "content_type"),
+        ({"client_msg_id": "~recall:1", "text": "x"}, 422, "client_msg_id"),
         ({"client_msg_id": "a", "text": "x", "content_type": "t" * 65}, 422, "content_type"),
         ({"client_msg_id": "a", "text": "x", "content_type": "text/\x00"}, 422, "content_type"),
         ({"client_msg_id": "a", "text": "x", "attachment_ids": ["a"] * 17}, 422, "attachment"),
