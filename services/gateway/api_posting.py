@@ -12,13 +12,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from im.sending import MAX_CLIENT_MSG_ID, SERVER_KEY_PREFIX
 from services.gateway.deps import Auth, ConversationId, GatewayDep
-from services.gateway.messages import (
-    DEFAULT_CONTENT_TYPE,
-    MAX_ATTACHMENTS,
-    MAX_CONTENT_TYPE,
-    Draft,
-    invalid,
-)
+from services.gateway.messages import DEFAULT_CONTENT_TYPE, MAX_CONTENT_TYPE, Draft, invalid
 from services.gateway.problems import problem_responses
 
 router = APIRouter()
@@ -49,8 +43,8 @@ class PostMessageRequest(BaseModel):
     )
     attachment_ids: list[str] = Field(
         default_factory=list,
-        max_length=MAX_ATTACHMENTS,
-        description=f"Ids of uploaded attachments (at most {MAX_ATTACHMENTS}).",
+        description="Ids of uploaded attachments, as on the socket: at most "
+        "IM_MAX_ATTACHMENTS_PER_MESSAGE (10 unless set; 0: none), no id twice (422).",
     )
 
     @model_validator(mode="after")

@@ -11,11 +11,10 @@ under one msg_id. Refusals are ``ApiError``s; the gRPC servicer maps them to sta
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from im import events
+from im import attachments, events
 from im.config import Settings
 from im.ids import is_valid_conversation_id, parse_direct
 from im.ports import RateLimiter
@@ -31,8 +30,6 @@ log = logging.getLogger("im.gateway")
 
 # The limits of a socket Send (services/connector/sendpath.py).
 MAX_CONTENT_TYPE = 64
-MAX_ATTACHMENTS = 16
-ATTACHMENT_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 DEFAULT_CONTENT_TYPE = "text/plain"
 SERVER_DEVICE = "server"  # sender_device of gRPC sends that name none
 RETRY_AFTER_SECONDS = 1  # told to a caller whose send met a bus failure
@@ -121,10 +118,12 @@ class MessageOps:
         limit = self._settings.max_body_bytes
         if len(draft.body) > limit:
             raise ApiError(413, "payload_too_large", f"the body is larger than {limit} bytes")
-        if len(draft.attachment_ids) > MAX_ATTACHMENTS:
-            raise invalid(f"at most {MAX_ATTACHMENTS} attachment_ids")
-        if not all(ATTACHMENT_ID.fullmatch(a) for a in draft.attachment_ids):
-            raise invalid("attachment_ids must be 1..128 characters of A-Z a-z 0-9 _ . : -")
+        if draft.attachment_ids:
+            problem = attachments.check_ids(
+                draft.attachment_ids, self._settings.max_attachments_per_message
+            )
+            if problem is not None:
+                raise invalid(problem)
 
     async def _limit(self, user_id: int) -> None:
         """The socket's allowance (send_burst, refilled at send_rate_per_second) as a
