@@ -22,8 +22,8 @@ from im.sending import Sent, ServerSender, client_msg_id_problem
 from im.v1 import user_pb2, wire_pb2
 from im.validation import is_id
 from services.gateway.calls import Calls
-from services.gateway.conversations import ConversationOps
-from services.gateway.errors import ApiError, forbidden, rate_limited
+from services.gateway.conversations import ConversationOps, require_writable
+from services.gateway.errors import ApiError, cannot_write, forbidden, rate_limited
 from services.gateway.limits import RateLimited
 
 log = logging.getLogger("im.gateway")
@@ -167,11 +167,9 @@ class MessageOps:
         if not answer.is_member:
             await self._open_own_direct(user_id, conversation_id)
             answer = await self._conversations.membership(conversation_id, user_id)
-        if answer.read_only:
-            raise ApiError(409, "group_dissolved", "the group is dissolved: it is read-only")
-        if not answer.is_member or answer.send_blocked:
-            # Neutral, as on the socket: a blocked sender is not told of the block.
-            raise forbidden("you cannot send to this conversation")
+        if not answer.is_member:
+            raise cannot_write()
+        require_writable(answer)
 
     async def _open_own_direct(self, user_id: int, conversation_id: str) -> None:
         pair = parse_direct(conversation_id)

@@ -271,3 +271,44 @@ async def test_a_client_cannot_take_the_key_of_a_recall_or_edit_first(
         edit_url(conv, m), json={"text": "rewritten", "client_msg_id": "k"}, headers=ha
     )
     assert_problem(r, 409, "window_passed")
+
+
+async def test_a_blocked_pair_may_recall_but_not_edit(suite: Suite, clock: FakeClock) -> None:
+    alice, ha, bob, hb, conv = await pair(suite)
+    tap = await Tap.at_end(suite, suite.settings.topic_messages)
+    by_bob = await stored(suite, clock, conv, 1, bob)
+    by_alice = await stored(suite, clock, conv, 2, alice)
+    assert (await suite.client.put(f"/v1/users/{bob}/block", headers=ha)).status_code == 204
+    for editor, m in ((hb, by_bob), (ha, by_alice)):  # the blocked one and the blocker
+        r = await suite.client.patch(edit_url(conv, m), json={"text": "new"}, headers=editor)
+        problem = assert_problem(r, 403, "forbidden")
+        assert "block" not in problem["detail"]  # neutral, like a refused send
+    assert await published(suite, tap) == []
+    # Taking one's own message back adds nothing: allowed.
+    assert (await suite.client.post(recall_url(conv, by_bob), headers=hb)).status_code == 202
+    (event,) = await published(suite, tap)
+    assert event.content_type == events.RECALL and event.refers_to == by_bob.msg_id
+
+
+async def test_a_dissolved_group_allows_neither_recall_nor_edit(
+    suite: Suite, clock: FakeClock
+) -> None:
+    _owner, ho = await suite.user("olga")
+    member, hm = await suite.user("mia")
+    r = await suite.client.post(
+        "/v1/groups", json={"name": "g", "member_ids": [member]}, headers=ho
+    )
+    conv = r.json()["conversation_id"]
+    mine = await stored(suite, clock, conv, 1, member)
+    assert (await suite.client.post(f"/v1/groups/{conv}/dissolve", headers=ho)).status_code == 200
+    tap = await Tap.at_end(suite, suite.settings.topic_messages)
+    r = await suite.client.patch(edit_url(conv, mine), json={"text": "new"}, headers=hm)
+    assert_problem(r, 409, "group_dissolved")
+    assert_problem(
+        await suite.client.post(recall_url(conv, mine), headers=hm), 409, "group_dissolved"
+    )
+    # The owner, who may recall anything at any time elsewhere: not here either.
+    assert_problem(
+        await suite.client.post(recall_url(conv, mine), headers=ho), 409, "group_dissolved"
+    )
+    assert await published(suite, tap) == []
