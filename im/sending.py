@@ -17,10 +17,31 @@ from im.v1 import bus_pb2, wire_pb2
 
 # The idempotency record of a Send: (msg_id, server_ts) of its first acceptance.
 ACK_RECORD = struct.Struct(">Qq")
+MAX_CLIENT_MSG_ID = 64  # characters (the stored column's width)
+# The first character of every client_msg_id the server makes up for a message it sends
+# in a user's name (a recall, an edit, a group's system event). Those keys share the
+# user's key space with the ones clients choose, and a key seen before passes for a
+# retry: a client that took an event's key first would make the event skip its checks
+# or vanish. So clients may not start a client_msg_id with it.
+SERVER_KEY_PREFIX = "~"
 
 
 def idempotency_key(user_id: int, client_msg_id: str) -> str:
     return f"{user_id}:{client_msg_id}"
+
+
+def server_client_msg_id(*parts: object) -> str:
+    """A client_msg_id of the server's own, e.g. ``~recall:<msg_id>``."""
+    return SERVER_KEY_PREFIX + ":".join(str(part) for part in parts)
+
+
+def client_msg_id_problem(client_msg_id: str) -> str | None:
+    """What is wrong with a client_msg_id a client chose, or None."""
+    if not 1 <= len(client_msg_id) <= MAX_CLIENT_MSG_ID:
+        return f"client_msg_id must be 1..{MAX_CLIENT_MSG_ID} characters"
+    if client_msg_id.startswith(SERVER_KEY_PREFIX):
+        return f"client_msg_id must not start with {SERVER_KEY_PREFIX!r} (the server's own keys)"
+    return None
 
 
 @dataclass(frozen=True, slots=True)

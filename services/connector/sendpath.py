@@ -23,7 +23,7 @@ from im.config import Settings
 from im.ids import MsgIdGenerator, is_valid_conversation_id
 from im.metrics import Distribution
 from im.ports import Backends
-from im.sending import ACK_RECORD, idempotency_key
+from im.sending import ACK_RECORD, client_msg_id_problem, idempotency_key
 from im.v1 import bus_pb2, wire_pb2
 from services.connector import traces
 from services.connector.admission import Admission
@@ -35,7 +35,6 @@ from services.connector.replay import ReplayWindow
 log = logging.getLogger("im.connector")
 
 E = wire_pb2
-MAX_CLIENT_MSG_ID = 64
 MAX_CONTENT_TYPE = 64
 RECENT_ACKS = 100_000
 REPLAY_MAX_RECORDS = 200_000
@@ -121,10 +120,9 @@ class SendPath:
         """What is wrong with this Send by itself, as (error code, message)."""
         if conn.bucket is not None and not conn.bucket.take(self._clock.monotonic()):
             return E.ERROR_CODE_RATE_LIMITED, "send rate exceeded"
-        if not send.client_msg_id or len(send.client_msg_id) > MAX_CLIENT_MSG_ID:
-            return E.ERROR_CODE_INVALID_ARGUMENT, (
-                f"client_msg_id must be 1..{MAX_CLIENT_MSG_ID} characters"
-            )
+        problem = client_msg_id_problem(send.client_msg_id)
+        if problem is not None:
+            return E.ERROR_CODE_INVALID_ARGUMENT, problem
         if not is_valid_conversation_id(send.conversation_id):
             return E.ERROR_CODE_INVALID_ARGUMENT, (
                 f"malformed conversation_id {send.conversation_id[:80]!r}"

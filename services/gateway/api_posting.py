@@ -10,15 +10,9 @@ import binascii
 from fastapi import APIRouter
 from pydantic import BaseModel, Field, model_validator
 
+from im.sending import MAX_CLIENT_MSG_ID, SERVER_KEY_PREFIX
 from services.gateway.deps import Auth, ConversationId, GatewayDep
-from services.gateway.messages import (
-    DEFAULT_CONTENT_TYPE,
-    MAX_ATTACHMENTS,
-    MAX_CLIENT_MSG_ID,
-    MAX_CONTENT_TYPE,
-    Draft,
-    invalid,
-)
+from services.gateway.messages import DEFAULT_CONTENT_TYPE, MAX_CONTENT_TYPE, Draft, invalid
 from services.gateway.problems import problem_responses
 
 router = APIRouter()
@@ -30,7 +24,8 @@ class PostMessageRequest(BaseModel):
         max_length=MAX_CLIENT_MSG_ID,
         description="Your idempotency key (e.g. a UUID): send again with the same one "
         "after a timeout or a 503, and the message is stored once, under one msg_id. "
-        "Shared with the socket's Send: one key is one message whichever way it went.",
+        "Shared with the socket's Send: one key is one message whichever way it went. "
+        f"Keys starting with `{SERVER_KEY_PREFIX}` are the server's own (422).",
         examples=["7f1c2a9e-4b6d-4c1e-9a55-0d2f3b8e61aa"],
     )
     content_type: str = Field(
@@ -48,8 +43,8 @@ class PostMessageRequest(BaseModel):
     )
     attachment_ids: list[str] = Field(
         default_factory=list,
-        max_length=MAX_ATTACHMENTS,
-        description=f"Ids of uploaded attachments (at most {MAX_ATTACHMENTS}).",
+        description="Ids of uploaded attachments, as on the socket: at most "
+        "IM_MAX_ATTACHMENTS_PER_MESSAGE (10 unless set; 0: none), no id twice (422).",
     )
 
     @model_validator(mode="after")

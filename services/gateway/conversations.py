@@ -15,7 +15,16 @@ from im.ids import is_valid_conversation_id, parse_direct
 from im.ports import ActivityStore, MessageStore
 from im.v1 import bus_pb2, group_pb2, group_pb2_grpc, user_pb2, wire_pb2
 from services.gateway.calls import Calls
-from services.gateway.errors import ApiError, forbidden
+from services.gateway.errors import ApiError, cannot_write, forbidden, group_dissolved
+
+
+def require_writable(answer: group_pb2.CheckMemberResponse) -> None:
+    """Refuses new content from a member: 409 in a dissolved (read-only) group, 403 in
+    a 1:1 with a block either way (neutral, like a refused socket Send)."""
+    if answer.read_only:
+        raise group_dissolved()
+    if answer.send_blocked:
+        raise cannot_write()
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,12 +188,18 @@ class ConversationOps:
             raise
 
     async def require_member(self, conversation_id: str, user_id: int) -> group_pb2.Member:
+        return (await self.require_membership(conversation_id, user_id)).member
+
+    async def require_membership(
+        self, conversation_id: str, user_id: int
+    ) -> group_pb2.CheckMemberResponse:
+        """``membership`` of a member; 404 for a malformed id, 403 for anyone else."""
         if not is_valid_conversation_id(conversation_id):
             raise ApiError(404, "not_found", "no such conversation")
-        member = await self.member(conversation_id, user_id)
-        if member is None:
+        answer = await self.membership(conversation_id, user_id)
+        if not answer.is_member:
             raise forbidden()
-        return member
+        return answer
 
     async def history(
         self, me: int, conversation_id: str, after_seq: int, limit: int

@@ -44,6 +44,15 @@ def forbidden(detail: str = "not a member of this conversation") -> ApiError:
     return ApiError(403, "forbidden", detail)
 
 
+def cannot_write() -> ApiError:
+    # Neutral, as on the socket: a blocked sender is not told of the block.
+    return forbidden("you cannot send to this conversation")
+
+
+def group_dissolved() -> ApiError:
+    return ApiError(409, "group_dissolved", "the group is dissolved: it is read-only")
+
+
 def no_such_group() -> ApiError:
     return ApiError(404, "not_found", "no such group")
 

@@ -5,8 +5,8 @@ the server-side send path, so every device shows the changes in order with the c
 An event is sent after its change is committed: an added member is already in the
 member list (the router revalidates it per batch), and joined after a seq the event
 comes after, so it sees the event; a removed member is gone, so it sees neither the
-event nor anything later. The client_msg_id is the group's change_version, so a
-retried event is stored once."""
+event nor anything later. The client_msg_id is the group's change_version (with the
+server's prefix, which clients may not use), so a retried event is stored once."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import json
 import logging
 from typing import Any
 
-from im.sending import ServerSender
+from im.sending import ServerSender, server_client_msg_id
 from im.v1 import wire_pb2
 
 log = logging.getLogger("im.gateway")
@@ -26,8 +26,9 @@ MAX_EVENT_USER_IDS = 100
 
 def event_client_msg_id(group_id: str, change_version: int, part: str = "") -> str:
     # The idempotency key is (sender, client_msg_id): the group id keeps two groups'
-    # change numbers apart; ``part`` the several events of one change.
-    return f"{group_id}:ev:{change_version}" + (f":{part}" if part else "")
+    # change numbers apart; ``part`` the several events of one change. The server's
+    # prefix keeps a member from taking the key of the next change's event first.
+    return server_client_msg_id(group_id, "ev", change_version, *([part] if part else []))
 
 
 class GroupEvents:

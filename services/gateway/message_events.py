@@ -8,11 +8,15 @@ Who may do what (docs/rest-api.md, "Recall and edit"):
 - recall: the sender within ``recall_window_seconds`` of the send; a group's owners
   and admins at any time, anyone's message;
 - edit: the sender only, within ``edit_window_seconds``, text messages only, never a
-  recalled one; the new text obeys the size limit of a send.
+  recalled one; the new text obeys the size limit of a send, and is refused where a
+  send would be (a blocked 1:1 pair);
+- neither in a dissolved group (read-only). Retracting one's own message in a blocked
+  1:1 is allowed: it adds nothing the other side has not seen.
 
 Retries are idempotent: the event's client_msg_id is derived from the target (recall)
-or from the caller's key (edit). A request seen before is answered with the event it
-produced, even when its window has closed since or the router has applied it.
+or from the caller's key (edit), with the server's prefix that no client may use. A
+request seen before is answered with the event it produced, even when its window has
+closed since or the router has applied it.
 """
 
 from __future__ import annotations
@@ -27,11 +31,11 @@ from im.clock import Clock
 from im.config import Settings
 from im.ids import MsgIdGenerator
 from im.ports import IdempotencyStore, MessageStore
-from im.sending import ACK_RECORD, Sent, ServerSender, idempotency_key
+from im.sending import ACK_RECORD, Sent, ServerSender, idempotency_key, server_client_msg_id
 from im.v1 import group_pb2, wire_pb2
 from services.gateway.calls import Calls
-from services.gateway.conversations import ConversationOps
-from services.gateway.errors import ApiError, forbidden
+from services.gateway.conversations import ConversationOps, require_writable
+from services.gateway.errors import ApiError, forbidden, group_dissolved
 
 MODERATORS = (group_pb2.MEMBER_ROLE_ADMIN, group_pb2.MEMBER_ROLE_OWNER)
 # The idempotency claim and the bus may each take up to publish_timeout; past this
@@ -51,13 +55,13 @@ class EventRequest:
 
 
 def recall_key(target: int) -> str:
-    return f"recall:{target}"
+    return server_client_msg_id("recall", target)
 
 
 def edit_key(target: int, key: str) -> str:
     # Fixed length whatever the caller's key (the stored client_msg_id holds 64).
     digest = hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
-    return f"edit:{target}:{digest}"
+    return server_client_msg_id("edit", target, digest)
 
 
 class MessageEventOps:
@@ -84,7 +88,11 @@ class MessageEventOps:
         self.clock = clock  # the windows' clock (tests put a FakeClock here)
 
     async def recall(self, me: int, device: str, conversation_id: str, msg_id: int) -> Sent:
-        member, target = await self._target(me, conversation_id, msg_id)
+        answer = await self._conversations.require_membership(conversation_id, me)
+        if answer.read_only:
+            raise group_dissolved()
+        member = answer.member
+        target = await self._target(member, conversation_id, msg_id)
         if events.is_reserved(target.content_type):
             raise ApiError(422, "invalid_request", "an event cannot be recalled")
         request = EventRequest(events.RECALL, conversation_id, target, b"", recall_key(msg_id))
@@ -114,7 +122,9 @@ class MessageEventOps:
                 "invalid_request",
                 f"text exceeds {self._settings.max_body_bytes} bytes (UTF-8)",
             )
-        _, target = await self._target(me, conversation_id, msg_id)
+        answer = await self._conversations.require_membership(conversation_id, me)
+        require_writable(answer)
+        target = await self._target(answer.member, conversation_id, msg_id)
         if target.sender_id != me:
             raise forbidden("only the sender may edit a message")
         if not target.content_type.startswith("text/"):
@@ -131,10 +141,9 @@ class MessageEventOps:
     # ------------------------------------------------------------------ parts
 
     async def _target(
-        self, me: int, conversation_id: str, msg_id: int
-    ) -> tuple[group_pb2.Member, wire_pb2.Message]:
-        """The caller's membership and the message, as a member may see it."""
-        member = await self._conversations.require_member(conversation_id, me)
+        self, member: group_pb2.Member, conversation_id: str, msg_id: int
+    ) -> wire_pb2.Message:
+        """The message, as this member may see it."""
         found = await self._calls.backend("message store", self._messages.get_by_msg_ids([msg_id]))
         target = found.get(msg_id)
         # Another conversation's message, or one from before the caller joined,
@@ -145,7 +154,7 @@ class MessageEventOps:
             or target.seq <= member.joined_seq
         ):
             raise ApiError(404, "not_found", f"no message {msg_id} in this conversation")
-        return member, target
+        return target
 
     def _within(self, target: wire_pb2.Message, window: float, what: str) -> None:
         if self.clock.wall_ms() - target.server_ts > window * 1000:

@@ -11,29 +11,25 @@ under one msg_id. Refusals are ``ApiError``s; the gRPC servicer maps them to sta
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from im import events
+from im import attachments, events
 from im.config import Settings
 from im.ids import is_valid_conversation_id, parse_direct
 from im.ports import RateLimiter
-from im.sending import Sent, ServerSender
+from im.sending import Sent, ServerSender, client_msg_id_problem
 from im.v1 import user_pb2, wire_pb2
 from im.validation import is_id
 from services.gateway.calls import Calls
-from services.gateway.conversations import ConversationOps
-from services.gateway.errors import ApiError, forbidden, rate_limited
+from services.gateway.conversations import ConversationOps, require_writable
+from services.gateway.errors import ApiError, cannot_write, forbidden, rate_limited
 from services.gateway.limits import RateLimited
 
 log = logging.getLogger("im.gateway")
 
 # The limits of a socket Send (services/connector/sendpath.py).
-MAX_CLIENT_MSG_ID = 64
 MAX_CONTENT_TYPE = 64
-MAX_ATTACHMENTS = 16
-ATTACHMENT_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 DEFAULT_CONTENT_TYPE = "text/plain"
 SERVER_DEVICE = "server"  # sender_device of gRPC sends that name none
 RETRY_AFTER_SECONDS = 1  # told to a caller whose send met a bus failure
@@ -109,8 +105,9 @@ class MessageOps:
 
     def check(self, draft: Draft) -> None:
         """The limits of a socket Send: 422, or 413 for a body over max_body_bytes."""
-        if not 1 <= len(draft.client_msg_id) <= MAX_CLIENT_MSG_ID:
-            raise invalid(f"client_msg_id must be 1..{MAX_CLIENT_MSG_ID} characters")
+        problem = client_msg_id_problem(draft.client_msg_id)
+        if problem is not None:
+            raise invalid(problem)
         content_type = draft.content_type
         if not 1 <= len(content_type) <= MAX_CONTENT_TYPE:
             raise invalid(f"content_type must be 1..{MAX_CONTENT_TYPE} characters")
@@ -121,10 +118,12 @@ class MessageOps:
         limit = self._settings.max_body_bytes
         if len(draft.body) > limit:
             raise ApiError(413, "payload_too_large", f"the body is larger than {limit} bytes")
-        if len(draft.attachment_ids) > MAX_ATTACHMENTS:
-            raise invalid(f"at most {MAX_ATTACHMENTS} attachment_ids")
-        if not all(ATTACHMENT_ID.fullmatch(a) for a in draft.attachment_ids):
-            raise invalid("attachment_ids must be 1..128 characters of A-Z a-z 0-9 _ . : -")
+        if draft.attachment_ids:
+            problem = attachments.check_ids(
+                draft.attachment_ids, self._settings.max_attachments_per_message
+            )
+            if problem is not None:
+                raise invalid(problem)
 
     async def _limit(self, user_id: int) -> None:
         """The socket's allowance (send_burst, refilled at send_rate_per_second) as a
@@ -168,11 +167,9 @@ class MessageOps:
         if not answer.is_member:
             await self._open_own_direct(user_id, conversation_id)
             answer = await self._conversations.membership(conversation_id, user_id)
-        if answer.read_only:
-            raise ApiError(409, "group_dissolved", "the group is dissolved: it is read-only")
-        if not answer.is_member or answer.send_blocked:
-            # Neutral, as on the socket: a blocked sender is not told of the block.
-            raise forbidden("you cannot send to this conversation")
+        if not answer.is_member:
+            raise cannot_write()
+        require_writable(answer)
 
     async def _open_own_direct(self, user_id: int, conversation_id: str) -> None:
         pair = parse_direct(conversation_id)

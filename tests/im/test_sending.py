@@ -10,7 +10,14 @@ from im.clock import FakeClock
 from im.config import Settings
 from im.ids import MsgIdGenerator
 from im.ports import Backends, BackendUnavailable
-from im.sending import ACK_RECORD, ServerSender, idempotency_key
+from im.sending import (
+    ACK_RECORD,
+    MAX_CLIENT_MSG_ID,
+    ServerSender,
+    client_msg_id_problem,
+    idempotency_key,
+    server_client_msg_id,
+)
 from im.v1 import bus_pb2, wire_pb2
 
 
@@ -73,3 +80,13 @@ async def test_a_bus_failure_raises_and_a_retry_reuses_the_claim():
     assert record is not None
     sent = await sender(bus, kv, clock).send(message())
     assert (sent.msg_id, sent.server_ts) == ACK_RECORD.unpack(record)
+
+
+def test_the_servers_keys_are_a_space_clients_may_not_use():
+    own = server_client_msg_id("g:5", "ev", 7, "name")
+    assert own == "~g:5:ev:7:name"
+    assert "server" in (client_msg_id_problem(own) or "")
+    for chosen in ("7f1c2a9e-4b6d-4c1e-9a55-0d2f3b8e61aa", "recall:1", "a~b", "x" * 64):
+        assert client_msg_id_problem(chosen) is None
+    for bad in ("", "x" * (MAX_CLIENT_MSG_ID + 1)):
+        assert "1..64" in (client_msg_id_problem(bad) or "")

@@ -292,7 +292,7 @@ export class GatewayClient {
    * Idempotent by `clientMsgId`: after a 503 or a network error, call again with the
    * same one and the message is stored once. `ImClient.post` makes the id for you.
    * @param {string} conversationId
-   * @param {string} clientMsgId 1-64 characters
+   * @param {string} clientMsgId 1-64 characters, not starting with "~" (the server's own keys)
    * @param {string | Uint8Array} content text (sent as UTF-8) or bytes
    * @param {{contentType?: string, attachmentIds?: string[]}} [options]
    * @returns {Promise<import("./wire.js").SendAck>} msgId as a decimal string

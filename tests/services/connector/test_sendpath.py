@@ -189,3 +189,20 @@ async def test_a_send_with_a_reserved_content_type_is_refused(setup):
     )
     await core.wait_background()
     assert answers(conn) == {"forged": "ERROR_CODE_INVALID_ARGUMENT"}
+
+
+async def test_a_client_msg_id_in_the_servers_key_space_is_refused(setup):
+    """The server's own keys (recalls, edits, group events) start with "~": a client
+    that took one first would make that event pass for a retry."""
+    core, issuer, _bus, _kv = setup
+    conn = await authed(core, issuer, 1)
+    core.on_frame(
+        conn,
+        wire_pb2.Frame(
+            send=wire_pb2.Send(client_msg_id="~recall:1", conversation_id="d:1:2", body=b"x")
+        ),
+    )
+    await core.wait_background()
+    assert answers(conn) == {"~recall:1": "ERROR_CODE_INVALID_ARGUMENT"}
+    (error,) = [f.error for f in conn.frames if f.WhichOneof("kind") == "error"]
+    assert "client_msg_id" in error.message

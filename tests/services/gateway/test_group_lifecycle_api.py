@@ -11,7 +11,9 @@ from sqlalchemy import create_engine, update
 
 from im import events
 from im.db import GroupInviteRow
+from im.sending import SERVER_KEY_PREFIX
 from im.v1 import bus_pb2, wire_pb2
+from services.gateway.group_events import event_client_msg_id
 from tests.services.gateway.helpers import assert_problem
 from tests.services.gateway.test_groups_api import Tap, create, members_of
 
@@ -314,4 +316,32 @@ async def test_an_event_retried_after_a_bus_failure_keeps_its_client_msg_id(
         bus.publish = real_publish  # type: ignore[method-assign]
     assert r.status_code == 200, r.text
     (renamed,) = await events_of(tap)
-    assert renamed.client_msg_id.startswith(f"{gid}:ev:")
+    assert renamed.client_msg_id.startswith(f"{SERVER_KEY_PREFIX}{gid}:ev:")
+
+
+async def test_a_member_cannot_take_the_key_of_the_next_event_first(suite: Suite) -> None:
+    """Had bob's message taken it, the event of his next change would pass for a retry
+    of that message (its msg_id) and never be stored: a silent removal."""
+    tap = await event_tap(suite)
+    gid, people = await team(suite)
+    (bob_id, bob), (carol_id, _) = people["bob"], people["carol"]
+    *_, role_changed = await events_of(tap)
+    version = int(role_changed.client_msg_id.rsplit(":", 1)[1])
+
+    async def post(client_msg_id: str) -> int:
+        r = await suite.client.post(
+            f"/v1/conversations/{gid}/messages",
+            json={"client_msg_id": client_msg_id, "text": "hi"},
+            headers=bob,
+        )
+        return r.status_code
+
+    assert await post(event_client_msg_id(gid, version + 1)) == 422
+    assert await post(f"{gid}:ev:{version + 1}") == 202  # the form events had before
+    (plain,) = await events_of(tap)
+    r = await suite.client.delete(f"/v1/groups/{gid}/members/{carol_id}", headers=bob)
+    assert r.status_code == 204, r.text
+    (removed,) = await events_of(tap)
+    assert removed.content_type == events.GROUP_MEMBER_REMOVED and removed.sender_id == bob_id
+    assert removed.client_msg_id == event_client_msg_id(gid, version + 1)
+    assert removed.msg_id != plain.msg_id

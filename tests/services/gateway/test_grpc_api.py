@@ -12,7 +12,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from im.v1 import message_pb2, message_pb2_grpc
-from tests.services.gateway.test_messages_api import DeadBus, pair, published
+from tests.services.gateway.test_messages_api import ATTACHED, DeadBus, pair, published
 
 if TYPE_CHECKING:
     from .conftest import Suite
@@ -88,10 +88,13 @@ async def test_the_sender_must_exist_and_be_a_member(suite: Suite, stub) -> None
     [
         ({"client_msg_id": ""}, "client_msg_id"),
         ({"client_msg_id": "x" * 65}, "client_msg_id"),
+        ({"client_msg_id": "~g:1:ev:2"}, "client_msg_id"),
         ({"content_type": "application/vnd.im.edit"}, "reserved"),
         ({"content_type": "c" * 65}, "content_type"),
         ({"body": b"x" * 32769}, "32768"),
-        ({"attachment_ids": ["ok"] * 17}, "attachment"),
+        ({"attachment_ids": [*ATTACHED, "A" * 22]}, "at most 10"),
+        ({"attachment_ids": ["x"]}, "malformed"),
+        ({"attachment_ids": ATTACHED[:1] * 2}, "repeat"),
         ({"sender_device": "bad device"}, "sender_device"),
         ({"sender_device": "bot\n"}, "sender_device"),
     ],

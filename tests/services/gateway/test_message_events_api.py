@@ -4,6 +4,7 @@ back from the in-memory bus; no router runs here, so targets are stored directly
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING
 
 import pytest
@@ -11,8 +12,9 @@ import pytest
 from im import events
 from im.clock import FakeClock
 from im.ids import direct_conversation_id
-from im.sending import idempotency_key
+from im.sending import SERVER_KEY_PREFIX, idempotency_key
 from im.v1 import bus_pb2, wire_pb2
+from services.gateway.message_events import edit_key, recall_key
 from tests.services.gateway.helpers import assert_problem, message
 from tests.services.gateway.test_groups_api import Tap
 
@@ -71,7 +73,8 @@ async def test_the_sender_recalls_within_the_window_and_a_retry_is_the_same_even
     (event,) = await published(suite, tap)
     assert str(event.msg_id) == body["msg_id"] and event.refers_to == m.msg_id
     assert event.content_type == events.RECALL and event.sender_id == alice
-    assert event.body == b"" and event.client_msg_id == f"recall:{m.msg_id}"
+    assert event.body == b"" and event.client_msg_id == recall_key(m.msg_id)
+    assert event.client_msg_id.startswith(SERVER_KEY_PREFIX)
     # The router applied it and the window closed: a retry is still the same event.
     event.seq = 2
     await suite.store.insert_many([event])
@@ -122,7 +125,7 @@ async def test_recall_refusals(suite: Suite, clock: FakeClock) -> None:
     assert_problem(r, 422, "invalid_request")
     assert await published(suite, tap) == []  # nothing refused went out
     # A refused recall left no key behind: allowed later (here: never), nothing stuck.
-    assert await suite.kv.claim(idempotency_key(alice, f"recall:{m.msg_id}"), b"x", 1) is None
+    assert await suite.kv.claim(idempotency_key(alice, recall_key(m.msg_id)), b"x", 1) is None
 
 
 async def test_group_owners_and_admins_recall_anything_at_any_time(
@@ -234,3 +237,78 @@ async def test_a_message_from_before_joining_is_not_found(suite: Suite, clock: F
     assert r.status_code == 200, r.text
     # An admin now, but the message is from before they joined.
     assert_problem(await suite.client.post(recall_url(conv, old), headers=hl), 404, "not_found")
+
+
+async def post(suite: Suite, headers: Headers, conv: str, client_msg_id: str) -> int:
+    """A plain message sent over REST under ``client_msg_id``: its status."""
+    r = await suite.client.post(
+        f"/v1/conversations/{conv}/messages",
+        json={"client_msg_id": client_msg_id, "text": "x"},
+        headers=headers,
+    )
+    return r.status_code
+
+
+async def test_a_client_cannot_take_the_key_of_a_recall_or_edit_first(
+    suite: Suite, clock: FakeClock
+) -> None:
+    """Had a message taken the event's key, the late recall or edit would pass for a
+    retry of an accepted one and skip its window."""
+    alice, ha, _bob, _hb, conv = await pair(suite)
+    carol, _ = await suite.user("carol")
+    other = direct_conversation_id(alice, carol)
+    m = await stored(suite, clock, conv, 1, alice)
+    clock.advance(10 * 86400)
+    digest = hashlib.blake2b(b"k", digest_size=8).hexdigest()
+    # The keys events had before they were the server's own are any client's now...
+    assert await post(suite, ha, other, f"recall:{m.msg_id}") == 202
+    assert await post(suite, ha, other, f"edit:{m.msg_id}:{digest}") == 202
+    # ...and the server's own are nobody else's.
+    assert await post(suite, ha, other, recall_key(m.msg_id)) == 422
+    assert await post(suite, ha, other, edit_key(m.msg_id, "k")) == 422
+    assert_problem(await suite.client.post(recall_url(conv, m), headers=ha), 409, "window_passed")
+    r = await suite.client.patch(
+        edit_url(conv, m), json={"text": "rewritten", "client_msg_id": "k"}, headers=ha
+    )
+    assert_problem(r, 409, "window_passed")
+
+
+async def test_a_blocked_pair_may_recall_but_not_edit(suite: Suite, clock: FakeClock) -> None:
+    alice, ha, bob, hb, conv = await pair(suite)
+    tap = await Tap.at_end(suite, suite.settings.topic_messages)
+    by_bob = await stored(suite, clock, conv, 1, bob)
+    by_alice = await stored(suite, clock, conv, 2, alice)
+    assert (await suite.client.put(f"/v1/users/{bob}/block", headers=ha)).status_code == 204
+    for editor, m in ((hb, by_bob), (ha, by_alice)):  # the blocked one and the blocker
+        r = await suite.client.patch(edit_url(conv, m), json={"text": "new"}, headers=editor)
+        problem = assert_problem(r, 403, "forbidden")
+        assert "block" not in problem["detail"]  # neutral, like a refused send
+    assert await published(suite, tap) == []
+    # Taking one's own message back adds nothing: allowed.
+    assert (await suite.client.post(recall_url(conv, by_bob), headers=hb)).status_code == 202
+    (event,) = await published(suite, tap)
+    assert event.content_type == events.RECALL and event.refers_to == by_bob.msg_id
+
+
+async def test_a_dissolved_group_allows_neither_recall_nor_edit(
+    suite: Suite, clock: FakeClock
+) -> None:
+    _owner, ho = await suite.user("olga")
+    member, hm = await suite.user("mia")
+    r = await suite.client.post(
+        "/v1/groups", json={"name": "g", "member_ids": [member]}, headers=ho
+    )
+    conv = r.json()["conversation_id"]
+    mine = await stored(suite, clock, conv, 1, member)
+    assert (await suite.client.post(f"/v1/groups/{conv}/dissolve", headers=ho)).status_code == 200
+    tap = await Tap.at_end(suite, suite.settings.topic_messages)
+    r = await suite.client.patch(edit_url(conv, mine), json={"text": "new"}, headers=hm)
+    assert_problem(r, 409, "group_dissolved")
+    assert_problem(
+        await suite.client.post(recall_url(conv, mine), headers=hm), 409, "group_dissolved"
+    )
+    # The owner, who may recall anything at any time elsewhere: not here either.
+    assert_problem(
+        await suite.client.post(recall_url(conv, mine), headers=ho), 409, "group_dissolved"
+    )
+    assert await published(suite, tap) == []

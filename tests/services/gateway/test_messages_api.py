@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from im.adapters.memory import MemoryBus
+from im.attachments import new_attachment_id
 from im.ids import direct_conversation_id
 from im.ports import BackendUnavailable
 from im.sending import ACK_RECORD, idempotency_key
@@ -62,6 +63,9 @@ async def test_a_text_message_is_published_as_the_user_and_device(suite: Suite) 
     assert message.content_type == "text/plain" and message.body == "héllo".encode()
 
 
+ATTACHED = [new_attachment_id() for _ in range(10)]  # IM_MAX_ATTACHMENTS_PER_MESSAGE
+
+
 async def test_a_binary_body_and_attachments(suite: Suite) -> None:
     _alice, headers, _bob, cid = await pair(suite)
     raw = bytes(range(256))
@@ -71,14 +75,14 @@ async def test_a_binary_body_and_attachments(suite: Suite) -> None:
             "client_msg_id": "bin",
             "content_type": "application/octet-stream",
             "body_base64": base64.b64encode(raw).decode(),
-            "attachment_ids": ["att-1", "att-2"],
+            "attachment_ids": ATTACHED,
         },
         headers=headers,
     )
     assert r.status_code == 202, r.text
     (message,) = published(suite)
     assert message.body == raw and message.content_type == "application/octet-stream"
-    assert list(message.attachment_ids) == ["att-1", "att-2"]
+    assert list(message.attachment_ids) == ATTACHED
 
 
 async def test_a_retry_returns_the_first_msg_id(suite: Suite) -> None:
@@ -112,14 +116,21 @@ async def test_a_client_msg_id_sent_over_the_socket_first_is_the_same_message(
         ({"text": "no id"}, 422, "client_msg_id"),
         ({"client_msg_id": "", "text": "x"}, 422, "client_msg_id"),
         ({"client_msg_id": "x" * 65, "text": "x"}, 422, "client_msg_id"),
+        ({"client_msg_id": "~recall:1", "text": "x"}, 422, "client_msg_id"),
         ({"client_msg_id": "a"}, 422, "exactly one"),
         ({"client_msg_id": "a", "text": "x", "body_base64": "eA=="}, 422, "exactly one"),
         ({"client_msg_id": "a", "body_base64": "not base64!"}, 422, "body_base64"),
         ({"client_msg_id": "a", "text": "x", "content_type": ""}, 422, "content_type"),
         ({"client_msg_id": "a", "text": "x", "content_type": "t" * 65}, 422, "content_type"),
         ({"client_msg_id": "a", "text": "x", "content_type": "text/\x00"}, 422, "content_type"),
-        ({"client_msg_id": "a", "text": "x", "attachment_ids": ["a"] * 17}, 422, "attachment"),
-        ({"client_msg_id": "a", "text": "x", "attachment_ids": ["a b"]}, 422, "attachment"),
+        (
+            {"client_msg_id": "a", "text": "x", "attachment_ids": [*ATTACHED, "A" * 22]},
+            422,
+            "at most 10",
+        ),
+        ({"client_msg_id": "a", "text": "x", "attachment_ids": ["x"]}, 422, "malformed"),
+        ({"client_msg_id": "a", "text": "x", "attachment_ids": ["a b"]}, 422, "malformed"),
+        ({"client_msg_id": "a", "text": "x", "attachment_ids": ATTACHED[:1] * 2}, 422, "repeat"),
     ],
 )
 async def test_input_is_held_to_the_socket_limits(
@@ -129,6 +140,19 @@ async def test_input_is_held_to_the_socket_limits(
     r = await suite.client.post(url(cid), json=payload, headers=headers)
     assert where in assert_problem(r, status, "invalid_request")["detail"]
     assert published(suite) == []
+
+
+@pytest.mark.parametrize("settings_overrides", [{"max_attachments_per_message": 0}])
+async def test_attachments_can_be_turned_off(suite: Suite) -> None:
+    _alice, headers, _bob, cid = await pair(suite)
+    r = await suite.client.post(
+        url(cid),
+        json={"client_msg_id": "a", "text": "x", "attachment_ids": ATTACHED[:1]},
+        headers=headers,
+    )
+    assert "at most 0" in assert_problem(r, 422, "invalid_request")["detail"]
+    r = await suite.client.post(url(cid), json={"client_msg_id": "b", "text": "x"}, headers=headers)
+    assert r.status_code == 202, r.text
 
 
 async def test_text_with_a_lone_surrogate_is_refused(suite: Suite) -> None:
