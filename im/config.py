@@ -343,7 +343,19 @@ class Settings(BaseSettings):
         5.0,
         gt=0,
         description="Seconds a message search may take in the message store; then the "
-        "request is answered 503 (retry later).",
+        "request is answered 503 (retry later). MySQL and MariaDB also stop the query "
+        "itself after this long.",
+    )
+    searches_per_minute: int = Field(
+        30, ge=0, description="Searches one user may make per minute (429 past it). 0 disables."
+    )
+    search_concurrency: int = Field(
+        2,
+        ge=1,
+        description="Searches one gateway runs in the message store at once; more are "
+        "answered 503 with Retry-After, never queued. A search holds its place (a worker "
+        "thread and a database connection) until the store returns, even after its "
+        "timeout, so searches never take what history and sends need.",
     )
     gateway_metrics: Literal["auto", "api", "internal"] = Field(
         "auto",

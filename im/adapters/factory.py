@@ -169,7 +169,9 @@ def build_message_store(settings: Settings) -> MessageStore:
         return MongoMessageStore(url)
     from im.adapters.sqlstore import SqlMessageStore
 
-    return SqlMessageStore(url, auto_migrate=settings.auto_migrate)
+    return SqlMessageStore(
+        url, auto_migrate=settings.auto_migrate, search_timeout=settings.search_timeout
+    )
 
 
 def build_attachment_store(settings: Settings) -> AttachmentStore:

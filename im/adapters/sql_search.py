@@ -13,15 +13,32 @@
 
 The words come from ``im.search.parse_query`` (letters and digits only) and travel as
 bound parameters; they are still quoted and escaped here as if they were anything.
+
+Given ``max_seconds``, MySQL and MariaDB stop a search themselves after that long
+(MySQL: the ``MAX_EXECUTION_TIME`` optimizer hint; MariaDB, which ignores that hint:
+``SET STATEMENT max_statement_time=N FOR SELECT ...``): the caller's timeout only
+stops the waiting, and a scan left running would hold its thread and connection.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, Text, and_, cast, func, inspect, literal_column, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    Text,
+    and_,
+    cast,
+    event,
+    func,
+    inspect,
+    literal_column,
+    or_,
+    select,
+)
 from sqlalchemy import text as sql_text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, ExecutionContext
 from sqlalchemy.orm import Session
 
 from im.db import SEARCH_COLUMN, MessageRow
@@ -50,6 +67,26 @@ def like_pattern(term: str) -> str:
     return f"%{escaped}%"
 
 
+# Execution option carrying a statement's time limit (seconds) to the MariaDB hook.
+STATEMENT_SECONDS = "im_max_statement_seconds"
+
+
+def _mariadb_statement_time(
+    conn: Any,
+    cursor: Any,
+    statement: str,
+    parameters: Any,
+    context: ExecutionContext | None,
+    executemany: bool,
+) -> tuple[str, Any]:
+    """``before_cursor_execute`` hook: a statement whose execution options carry a
+    limit runs under MariaDB's per-statement ``max_statement_time``."""
+    seconds = context.execution_options.get(STATEMENT_SECONDS) if context is not None else None
+    if seconds:
+        statement = f"SET STATEMENT max_statement_time={float(seconds):.3f} FOR {statement}"
+    return statement, parameters
+
+
 def scope_clause(scope: dict[str, int]) -> ColumnElement[bool]:
     """Messages of the conversations in scope, after each one's join point. Most
     join points are 0 (direct chats, groups one was in from the start): one IN."""
@@ -68,10 +105,12 @@ def scope_clause(scope: dict[str, int]) -> ColumnElement[bool]:
 class SqlSearch:
     """Picks the strategy once (what the schema has), then answers searches."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, max_seconds: float | None = None) -> None:
         self._engine = engine
+        self._max_seconds = max_seconds
         self._strategy: str | None = None
         self._min_token = 3
+        self._server = ""  # "mysql" or "mariadb": how a statement's time is limited
 
     def strategy(self) -> str:
         if self._strategy is None:
@@ -84,6 +123,7 @@ class SqlSearch:
         if dialect == "sqlite" and inspector.has_table(FTS_TABLE):
             return "fts5"
         if dialect in ("mysql", "mariadb"):
+            self._limit_time_on(self._engine)
             columns = {c["name"] for c in inspector.get_columns("messages")}
             if SEARCH_COLUMN in columns:
                 with self._engine.connect() as conn:
@@ -91,6 +131,27 @@ class SqlSearch:
                 self._min_token = int(size or 3)
                 return "fulltext"
         return "like"
+
+    def _limit_time_on(self, engine: Engine) -> None:
+        """Learns which of MySQL and MariaDB this is, and prepares MariaDB's hook."""
+        if self._max_seconds is None:
+            return
+        engine.connect().close()  # the dialect tells MariaDB apart once connected
+        self._server = "mariadb" if getattr(engine.dialect, "is_mariadb", False) else "mysql"
+        if self._server == "mariadb" and not event.contains(
+            engine, "before_cursor_execute", _mariadb_statement_time
+        ):
+            event.listen(engine, "before_cursor_execute", _mariadb_statement_time, retval=True)
+
+    def time_limited(self, stmt: Select[Any]) -> Select[Any]:
+        """``stmt`` stopped by the server after max_seconds (MySQL, MariaDB)."""
+        self.strategy()  # detects the server
+        if self._max_seconds is None or not self._server:
+            return stmt
+        if self._server == "mysql":
+            ms = max(1, round(self._max_seconds * 1000))
+            return stmt.prefix_with(f"/*+ MAX_EXECUTION_TIME({ms}) */")
+        return stmt.execution_options(**{STATEMENT_SECONDS: self._max_seconds})
 
     def _word_clauses(self, terms: list[str]) -> list[Any]:
         strategy = self.strategy()
@@ -129,6 +190,6 @@ class SqlSearch:
         recalled = getattr(MessageRow, "recalled", None)  # once the store keeps recalls
         if recalled is not None:
             stmt = stmt.where(recalled.is_not(True))
-        stmt = stmt.order_by(MessageRow.msg_id.desc()).limit(limit)
+        stmt = self.time_limited(stmt.order_by(MessageRow.msg_id.desc()).limit(limit))
         with Session(self._engine) as session:
             return list(session.scalars(stmt))

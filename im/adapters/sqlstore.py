@@ -147,8 +147,14 @@ class SqlMessageStore:
     """MessageStore and DeadLetterStore on one SQLAlchemy engine."""
 
     def __init__(
-        self, url: str | None = None, engine: Engine | None = None, auto_migrate: bool = True
+        self,
+        url: str | None = None,
+        engine: Engine | None = None,
+        auto_migrate: bool = True,
+        search_timeout: float | None = None,
     ) -> None:
+        """``search_timeout``: seconds after which MySQL/MariaDB stop a search query
+        (None: never)."""
         if engine is None:
             if url is None:
                 raise ValueError("url or engine required")
@@ -164,7 +170,7 @@ class SqlMessageStore:
                 create_schema(engine)
             except SQLAlchemyError as exc:
                 raise BackendUnavailable(BACKEND, _describe(exc)) from exc
-        self._search = SqlSearch(engine)
+        self._search = SqlSearch(engine, search_timeout)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` in a worker thread (the database driver blocks; SQLite inline);
@@ -383,6 +389,7 @@ class SqlMessageStore:
             return []
         # Always in a worker thread, SQLite too: a search may read many index pages,
         # and the router's inline writes must not wait behind it on the event loop.
+        # The caller bounds how many run at once (the gateway's SearchSlots).
         try:
             rows = await asyncio.to_thread(self._search.search, scope, terms, before_msg_id, limit)
         except SQLAlchemyError as exc:

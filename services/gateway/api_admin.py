@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 
+from im.validation import MAX_INT64
 from services.gateway.admin_auth import (
     AdminRefused,
     Operator,
@@ -89,7 +90,7 @@ async def find_users(
     username: Annotated[
         str | None, Query(min_length=1, max_length=64, description="Exact username.")
     ] = None,
-    user_id: Annotated[int | None, Query(gt=0, description="User id.")] = None,
+    user_id: Annotated[int | None, Query(gt=0, le=MAX_INT64, description="User id.")] = None,
 ) -> AdminUsers:
     """A user by username or id, with its disabled and deleted flags."""
     if (username is None) == (user_id is None):

@@ -47,7 +47,7 @@ def _hit_out(hit: SearchHit) -> SearchHitOut:
     "/v1/search",
     response_model=SearchPage,
     tags=["conversations"],
-    responses=problem_responses(401, 403, 404, 422, 503),
+    responses=problem_responses(401, 403, 404, 422, 429, 503),
 )
 async def search(
     gateway: GatewayDep,
@@ -71,7 +71,9 @@ async def search(
 ) -> SearchPage:
     """Text messages of the caller's conversations holding every word of `q`, newest
     first: only what the caller may read (from its join point on), never recalled
-    messages. 403/404 for a `conversation_id` the caller is not in."""
+    messages. 403/404 for a `conversation_id` the caller is not in; 429 past
+    `IM_SEARCHES_PER_MINUTE`; 503 (with Retry-After) while the gateway runs as many
+    searches as it may (`IM_SEARCH_CONCURRENCY`) or the store fails or times out."""
     hits, next_cursor = await gateway.search_ops.search(
         claims.user_id, q, conversation_id, int(cursor or 0), limit
     )

@@ -4,9 +4,12 @@ which only its owner and the members of a conversation it was sent to may do.
 
 Who may read: the owner, always; anyone else only as a member of a conversation
 where a message of the owner referring to it is stored (the router records that
-link), and only if that member may see that message (its seq is after the member's
+link), only if that member may see that message (its seq is after the member's
 ``joined_seq``: a group created with ``history_visible`` shows it to later members,
-others do not). Everyone else gets the same 404 as for an id that does not exist.
+others do not), and only while that message still carries it (a recall erases a
+message's attachments: the message store says so, in every mode, whatever order
+the router linked and recalled in). Everyone else gets the same 404 as for an id
+that does not exist.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from im.attachments import AttachmentTooLarge
 from im.clock import Clock
 from im.config import Settings
 from im.ports import AttachmentMeta, AttachmentStore, BackendUnavailable, RateLimiter
-from im.v1 import group_pb2, group_pb2_grpc
+from im.v1 import group_pb2, group_pb2_grpc, wire_pb2
 from services.gateway.calls import Calls
 from services.gateway.conversations import ConversationOps
 from services.gateway.errors import ApiError, rate_limited
@@ -151,16 +154,24 @@ class AttachmentOps:
         if meta.owner_id == me:
             return meta
         links = await self._backend(self._store.links(attachment_id, MAX_LINKS_CHECKED))
-        if links and await self._sees_a_link(me, links):
+        if links and await self._sees_a_link(me, attachment_id, links):
             return meta
         raise not_found()
 
-    async def _sees_a_link(self, me: int, links: dict[str, int]) -> bool:
+    async def _sees_a_link(self, me: int, attachment_id: str, links: dict[str, int]) -> bool:
         request = group_pb2.CheckMembersRequest(user_id=me, conversation_ids=list(links))
         member_of = (await self._calls.rpc(self._groups().CheckMembers, request)).member_of
         for conversation_id in member_of:
-            member = await self._conversations.member(conversation_id, me)
-            if member is not None and links[conversation_id] > member.joined_seq:
+            seq = links[conversation_id]
+            # The linked message as ``me`` may read it: history starts after the
+            # member's joined_seq, so an earlier message is not found.
+            try:
+                found, _ = await self._conversations.history(me, conversation_id, seq - 1, 1)
+            except ApiError as exc:
+                if exc.status in (403, 404):
+                    continue  # left the conversation meanwhile
+                raise
+            if found and found[0].seq == seq and _carries(found[0], attachment_id):
                 return True
         return False
 
@@ -184,6 +195,13 @@ class AttachmentOps:
             return await asyncio.wait_for(op, METADATA_TIMEOUT)
         except (BackendUnavailable, TimeoutError) as exc:
             raise unavailable(exc) from exc
+
+
+def _carries(message: wire_pb2.Message, attachment_id: str) -> bool:
+    """Whether the message still shares the attachment. The link keeps the latest
+    message per conversation that sent it: once that one is recalled, an earlier
+    message sending the same file no longer shares it either (refused, never leaked)."""
+    return not message.recalled and attachment_id in message.attachment_ids
 
 
 async def _then(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

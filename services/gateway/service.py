@@ -135,7 +135,12 @@ class Gateway:
         )
 
         self.search_ops = SearchOps(
-            settings, lambda: self.groups, message_store, self._calls, self.conversation_ops
+            settings,
+            lambda: self.groups,
+            message_store,
+            self._calls,
+            self.conversation_ops,
+            lambda: self._backends.rate_limits,
         )
 
         self.presence_ops = PresenceOps(

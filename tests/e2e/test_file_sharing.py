@@ -1,7 +1,7 @@
 """Attachments end to end, in both modes: alice uploads a file and sends a message
 referring to it; bob (in the conversation) downloads the same bytes; carol (not in
 it) gets 404; mallory referring to alice's attachment in a message of hers shares
-nothing."""
+nothing; once alice recalls her message, bob gets 404 too."""
 
 from __future__ import annotations
 
@@ -76,6 +76,27 @@ async def test_a_member_downloads_what_the_owner_sent_and_others_cannot(gateway,
         await refused(mallory, attachment_id)
     finally:
         await close_all(alice, bob, carol, mallory)
+
+
+async def test_a_recalled_message_shares_its_attachment_no_more(gateway):
+    alice, bob = [await new_user(gateway, n) for n in ("alice", "bob")]
+    try:
+        up = await alice.gateway.upload_bytes(b"not for long", "note.txt")
+        attachment_id = up["attachment_id"]
+        direct = (await alice.gateway.direct_conversation(bob.user_id))["conversation_id"]
+        await alice.connect()
+        await bob.connect()
+        ack = await alice.send(direct, "oops", attachment_ids=[attachment_id])
+        await take_messages(bob, 1)
+        assert await bob.gateway.download(attachment_id) == b"not for long"
+        await alice.recall(direct, ack.msg_id)
+        # The router applies the recall before it delivers the event.
+        (event,) = await take_messages(bob, 1)
+        assert event.refers_to == ack.msg_id
+        await refused(bob, attachment_id)
+        assert await alice.gateway.download(attachment_id) == b"not for long"
+    finally:
+        await close_all(alice, bob)
 
 
 async def test_malformed_or_too_many_ids_are_refused_at_send(gateway):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from im.adapters.factory import build_backends
+from im.adapters.factory import build_backends, build_message_store
 from im.config import Settings
 from im.ports import BackendUnavailable
 
@@ -35,3 +35,13 @@ async def test_services_of_one_process_share_the_state_store(tmp_path: Path) -> 
     finally:
         for close in third.closers:
             await close()
+
+
+async def test_the_sql_message_store_stops_searches_at_the_search_timeout(
+    tmp_path: Path,
+) -> None:
+    store = build_message_store(Settings(data_dir=tmp_path, search_timeout=3.5))
+    try:
+        assert store._search._max_seconds == 3.5  # type: ignore[attr-defined]
+    finally:
+        await store.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -13,14 +14,16 @@ import pytest
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
 from bson import Int64
-from sqlalchemy import create_engine, inspect, text, update
+from sqlalchemy import create_engine, event, func, inspect, select, text, update
+from sqlalchemy.dialects import mysql
 
 from im.adapters.mongo_search import BACKFILL_MARKER, SEARCH_INDEX
 from im.adapters.mongo_store import MongoMessageStore
-from im.adapters.sql_search import boolean_query, fts5_query, like_pattern
+from im.adapters.sql_search import SqlSearch, boolean_query, fts5_query, like_pattern
 from im.adapters.sqlstore import SqlMessageStore
 from im.db import SEARCH_COLUMN, MessageRow
 from im.db import SEARCH_INDEX as SQL_SEARCH_INDEX
+from im.ports import BackendUnavailable
 from im.search import parse_query
 from im.v1 import wire_pb2
 from tests.im.adapters.test_message_store_contract import Case, _mariadb, _mongo, _sqlite
@@ -318,5 +321,42 @@ async def test_mongo_skips_recalled_documents(mongo_url: str) -> None:
             {"_id": Int64(case.base_id + 1)}, {"$set": {"recalled": True}}
         )
         assert await search(case, {"a": 0}, "taken") == [case.base_id + 2]
+    finally:
+        await gen.aclose()
+
+
+def test_mysql_searches_carry_the_execution_time_hint() -> None:
+    search = SqlSearch(create_engine("mysql+pymysql://nobody@127.0.0.1:9/none"), 2.5)
+    search._strategy, search._server = "fulltext", "mysql"  # as detected on MySQL
+    sql = str(search.time_limited(select(MessageRow.msg_id)).compile(dialect=mysql.dialect()))
+    assert sql.startswith("SELECT /*+ MAX_EXECUTION_TIME(2500) */ messages.msg_id")
+
+
+@pytest.mark.integration
+async def test_mariadb_stops_a_search_at_its_time_limit(
+    mysql_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway stops waiting after search_timeout; the server stops the query."""
+    gen = _mariadb(mysql_url, search_timeout=0.3)
+    case = await anext(gen)
+    sent: list[str] = []
+    try:
+        await put(case, (1, "a", 1, "harbour lunch"))
+        event.listen(case.store._engine, "after_cursor_execute", lambda *args: sent.append(args[2]))
+        assert await search(case, {"a": 0}, "harbour") == [case.base_id + 1]
+        assert sent[-1].startswith("SET STATEMENT max_statement_time=0.300 FOR SELECT ")
+        # A search that would take 5 s (SLEEP for each row it looks at) is stopped.
+        words = SqlSearch._word_clauses
+        monkeypatch.setattr(
+            SqlSearch, "_word_clauses", lambda s, t: [*words(s, t), func.sleep(5) == 0]
+        )
+        started = time.monotonic()
+        with pytest.raises(BackendUnavailable, match="max_statement_time"):
+            await search(case, {"a": 0}, "harbour")
+        assert time.monotonic() - started < 3
+        # Other statements on the store's connections have no limit.
+        with case.store._engine.connect() as conn:
+            assert conn.execute(text("SELECT SLEEP(0.5)")).scalar() == 0
+            assert not sent[-1].startswith("SET STATEMENT")
     finally:
         await gen.aclose()

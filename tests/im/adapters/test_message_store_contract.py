@@ -96,9 +96,9 @@ async def _sqlite(tmp_path: Path) -> AsyncIterator[Case]:
         await store.close()
 
 
-async def _mariadb(url: str) -> AsyncIterator[Case]:
+async def _mariadb(url: str, search_timeout: float | None = None) -> AsyncIterator[Case]:
     ns, base, base_ms = _namespace()
-    store = SqlMessageStore(url)
+    store = SqlMessageStore(url, search_timeout=search_timeout)
     try:
         yield Case("mariadb", store, ns, base, base_ms)
     finally:

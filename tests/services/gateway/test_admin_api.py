@@ -173,6 +173,16 @@ async def test_sessions_show_devices_and_where_they_are_online(suite: Suite) -> 
     assert r.json()["username"] == "erin" and r.json()["disabled"] is False
 
 
+async def test_ids_beyond_64_bits_are_422(suite: Suite) -> None:
+    for user_id in (2**63, 2**70):
+        r = await suite.client.get("/v1/admin/users", params={"user_id": user_id}, headers=ADMIN)
+        assert_problem(r, 422, "invalid_request")
+        r = await suite.client.get(f"/v1/admin/users/{user_id}/sessions", headers=ADMIN)
+        assert_problem(r, 422, "invalid_request")
+    r = await suite.client.get("/v1/admin/users", params={"user_id": 2**63 - 1}, headers=ADMIN)
+    assert r.status_code == 200 and r.json()["users"] == []
+
+
 async def test_import_reports_duplicates_and_imports_the_others(suite: Suite) -> None:
     await suite.register("taken")
     hashed = PasswordHasher(time_cost=1, memory_cost=8192).hash("imported-pass-1")

@@ -1,6 +1,7 @@
 """Attachments over the gateway's REST API: upload limits and types, who may download
 (owner, members of a linked conversation who may see the message, nobody else), and
-the headers of a download. The router's link is made on the store directly here."""
+the headers of a download. What the router does when it stores a message (the message,
+then its link) is done on the stores directly here."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from im.events import RECALL
 from im.ids import direct_conversation_id
 from im.ports import AttachmentLink
 from tests.services.gateway.helpers import assert_problem, message
@@ -44,9 +46,23 @@ async def uploaded(suite: Suite, headers: Headers, data: bytes = PNG) -> dict[st
     return r.json()
 
 
-async def link(suite: Suite, attachment_id: str, conversation_id: str, seq: int, sender: int):
+async def share(suite: Suite, attachment_id: str, conversation_id: str, seq: int, sender: int):
+    """A message of ``sender`` carrying the attachment, stored and linked as the router
+    does; returns how many links counted."""
+    sent = message(conversation_id, seq, sender)
+    sent.attachment_ids.append(attachment_id)
+    await suite.store.insert_many([sent])
     store = suite.gateway.gateway.attachment_ops.store  # type: ignore[union-attr]
     return await store.link([AttachmentLink(attachment_id, conversation_id, seq, sender)])
+
+
+async def recall(suite: Suite, conversation_id: str, seq: int, seq_of_recall: int) -> None:
+    """The recall event of message ``seq``, stored and applied as the router does."""
+    (target,) = await suite.store.history(conversation_id, seq - 1, 1)
+    event = message(conversation_id, seq_of_recall, target.sender_id, b"", RECALL)
+    event.refers_to = target.msg_id
+    await suite.store.insert_many([event])
+    assert await suite.store.apply_events([event]) == []
 
 
 async def test_upload_returns_id_size_type_and_sha256(suite: Suite) -> None:
@@ -136,7 +152,7 @@ async def test_member_of_a_linked_conversation_reads_strangers_get_404(suite: Su
 
     # Before any message refers to it: only alice.
     assert_problem(await suite.client.get(url, headers=bob), 404, "not_found")
-    assert await link(suite, attachment_id, direct, 1, alice_id) == 1
+    assert await share(suite, attachment_id, direct, 1, alice_id) == 1
     r = await suite.client.get(url, headers=bob)
     assert r.status_code == 200 and r.content == PNG
     assert (await suite.client.get(url + "/meta", headers=bob)).status_code == 200
@@ -162,7 +178,7 @@ async def test_a_message_of_someone_else_links_nothing(suite: Suite) -> None:
         "/v1/conversations/direct", json={"peer_id": mallory_id}, headers=carol
     )
     conversation = r.json()["conversation_id"]
-    assert await link(suite, attachment_id, conversation, 1, mallory_id) == 0
+    assert await share(suite, attachment_id, conversation, 1, mallory_id) == 0
     assert_problem(
         await suite.client.get(f"/v1/attachments/{attachment_id}", headers=carol), 404, "not_found"
     )
@@ -177,8 +193,7 @@ async def test_a_later_member_reads_only_what_was_sent_after_joining(suite: Suit
     )
     gid = r.json()["conversation_id"]
     first = (await uploaded(suite, alice))["attachment_id"]
-    await suite.store.insert_many([message(gid, 1, alice_id)])
-    await link(suite, first, gid, 1, alice_id)
+    await share(suite, first, gid, 1, alice_id)
     r = await suite.client.post(
         f"/v1/groups/{gid}/members", json={"user_ids": [dave_id]}, headers=alice
     )
@@ -187,10 +202,28 @@ async def test_a_later_member_reads_only_what_was_sent_after_joining(suite: Suit
     assert_problem(
         await suite.client.get(f"/v1/attachments/{first}", headers=dave), 404, "not_found"
     )
-    await suite.store.insert_many([message(gid, 2, alice_id)])
-    await link(suite, first, gid, 2, alice_id)  # sent again: now dave sees it
+    await share(suite, first, gid, 2, alice_id)  # sent again: now dave sees it
     r = await suite.client.get(f"/v1/attachments/{first}", headers=dave)
     assert r.status_code == 200 and r.content == PNG
+
+
+async def test_a_recalled_message_shares_its_attachment_no_more(suite: Suite) -> None:
+    alice_id, alice = await suite.user("alice")
+    bob_id, bob = await suite.user("bob")
+    r = await suite.client.post("/v1/conversations/direct", json={"peer_id": bob_id}, headers=alice)
+    direct = r.json()["conversation_id"]
+    attachment_id = (await uploaded(suite, alice))["attachment_id"]
+    url = f"/v1/attachments/{attachment_id}"
+    await share(suite, attachment_id, direct, 1, alice_id)
+    assert (await suite.client.get(url, headers=bob)).status_code == 200
+    await recall(suite, direct, 1, 2)
+    assert_problem(await suite.client.get(url, headers=bob), 404, "not_found")
+    assert_problem(await suite.client.get(url + "/meta", headers=bob), 404, "not_found")
+    r = await suite.client.get(url, headers=alice)  # the owner's upload stays hers
+    assert r.status_code == 200 and r.content == PNG
+    # Sent again in a new message: shared again.
+    await share(suite, attachment_id, direct, 3, alice_id)
+    assert (await suite.client.get(url, headers=bob)).status_code == 200
 
 
 async def test_a_store_that_fails_is_503(suite: Suite, monkeypatch: pytest.MonkeyPatch) -> None:

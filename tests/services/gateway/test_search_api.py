@@ -4,6 +4,7 @@ queries refused, pages, snippets, and a store that fails or hangs is a 503."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import pytest
@@ -183,3 +184,81 @@ async def test_a_failing_or_hung_store_is_503(suite: Suite, hang: bool) -> None:
     suite.gateway.gateway.search_ops._messages = _Store(hang)  # type: ignore[assignment]
     r = await suite.client.get("/v1/search", params={"q": "anything"}, headers=alice)
     assert_problem(r, 503, "unavailable")
+
+
+@pytest.mark.parametrize("settings_overrides", [{"searches_per_minute": 2}])
+async def test_searches_are_rate_limited_per_user(suite: Suite) -> None:
+    _, alice = await suite.user("alice")
+    _, bob = await suite.user("bob")
+    await search(suite, alice, "lunch")
+    await search(suite, alice, "lunch")
+    r = await suite.client.get("/v1/search", params={"q": "lunch"}, headers=alice)
+    assert_problem(r, 429, "rate_limited")
+    assert int(r.headers["retry-after"]) > 0
+    await search(suite, bob, "lunch")  # someone else's searches are not counted
+
+
+class _BlockedStore:
+    """A message store whose searches wait in a worker thread (as the SQL store's do)
+    until ``release``."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = 0
+
+    async def search(self, *args: Any) -> list[wire_pb2.Message]:
+        self.entered += 1
+        await asyncio.to_thread(self.release.wait, 30)
+        return []
+
+
+@pytest.mark.parametrize("settings_overrides", [{"search_timeout": 0.05, "search_concurrency": 1}])
+async def test_a_search_keeps_its_slot_until_the_store_returns(suite: Suite) -> None:
+    _, alice = await suite.user("alice")
+    bob_id, _ = await suite.user("bob")
+    await direct(suite, alice, bob_id)
+    store = _BlockedStore()
+    suite.gateway.gateway.search_ops._messages = store  # type: ignore[assignment]
+    # Timed out: the answer is a 503, but the store's call goes on...
+    r = await suite.client.get("/v1/search", params={"q": "lunch"}, headers=alice)
+    assert_problem(r, 503, "unavailable")
+    # ...so the next search is turned away at once, not given to the store.
+    r = await suite.client.get("/v1/search", params={"q": "lunch"}, headers=alice)
+    assert_problem(r, 503, "unavailable")
+    assert r.headers["retry-after"] == "1"
+    assert store.entered == 1
+    store.release.set()
+    await asyncio.gather(*suite.gateway.gateway.search_ops.slots.running)
+    assert (await search(suite, alice, "lunch"))["results"] == []
+
+
+async def test_many_searches_never_starve_history(suite: Suite) -> None:
+    alice_id, alice = await suite.user("alice")
+    bob_id, _ = await suite.user("bob")
+    cid = await direct(suite, alice, bob_id)
+    await suite.store.insert_many([message(cid, 1, alice_id, b"still here")])
+    store = _BlockedStore()
+    suite.gateway.gateway.search_ops._messages = store  # type: ignore[assignment]
+    slots = suite.settings.search_concurrency
+    # More than any default thread pool has threads (at most 32).
+    many = [
+        asyncio.create_task(suite.client.get("/v1/search", params={"q": "a is the"}, headers=alice))
+        for _ in range(40)
+    ]
+    try:
+        pending = set(many)
+        async with asyncio.timeout(10):
+            while len(pending) > slots:
+                _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        turned_away = [t.result() for t in many if t not in pending]
+        assert {r.status_code for r in turned_away} <= {429, 503}
+        assert store.entered == slots
+        # The searches hold their threads; history (a group service call in a
+        # worker thread, then the store) still answers.
+        async with asyncio.timeout(10):
+            r = await suite.client.get(f"/v1/conversations/{cid}/messages", headers=alice)
+        assert r.status_code == 200 and r.json()["messages"][0]["text"] == "still here"
+    finally:
+        store.release.set()
+        answers = await asyncio.gather(*many)
+    assert sum(r.status_code == 200 for r in answers) == slots
