@@ -4,7 +4,9 @@ frames, a fixed membership list, and frame shortcuts."""
 from __future__ import annotations
 
 from im.auth import TokenIssuer
+from im.ids import parse_direct
 from im.v1 import connector_pb2, wire_pb2
+from services.connector.authorizer import Signal
 from services.connector.service import Conn, ConnectorCore
 
 
@@ -42,6 +44,12 @@ class AllowList:
 
     async def may_send(self, user_id: int, conversation_id: str) -> bool:
         return (user_id, conversation_id) in self.allowed and conversation_id not in self.read_only
+
+    async def may_signal(self, user_id: int, conversation_id: str) -> Signal:
+        if (user_id, conversation_id) not in self.allowed:
+            pair = parse_direct(conversation_id)
+            return Signal.NOBODY if pair is not None and user_id in pair else Signal.REFUSED
+        return Signal.REFUSED if conversation_id in self.read_only else Signal.ALLOWED
 
     def cached(self, user_id: int, conversation_id: str) -> bool | None:
         return None
