@@ -75,6 +75,7 @@ class FakeDirectory:
         self.hidden: set[int] = set()
         self.peers_of: dict[int, list[int]] = {1: [2], 2: [1]}
         self.last_seen: dict[int, int] = {}
+        self.down = False  # the user service fails every last-seen write
 
     async def visible(self, user_id: int) -> bool:
         return user_id not in self.hidden
@@ -83,6 +84,8 @@ class FakeDirectory:
         return self.peers_of.get(user_id, [])
 
     async def record_last_seen(self, user_id: int, last_seen_ms: int) -> None:
+        if self.down:
+            raise ConnectionError("user service unavailable")
         self.last_seen[user_id] = max(last_seen_ms, self.last_seen.get(user_id, 0))
 
 
