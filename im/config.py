@@ -245,6 +245,19 @@ class Settings(BaseSettings):
         "peers only after this many seconds without an online device anywhere; a "
         "reconnect within it announces nothing (neither offline nor online).",
     )
+    presence_max_members: int = Field(
+        1000,
+        ge=2,
+        description="GET /v1/conversations/{id}/presence answers conversations of at most "
+        "this many members; a larger group is 422 `presence_group_too_large` (its answer "
+        "would cost a presence lookup per member).",
+    )
+    presence_reads_per_minute: int = Field(
+        60,
+        ge=0,
+        description="GET /v1/conversations/{id}/presence calls one user may make per "
+        "minute (429 past it). 0 disables.",
+    )
 
     # --- connector socket limits ----------------------------------------------------
     max_outbox_bytes: int = Field(

@@ -4,6 +4,7 @@ so the hot path is a dict hit."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from enum import Enum
 
 from im.clock import Clock
 from im.config import Settings
@@ -15,6 +16,14 @@ from im.validation import is_id
 RPC_TIMEOUT = 5.0
 CHECK_CHUNK = 1000  # the group service's limit of ids per CheckMembers call
 MAX_CACHED = 500_000
+
+
+class Signal(Enum):
+    """What becomes of a signal (typing) of a user in a conversation."""
+
+    ALLOWED = "allowed"
+    REFUSED = "refused"  # not a member, a blocked 1:1 pair or a dissolved group
+    NOBODY = "nobody"  # the user's own 1:1 that no message created yet: nobody to tell
 
 
 class Authorizer:
@@ -77,12 +86,18 @@ class Authorizer:
             return member
         if conversation_id in self._read_only:
             return False
+        blocked = self._cached_blocked(conversation_id)
+        return None if blocked is None else not blocked
+
+    def _cached_blocked(self, conversation_id: str) -> bool | None:
+        """Whether sending in the conversation is blocked, from the cache alone (None:
+        ask). Only a 1:1 pair can be blocked."""
         if not conversation_id.startswith(DIRECT_PREFIX):
-            return True
+            return False
         blocked = self._send_blocked.get(conversation_id)
         if blocked is None or blocked[1] < self._clock.monotonic():
             return None
-        return not blocked[0]
+        return blocked[0]
 
     def is_read_only(self, conversation_id: str) -> bool:
         return conversation_id in self._read_only
@@ -94,17 +109,30 @@ class Authorizer:
         self._read_only.add(conversation_id)
 
     async def may_send(self, user_id: int, conversation_id: str) -> bool:
+        """May the user send here; the user's own 1:1 is created if it is not yet."""
         hit = self.cached_send(user_id, conversation_id)
         if hit is not None:
             return hit
-        member, blocked = await self._ask(user_id, conversation_id)
-        self._remember(user_id, conversation_id, member)
-        if member and conversation_id.startswith(DIRECT_PREFIX):
-            if len(self._send_blocked) > MAX_CACHED:
-                self._send_blocked.clear()
-            expires = self._clock.monotonic() + self.positive_ttl
-            self._send_blocked[conversation_id] = (blocked, expires)
+        member, blocked = await self._check(user_id, conversation_id)
+        if not member and _may_become_member(user_id, conversation_id):
+            member, blocked = await self._create_direct(user_id, conversation_id)
+            if not member:
+                self._remember(user_id, conversation_id, False)
         return member and not blocked and conversation_id not in self._read_only
+
+    async def may_signal(self, user_id: int, conversation_id: str) -> Signal:
+        """May the user send a signal (typing) here: as ``may_send`` (a member, neither
+        of a blocked 1:1 pair nor of a dissolved group), but a signal creates nothing:
+        in the user's own 1:1 that no message created yet there is nobody to tell."""
+        member = self.cached(user_id, conversation_id)
+        blocked = self._cached_blocked(conversation_id) if member else False
+        if member is None or blocked is None:
+            member, blocked = await self._check(user_id, conversation_id)
+        if not member:
+            return Signal.NOBODY if _may_become_member(user_id, conversation_id) else Signal.REFUSED
+        if blocked or conversation_id in self._read_only:
+            return Signal.REFUSED
+        return Signal.ALLOWED
 
     async def members_of(self, user_id: int, conversation_ids: list[str]) -> set[str]:
         """Those of ``conversation_ids`` the user belongs to now (no 1:1 is created)."""
@@ -133,9 +161,10 @@ class Authorizer:
                     self._remember(user_id, conversation_id, False)
         return found
 
-    async def _ask(self, user_id: int, conversation_id: str) -> tuple[bool, bool]:
-        """(member, sending blocked): a blocked 1:1 pair stays members (the history is
-        theirs) but may not send."""
+    async def _check(self, user_id: int, conversation_id: str) -> tuple[bool, bool]:
+        """(member, sending blocked), asked of the group service and remembered; creates
+        nothing. A blocked 1:1 pair stays members (the history is theirs) but may not
+        send."""
         reply = await self._group().CheckMember(
             group_pb2.CheckMemberRequest(conversation_id=conversation_id, user_id=user_id),
             timeout=RPC_TIMEOUT,
@@ -143,9 +172,19 @@ class Authorizer:
         if reply.is_member:
             if reply.read_only:
                 self.mark_read_only(conversation_id)
-            return True, reply.send_blocked
-        if not _may_become_member(user_id, conversation_id):
-            return False, False
+            if conversation_id.startswith(DIRECT_PREFIX):
+                if len(self._send_blocked) > MAX_CACHED:
+                    self._send_blocked.clear()
+                expires = self._clock.monotonic() + self.positive_ttl
+                self._send_blocked[conversation_id] = (reply.send_blocked, expires)
+            self._remember(user_id, conversation_id, True)
+        elif not _may_become_member(user_id, conversation_id):
+            # Not cached for the user's own uncreated 1:1: its first send creates it.
+            self._remember(user_id, conversation_id, False)
+        return reply.is_member, reply.send_blocked
+
+    async def _create_direct(self, user_id: int, conversation_id: str) -> tuple[bool, bool]:
+        """The user's own 1:1, created if its peer exists: (member, sending blocked)."""
         pair = parse_direct(conversation_id)
         assert pair is not None
         peer = pair[0] if pair[1] == user_id else pair[1]
@@ -157,11 +196,7 @@ class Authorizer:
         await self._group().GetOrCreateDirect(
             group_pb2.GetOrCreateDirectRequest(user_a=user_id, user_b=peer), timeout=RPC_TIMEOUT
         )
-        created = await self._group().CheckMember(
-            group_pb2.CheckMemberRequest(conversation_id=conversation_id, user_id=user_id),
-            timeout=RPC_TIMEOUT,
-        )
-        return created.is_member, created.send_blocked
+        return await self._check(user_id, conversation_id)
 
 
 def _may_become_member(user_id: int, conversation_id: str) -> bool:

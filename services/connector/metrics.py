@@ -169,10 +169,10 @@ def _signals(core: ConnectorCore) -> Iterator[Any]:
     family = CounterMetricFamily(
         "im_connector_presence",
         "Presence changes this connector handled (announced online/offline, offlines a "
-        "reconnect cancelled, dropped or failed announcements).",
+        "reconnect cancelled, dropped onlines, put-off offlines, failed steps).",
         labels=["event"],
     )
-    for event in ("online", "offline", "debounced", "dropped", "failures"):
+    for event in ("online", "offline", "debounced", "dropped", "deferred", "failures"):
         family.add_metric([event], getattr(presence, event))
     yield family
     signals = core.signals.stats

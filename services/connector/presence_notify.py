@@ -8,9 +8,13 @@ the user's last device went away, once ``presence_debounce_seconds`` later the
 presence store still shows no online device of the user anywhere. A reconnect within
 the debounce finds the key still claimed: no offline, and no online either.
 
-The last-seen time goes to the user service (SQL, durable in both modes); users who
-hide their presence are never announced. The debounce runs on the injectable clock
-through ``tick()``, one heap for the connector (no task per user).
+The key is released before anything else of an offline that may fail, and the
+last-seen time goes to the user service (SQL, durable in both modes) after the push,
+best effort: a failing user service costs a last-seen time, never a user stuck
+"online". An offline that finds too many announcements under way is put off, never
+dropped, for the same reason. Users who hide their presence are never announced. The
+debounce runs on the injectable clock through ``tick()``, one heap for the connector
+(no task per user).
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ log = logging.getLogger("im.connector")
 RPC_TIMEOUT = 5.0
 ANNOUNCED_TTL = 24 * 3600.0  # an announced-online key outlives any crash by this much
 VISIBILITY_TTL = 10.0  # seconds a user's hide setting is trusted without asking
-MAX_INFLIGHT = 1000  # announcements under way on one connector; more are dropped
+MAX_INFLIGHT = 1000  # announcements under way here; past it onlines are dropped, offlines put off
+RETRY_SECONDS = 1.0  # an offline that found no room is settled again this much later
 MAX_VISIBILITY_CACHED = 100_000
 
 Spawn = Callable[[Coroutine], asyncio.Task]
@@ -50,7 +55,8 @@ class PresenceStats:
     online: int = 0  # online announcements made here
     offline: int = 0
     debounced: int = 0  # offlines cancelled by a reconnect within the debounce
-    dropped: int = 0
+    dropped: int = 0  # onlines not announced: too many announcements under way
+    deferred: int = 0  # offlines put off (not dropped): too many under way
     failures: int = 0
 
 
@@ -78,6 +84,7 @@ class PresenceNotifier:
         self._heap: list[tuple[float, int]] = []
         self._visible: dict[int, tuple[bool, float]] = {}
         self._inflight = 0
+        self.max_inflight = MAX_INFLIGHT
         self.stats = PresenceStats()
 
     # ------------------------------------------------------------ from the core
@@ -107,8 +114,7 @@ class PresenceNotifier:
             return
         del self._devices[user_id]
         deadline = self._clock.monotonic() + self._settings.presence_debounce_seconds
-        self._pending[user_id] = (deadline, self._clock.wall_ms())
-        heapq.heappush(self._heap, (deadline, user_id))
+        self._arm(user_id, deadline, self._clock.wall_ms())
 
     def tick(self) -> None:
         """Settle the offlines whose debounce ended (as of clock.monotonic())."""
@@ -122,15 +128,26 @@ class PresenceNotifier:
             del self._pending[user_id]
             if user_id in self._devices:
                 continue
+            if self._inflight >= self.max_inflight:
+                # Put off, never dropped: a dropped offline would leave the user's
+                # announced-online key taken, so peers would see the user online and
+                # the next real online would never be announced.
+                self.stats.deferred += 1
+                self._arm(user_id, now + RETRY_SECONDS, pending[1])
+                continue
             self._start(self._settle_offline(user_id, pending[1]))
 
     def pending(self) -> int:
         return len(self._pending)
 
+    def _arm(self, user_id: int, deadline: float, last_seen_ms: int) -> None:
+        self._pending[user_id] = (deadline, last_seen_ms)
+        heapq.heappush(self._heap, (deadline, user_id))
+
     # --------------------------------------------------------------- the work
 
     def _start(self, coro: Coroutine) -> None:
-        if self._inflight >= MAX_INFLIGHT:
+        if self._inflight >= self.max_inflight:
             coro.close()
             self.stats.dropped += 1
             return
@@ -161,16 +178,33 @@ class PresenceNotifier:
         if await self._online_anywhere(user_id):
             self.stats.debounced += 1
             return  # a device of the user is online at another connector
-        await self._directory.record_last_seen(user_id, last_seen_ms)
+        # Released first, before the calls that may fail: a key left taken would show the
+        # user online to peers and swallow the next online.
         await self._backends.idempotency.release(announced_key(user_id))
         self.stats.offline += 1
-        if await self.visible(user_id):
-            frame = wire_pb2.Presence(user_id=user_id, online=False, last_seen_ms=last_seen_ms)
-            await self._push(user_id, frame)
+        await self._best_effort("offline push", user_id, self._push_offline(user_id, last_seen_ms))
+        # Best effort too (the directory's call has its deadline): a lost last-seen time
+        # leaves the presence endpoint an older one until the next offline.
+        await self._best_effort(
+            "last seen", user_id, self._directory.record_last_seen(user_id, last_seen_ms)
+        )
         # A device that connected between the look and the release found the key still
         # claimed and announced nothing: say it is online again.
         if await self._online_anywhere(user_id):
             await self._announce_online(user_id)
+
+    async def _push_offline(self, user_id: int, last_seen_ms: int) -> None:
+        if await self.visible(user_id):
+            frame = wire_pb2.Presence(user_id=user_id, online=False, last_seen_ms=last_seen_ms)
+            await self._push(user_id, frame)
+
+    async def _best_effort(self, what: str, user_id: int, work: Coroutine) -> None:
+        """A step whose failure must not stop the ones after it: counted and logged."""
+        try:
+            await work
+        except Exception as exc:
+            self.stats.failures += 1
+            log.warning("presence: %s of user %d failed: %r", what, user_id, exc)
 
     async def _online_anywhere(self, user_id: int) -> bool:
         routes = await self._backends.presence.routes([user_id])

@@ -1,6 +1,10 @@
-"""Typing frames from clients: checked (conversation id, state, members only), rate
-limited per connection, and relayed to the other members' online devices with the
-sender's user id and an expiry. Never stored, never on the bus.
+"""Typing frames from clients: checked (conversation id, state, and the right to send
+there: a member, neither of a blocked 1:1 pair nor of a dissolved group), rate limited
+per connection, and relayed to the other members' online devices with the sender's
+user id and an expiry. Never stored, never on the bus.
+
+A Typing where the user may not send is answered as a Send would be (FORBIDDEN, the
+same words): a blocked user learns no more from it than from a refused Send.
 
 Over its rate a connection's Typing frames are dropped silently: typing is best
 effort, a client refreshes it anyway, and an Error frame per excess keystroke would
@@ -17,9 +21,9 @@ from dataclasses import dataclass
 from im.clock import Clock
 from im.config import Settings
 from im.fanout import MemberCache
-from im.ids import is_valid_conversation_id, parse_direct
+from im.ids import is_valid_conversation_id
 from im.v1 import wire_pb2
-from services.connector.authorizer import Authorizer
+from services.connector.authorizer import Authorizer, Signal
 from services.connector.conn import Conn
 from services.connector.relay import SignalRelay
 from services.connector.timers import TokenBucket
@@ -40,7 +44,7 @@ class TypingStats:
     relayed: int = 0
     rate_limited: int = 0  # dropped over the connection's typing rate
     overloaded: int = 0  # dropped: too many relays under way
-    refused: int = 0  # invalid or not a member (answered with an Error frame)
+    refused: int = 0  # invalid, or may not send there (answered with an Error frame)
     failures: int = 0  # a lookup failed: that typing frame is lost
 
 
@@ -103,17 +107,24 @@ class TypingRelay:
         self.stats.refused += 1
         conn.fail(code, message, request_id=request_id)  # the connection stays open
 
+    def _refusal(self, conversation_id: str) -> str:
+        """The words of a refused Send: the same for a non-member and either side of a
+        block (the blocked user is not told of it); a dissolved group says so."""
+        if self._authorizer.is_read_only(conversation_id):
+            return f"{conversation_id} is dissolved: it is read-only"
+        return f"you cannot send to {conversation_id}"
+
     async def _relay_one(
         self, conn: Conn, conversation_id: str, state: int, request_id: int
     ) -> None:
         user_id = conn.user_id
         try:
-            if not await self._is_member(user_id, conversation_id):
-                pair = parse_direct(conversation_id)
-                if pair is not None and user_id in pair:
-                    return  # their own 1:1 that no message created yet: nobody to tell
+            verdict = await self._authorizer.may_signal(user_id, conversation_id)
+            if verdict is Signal.NOBODY:
+                return  # their own 1:1 that no message created yet: nobody to tell
+            if verdict is Signal.REFUSED:
                 self._refuse(
-                    conn, E.ERROR_CODE_FORBIDDEN, "not a member of the conversation", request_id
+                    conn, E.ERROR_CODE_FORBIDDEN, self._refusal(conversation_id), request_id
                 )
                 return
             audience = await self._members.audience(conversation_id)
@@ -133,10 +144,3 @@ class TypingRelay:
             log.debug("typing in %s not relayed: %r", conversation_id, exc)
         finally:
             self._inflight -= 1
-
-    async def _is_member(self, user_id: int, conversation_id: str) -> bool:
-        cached = self._authorizer.cached(user_id, conversation_id)
-        if cached is not None:
-            return cached
-        # members_of never creates a 1:1 (may_send would): typing creates nothing.
-        return conversation_id in await self._authorizer.members_of(user_id, [conversation_id])

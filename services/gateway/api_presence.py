@@ -48,12 +48,14 @@ def _mine(info: user_pb2.PresenceInfo) -> MyPresence:
     "/v1/conversations/{conversation_id}/presence",
     response_model=ConversationPresence,
     tags=["conversations"],
-    responses=problem_responses(401, 403, 404, 422, 503),
+    responses=problem_responses(401, 403, 404, 422, 429, 503),
 )
 async def conversation_presence(
     gateway: GatewayDep, claims: Auth, conversation_id: ConversationId
 ) -> ConversationPresence:
-    """Online state and last seen of every other member (members only)."""
+    """Online state and last seen of every other member (members only). Groups larger
+    than `IM_PRESENCE_MAX_MEMBERS` are 422 `presence_group_too_large`; each user may ask
+    `IM_PRESENCE_READS_PER_MINUTE` times a minute (429 past it)."""
     members = await gateway.presence_ops.of_conversation(claims.user_id, conversation_id)
     return ConversationPresence(
         conversation_id=conversation_id,

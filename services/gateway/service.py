@@ -144,7 +144,13 @@ class Gateway:
         )
 
         self.presence_ops = PresenceOps(
-            lambda: self.users, lambda: self.groups, backends, self._calls, self.conversation_ops
+            settings,
+            lambda: self.users,
+            lambda: self.groups,
+            backends,
+            lambda: self._backends.rate_limits,
+            self._calls,
+            self.conversation_ops,
         )
 
         self.settings_ops = SettingsOps(

@@ -1,6 +1,7 @@
 """Typing and presence end to end, in both modes: typing relayed to the other member,
-refused for a non-member; online/offline pushed to 1:1 peers after the debounce (a
-quick reconnect announces nothing); the presence endpoint; hidden presence."""
+refused for a non-member and across a block (as a Send is); online/offline pushed to
+1:1 peers after the debounce (a quick reconnect announces nothing); the presence
+endpoint; hidden presence."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 
 import pytest
 
-from im.client import ApiError, ImClient
+from im.client import ApiError, ImClient, SendError
 from im.v1 import wire_pb2
 from tests.e2e.helpers import new_user, next_event
 
@@ -68,6 +69,38 @@ async def test_bob_sees_alice_typing_and_a_stranger_is_refused(gateway):
         stopped = await next_of(bob, wire_pb2.Typing)
         assert stopped.state == wire_pb2.TYPING_STATE_STOPPED  # carol's never came
         assert bob.typing_in(conv) == []
+    finally:
+        await close_all(alice, bob, carol)
+
+
+async def send_refused(client: ImClient, conversation_id: str) -> SendError:
+    """The refusal of a Send, once a block reached the connector (distributed: a
+    membership event on the bus, within about a second)."""
+    for attempt in range(50):
+        try:
+            await client.send(conversation_id, f"still there? {attempt}")
+        except SendError as error:
+            return error
+        await asyncio.sleep(0.1)
+    raise AssertionError("the block never took effect")
+
+
+async def test_after_a_block_typing_reaches_nobody_and_is_refused_as_a_send(gateway):
+    alice, bob, conv = await pair(gateway)
+    carol = await new_user(gateway, "carol")
+    try:
+        team = (await alice.gateway.create_group("team", [carol.user_id]))["conversation_id"]
+        for client in (alice, bob, carol):
+            await client.connect()
+        await alice.gateway.block(bob.user_id)
+        sent = await send_refused(bob, conv)
+        await bob.send_typing(conv)
+        typed = await next_of(bob, wire_pb2.Error)
+        # The words of the refused Send: bob learns nothing more of the block.
+        assert (typed.code, typed.message) == (wire_pb2.ERROR_CODE_FORBIDDEN, sent.message)
+        await carol.send_typing(team)
+        typing = await next_of(alice, wire_pb2.Typing)
+        assert typing.user_id == carol.user_id  # bob's was refused, never relayed
     finally:
         await close_all(alice, bob, carol)
 

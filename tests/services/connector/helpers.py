@@ -4,7 +4,9 @@ frames, a fixed membership list, and frame shortcuts."""
 from __future__ import annotations
 
 from im.auth import TokenIssuer
+from im.ids import parse_direct
 from im.v1 import connector_pb2, wire_pb2
+from services.connector.authorizer import Signal
 from services.connector.service import Conn, ConnectorCore
 
 
@@ -43,6 +45,12 @@ class AllowList:
     async def may_send(self, user_id: int, conversation_id: str) -> bool:
         return (user_id, conversation_id) in self.allowed and conversation_id not in self.read_only
 
+    async def may_signal(self, user_id: int, conversation_id: str) -> Signal:
+        if (user_id, conversation_id) not in self.allowed:
+            pair = parse_direct(conversation_id)
+            return Signal.NOBODY if pair is not None and user_id in pair else Signal.REFUSED
+        return Signal.REFUSED if conversation_id in self.read_only else Signal.ALLOWED
+
     def cached(self, user_id: int, conversation_id: str) -> bool | None:
         return None
 
@@ -67,6 +75,7 @@ class FakeDirectory:
         self.hidden: set[int] = set()
         self.peers_of: dict[int, list[int]] = {1: [2], 2: [1]}
         self.last_seen: dict[int, int] = {}
+        self.down = False  # the user service fails every last-seen write
 
     async def visible(self, user_id: int) -> bool:
         return user_id not in self.hidden
@@ -75,6 +84,8 @@ class FakeDirectory:
         return self.peers_of.get(user_id, [])
 
     async def record_last_seen(self, user_id: int, last_seen_ms: int) -> None:
+        if self.down:
+            raise ConnectionError("user service unavailable")
         self.last_seen[user_id] = max(last_seen_ms, self.last_seen.get(user_id, 0))
 
 

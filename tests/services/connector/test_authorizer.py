@@ -7,7 +7,7 @@ from pathlib import Path
 from im.clock import FakeClock
 from im.grpcutil import ChannelPool
 from im.v1 import group_pb2, group_pb2_grpc, user_pb2, user_pb2_grpc
-from services.connector.authorizer import Authorizer
+from services.connector.authorizer import Authorizer, Signal
 from services.group.app import build as build_group
 from services.user.app import build as build_user
 from tests.services.group.helpers import make_settings
@@ -127,6 +127,46 @@ async def test_a_dissolved_group_is_read_only_for_sends_only(tmp_path: Path) -> 
         other.mark_read_only("g:99")
         assert other.cached_send(1, "g:99") is None  # nothing cached: it will ask
         assert other.is_read_only("g:99")
+    finally:
+        await channels.close()
+        await group.stop()
+
+
+async def test_signals_are_judged_as_sends_but_create_no_conversation(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    group = build_group(settings)
+    await group.start()
+    settings = settings.model_copy(update={"group_service_addr": group.endpoints()["grpc"]})
+    channels = ChannelPool.for_settings(settings)
+    stub = group_pb2_grpc.GroupServiceStub(channels.get(settings.group_addr()))
+    try:
+        await stub.GetOrCreateDirect(group_pb2.GetOrCreateDirectRequest(user_a=1, user_b=2))
+        made = await stub.CreateGroup(
+            group_pb2.CreateGroupRequest(owner_id=1, name="team", member_ids=[2])
+        )
+        gid = made.conversation.conversation_id
+        authorizer = Authorizer(settings, channels, FakeClock())
+        assert await authorizer.members_of(2, ["d:1:2"]) == {"d:1:2"}  # membership cached
+        assert await authorizer.may_signal(2, "d:1:2") is Signal.ALLOWED
+        assert await authorizer.may_signal(2, gid) is Signal.ALLOWED
+
+        await stub.Block(group_pb2.BlockRequest(user_id=1, target_id=2))
+        await stub.DissolveGroup(group_pb2.DissolveGroupRequest(conversation_id=gid, actor_id=1))
+        authorizer.forget("d:1:2")  # what the membership events do
+        authorizer.forget(gid)
+        for user in (1, 2):  # the blocked and the blocker
+            assert await authorizer.may_signal(user, "d:1:2") is Signal.REFUSED
+            assert await authorizer.may_signal(user, gid) is Signal.REFUSED
+        assert await authorizer.may_signal(3, "d:1:2") is Signal.REFUSED  # a stranger
+
+        # The user's own 1:1 that no message created: nobody to tell, and still nothing
+        # there (may_send would create it).
+        assert await authorizer.may_signal(1, "d:1:5") is Signal.NOBODY
+        reply = await stub.CheckMember(
+            group_pb2.CheckMemberRequest(conversation_id="d:1:5", user_id=1)
+        )
+        assert not reply.is_member
+        assert authorizer.cached(1, "d:1:5") is None  # its first send still asks
     finally:
         await channels.close()
         await group.stop()

@@ -8,6 +8,7 @@ import pytest
 from im.config import Settings
 from im.runtime import local_connectors
 from im.v1 import wire_pb2
+from services.connector.presence_notify import MAX_INFLIGHT, RETRY_SECONDS
 from services.connector.service import ConnectorCore
 from tests.services.connector.helpers import AllowList, FakeDirectory, authed
 
@@ -124,3 +125,38 @@ async def test_typing_reaches_a_device_on_another_connector(setup, second_core):
     )
     await core.wait_background()
     assert [f.typing.user_id for f in bob.frames if f.WhichOneof("kind") == "typing"] == [1]
+
+
+async def test_a_failing_user_service_costs_the_last_seen_never_the_offline(
+    setup, clock, directory
+):
+    core, issuer, *_ = setup
+    bob = await authed(core, issuer, 2)
+    alice = await authed(core, issuer, 1)
+    directory.down = True
+    gone_at = clock.wall_ms()
+    core.closed(alice)
+    await settle(core, clock, core.settings.presence_debounce_seconds + 1)
+    assert presences(bob)[1:] == [(1, False, gone_at)]  # pushed all the same
+    assert directory.last_seen == {}
+    assert core.presence_notes.stats.failures == 1
+    # The announced-online key was let go: the next online is announced.
+    await authed(core, issuer, 1)
+    assert [online for _u, online, _t in presences(bob)] == [True, False, True]
+
+
+async def test_an_offline_with_no_room_is_put_off_not_dropped(setup, clock, directory):
+    core, issuer, *_ = setup
+    notes = core.presence_notes
+    bob = await authed(core, issuer, 2)
+    alice = await authed(core, issuer, 1)
+    notes.max_inflight = 0  # as if a thousand announcements were under way
+    core.closed(alice)
+    await settle(core, clock, core.settings.presence_debounce_seconds + 1)
+    assert len(presences(bob)) == 1 and notes.stats.deferred == 1
+    assert notes.pending() == 1  # still to be settled, not lost
+    notes.max_inflight = MAX_INFLIGHT  # the others finished
+    await settle(core, clock, RETRY_SECONDS)
+    assert [online for _u, online, _t in presences(bob)] == [True, False]
+    await authed(core, issuer, 1)  # the key was let go: announced again
+    assert [online for _u, online, _t in presences(bob)] == [True, False, True]

@@ -3,8 +3,15 @@ online devices (never stored, never on the bus)."""
 
 from __future__ import annotations
 
-from im.v1 import wire_pb2
-from tests.services.connector.helpers import authed, send
+import pytest
+
+from im.adapters.memory import MemoryBus, MemoryKV, MemoryRegistry
+from im.ports import Backends
+from im.v1 import group_pb2, group_pb2_grpc, wire_pb2
+from services.connector.service import ConnectorCore
+from services.group.app import build as build_group
+from tests.services.connector.helpers import FakeDirectory, authed, send
+from tests.services.group.helpers import make_settings
 
 E = wire_pb2
 
@@ -92,3 +99,93 @@ async def test_typing_over_its_rate_is_dropped_silently_and_sends_go_on(setup, c
     typing(core, alice)
     await core.wait_background()
     assert len(typings(bob)) == burst + 1
+
+
+@pytest.fixture
+async def grouped(keys, clock, tmp_path):  # type: ignore[no-untyped-def]
+    """A connector whose authorizer asks a real group service (blocks, dissolution)."""
+    settings = make_settings(tmp_path)
+    group = build_group(settings)
+    await group.start()
+    settings = settings.model_copy(update={"group_service_addr": group.endpoints()["grpc"]})
+    kv = MemoryKV(clock)
+    backends = Backends(
+        bus=MemoryBus(partitions=2),
+        registry=MemoryRegistry(),
+        presence=kv,
+        sessions=kv,
+        idempotency=kv,
+        rate_limits=kv,
+    )
+    core = ConnectorCore(settings, backends, keys[1], clock=clock, directory=FakeDirectory())
+    stub = group_pb2_grpc.GroupServiceStub(core.channels.get(settings.group_addr()))
+    try:
+        yield core, keys[0], stub
+    finally:
+        await core.channels.close()
+        await group.stop()
+
+
+def refusals(conn) -> list[tuple[int, int, str]]:  # type: ignore[no-untyped-def]
+    return [
+        (f.request_id, f.error.code, f.error.message)
+        for f in conn.frames
+        if f.WhichOneof("kind") == "error"
+    ]
+
+
+async def test_typing_reaches_nobody_across_a_block_and_tells_the_blocked_nothing_new(grouped):
+    core, issuer, stub = grouped
+    await stub.GetOrCreateDirect(group_pb2.GetOrCreateDirectRequest(user_a=1, user_b=2))
+    alice = await authed(core, issuer, 1)
+    bob = await authed(core, issuer, 2)
+    mallory = await authed(core, issuer, 3)
+    typing(core, bob)
+    await core.wait_background()
+    assert len(typings(alice)) == 1  # before the block
+
+    await stub.Block(group_pb2.BlockRequest(user_id=1, target_id=2))  # alice blocks bob
+    core.authorizer.forget("d:1:2")  # what the block's membership event does
+    typing(core, bob, rid=7)
+    typing(core, alice, rid=8)  # the blocker may not type there either
+    typing(core, mallory, rid=9)  # a stranger, for the words
+    send(core, bob, "c1")
+    await core.wait_background()
+    assert len(typings(alice)) == 1 and typings(bob) == []
+    # Answered as the blocked user's Send is, in the words a stranger gets: no sign of
+    # the block.
+    typed, sent = sorted(refusals(bob), reverse=True)  # the Typing's (7), the Send's (0)
+    assert typed[:2] == (7, E.ERROR_CODE_FORBIDDEN)
+    assert typed[2] == sent[2] == refusals(mallory)[0][2]
+    assert "block" not in typed[2]
+    assert refusals(alice)[0][:2] == (8, E.ERROR_CODE_FORBIDDEN)
+
+
+async def test_typing_is_not_relayed_in_a_dissolved_group(grouped):
+    core, issuer, stub = grouped
+    made = await stub.CreateGroup(
+        group_pb2.CreateGroupRequest(owner_id=1, name="team", member_ids=[2])
+    )
+    gid = made.conversation.conversation_id
+    alice = await authed(core, issuer, 1)
+    bob = await authed(core, issuer, 2)
+    typing(core, alice, conv=gid)
+    await core.wait_background()
+    assert len(typings(bob)) == 1  # before the dissolution
+
+    await stub.DissolveGroup(group_pb2.DissolveGroupRequest(conversation_id=gid, actor_id=1))
+    core.authorizer.forget(gid)  # what the membership event does
+    typing(core, alice, conv=gid, rid=5)
+    await core.wait_background()
+    assert len(typings(bob)) == 1
+    assert refusals(alice) == [(5, E.ERROR_CODE_FORBIDDEN, f"{gid} is dissolved: it is read-only")]
+
+
+async def test_typing_in_an_own_1to1_creates_no_conversation(grouped):
+    core, issuer, stub = grouped
+    alice = await authed(core, issuer, 1)
+    typing(core, alice, conv="d:1:5")
+    await core.wait_background()
+    assert "error" not in alice.kinds()
+    reply = await stub.CheckMember(group_pb2.CheckMemberRequest(conversation_id="d:1:5", user_id=1))
+    assert not reply.is_member

@@ -21,6 +21,7 @@ RATE_LIMITED = {
     ("post", "/v1/users/me/password"),
     ("post", "/v1/attachments"),
     ("get", "/v1/search"),
+    ("get", "/v1/conversations/{conversation_id}/presence"),
 }
 
 
