@@ -391,7 +391,7 @@ class MongoMessageStore:
             await self._ready()
             result = await self._messages.update_many(
                 {"sender_id": Int64(sender_id), "content_type": {"$ne": ERASED}},
-                {"$set": {"body": b"", "content_type": ERASED}},
+                {"$set": {"body": b"", "content_type": ERASED, **search_fields(ERASED, b"")}},
             )
         return int(result.modified_count)
 

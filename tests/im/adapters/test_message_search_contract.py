@@ -23,7 +23,13 @@ from im.db import SEARCH_COLUMN, MessageRow
 from im.db import SEARCH_INDEX as SQL_SEARCH_INDEX
 from im.search import parse_query
 from im.v1 import wire_pb2
-from tests.im.adapters.test_message_store_contract import Case, _mariadb, _mongo, _sqlite
+from tests.im.adapters.test_message_store_contract import (
+    Case,
+    _from,
+    _mariadb,
+    _mongo,
+    _sqlite,
+)
 
 _MIGRATION = importlib.import_module("im.migrations.versions.0008_search")
 
@@ -175,6 +181,17 @@ async def test_an_erased_body_no_longer_matches(case: Case) -> None:
     assert await search(case, {"a": 0}, "regret") == []
     # The row is still there for history, only its words are gone.
     assert (await case.store.history(case.conv("a"), 0, 10))[0].body == b""
+
+
+async def test_an_erased_senders_messages_crowd_out_no_hits(case: Case) -> None:
+    # More erased messages, newer than the one hit, than a search looks at per page:
+    # they must be out of the index, not only filtered out of the answer.
+    alice = case.base_id // 1024 + 7  # a sender id of this test alone (shared MariaDB)
+    hit = case.msg(1, "a", 1, b"hello from bob")
+    erased = [_from(case.msg(n, "a", n, b"hello from alice"), alice) for n in range(2, 202)]
+    await case.store.insert_many([hit, *erased])
+    assert await case.store.erase_sender(alice) == 200
+    assert await search(case, {"a": 0}, "hello", limit=10) == [case.base_id + 1]
 
 
 async def test_query_syntax_is_never_interpreted(case: Case) -> None:
