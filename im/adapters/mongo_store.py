@@ -46,6 +46,7 @@ from pymongo.errors import BulkWriteError, PyMongoError
 from im.adapters import event_plan
 from im.adapters.mongo_events import target_of, writes_of
 from im.adapters.mongo_search import MongoSearch, search_fields
+from im.clock import Clock, SystemClock
 from im.events import ERASED
 from im.ports import AlreadyStored, BackendUnavailable, DeadLetter, RecordRejected, SeqConflict
 from im.v1 import wire_pb2
@@ -244,8 +245,8 @@ class MongoMessageStore:
         database: str | None = None,
         collection: str = "messages",
         dead_letter_collection: str = "dead_letters",
-        meta_collection: str = "message_store_meta",
         client: AsyncMongoClient | None = None,
+        clock: Clock | None = None,
     ) -> None:
         """``database`` overrides the URL's path (default "im")."""
         if client is None:
@@ -260,9 +261,8 @@ class MongoMessageStore:
         self._letters: AsyncCollection = db.get_collection(
             dead_letter_collection, write_concern=write_concern
         )
-        self._search = MongoSearch(
-            self._messages, db.get_collection(meta_collection, write_concern=write_concern)
-        )
+        self._clock = clock or SystemClock()
+        self._search = MongoSearch(self._messages, self._clock)
         self._backfill: asyncio.Task[int] | None = None
         self._indexed = False
         self._index_lock = asyncio.Lock()
@@ -298,8 +298,8 @@ class MongoMessageStore:
                 )
                 await self._search.create_index()
                 self._indexed = True
-                # Messages stored before search existed: indexed in the background
-                # (a no-op after the first time), never holding up this call.
+                # Messages stored without search_terms: indexed in the background
+                # (one index probe when there are none), never holding up this call.
                 self._backfill = asyncio.create_task(self._backfill_search())
 
     async def _backfill_search(self) -> int:
@@ -310,7 +310,7 @@ class MongoMessageStore:
             return 0
 
     async def backfill_search(self) -> int:
-        """Index the messages stored before search existed, now; returns how many."""
+        """Index the messages stored without search_terms, now; returns how many."""
         with _store_errors():
             await self._ready()
             return await self._search.backfill()

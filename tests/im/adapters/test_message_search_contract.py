@@ -15,10 +15,11 @@ from alembic.operations import Operations
 from bson import Int64
 from sqlalchemy import create_engine, inspect, text, update
 
-from im.adapters.mongo_search import BACKFILL_MARKER, SEARCH_INDEX
+from im.adapters.mongo_search import BACKFILL_MIN_PAUSE, SEARCH_INDEX, MongoSearch
 from im.adapters.mongo_store import MongoMessageStore
 from im.adapters.sql_search import boolean_query, fts5_query, like_pattern
 from im.adapters.sqlstore import SqlMessageStore
+from im.clock import FakeClock
 from im.db import SEARCH_COLUMN, MessageRow
 from im.db import SEARCH_INDEX as SQL_SEARCH_INDEX
 from im.search import parse_query
@@ -296,6 +297,17 @@ async def test_mariadb_uses_fulltext(mysql_url: str) -> None:
         await store.close()
 
 
+def _legacy(case: Case, n: int, body: bytes) -> dict[str, object]:
+    """A document as stored before search existed (or by an older version): no terms."""
+    return {
+        "_id": Int64(case.base_id + n),
+        "conversation_id": case.conv("a"),
+        "seq": Int64(n),
+        "content_type": "text/plain",
+        "body": body,
+    }
+
+
 @pytest.mark.integration
 async def test_mongo_keyword_index_and_backfill(mongo_url: str) -> None:
     gen = _mongo(mongo_url)
@@ -305,22 +317,41 @@ async def test_mongo_keyword_index_and_backfill(mongo_url: str) -> None:
         await put(case, (1, "a", 1, "Indexed Words, indexed"))
         doc = await store.collection.find_one({"_id": case.base_id + 1})
         assert doc is not None and doc["search_terms"] == ["indexed", "words"]
+        # A document stored before search existed is found once backfilled.
+        await store.collection.insert_one(_legacy(case, 2, b"legacy words"))
+        await store.backfill_search()  # the background's may have been first
         indexes = await store.collection.index_information()
         assert indexes[SEARCH_INDEX]["key"] == [("search_terms", 1), ("_id", -1)]
-        # A document stored before search existed is found once backfilled.
-        await store.collection.insert_one(
-            {
-                "_id": Int64(case.base_id + 2),
-                "conversation_id": case.conv("a"),
-                "seq": Int64(2),
-                "content_type": "text/plain",
-                "body": b"legacy words",
-            }
-        )
-        await store._search._meta.delete_one({"_id": BACKFILL_MARKER})
-        assert await store.backfill_search() >= 1
         assert await search(case, {"a": 0}, "legacy") == [case.base_id + 2]
-        assert await store.backfill_search() == 0  # the marker spares the scan
+        # And so is one stored after that, as an older version's router does during a
+        # rolling upgrade: a backfill is never over for good.
+        await store.collection.insert_one(_legacy(case, 3, b"rolling upgrade"))
+        await store.backfill_search()
+        assert await search(case, {"a": 0}, "upgrade") == [case.base_id + 3]
+        assert await store.backfill_search() == 0
+    finally:
+        await gen.aclose()
+
+
+@pytest.mark.integration
+async def test_mongo_backfill_pauses_between_batches(mongo_url: str) -> None:
+    gen = _mongo(mongo_url)
+    case = await anext(gen)
+    try:
+        # Straight on the collection: no store call, so no backfill in the background.
+        collection = case.store.collection
+        await collection.insert_many([_legacy(case, n, b"old words") for n in range(1, 6)])
+        clock = FakeClock()
+        search = MongoSearch(collection, clock)
+        await search.create_index()
+        task = asyncio.create_task(search.backfill(batch=2))
+        filled = {"search_terms": {"$ne": None}}
+        for done in (2, 4):
+            assert await clock.wait_for_sleep() == pytest.approx(BACKFILL_MIN_PAUSE)
+            assert await collection.count_documents(filled) == done
+            clock.advance(BACKFILL_MIN_PAUSE)
+        assert await task == 5
+        assert await collection.count_documents(filled) == 5
     finally:
         await gen.aclose()
 
