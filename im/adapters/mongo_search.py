@@ -28,15 +28,17 @@ from bson import Int64
 from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 
+from im.clock import Clock, SystemClock
 from im.search import index_words, matches
 
 log = logging.getLogger("im.mongo_store")
 
 SEARCH_INDEX = "search_terms"
 SEARCH_FIELD = "search_terms"
-# The one-time fill of search_terms for documents stored before search existed.
-BACKFILL_MARKER = "search_terms_backfill"
+# The fill of search_terms for documents stored without it: documents per batch, and
+# the shortest pause after a full batch (otherwise as long as the batch took).
 BACKFILL_BATCH = 500
+BACKFILL_MIN_PAUSE = 0.01
 # Hits checked per search at most (stale index entries are rare: a body changed in
 # place without its search_terms).
 SCAN_FACTOR = 4
@@ -64,9 +66,9 @@ def scope_filter(scope: dict[str, int]) -> dict[str, Any]:
 
 
 class MongoSearch:
-    def __init__(self, messages: AsyncCollection, meta: AsyncCollection) -> None:
+    def __init__(self, messages: AsyncCollection, clock: Clock | None = None) -> None:
         self._messages = messages
-        self._meta = meta
+        self._clock = clock or SystemClock()
 
     async def create_index(self) -> None:
         await self._messages.create_index(
@@ -102,35 +104,35 @@ class MongoSearch:
         return found[:limit]
 
     async def backfill(self, batch: int = BACKFILL_BATCH) -> int:
-        """Fill search_terms of the documents stored without it; returns how many.
-        Idempotent, so several processes may run it at once; once done, a marker
-        document spares the next start the scan."""
-        if await self._meta.find_one({"_id": BACKFILL_MARKER}) is not None:
-            return 0
+        """Fill search_terms of the documents stored without it (before search existed,
+        or by a process of an older version during a rolling upgrade); returns how
+        many. Idempotent, so several processes may run it at once.
+
+        ``{search_terms: null}`` rather than ``$exists: false``: both select the
+        documents without the field (never stored as null), but SecantusDB answers
+        only the former from the search index and scans the whole collection for the
+        latter. So with nothing to do, this is one index probe.
+
+        Paced: after each full batch it pauses as long as the batch took, so it keeps
+        the server busy half the time at most."""
         done = 0
         while True:
-            cursor = self._messages.find(
-                {SEARCH_FIELD: {"$exists": False}}, {"content_type": 1, "body": 1}
-            ).limit(batch)
-            docs = [d async for d in cursor]
-            if not docs:
+            started = self._clock.monotonic()
+            cursor = self._messages.find({SEARCH_FIELD: None}, {"content_type": 1, "body": 1})
+            docs = [d async for d in cursor.limit(batch)]
+            if docs:
+                result = await self._messages.bulk_write([_fill(d) for d in docs], ordered=False)
+                done += result.modified_count
+            if len(docs) < batch:
                 break
-            await self._messages.bulk_write(
-                [
-                    UpdateOne(
-                        {"_id": d["_id"], SEARCH_FIELD: {"$exists": False}},
-                        {
-                            "$set": search_fields(
-                                d.get("content_type", ""), bytes(d.get("body", b""))
-                            )
-                        },
-                    )
-                    for d in docs
-                ],
-                ordered=False,
-            )
-            done += len(docs)
-        await self._meta.update_one({"_id": BACKFILL_MARKER}, {"$set": {"done": True}}, upsert=True)
+            took = self._clock.monotonic() - started
+            await self._clock.sleep(max(BACKFILL_MIN_PAUSE, took))
         if done:
-            log.info("message search: indexed %d messages stored before it", done)
+            log.info("message search: indexed %d messages stored without search terms", done)
         return done
+
+
+def _fill(doc: dict[str, Any]) -> UpdateOne:
+    """The backfill's update of one document: unless another process filled it since."""
+    fields = search_fields(doc.get("content_type", ""), bytes(doc.get("body", b"")))
+    return UpdateOne({"_id": doc["_id"], SEARCH_FIELD: None}, {"$set": fields})

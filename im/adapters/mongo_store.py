@@ -13,6 +13,8 @@ partial index on (refers_to) holds the events only: a recall finds its target's 
 A unique index on (conversation_id, seq) serves history and last_seqs and guards the
 gap-free sequence: two different messages can never hold the same seq. Search is a
 keyword index over ``search_terms`` (``im.adapters.mongo_search`` says why not $text).
+Only the unique index is in place before the first call goes ahead; the others are
+built in the background (``im.adapters.mongo_indexes`` says why).
 
 Dead letters live in the ``dead_letters`` collection of the same database::
 
@@ -29,7 +31,6 @@ message ``SeqConflict``.
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,17 +46,14 @@ from pymongo.errors import BulkWriteError, PyMongoError
 
 from im.adapters import event_plan
 from im.adapters.mongo_events import target_of, writes_of
+from im.adapters.mongo_indexes import Upkeep, build_speed_indexes, create_seq_index
 from im.adapters.mongo_search import MongoSearch, search_fields
+from im.clock import Clock, SystemClock
 from im.events import ERASED
 from im.ports import AlreadyStored, BackendUnavailable, DeadLetter, RecordRejected, SeqConflict
 from im.v1 import wire_pb2
 
-log = logging.getLogger("im.mongo_store")
-
 BACKEND = "message store"
-SEQ_INDEX = "conversation_seq"
-REFERS_INDEX = "refers_to"
-DEAD_LETTER_INDEX = "at_ms"
 
 # Durable before progress: the router moves on only past what a majority journaled.
 DURABLE = WriteConcern(w="majority", j=True)
@@ -244,8 +242,8 @@ class MongoMessageStore:
         database: str | None = None,
         collection: str = "messages",
         dead_letter_collection: str = "dead_letters",
-        meta_collection: str = "message_store_meta",
         client: AsyncMongoClient | None = None,
+        clock: Clock | None = None,
     ) -> None:
         """``database`` overrides the URL's path (default "im")."""
         if client is None:
@@ -260,10 +258,9 @@ class MongoMessageStore:
         self._letters: AsyncCollection = db.get_collection(
             dead_letter_collection, write_concern=write_concern
         )
-        self._search = MongoSearch(
-            self._messages, db.get_collection(meta_collection, write_concern=write_concern)
-        )
-        self._backfill: asyncio.Task[int] | None = None
+        self._clock = clock or SystemClock()
+        self._search = MongoSearch(self._messages, self._clock)
+        self._upkeep = Upkeep(self._build_indexes, self._search.backfill, self._clock)
         self._indexed = False
         self._index_lock = asyncio.Lock()
 
@@ -276,43 +273,24 @@ class MongoMessageStore:
         return self._letters
 
     async def _ready(self) -> None:
-        # Indexes are created on first use: constructors cannot await. createIndexes
-        # is a no-op when they exist, so concurrent processes are fine.
+        # Created on first use: constructors cannot await. createIndexes is a no-op
+        # when the index exists, so concurrent processes are fine.
         if self._indexed:
             return
         async with self._index_lock:
             if not self._indexed:
-                await self._messages.create_index(
-                    [("conversation_id", ASCENDING), ("seq", ASCENDING)],
-                    unique=True,
-                    name=SEQ_INDEX,
-                )
-                await self._messages.create_index(
-                    [("refers_to", ASCENDING)],
-                    name=REFERS_INDEX,
-                    partialFilterExpression={"refers_to": {"$exists": True}},
-                )
-                # Newest first by (at_ms, _id): the index serves the whole sort.
-                await self._letters.create_index(
-                    [("at_ms", DESCENDING), ("_id", DESCENDING)], name=DEAD_LETTER_INDEX
-                )
-                await self._search.create_index()
+                await create_seq_index(self._messages)
                 self._indexed = True
-                # Messages stored before search existed: indexed in the background
-                # (a no-op after the first time), never holding up this call.
-                self._backfill = asyncio.create_task(self._backfill_search())
+                self._upkeep.start()
 
-    async def _backfill_search(self) -> int:
-        try:
-            return await self._search.backfill()
-        except Exception as exc:  # the next start tries again
-            log.warning("message search backfill stopped: %r", exc)
-            return 0
+    async def _build_indexes(self) -> None:
+        await build_speed_indexes(self._messages, self._letters, self._search)
 
     async def backfill_search(self) -> int:
-        """Index the messages stored before search existed, now; returns how many."""
+        """Index the messages stored without search_terms, now; returns how many."""
         with _store_errors():
             await self._ready()
+            await self._build_indexes()
             return await self._search.backfill()
 
     # ------------------------------------------------------------------ writes
@@ -391,7 +369,7 @@ class MongoMessageStore:
             await self._ready()
             result = await self._messages.update_many(
                 {"sender_id": Int64(sender_id), "content_type": {"$ne": ERASED}},
-                {"$set": {"body": b"", "content_type": ERASED}},
+                {"$set": {"body": b"", "content_type": ERASED, **search_fields(ERASED, b"")}},
             )
         return int(result.modified_count)
 
@@ -495,6 +473,5 @@ class MongoMessageStore:
             return False
 
     async def close(self) -> None:
-        if self._backfill is not None:
-            self._backfill.cancel()
+        await self._upkeep.stop()
         await self._client.close()

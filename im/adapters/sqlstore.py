@@ -14,8 +14,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from sqlalchemy import and_, func, select, text, update
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy import and_, bindparam, func, or_, select, text, update
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -83,21 +83,60 @@ def _to_message(r: MessageRow) -> wire_pb2.Message:
     )
 
 
-def _statement(change: event_plan.Change) -> Any:
+def _write_changes(connection: Connection, changes: list[event_plan.Change]) -> None:
+    """``changes`` in at most four statements, one per kind, not one per change. The
+    end state is the same as one by one: edits go first, in their order (the last of a
+    target wins), and a target's recall is planned after all its edits (an edit after
+    it is an EraseEvent); the rest only empties bodies."""
     table = MessageRow.__table__
-    if isinstance(change, event_plan.Recall):
-        return (
+    edits = [c for c in changes if isinstance(c, event_plan.Edit)]
+    recalls = [c for c in changes if isinstance(c, event_plan.Recall)]
+    erased = [c.msg_id for c in changes if isinstance(c, event_plan.EraseEvent)]
+    if edits:
+        connection.execute(
             update(table)
-            .where(table.c.msg_id == change.target)
+            .where(table.c.msg_id == bindparam("b_target"))
+            .values(
+                body=bindparam("b_body"),
+                edited_at=bindparam("b_edited_at"),
+                edit_seq=bindparam("b_edit_seq"),
+            ),
+            [
+                {
+                    "b_target": e.target,
+                    "b_body": e.body,
+                    "b_edited_at": e.edited_at,
+                    "b_edit_seq": e.edit_seq,
+                }
+                for e in edits
+            ],
+        )
+    if recalls:
+        connection.execute(
+            update(table)
+            .where(table.c.msg_id.in_([r.target for r in recalls]))
             .values(recalled=True, body=b"", attachment_ids="")
         )
-    if isinstance(change, event_plan.Edit):
-        return (
+        # The edit events of each target in its own conversation (an OR of equalities
+        # on refers_to: its index serves every term).
+        connection.execute(
             update(table)
-            .where(table.c.msg_id == change.target)
-            .values(body=change.body, edited_at=change.edited_at, edit_seq=change.edit_seq)
+            .where(
+                or_(
+                    *(
+                        and_(
+                            table.c.refers_to == r.target,
+                            table.c.conversation_id == r.conversation_id,
+                        )
+                        for r in recalls
+                    )
+                ),
+                table.c.content_type == EDIT,
+            )
+            .values(body=b"")
         )
-    return update(table).where(table.c.msg_id == change.msg_id).values(body=b"")
+    if erased:
+        connection.execute(update(table).where(table.c.msg_id.in_(erased)).values(body=b""))
 
 
 def _letter_row(letter: DeadLetter) -> dict[str, Any]:
@@ -239,18 +278,7 @@ class SqlMessageStore:
             )
             targets = {r[0]: event_plan.Target(*r) for r in found}
             changes, orphans = event_plan.plan(events, targets)
-            for change in changes:
-                connection.execute(_statement(change))
-                if isinstance(change, event_plan.Recall):
-                    connection.execute(
-                        update(table)
-                        .where(
-                            table.c.refers_to == change.target,
-                            table.c.conversation_id == change.conversation_id,
-                            table.c.content_type == EDIT,
-                        )
-                        .values(body=b"")
-                    )
+            _write_changes(connection, changes)
         return orphans
 
     async def put_dead_letters(self, letters: list[DeadLetter]) -> None:

@@ -17,16 +17,23 @@ from bson import Int64
 from sqlalchemy import create_engine, event, func, inspect, select, text, update
 from sqlalchemy.dialects import mysql
 
-from im.adapters.mongo_search import BACKFILL_MARKER, SEARCH_INDEX
+from im.adapters.mongo_search import BACKFILL_MIN_PAUSE, SEARCH_INDEX, MongoSearch
 from im.adapters.mongo_store import MongoMessageStore
 from im.adapters.sql_search import SqlSearch, boolean_query, fts5_query, like_pattern
 from im.adapters.sqlstore import SqlMessageStore
+from im.clock import FakeClock
 from im.db import SEARCH_COLUMN, MessageRow
 from im.db import SEARCH_INDEX as SQL_SEARCH_INDEX
 from im.ports import BackendUnavailable
 from im.search import parse_query
 from im.v1 import wire_pb2
-from tests.im.adapters.test_message_store_contract import Case, _mariadb, _mongo, _sqlite
+from tests.im.adapters.test_message_store_contract import (
+    Case,
+    _from,
+    _mariadb,
+    _mongo,
+    _sqlite,
+)
 
 _MIGRATION = importlib.import_module("im.migrations.versions.0008_search")
 
@@ -180,6 +187,17 @@ async def test_an_erased_body_no_longer_matches(case: Case) -> None:
     assert (await case.store.history(case.conv("a"), 0, 10))[0].body == b""
 
 
+async def test_an_erased_senders_messages_crowd_out_no_hits(case: Case) -> None:
+    # More erased messages, newer than the one hit, than a search looks at per page:
+    # they must be out of the index, not only filtered out of the answer.
+    alice = case.base_id // 1024 + 7  # a sender id of this test alone (shared MariaDB)
+    hit = case.msg(1, "a", 1, b"hello from bob")
+    erased = [_from(case.msg(n, "a", n, b"hello from alice"), alice) for n in range(2, 202)]
+    await case.store.insert_many([hit, *erased])
+    assert await case.store.erase_sender(alice) == 200
+    assert await search(case, {"a": 0}, "hello", limit=10) == [case.base_id + 1]
+
+
 async def test_query_syntax_is_never_interpreted(case: Case) -> None:
     await put(
         case,
@@ -282,6 +300,17 @@ async def test_mariadb_uses_fulltext(mysql_url: str) -> None:
         await store.close()
 
 
+def _legacy(case: Case, n: int, body: bytes) -> dict[str, object]:
+    """A document as stored before search existed (or by an older version): no terms."""
+    return {
+        "_id": Int64(case.base_id + n),
+        "conversation_id": case.conv("a"),
+        "seq": Int64(n),
+        "content_type": "text/plain",
+        "body": body,
+    }
+
+
 @pytest.mark.integration
 async def test_mongo_keyword_index_and_backfill(mongo_url: str) -> None:
     gen = _mongo(mongo_url)
@@ -291,22 +320,41 @@ async def test_mongo_keyword_index_and_backfill(mongo_url: str) -> None:
         await put(case, (1, "a", 1, "Indexed Words, indexed"))
         doc = await store.collection.find_one({"_id": case.base_id + 1})
         assert doc is not None and doc["search_terms"] == ["indexed", "words"]
+        # A document stored before search existed is found once backfilled.
+        await store.collection.insert_one(_legacy(case, 2, b"legacy words"))
+        await store.backfill_search()  # the background's may have been first
         indexes = await store.collection.index_information()
         assert indexes[SEARCH_INDEX]["key"] == [("search_terms", 1), ("_id", -1)]
-        # A document stored before search existed is found once backfilled.
-        await store.collection.insert_one(
-            {
-                "_id": Int64(case.base_id + 2),
-                "conversation_id": case.conv("a"),
-                "seq": Int64(2),
-                "content_type": "text/plain",
-                "body": b"legacy words",
-            }
-        )
-        await store._search._meta.delete_one({"_id": BACKFILL_MARKER})
-        assert await store.backfill_search() >= 1
         assert await search(case, {"a": 0}, "legacy") == [case.base_id + 2]
-        assert await store.backfill_search() == 0  # the marker spares the scan
+        # And so is one stored after that, as an older version's router does during a
+        # rolling upgrade: a backfill is never over for good.
+        await store.collection.insert_one(_legacy(case, 3, b"rolling upgrade"))
+        await store.backfill_search()
+        assert await search(case, {"a": 0}, "upgrade") == [case.base_id + 3]
+        assert await store.backfill_search() == 0
+    finally:
+        await gen.aclose()
+
+
+@pytest.mark.integration
+async def test_mongo_backfill_pauses_between_batches(mongo_url: str) -> None:
+    gen = _mongo(mongo_url)
+    case = await anext(gen)
+    try:
+        # Straight on the collection: no store call, so no backfill in the background.
+        collection = case.store.collection
+        await collection.insert_many([_legacy(case, n, b"old words") for n in range(1, 6)])
+        clock = FakeClock()
+        search = MongoSearch(collection, clock)
+        await search.create_index()
+        task = asyncio.create_task(search.backfill(batch=2))
+        filled = {"search_terms": {"$ne": None}}
+        for done in (2, 4):
+            assert await clock.wait_for_sleep() == pytest.approx(BACKFILL_MIN_PAUSE)
+            assert await collection.count_documents(filled) == done
+            clock.advance(BACKFILL_MIN_PAUSE)
+        assert await task == 5
+        assert await collection.count_documents(filled) == 5
     finally:
         await gen.aclose()
 

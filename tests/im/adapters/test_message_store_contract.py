@@ -29,8 +29,10 @@ from pymongo import WriteConcern
 from sqlalchemy import delete
 
 from im.adapters import mongo_store
+from im.adapters.mongo_indexes import BACKFILL_EVERY_SECONDS
 from im.adapters.mongo_store import MongoMessageStore
 from im.adapters.sqlstore import SqlMessageStore
+from im.clock import FakeClock
 from im.db import DeadLetterRow, MessageRow
 from im.events import ERASED
 from im.ports import AlreadyStored, BackendUnavailable, DeadLetter, RecordRejected, SeqConflict
@@ -112,12 +114,15 @@ async def _mariadb(url: str, search_timeout: float | None = None) -> AsyncIterat
         await store.close()
 
 
-async def _mongo(url: str) -> AsyncIterator[Case]:
+async def _mongo(url: str, **options: Any) -> AsyncIterator[Case]:
+    """``options``: more keyword arguments of MongoMessageStore (a clock)."""
     database = f"im_test_{uuid.uuid4().hex[:12]}"
-    store = MongoMessageStore(url, database=database)
+    store = MongoMessageStore(url, database=database, **options)
     try:
         yield Case("mongo", store, *_namespace())
     finally:
+        # The background work first: an index it builds would bring the database back.
+        await store._upkeep.stop()
         await store._client.drop_database(database)
         await store.close()
 
@@ -401,7 +406,8 @@ async def test_a_long_reason_is_cut_not_refused(case: Case) -> None:
 
 @pytest.mark.integration
 async def test_mongo_document_layout_and_index(mongo_url: str) -> None:
-    gen = _mongo(mongo_url)
+    clock = FakeClock()
+    gen = _mongo(mongo_url, clock=clock)
     case = await anext(gen)
     try:
         store: MongoMessageStore = case.store
@@ -413,6 +419,10 @@ async def test_mongo_document_layout_and_index(mongo_url: str) -> None:
         indexes = await store.collection.index_information()
         seq_index = indexes["conversation_seq"]
         assert seq_index["unique"] and seq_index["key"] == [("conversation_id", 1), ("seq", 1)]
+        # The other indexes are built in the background: done once it waits to backfill.
+        assert await clock.wait_for_sleep() == BACKFILL_EVERY_SECONDS
+        indexes = await store.collection.index_information()
+        assert indexes["refers_to"]["key"] == [("refers_to", 1)]
         letter_indexes = await store.dead_letter_collection.index_information()
         assert letter_indexes["at_ms"]["key"] == [("at_ms", -1), ("_id", -1)]
     finally:

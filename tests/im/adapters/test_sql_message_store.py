@@ -6,7 +6,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event
 
+from im import events
 from im.adapters.sqlstore import SqlMessageStore
 from im.ports import AlreadyStored, BackendUnavailable, SeqConflict
 from im.v1 import wire_pb2
@@ -88,3 +90,42 @@ async def test_a_database_that_cannot_be_opened_is_unavailable(tmp_path: Path) -
     assert caught.value.backend == "message store" and caught.value.__cause__ is not None
     assert await store.healthy() is False
     await store.close()
+
+
+async def test_events_are_applied_in_a_few_statements_not_one_per_change(
+    store: SqlMessageStore,
+) -> None:
+    targets = [message("g:7", seq) for seq in range(1, 11)]
+    edits = [
+        wire_pb2.Message(
+            msg_id=3_000_000 + i,
+            conversation_id="g:7",
+            seq=20 + i,
+            content_type=events.EDIT,
+            refers_to=targets[i].msg_id,
+            body=b"edited",
+            server_ts=1_900_000_000_000,
+        )
+        for i in range(5)
+    ]
+    recalls = [
+        wire_pb2.Message(
+            msg_id=4_000_000 + i,
+            conversation_id="g:7",
+            seq=30 + i,
+            content_type=events.RECALL,
+            refers_to=targets[i].msg_id,
+        )
+        for i in range(3, 8)
+    ]
+    await store.insert_many([*targets, *edits, *recalls])
+    statements: list[str] = []
+    event.listen(store._engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    assert await store.apply_events([*edits, *recalls]) == []
+    # One look-up, the edits, the recalled targets and their edits' text.
+    assert len(statements) == 4, statements
+    got = await store.get_by_msg_ids([m.msg_id for m in targets + edits])
+    assert [got[m.msg_id].body for m in targets[:8]] == [b"edited"] * 3 + [b""] * 5
+    assert [got[m.msg_id].recalled for m in targets[:8]] == [False] * 3 + [True] * 5
+    assert [got[m.msg_id].body for m in edits] == [b"edited"] * 3 + [b""] * 2
+    assert got[targets[9].msg_id] == targets[9]
