@@ -180,9 +180,10 @@ class MessageStore(Protocol):
 
     async def erase_sender(self, sender_id: int) -> int:
         """Erase the bodies of every stored message of ``sender_id`` (an admin deleted
-        the account with erase): body empty, content type ``im.events.ERASED``; ids,
-        seqs and timestamps stay, so histories keep no gap. Returns how many messages
-        were erased now (those erased before are not counted again). Safe to repeat."""
+        the account with erase): body and attachment ids empty (their files are no
+        longer shared), content type ``im.events.ERASED``; ids, seqs and timestamps
+        stay, so histories keep no gap. Returns how many messages were erased now
+        (those erased before are not counted again). Safe to repeat."""
         ...
 
     async def healthy(self) -> bool: ...

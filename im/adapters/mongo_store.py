@@ -369,7 +369,10 @@ class MongoMessageStore:
             await self._ready()
             result = await self._messages.update_many(
                 {"sender_id": Int64(sender_id), "content_type": {"$ne": ERASED}},
-                {"$set": {"body": b"", "content_type": ERASED, **search_fields(ERASED, b"")}},
+                {
+                    "$set": {"body": b"", "content_type": ERASED, **search_fields(ERASED, b"")},
+                    "$unset": {"attachment_ids": ""},
+                },
             )
         return int(result.modified_count)
 

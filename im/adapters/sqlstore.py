@@ -336,7 +336,7 @@ class SqlMessageStore:
             changed = connection.execute(
                 update(MessageRow)
                 .where(MessageRow.msg_id.in_(ids), MessageRow.content_type != ERASED)
-                .values(body=b"", content_type=ERASED)
+                .values(body=b"", content_type=ERASED, attachment_ids="")
             ).rowcount
         return changed, ids[-1]
 

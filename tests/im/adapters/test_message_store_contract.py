@@ -313,9 +313,13 @@ async def test_erase_sender_empties_only_that_senders_bodies(case: Case) -> None
     sender = case.base_id // 1024 + 7
     mine = [_from(case.msg(n, "e", n), sender) for n in (1, 3, 4)]
     others = [case.msg(n, "e", n) for n in (2, 5)]
+    for message in (mine[0], others[0]):
+        message.attachment_ids.append("A" * 22)
     await s.insert_many(sorted([*mine, *others], key=lambda m: m.seq))
     assert await s.erase_sender(sender) == 3
     stored = await s.history(case.conv("e"), 0, 10)
+    # Their files are no longer shared either (downloads need a message naming them).
+    assert [list(m.attachment_ids) for m in stored] == [[], ["A" * 22], [], [], []]
     assert [(m.seq, m.body, m.content_type) for m in stored] == [
         (1, b"", ERASED),
         (2, b"body 2", "text/plain"),
