@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from im.adapters.memory import MemoryBus, MemoryKV, MemoryRegistry
 from im.auth import TokenIssuer, TokenVerifier, generate_key_pair
 from im.clock import FakeClock
 from im.config import Settings
-from im.ports import Backends
 from services.connector.service import ConnectorCore
-from tests.services.connector.helpers import AllowList, FakeDirectory
+from tests.services.connector.helpers import AllowList, FakeDirectory, memory_backends
 
 
 @pytest.fixture
@@ -38,16 +36,7 @@ def setup(keys, clock, tmp_path):
         send_burst=3,
         max_body_bytes=100,
     )
-    bus = MemoryBus(partitions=2)
-    kv = MemoryKV(clock)
-    backends = Backends(
-        bus=bus,
-        registry=MemoryRegistry(),
-        presence=kv,
-        sessions=kv,
-        idempotency=kv,
-        rate_limits=kv,
-    )
+    backends = memory_backends(clock)
     core = ConnectorCore(
         settings,
         backends,
@@ -56,4 +45,4 @@ def setup(keys, clock, tmp_path):
         authorizer=AllowList({(1, "d:1:2"), (2, "d:1:2")}),
         directory=FakeDirectory(),
     )
-    return core, keys[0], bus, kv
+    return core, keys[0], backends.bus, backends.presence

@@ -3,11 +3,23 @@ frames, a fixed membership list, and frame shortcuts."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import NamedTuple
+
+from im.adapters.memory import MemoryBus, MemoryKV, MemoryRegistry
 from im.auth import TokenIssuer
+from im.clock import Clock
+from im.config import Settings
+from im.grpcutil import ChannelPool
 from im.ids import parse_direct
-from im.v1 import connector_pb2, wire_pb2
+from im.ports import Backends
+from im.v1 import connector_pb2, group_pb2_grpc, wire_pb2
 from services.connector.authorizer import Signal
 from services.connector.service import Conn, ConnectorCore
+from services.group.app import build as build_group
+from tests.services.group.helpers import make_settings
 
 
 class RecordingConn(Conn):
@@ -126,3 +138,38 @@ def deliver_request(seq: int, user: int = 2, device: str = "d1") -> connector_pb
             )
         ]
     )
+
+
+def memory_backends(clock: Clock) -> Backends:
+    """In-process backends: a two-partition bus, one key-value store for the rest."""
+    kv = MemoryKV(clock)
+    return Backends(
+        bus=MemoryBus(partitions=2),
+        registry=MemoryRegistry(),
+        presence=kv,
+        sessions=kv,
+        idempotency=kv,
+        rate_limits=kv,
+    )
+
+
+class GroupService(NamedTuple):
+    settings: Settings  # pointing at the running group service
+    channels: ChannelPool
+    stub: group_pb2_grpc.GroupServiceStub
+
+
+@asynccontextmanager
+async def group_service(tmp_path: Path) -> AsyncIterator[GroupService]:
+    """A real group service on SQLite (blocks, dissolution), for the authorizer."""
+    settings = make_settings(tmp_path)
+    group = build_group(settings)
+    await group.start()
+    settings = settings.model_copy(update={"group_service_addr": group.endpoints()["grpc"]})
+    channels = ChannelPool.for_settings(settings)
+    try:
+        stub = group_pb2_grpc.GroupServiceStub(channels.get(settings.group_addr()))
+        yield GroupService(settings, channels, stub)
+    finally:
+        await channels.close()
+        await group.stop()

@@ -5,42 +5,26 @@ from __future__ import annotations
 from pathlib import Path
 
 from im.clock import FakeClock
-from im.grpcutil import ChannelPool
-from im.v1 import group_pb2, group_pb2_grpc, user_pb2, user_pb2_grpc
+from im.v1 import group_pb2, user_pb2, user_pb2_grpc
 from services.connector.authorizer import Authorizer, Signal
-from services.group.app import build as build_group
 from services.user.app import build as build_user
-from tests.services.group.helpers import make_settings
+from tests.services.connector.helpers import group_service
 
 
 async def test_direct_conversation_with_a_peer_past_the_id_range_is_refused(
     tmp_path: Path,
 ) -> None:
-    settings = make_settings(tmp_path)
-    group = build_group(settings)
-    await group.start()
-    settings = settings.model_copy(update={"group_service_addr": group.endpoints()["grpc"]})
-    channels = ChannelPool.for_settings(settings)
-    try:
+    async with group_service(tmp_path) as (settings, channels, _):
         authorizer = Authorizer(settings, channels, FakeClock())
         # Parses as a 1:1 of user 1, but its peer fits no column and no request: it
         # used to fail building the peer look-up, answered "try again" forever.
         assert await authorizer.may_send(1, f"d:1:{2**66}") is False
         assert await authorizer.members_of(1, [f"d:1:{2**66}"]) == set()
         assert authorizer.cached(1, f"d:1:{2**66}") is False
-    finally:
-        await channels.close()
-        await group.stop()
 
 
 async def test_a_blocked_pair_may_ack_but_not_send_until_unblocked(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path)
-    group = build_group(settings)
-    await group.start()
-    settings = settings.model_copy(update={"group_service_addr": group.endpoints()["grpc"]})
-    channels = ChannelPool.for_settings(settings)
-    stub = group_pb2_grpc.GroupServiceStub(channels.get(settings.group_addr()))
-    try:
+    async with group_service(tmp_path) as (settings, channels, stub):
         await stub.GetOrCreateDirect(group_pb2.GetOrCreateDirectRequest(user_a=1, user_b=2))
         authorizer = Authorizer(settings, channels, FakeClock())
         assert await authorizer.members_of(2, ["d:1:2"]) == {"d:1:2"}
@@ -58,52 +42,34 @@ async def test_a_blocked_pair_may_ack_but_not_send_until_unblocked(tmp_path: Pat
         await stub.Unblock(group_pb2.BlockRequest(user_id=1, target_id=2))
         authorizer.forget("d:1:2")
         assert await authorizer.may_send(2, "d:1:2") is True
-    finally:
-        await channels.close()
-        await group.stop()
 
 
 async def test_the_first_send_to_a_blocking_peer_creates_nothing_it_can_use(
     tmp_path: Path,
 ) -> None:
-    settings = make_settings(tmp_path)
-    group = build_group(settings)
-    await group.start()
-    settings = settings.model_copy(update={"group_service_addr": group.endpoints()["grpc"]})
-    channels = ChannelPool.for_settings(settings)
-    stub = group_pb2_grpc.GroupServiceStub(channels.get(settings.group_addr()))
-    user_app = build_user(settings.model_copy(update={"user_grpc_port": 0}))
-    await user_app.start()
-    settings = settings.model_copy(update={"user_service_addr": user_app.endpoints()["grpc"]})
-    try:
-        users = user_pb2_grpc.UserServiceStub(channels.get(settings.user_addr()))
-        ids = []
-        for name in ("blocker", "stranger"):
-            reply = await users.Register(
-                user_pb2.RegisterRequest(username=name, password="password123")
-            )
-            ids.append(reply.user.user_id)
-        blocker, stranger = ids
-        await stub.Block(group_pb2.BlockRequest(user_id=blocker, target_id=stranger))
-        authorizer = Authorizer(settings, channels, FakeClock())
-        cid = f"d:{min(ids)}:{max(ids)}"
-        assert await authorizer.may_send(stranger, cid) is False
-    finally:
-        await channels.close()
-        await user_app.stop()
-        await group.stop()
+    async with group_service(tmp_path) as (settings, channels, stub):
+        user_app = build_user(settings.model_copy(update={"user_grpc_port": 0}))
+        await user_app.start()
+        settings = settings.model_copy(update={"user_service_addr": user_app.endpoints()["grpc"]})
+        try:
+            users = user_pb2_grpc.UserServiceStub(channels.get(settings.user_addr()))
+            ids = []
+            for name in ("blocker", "stranger"):
+                reply = await users.Register(
+                    user_pb2.RegisterRequest(username=name, password="password123")
+                )
+                ids.append(reply.user.user_id)
+            blocker, stranger = ids
+            await stub.Block(group_pb2.BlockRequest(user_id=blocker, target_id=stranger))
+            authorizer = Authorizer(settings, channels, FakeClock())
+            cid = f"d:{min(ids)}:{max(ids)}"
+            assert await authorizer.may_send(stranger, cid) is False
+        finally:
+            await user_app.stop()
 
 
 async def test_a_dissolved_group_is_read_only_for_sends_only(tmp_path: Path) -> None:
-    from im.v1 import group_pb2, group_pb2_grpc
-
-    settings = make_settings(tmp_path)
-    group = build_group(settings)
-    await group.start()
-    settings = settings.model_copy(update={"group_service_addr": group.endpoints()["grpc"]})
-    channels = ChannelPool.for_settings(settings)
-    try:
-        stub = group_pb2_grpc.GroupServiceStub(channels.get(settings.group_addr()))
+    async with group_service(tmp_path) as (settings, channels, stub):
         made = await stub.CreateGroup(
             group_pb2.CreateGroupRequest(owner_id=1, name="team", member_ids=[2])
         )
@@ -127,19 +93,10 @@ async def test_a_dissolved_group_is_read_only_for_sends_only(tmp_path: Path) -> 
         other.mark_read_only("g:99")
         assert other.cached_send(1, "g:99") is None  # nothing cached: it will ask
         assert other.is_read_only("g:99")
-    finally:
-        await channels.close()
-        await group.stop()
 
 
 async def test_signals_are_judged_as_sends_but_create_no_conversation(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path)
-    group = build_group(settings)
-    await group.start()
-    settings = settings.model_copy(update={"group_service_addr": group.endpoints()["grpc"]})
-    channels = ChannelPool.for_settings(settings)
-    stub = group_pb2_grpc.GroupServiceStub(channels.get(settings.group_addr()))
-    try:
+    async with group_service(tmp_path) as (settings, channels, stub):
         await stub.GetOrCreateDirect(group_pb2.GetOrCreateDirectRequest(user_a=1, user_b=2))
         made = await stub.CreateGroup(
             group_pb2.CreateGroupRequest(owner_id=1, name="team", member_ids=[2])
@@ -167,6 +124,3 @@ async def test_signals_are_judged_as_sends_but_create_no_conversation(tmp_path: 
         )
         assert not reply.is_member
         assert authorizer.cached(1, "d:1:5") is None  # its first send still asks
-    finally:
-        await channels.close()
-        await group.stop()

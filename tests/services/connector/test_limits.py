@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from im.adapters.memory import MemoryBus, MemoryKV, MemoryRegistry
 from im.clock import FakeClock
 from im.config import Settings
-from im.ports import Backends
 from im.v1 import wire_pb2
 from services.connector.limits import REFUSED_MESSAGE, WS_POLICY_VIOLATION
 from services.connector.service import ConnectorCore
-from tests.services.connector.helpers import AllowList, RecordingConn
+from tests.services.connector.helpers import AllowList, RecordingConn, memory_backends
 
 E = wire_pb2
 CAP = 3
@@ -20,15 +18,7 @@ CAP = 3
 @pytest.fixture
 def core(keys, clock: FakeClock, tmp_path) -> ConnectorCore:
     settings = Settings(data_dir=tmp_path, auth_timeout=5, max_unauthenticated_per_address=CAP)
-    kv = MemoryKV(clock)
-    backends = Backends(
-        bus=MemoryBus(partitions=2),
-        registry=MemoryRegistry(),
-        presence=kv,
-        sessions=kv,
-        idempotency=kv,
-        rate_limits=kv,
-    )
+    backends = memory_backends(clock)
     return ConnectorCore(settings, backends, keys[1], clock=clock, authorizer=AllowList(set()))
 
 
@@ -94,7 +84,7 @@ async def test_a_refused_socket_closing_later_frees_nothing(core: ConnectorCore)
 
 async def test_zero_disables_the_cap(keys, clock: FakeClock, tmp_path) -> None:
     settings = Settings(data_dir=tmp_path, max_unauthenticated_per_address=0)
-    kv = MemoryKV(clock)
-    backends = Backends(MemoryBus(2), MemoryRegistry(), kv, kv, kv, kv)
-    core = ConnectorCore(settings, backends, keys[1], clock=clock, authorizer=AllowList(set()))
+    core = ConnectorCore(
+        settings, memory_backends(clock), keys[1], clock=clock, authorizer=AllowList(set())
+    )
     assert not any(open_from(core, "10.0.0.1").was_closed for _ in range(100))

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from im.adapters.memory import MemoryBus, MemoryKV, MemoryRegistry
-from im.ports import Backends
-from im.v1 import group_pb2, group_pb2_grpc, wire_pb2
+from im.v1 import group_pb2, wire_pb2
 from services.connector.service import ConnectorCore
-from services.group.app import build as build_group
-from tests.services.connector.helpers import FakeDirectory, authed, send
-from tests.services.group.helpers import make_settings
+from tests.services.connector.helpers import (
+    FakeDirectory,
+    authed,
+    group_service,
+    memory_backends,
+    send,
+)
 
 E = wire_pb2
 
@@ -104,26 +106,15 @@ async def test_typing_over_its_rate_is_dropped_silently_and_sends_go_on(setup, c
 @pytest.fixture
 async def grouped(keys, clock, tmp_path):  # type: ignore[no-untyped-def]
     """A connector whose authorizer asks a real group service (blocks, dissolution)."""
-    settings = make_settings(tmp_path)
-    group = build_group(settings)
-    await group.start()
-    settings = settings.model_copy(update={"group_service_addr": group.endpoints()["grpc"]})
-    kv = MemoryKV(clock)
-    backends = Backends(
-        bus=MemoryBus(partitions=2),
-        registry=MemoryRegistry(),
-        presence=kv,
-        sessions=kv,
-        idempotency=kv,
-        rate_limits=kv,
-    )
-    core = ConnectorCore(settings, backends, keys[1], clock=clock, directory=FakeDirectory())
-    stub = group_pb2_grpc.GroupServiceStub(core.channels.get(settings.group_addr()))
-    try:
-        yield core, keys[0], stub
-    finally:
-        await core.channels.close()
-        await group.stop()
+    async with group_service(tmp_path) as group:
+        backends = memory_backends(clock)
+        core = ConnectorCore(
+            group.settings, backends, keys[1], clock=clock, directory=FakeDirectory()
+        )
+        try:
+            yield core, keys[0], group.stub
+        finally:
+            await core.channels.close()
 
 
 def refusals(conn) -> list[tuple[int, int, str]]:  # type: ignore[no-untyped-def]
