@@ -41,6 +41,15 @@ MAX_LINKS_PER_GROUP = 100  # live (unrevoked, unexpired) links: bounded storage 
 MAX_PENDING_REQUESTS = 1000  # per group: a public link cannot grow the table without end
 
 
+def new_link_token() -> str:
+    """A fresh invite-link token (URL-safe, 32 characters). Never one that starts with
+    "-": on a command line (``imctl group join TOKEN``) it would read as an option."""
+    while True:
+        token = secrets.token_urlsafe(24)
+        if not token.startswith("-"):
+            return token
+
+
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
@@ -183,7 +192,7 @@ class LifecycleStore:
         now = self._clock.wall_ms()
         if expires_at <= now:
             raise GroupError(grpc.StatusCode.INVALID_ARGUMENT, "expires_at must be in the future")
-        token = secrets.token_urlsafe(24)
+        token = new_link_token()
         digest = token_hash(token)
         values = {
             "token_hash": digest,

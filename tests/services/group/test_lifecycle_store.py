@@ -14,6 +14,7 @@ from im.clock import FakeClock
 from im.db import create_schema, make_engine
 from im.ids import MsgIdGenerator
 from im.sqlservice import ServiceError
+from services.group import lifecycle
 from services.group.lifecycle import LifecycleStore
 from services.group.store import ADMIN, MEMBER, OWNER, GroupStore
 
@@ -227,3 +228,14 @@ def test_membership_changes_report_their_change_version(stores: Stores) -> None:
     _, v3 = stores.groups.remove_member(cid, owner, b)
     assert (v1, v2, v3) == (1, 2, 3)
     assert stores.groups.get_conversation(cid).change_version == 3
+
+
+def test_a_link_token_never_starts_like_a_command_line_option(
+    stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `imctl group join -abc...` would take the token for an option.
+    drawn = iter(["-starts-like-an-option-xxxxxxxxxx", "Starts-like-a-word-xxxxxxxxxxxxxx"])
+    monkeypatch.setattr(lifecycle.secrets, "token_urlsafe", lambda nbytes: next(drawn))
+    owner, member = stores.users(2)
+    cid = stores.groups.create_group(owner, "team", [member]).conversation_id
+    assert stores.link(cid, owner).token == "Starts-like-a-word-xxxxxxxxxxxxxx"
