@@ -20,7 +20,8 @@ from im.client.reconnect import Reconnected, Reconnecting
 from im.v1 import wire_pb2
 
 ROOM = "d:1:2"
-TS = int(datetime(2026, 12, 3, 9, 30, 15).timestamp() * 1000)
+# Today at 09:30:15: the chat shows a time of today without its date.
+TS = int(datetime.now().replace(hour=9, minute=30, second=15, microsecond=0).timestamp() * 1000)
 T = datetime.fromtimestamp(TS / 1000).strftime("%H:%M:%S")
 
 
