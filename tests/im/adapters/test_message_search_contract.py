@@ -22,7 +22,7 @@ from im.adapters.mongo_store import MongoMessageStore
 from im.adapters.sql_search import SqlSearch, boolean_query, fts5_query, like_pattern
 from im.adapters.sqlstore import SqlMessageStore
 from im.clock import FakeClock
-from im.db import SEARCH_COLUMN, MessageRow
+from im.db import SEARCH_COLUMN, MessageRow, create_schema
 from im.db import SEARCH_INDEX as SQL_SEARCH_INDEX
 from im.ports import BackendUnavailable
 from im.search import parse_query
@@ -51,6 +51,8 @@ def _mariadb_search_schema(request: pytest.FixtureRequest) -> Iterator[None]:
     engine = create_engine(request.getfixturevalue("mysql_url"))
     added = False
     try:
+        if not inspect(engine).has_table("messages"):
+            create_schema(engine)  # the first test on this database: no store made it yet
         columns = {c["name"] for c in inspect(engine).get_columns("messages")}
         if SEARCH_COLUMN not in columns:
             with engine.begin() as conn:
