@@ -26,8 +26,8 @@ LAST = 20  # history shows this many by default
 
 
 async def _listed(client: ImClient, names: UserNames) -> list[dict[str, Any]]:
-    """The user's conversations, each with a ``title`` (a group's name, ``@peer``)
-    and, for a 1:1, the peer's username."""
+    """The user's conversations, each with a ``title`` (the name the user gave it, else
+    a group's name or ``@peer``) and, for a 1:1, the peer's username."""
     out = []
     for conv in await client.gateway.conversations():
         conv = dict(conv)
@@ -37,6 +37,9 @@ async def _listed(client: ImClient, names: UserNames) -> list[dict[str, Any]]:
             conv["title"] = "@" + conv["peer"]
         else:
             conv["title"] = conv.get("name") or conv["conversation_id"]
+        own_name = (conv.get("settings") or {}).get("name")
+        if own_name:
+            conv["title"] = own_name
         out.append(conv)
     return out
 
@@ -117,7 +120,7 @@ def register(sub: argparse._SubParsersAction, gateway: argparse.ArgumentParser) 
         parents=[account_parent(gateway, "conversations")],
         help="list your conversations with their unread counts",
         description="One JSON line per conversation: conversation_id, kind, title (the "
-        "group's name or @peer), last_seq, delivered_seq, read_seq, unread, "
+        "name you gave it, else the group's name or @peer), last_seq, delivered_seq, read_seq, unread, "
         "last_activity_at and your settings (muted, pinned, archived, name). Pinned ones "
         "come first, then the most recently active.",
     )

@@ -140,7 +140,7 @@ def test_typing_indicator_and_the_peer_online_dot(browser: Browser, suite: Runni
         assert not opened.errors, opened.errors
 
 
-def test_pin_and_mute_follow_every_device_of_the_user(
+def test_pin_mute_name_and_archive_follow_every_device_of_the_user(
     browser: Browser, suite: RunningSuite
 ) -> None:
     from playwright.sync_api import expect
@@ -177,4 +177,16 @@ def test_pin_and_mute_follow_every_device_of_the_user(
         expect(phone.get_by_test_id("conversation").first).to_have_attribute("data-pinned", "true")
         a.get_by_test_id("mute").click()
         expect(first).to_have_attribute("data-muted", "false")
+
+        # A name only alice sees, then archived: listed last, under a heading.
+        a.once("dialog", lambda dialog: dialog.accept("Work chat"))
+        a.get_by_test_id("own-name").click()
+        renamed = phone.get_by_test_id("conversation").filter(has_text="Work chat")
+        expect(renamed).to_have_count(1)
+        expect(b.get_by_test_id("conversation").filter(has_text="Work chat")).to_have_count(0)
+        a.get_by_test_id("archive").click()
+        expect(a.get_by_test_id("archive")).to_have_text("Unarchive")
+        expect(renamed).to_have_attribute("data-archived", "true")
+        expect(listed.last).to_contain_text("Work chat")
+        expect(phone.get_by_test_id("archived-heading")).to_be_visible()
         assert not opened.errors, opened.errors

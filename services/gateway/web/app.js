@@ -6,16 +6,15 @@ import { bindSearch } from "./search.js";
 import { PageSignals } from "./signals.js";
 import {
   $,
-  isMuted,
   renderList,
   renderMembers,
   renderMessages,
-  renderSettings,
   renderStatus,
   title,
   unread,
 } from "./view.js";
 import { applyEvents, bindMessageActions } from "./edits.js";
+import { applySettings, bindSettings, renderSettings } from "./settings.js";
 
 const PAGE = 50; // messages per history page
 // Per tab: each tab is a device of its own (a second login of one device ends the first).
@@ -90,6 +89,8 @@ function conversation(id) {
       touched: 0,
       pinned: false,
       mutedUntil: 0,
+      archived: false,
+      ownName: "",
     };
     conversations.set(id, conv);
     if (peerId) learnName(peerId);
@@ -112,10 +113,7 @@ function upsert(c) {
   conv.lastSeq = Math.max(conv.lastSeq, c.last_seq ?? 0);
   // unread already leaves out what came before we joined a group
   conv.readPoint = Math.max(conv.readPoint, (c.last_seq ?? 0) - (c.unread ?? 0));
-  if (c.settings) {
-    conv.pinned = c.settings.pinned;
-    conv.mutedUntil = c.settings.muted_until;
-  }
+  if (c.settings) applySettings(conv, c.settings);
   // The list comes in the gateway's order (pinned, then last activity): keep it.
   if (c.last_activity_at) conv.touched = Math.max(conv.touched, c.last_activity_at);
   return conv;
@@ -212,9 +210,7 @@ client.on("receipt", (r) => {
 
 // Our own settings changed, here or on another device of ours.
 client.on("settings", (s) => {
-  const conv = conversation(s.conversationId);
-  conv.pinned = s.pinned;
-  conv.mutedUntil = s.mutedUntil;
+  applySettings(conversation(s.conversationId), s);
   redraw("keep");
 });
 
@@ -455,23 +451,6 @@ function onSubmit(id, action) {
 /** @param {string} id */
 const value = (id) => /** @type {HTMLInputElement} */ ($(id)).value.trim();
 
-/**
- * Change a setting of the open conversation; every device of ours follows.
- * @param {(conv: import("./view.js").Conv) => object} changes
- */
-async function changeSettings(changes) {
-  const conv = openId ? conversations.get(openId) : undefined;
-  if (!conv) return;
-  try {
-    const stored = await client.gateway.updateSettings(conv.id, changes(conv));
-    conv.pinned = stored.pinned;
-    conv.mutedUntil = stored.muted_until;
-    redraw("keep");
-  } catch (err) {
-    $("side-error").textContent = describe(err);
-  }
-}
-
 function bind() {
   $("login-form").addEventListener("submit", (event) => {
     event.preventDefault();
@@ -500,9 +479,11 @@ function bind() {
     await openConversation(conv.id);
   });
 
-  $("pin").addEventListener("click", () => changeSettings((conv) => ({ pinned: !conv.pinned })));
-  $("mute").addEventListener("click", () =>
-    changeSettings((conv) => ({ mutedUntil: isMuted(conv) ? 0 : -1 })),
+  bindSettings(
+    client,
+    () => (openId ? conversations.get(openId) : undefined),
+    () => redraw("keep"),
+    (err) => ($("side-error").textContent = describe(err)),
   );
 
   onSubmit("add-member-form", async (form) => {

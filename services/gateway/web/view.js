@@ -29,6 +29,8 @@ import { describeGroupEvent, isEvent, isGroupEvent } from "/sdk/im.js";
  * @property {boolean} [dissolved] a dissolved group: read-only
  * @property {boolean} pinned listed first (our own setting, on every device of ours)
  * @property {number} mutedUntil ms since the epoch; 0 not muted; -1 muted forever
+ * @property {boolean} archived listed last, under "Archived" (our own setting)
+ * @property {string} ownName our own name for it, shown instead of its title ("" none)
  */
 
 /** @param {Conv} conv */
@@ -49,17 +51,22 @@ export const unread = (conv) => Math.max(0, conv.lastSeq - conv.readPoint);
 
 /** @param {Conv} conv @param {Map<number, string>} names */
 export function title(conv, names) {
+  if (conv.ownName) return conv.ownName;
   if (conv.kind === "group") return conv.name || conv.id;
   return names.get(conv.peerId) ?? `user ${conv.peerId}`;
 }
 
 /**
- * The conversation list: pinned first, then the most recent activity.
+ * The conversation list: pinned first, then the most recent activity; archived ones
+ * after all others, under a heading.
  * @param {Map<string, Conv>} conversations @param {string | null} openId @param {Map<number, string>} names
  */
 export function renderList(conversations, openId, names) {
   const sorted = [...conversations.values()].sort(
-    (a, b) => Number(b.pinned) - Number(a.pinned) || b.touched - a.touched,
+    (a, b) =>
+      Number(a.archived) - Number(b.archived) ||
+      Number(b.pinned) - Number(a.pinned) ||
+      b.touched - a.touched,
   );
   const items = sorted.map((conv) => {
     const count = unread(conv);
@@ -71,26 +78,17 @@ export function renderList(conversations, openId, names) {
     if (conv.pinned) button.append(el("span", { class: "flag", "aria-label": "pinned" }, "📌"));
     if (isMuted(conv)) button.append(el("span", { class: "flag", "aria-label": "muted" }, "🔕"));
     button.dataset.pinned = String(conv.pinned);
+    button.dataset.archived = String(conv.archived);
     button.dataset.muted = String(isMuted(conv));
     if (count) button.append(el("span", { class: "unread", "aria-label": `${count} unread` }, String(count)));
     if (conv.id === openId) button.setAttribute("aria-current", "true");
     return el("li", {}, button);
   });
+  const firstArchived = sorted.findIndex((conv) => conv.archived);
+  if (firstArchived >= 0) {
+    items.splice(firstArchived, 0, el("li", { class: "list-heading", "data-testid": "archived-heading" }, "Archived"));
+  }
   $("conversations").replaceChildren(...items);
-}
-
-/**
- * The open conversation's pin and mute buttons, as our settings say.
- * @param {Conv | undefined} conv
- */
-export function renderSettings(conv) {
-  for (const id of ["pin", "mute"]) $(id).hidden = !conv;
-  if (!conv) return;
-  const muted = isMuted(conv);
-  $("pin").textContent = conv.pinned ? "Unpin" : "Pin";
-  $("pin").setAttribute("aria-pressed", String(conv.pinned));
-  $("mute").textContent = muted ? "Unmute" : "Mute";
-  $("mute").setAttribute("aria-pressed", String(muted));
 }
 
 /**

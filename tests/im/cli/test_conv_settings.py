@@ -33,6 +33,7 @@ async def test_mute_pin_rename_and_the_list(suite: Suite, imctl: Imctl) -> None:
     assert code == 0 and (got["muted"], got["pinned"], got["archived"]) == (False, False, True)
     code, listed = await imctl("conversations")
     assert code == 0 and listed[0]["settings"]["name"] == "Work"
+    assert listed[0]["title"] == "Work"  # the user's own name for it, not "team"
 
     code, [problem] = await imctl("conv-settings", "-g", gid)
     assert code == 1 and problem["error"] == "usage"
