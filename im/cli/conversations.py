@@ -120,8 +120,8 @@ def register(sub: argparse._SubParsersAction, gateway: argparse.ArgumentParser) 
         parents=[account_parent(gateway, "conversations")],
         help="list your conversations with their unread counts",
         description="One JSON line per conversation: conversation_id, kind, title (the "
-        "name you gave it, else the group's name or @peer), last_seq, delivered_seq, read_seq, unread, "
-        "last_activity_at and your settings (muted, pinned, archived, name). Pinned ones "
+        "name you gave it, else the group's name or @peer), last_seq, delivered_seq, "
+        "read_seq, unread, last_activity_at and your settings (muted, pinned, archived, name). Pinned ones "
         "come first, then the most recently active.",
     )
     p.add_argument("--unread", action="store_true", help="only those with unread messages")
