@@ -121,8 +121,8 @@ def register(sub: argparse._SubParsersAction, gateway: argparse.ArgumentParser) 
         help="list your conversations with their unread counts",
         description="One JSON line per conversation: conversation_id, kind, title (the "
         "name you gave it, else the group's name or @peer), last_seq, delivered_seq, "
-        "read_seq, unread, last_activity_at and your settings (muted, pinned, archived, name). Pinned ones "
-        "come first, then the most recently active.",
+        "read_seq, unread, last_activity_at and your settings (muted, pinned, archived, "
+        "name). Pinned ones come first, then the most recently active.",
     )
     p.add_argument("--unread", action="store_true", help="only those with unread messages")
     p.set_defaults(func=run_client(_conversations))
