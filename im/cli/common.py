@@ -314,6 +314,10 @@ class UserNames:
     async def all(self, user_ids: list[int]) -> list[str]:
         return list(await asyncio.gather(*(self.of(uid) for uid in user_ids)))
 
+    def known(self, user_id: int) -> str | None:
+        """The username of ``user_id`` if it was looked up already (no call)."""
+        return self._names.get(user_id)
+
 
 def peer_of(conversation_id: str, me: int) -> int | None:
     """The other user of a direct conversation (None for a group)."""

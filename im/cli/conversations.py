@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
+from im import events
 from im.cli.common import (
     UsageError,
     UserNames,
@@ -18,6 +19,7 @@ from im.cli.common import (
     print_json,
     run_client,
 )
+from im.client.group_events import describe, mentioned_user_ids
 
 if TYPE_CHECKING:
     from im.client.session import ImClient
@@ -78,6 +80,9 @@ async def _history(args: argparse.Namespace) -> int:
         async for message in client.gateway.history_all(cid, after):
             line = message_json(message)
             line["sender"] = await names.of(message.sender_id)
+            if events.is_group_event(message.content_type):
+                await names.all(mentioned_user_ids(message.body))
+                line["event"] = describe(message.content_type, message.body, names.known)
             print_json(line)
             shown += 1
             if args.after_seq is not None and args.limit and shown >= args.limit:
@@ -132,7 +137,8 @@ def register(sub: argparse._SubParsersAction, gateway: argparse.ArgumentParser) 
         parents=[account_parent(gateway, "history")],
         help="print past messages of a conversation",
         description=f"Messages of a conversation as JSON lines, oldest first, each with "
-        f"its sender's username: the last {LAST} by default. Leaves the cursors alone.",
+        f"its sender's username: the last {LAST} by default; a group's system events say "
+        "what happened in `event` (\"alice added bob\"). Leaves the cursors alone.",
     )
     add_target(p)
     p.add_argument(

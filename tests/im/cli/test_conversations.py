@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
+from im import events
 from im.ids import direct_conversation_id
 from tests.services.gateway.helpers import message
 
@@ -58,3 +60,18 @@ async def test_conversations_history_and_read(suite: Suite, imctl: Imctl) -> Non
     assert code == 1 and problem["error"] == "usage" and "g:999" in problem["detail"]
     code, [problem] = await imctl("history", "--to", "alice")
     assert code == 1 and problem["error"] == "usage"
+
+
+async def test_history_says_what_a_group_event_was(suite: Suite, imctl: Imctl) -> None:
+    alice, bob = await suite.register("alice"), await suite.register("bob")
+    carol = await suite.register("carol")
+    code, [group] = await imctl("group", "create", "team", "--members", "bob")
+    gid = group["conversation_id"]
+    added = json.dumps({"actor_id": alice, "user_ids": [carol]}).encode()
+    await suite.store.insert_many(
+        [message(gid, 1, alice, added, events.GROUP_MEMBERS_ADDED), message(gid, 2, bob)]
+    )
+    code, lines = await imctl("history", "-g", gid)
+    assert code == 0
+    assert [(m["seq"], m.get("event")) for m in lines] == [(1, "alice added carol"), (2, None)]
+    assert lines[0]["text"] is None  # the body is the event's data, not a text
