@@ -138,7 +138,7 @@ def register(sub: argparse._SubParsersAction, gateway: argparse.ArgumentParser) 
         help="print past messages of a conversation",
         description=f"Messages of a conversation as JSON lines, oldest first, each with "
         f"its sender's username: the last {LAST} by default; a group's system events say "
-        "what happened in `event` (\"alice added bob\"). Leaves the cursors alone.",
+        'what happened in `event` ("alice added bob"). Leaves the cursors alone.',
     )
     add_target(p)
     p.add_argument(
