@@ -364,7 +364,7 @@ url_lines() {
   cat <<EOF
 export IM_TEST_MYSQL_URL=mysql+pymysql://im_test:im_test@$HOST:$MYSQL_PORT/im_test
 export IM_TEST_REDIS_URL=redis://$HOST:$REDIS_PORT/15
-export IM_TEST_MONGO_URL=mongodb://$HOST:$MONGO_PORT/im_test?retryWrites=false
+export IM_TEST_MONGO_URL='mongodb://$HOST:$MONGO_PORT/im_test?retryWrites=false&socketTimeoutMS=30000'
 export IM_TEST_KAFKA_URL=kafka://$HOST:$KAFKA_PORT?fetch_max_wait_ms=10
 export IM_TEST_ZK_URL=zk://$HOST:$ZK_PORT/im-test
 EOF

@@ -19,8 +19,11 @@ SERVERS = {
         "IM_TEST_MYSQL_URL", "mysql+pymysql://im_test:im_test@127.0.0.1:3306/im_test"
     ),
     "redis": os.environ.get("IM_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"),
+    # The store's own 5 s socket timeout is for production; SecantusDB, a Python server
+    # journaling every write, has been seen to stall past it on a busy CI machine.
     "mongo": os.environ.get(
-        "IM_TEST_MONGO_URL", "mongodb://127.0.0.1:27017/im_test?retryWrites=false"
+        "IM_TEST_MONGO_URL",
+        "mongodb://127.0.0.1:27017/im_test?retryWrites=false&socketTimeoutMS=30000",
     ),
     # Tansu does not wake a waiting fetch: poll every 10 ms (a real Kafka needs not).
     "kafka": os.environ.get("IM_TEST_KAFKA_URL", "kafka://127.0.0.1:9092?fetch_max_wait_ms=10"),
