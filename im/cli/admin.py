@@ -187,7 +187,9 @@ def register(sub: argparse._SubParsersAction, gateway: argparse.ArgumentParser) 
         "Delete USER: its username and display name are replaced (deleted:<id>, "
         '"Deleted user"), its password removed, its sessions ended. Its messages stay, '
         "shown as from a deleted user, unless --erase-messages: then their bodies are "
-        "erased from the message store. Running it again is safe.",
+        "erased from the message store. It leaves every group: one it owns passes to its "
+        "first admin (else member), one it is alone in is dissolved. Running it again is "
+        "safe.",
     )
     p.add_argument("user", metavar="USER")
     p.add_argument(

@@ -4,12 +4,14 @@
 The user service changes the tables (UserAdminService) and names the sessions it
 revoked; this side then does what only the gateway can: revokes those sessions' access
 tokens (SessionStore), kicks the user's sockets on every connector presence names, and
-erases message bodies in the message store. Errors leave as ``ApiError``.
+erases message bodies in the message store, takes a deleted user out of its groups.
+Errors leave as ``ApiError``.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import grpc
 
@@ -39,13 +41,16 @@ class AdminOps:
         sessions: Sessions,
         connectors: ConnectorAssigner,
         message_store: MessageStore,
+        leave_groups: Callable[[int], Awaitable[int]],
     ) -> None:
+        """``leave_groups``: takes a deleted user out of its groups (``departure.py``)."""
         self._settings = settings
         self.stub = stub  # set by Gateway.open (channels belong to the running loop)
         self._calls = calls
         self._sessions = sessions
         self._connectors = connectors
         self._messages = message_store
+        self._leave_groups = leave_groups
 
     def _users(self) -> admin_pb2_grpc.UserAdminServiceStub:
         if self.stub is None:
@@ -99,8 +104,9 @@ class AdminOps:
             erased = await self._calls.backend(
                 "message store", self._messages.erase_sender(user_id)
             )
+        left = await self._leave_groups(user_id)
         return admin_pb2.DeleteUserResponse(
-            user=change.user, sessions_ended=ended, messages_erased=erased
+            user=change.user, sessions_ended=ended, messages_erased=erased, groups_left=left
         )
 
     async def sessions(self, user_id: int) -> admin_pb2.ListSessionsResponse:

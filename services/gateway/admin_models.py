@@ -42,6 +42,10 @@ class ResetPasswordResult(AdminUserResult):
 
 class DeleteResult(AdminUserResult):
     messages_erased: int = Field(description="Message bodies erased (erase_messages=true).")
+    groups_left: int = Field(
+        description="Groups the user left now (one it owned passed on first) or dissolved "
+        "(it was alone in them)."
+    )
 
 
 class AdminSessionOut(BaseModel):

@@ -172,14 +172,21 @@ async def delete_user(
     """Delete the user: username and display name replaced (`deleted:<id>`, "Deleted
     user"), password removed, every session ended and socket kicked. Messages are kept
     and show the deleted user as sender, unless `erase_messages=true`: then their
-    bodies are erased (content type `application/vnd.im.erased`). Repeatable."""
+    bodies are erased (content type `application/vnd.im.erased`). The user leaves every
+    group (one it owns passes to its first admin, else member; one it is alone in is
+    dissolved). Repeatable."""
     with audited(operator, "delete", _target(user_id)) as details:
         done = await gateway.admin.delete(user_id, erase_messages)
-        details.update(sessions_ended=done.sessions_ended, messages_erased=done.messages_erased)
+        details.update(
+            sessions_ended=done.sessions_ended,
+            messages_erased=done.messages_erased,
+            groups_left=done.groups_left,
+        )
     return DeleteResult(
         user=admin_user(done.user),
         sessions_ended=done.sessions_ended,
         messages_erased=done.messages_erased,
+        groups_left=done.groups_left,
     )
 
 

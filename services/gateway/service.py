@@ -33,6 +33,7 @@ from services.gateway.assignment import ConnectorAssigner, ConnectorProber
 from services.gateway.attachments import AttachmentOps
 from services.gateway.calls import Calls
 from services.gateway.conversations import ConversationOps
+from services.gateway.departure import GroupDepartures
 from services.gateway.errors import ApiError, rate_limited, unauthorized
 from services.gateway.group_events import GroupEvents
 from services.gateway.groups import GroupOps
@@ -163,7 +164,13 @@ class Gateway:
 
         # The operators' API (admin.py): its own credentials (admin_auth.py).
         self.admin = AdminOps(
-            settings, None, self._calls, self.sessions, self._connectors, message_store
+            settings,
+            None,
+            self._calls,
+            self.sessions,
+            self._connectors,
+            message_store,
+            lambda user_id: self.departures.leave_all(user_id),
         )
         self.admin_guard = AdminGuard(
             settings,
@@ -182,6 +189,9 @@ class Gateway:
         self.lifecycle_clock: Clock = SystemClock()
         self.lifecycle_ops = GroupLifecycleOps(
             lambda: self.groups, self.group_ops, self.conversation_ops, self._calls
+        )
+        self.departures = GroupDepartures(
+            lambda: self.groups, self.group_ops, self.lifecycle_ops, self._calls
         )
         # Uploads and downloads (attachments.py); None: the routes answer 404.
         self.attachment_ops = (

@@ -1,6 +1,7 @@
 """The admin API end to end, in both modes: disabling a user kicks its live socket and
 refuses its logins (enabling undoes it), a delete with erase removes the bodies of its
-messages from history, and bulk-imported users log in."""
+messages from history, a deleted owner passes its group on and leaves it, and
+bulk-imported users log in."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import asyncio
 import pytest
 from argon2 import PasswordHasher
 
+from im import events
 from im.client import AdminClient, ApiError, ImClient
 from im.events import ERASED
 from im.ids import direct_conversation_id
@@ -95,3 +97,28 @@ async def test_bulk_import_then_login(target):
         await client.connect()
     finally:
         await client.close()
+
+
+async def test_a_deleted_owner_passes_its_group_on_and_leaves(target):
+    owner = await new_user(target.gateway, "dlo")
+    bob = await new_user(target.gateway, "dlb")
+    try:
+        group = await owner.gateway.create_group("crew", [bob.user_id])
+        gid = group["conversation_id"]
+        await bob.connect()
+        async with admin_of(target) as admin:
+            done = await admin.delete(owner.user_id)
+        assert done["groups_left"] == 1
+        # bob's device sees both changes live, in the group's seq order.
+        got = [m for m in await take_messages(bob, 2) if m.conversation_id == gid]
+        assert [m.content_type for m in got] == [
+            events.GROUP_OWNER_TRANSFERRED,
+            events.GROUP_MEMBER_LEFT,
+        ]
+        assert got[1].seq == got[0].seq + 1
+        info = await bob.gateway.group(gid)
+        assert (info["my_role"], info["member_count"]) == ("owner", 1)
+        await bob.send(gid, "still here")  # the group lives on
+    finally:
+        await owner.close()
+        await bob.close()
