@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import re
-import secrets
 import unicodedata
 from collections.abc import AsyncIterator, Iterable
 from urllib.parse import quote
 
+from im.ids import typeable_token
 from im.validation import BIDI_CONTROLS, LINE_BREAKS
 
 # 128 random bits, URL-safe base64 without padding: 22 characters. Unguessable, so an
@@ -42,7 +42,7 @@ class AttachmentTooLarge(Exception):
 
 
 def new_attachment_id() -> str:
-    return secrets.token_urlsafe(ID_BYTES)
+    return typeable_token(ID_BYTES)
 
 
 def is_valid_attachment_id(value: str) -> bool:

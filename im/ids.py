@@ -1,8 +1,9 @@
-"""Message ids and conversation ids."""
+"""Message ids, conversation ids, and random tokens people type."""
 
 from __future__ import annotations
 
 import functools
+import secrets
 import threading
 from typing import TYPE_CHECKING
 
@@ -123,3 +124,13 @@ def _is_valid(conversation_id: str) -> bool:
         rest = conversation_id[len(GROUP_PREFIX) :]
         return rest.isascii() and rest.isdigit() and len(rest) <= 20
     return False
+
+
+def typeable_token(nbytes: int) -> str:
+    """``secrets.token_urlsafe(nbytes)`` that never starts with "-": an id or secret
+    that people paste on a command line (``imctl download ID``, ``imctl group join
+    TOKEN``, ``--password P``) would read as an option there (1 draw in 64)."""
+    while True:
+        token = secrets.token_urlsafe(nbytes)
+        if not token.startswith("-"):
+            return token

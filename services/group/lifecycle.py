@@ -9,7 +9,6 @@ of a change after it, so a retried event is stored once.
 from __future__ import annotations
 
 import hashlib
-import secrets
 from typing import Any
 
 import grpc
@@ -19,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from im.clock import Clock
 from im.db import ConversationRow, GroupInviteRow, GroupJoinRequestRow, MemberRow
+from im.ids import typeable_token
 from im.v1 import group_pb2
 from services.group.store import (
     ADMIN,
@@ -42,12 +42,8 @@ MAX_PENDING_REQUESTS = 1000  # per group: a public link cannot grow the table wi
 
 
 def new_link_token() -> str:
-    """A fresh invite-link token (URL-safe, 32 characters). Never one that starts with
-    "-": on a command line (``imctl group join TOKEN``) it would read as an option."""
-    while True:
-        token = secrets.token_urlsafe(24)
-        if not token.startswith("-"):
-            return token
+    """A fresh invite-link token (URL-safe, 32 characters)."""
+    return typeable_token(24)
 
 
 def token_hash(token: str) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,6 +16,7 @@ from argon2 import PasswordHasher
 from sqlalchemy.engine import Engine
 
 from im.clock import Clock
+from im.ids import typeable_token
 from im.sqlservice import ServiceError, rpc_errors
 from im.v1 import admin_pb2, admin_pb2_grpc
 from services.user.admin_store import AdminTable, Ended
@@ -89,7 +89,7 @@ class UserAdminServicer(admin_pb2_grpc.UserAdminServiceServicer):
         user_id = _user_id(request.user_id)
         password, generated = request.new_password, ""
         if not password:
-            password = generated = secrets.token_urlsafe(GENERATED_PASSWORD_BYTES)
+            password = generated = typeable_token(GENERATED_PASSWORD_BYTES)
         elif not MIN_PASSWORD_CHARS <= len(password) <= MAX_PASSWORD_CHARS:
             raise ServiceError(
                 grpc.StatusCode.INVALID_ARGUMENT,

@@ -1,9 +1,10 @@
-"""Message ids (time-ordered, unique) and conversation ids."""
+"""Message ids (time-ordered, unique), conversation ids, typeable tokens."""
 
 from __future__ import annotations
 
 import pytest
 
+from im import ids as im_ids
 from im.clock import FakeClock
 from im.ids import (
     EPOCH_MS,
@@ -115,3 +116,12 @@ def test_parse_direct_rejects_anything_but_the_canonical_form(conversation_id: s
 )
 def test_is_valid_conversation_id(conversation_id: str, valid: bool) -> None:
     assert is_valid_conversation_id(conversation_id) is valid
+
+
+def test_a_typeable_token_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    drawn = iter(["-looks-like-an-option", "-again", "fine-token"])
+    monkeypatch.setattr(im_ids.secrets, "token_urlsafe", lambda nbytes: next(drawn))
+    assert im_ids.typeable_token(16) == "fine-token"
+    monkeypatch.undo()
+    tokens = {im_ids.typeable_token(3) for _ in range(2000)}  # 4 characters: 1 in 64 with "-"
+    assert not any(t.startswith("-") for t in tokens) and len(tokens) > 1900

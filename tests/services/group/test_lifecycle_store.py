@@ -11,11 +11,11 @@ from pathlib import Path
 import grpc
 import pytest
 
+from im import ids as im_ids
 from im.clock import FakeClock
 from im.db import create_schema, make_engine
 from im.ids import MsgIdGenerator
 from im.sqlservice import ServiceError
-from services.group import lifecycle
 from services.group.lifecycle import LifecycleStore
 from services.group.store import ADMIN, MEMBER, OWNER, GroupStore
 
@@ -237,7 +237,7 @@ def test_a_link_token_never_starts_like_a_command_line_option(
     # `imctl group join -abc...` would take the token for an option.
     run = uuid.uuid4().hex  # token hashes are unique on the shared MySQL
     drawn = iter([f"-option-like-{run}", f"word-like-{run}"])
-    monkeypatch.setattr(lifecycle.secrets, "token_urlsafe", lambda nbytes: next(drawn))
+    monkeypatch.setattr(im_ids.secrets, "token_urlsafe", lambda nbytes: next(drawn))
     owner, member = stores.users(2)
     cid = stores.groups.create_group(owner, "team", [member]).conversation_id
     assert stores.link(cid, owner).token == f"word-like-{run}"
