@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -29,6 +30,9 @@ DEFAULT_BACKENDS = {
     "IM_REGISTRY_URL": "zk://127.0.0.1:2181/im",
     "IM_KV_URL": "redis://127.0.0.1:6379/0",
 }
+
+
+_INTERNAL_TLS_SETTINGS = ("IM_INTERNAL_CA_FILE", "IM_INTERNAL_CERT_FILE", "IM_INTERNAL_KEY_FILE")
 
 
 @dataclass
@@ -248,6 +252,11 @@ class Cluster:
             )
             lines.append(f"  {name:<12} pid {pid:<7} {where}")
         lines.append(f"Gateway: {self.gateway_url} (gRPC MessageService: {self.gateway_grpc})")
+        # Internal gRPC is mutual TLS: its clients (imctl service-send) need the dev set.
+        env = next(iter(self.procs.values())).env if self.procs else {}
+        tls = [f"{k}={shlex.quote(env[k])}" for k in _INTERNAL_TLS_SETTINGS if k in env]
+        if tls:
+            lines.append("Internal gRPC clients (imctl service-send) need: export " + " ".join(tls))
         return "\n".join(lines)
 
 
