@@ -19,7 +19,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from im.client.errors import ClientError, error_code_name, kick_reason_name
-from im.events import EDIT
+from im.client.group_events import describe, mentioned_user_ids
+from im.events import EDIT, is_group_event
 from im.v1 import wire_pb2
 
 if TYPE_CHECKING:
@@ -317,6 +318,13 @@ class UserNames:
     def known(self, user_id: int) -> str | None:
         """The username of ``user_id`` if it was looked up already (no call)."""
         return self._names.get(user_id)
+
+    async def say_event(self, line: dict[str, Any], message: wire_pb2.Message) -> None:
+        """Adds to a message's ``line`` what a group's system event says, as ``event``
+        ("alice added bob"); other messages are left as they are."""
+        if is_group_event(message.content_type):
+            await self.all(mentioned_user_ids(message.body))
+            line["event"] = describe(message.content_type, message.body, self.known)
 
 
 def peer_of(conversation_id: str, me: int) -> int | None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from im import events
 from im.cli.common import (
     UsageError,
     UserNames,
@@ -19,7 +18,6 @@ from im.cli.common import (
     print_json,
     run_client,
 )
-from im.client.group_events import describe, mentioned_user_ids
 
 if TYPE_CHECKING:
     from im.client.session import ImClient
@@ -80,9 +78,7 @@ async def _history(args: argparse.Namespace) -> int:
         async for message in client.gateway.history_all(cid, after):
             line = message_json(message)
             line["sender"] = await names.of(message.sender_id)
-            if events.is_group_event(message.content_type):
-                await names.all(mentioned_user_ids(message.body))
-                line["event"] = describe(message.content_type, message.body, names.known)
+            await names.say_event(line, message)
             print_json(line)
             shown += 1
             if args.after_seq is not None and args.limit and shown >= args.limit:

@@ -9,6 +9,7 @@ import sys
 
 from im.cli.common import (
     UsageError,
+    UserNames,
     account_parent,
     add_target,
     conversation_of,
@@ -71,12 +72,18 @@ async def _listen(args: argparse.Namespace) -> int:
             # the total timeout covers connecting and syncing too
             async with asyncio.timeout(limit):
                 await client.connect()
+                names = UserNames(client)
+                names.know(client.user_id, args.user)
                 async for event in client.events():
-                    print_json(event_json(event))
-                    if isinstance(event, wire_pb2.Message):
-                        received += 1
-                        if args.count and received >= args.count:
-                            return 0
+                    line = event_json(event)
+                    if not isinstance(event, wire_pb2.Message):
+                        print_json(line)
+                        continue
+                    await names.say_event(line, event)
+                    print_json(line)
+                    received += 1
+                    if args.count and received >= args.count:
+                        return 0
         except TimeoutError:
             if not args.count:
                 return 0  # listened for as long as asked

@@ -148,3 +148,19 @@ async def test_neither_a_listen_nor_a_failed_chat_kicks_a_running_chat(
     assert not any("kicked" in line for line in bobs.seen), bobs.seen
     await alice.close()
     await bob.close()
+
+
+async def test_listen_says_what_a_group_event_was(suite: RunningSuite) -> None:
+    alice = await new_user(suite.gateway, "alice")
+    bob = await new_user(suite.gateway, "bob")
+    try:
+        group = await alice.gateway.create_group("team", [bob.user_id])
+        await alice.gateway.rename_group(group["conversation_id"], "crew")
+        listening = ["listen", "-u", bob.username, "-p", PASSWORD, "-n", "1", "-t", "60"]  # type: ignore[attr-defined]
+        async with imctl(suite.gateway, *listening) as listen:
+            found = await listen.expect(r'"event": "(.*)"')
+            assert await listen.end() == 0
+        assert found.group(1) == f'{alice.username} renamed the group to \\"crew\\"'  # type: ignore[attr-defined]
+    finally:
+        await alice.close()
+        await bob.close()
