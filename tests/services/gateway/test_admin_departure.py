@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from im.v1 import group_pb2
-from services.gateway.departure import successor
+from services.gateway.departure import GroupDepartures, successor
+from services.gateway.errors import ApiError
 from tests.services.gateway.conftest import Suite
 from tests.services.gateway.test_admin_api import ADMIN, TOKEN
 from tests.services.gateway.test_group_lifecycle_api import event_tap, events_of, kinds_and_bodies
@@ -74,3 +75,51 @@ async def test_a_deleted_user_leaves_its_groups_passing_on_the_ones_it_owns(suit
     assert await events_of(tap) == []
     r = await suite.client.get(f"/v1/groups/{owned}", headers=dave)
     assert r.json()["my_role"] == "owner" and r.json()["member_count"] == 2
+
+
+class _Calls:
+    async def rpc(self, call, request, overrides=None):  # type: ignore[no-untyped-def]
+        return await call(request)
+
+
+class _Groups:
+    """ListUserConversations of a user in three groups (one dissolved) and a 1:1."""
+
+    async def ListUserConversations(self, request):  # type: ignore[no-untyped-def]
+        def item(cid: str, kind: int, dissolved: bool = False) -> group_pb2.UserConversation:
+            conversation = group_pb2.Conversation(
+                conversation_id=cid, kind=kind, dissolved=dissolved
+            )
+            membership = group_pb2.Member(user_id=request.user_id, role=MEMBER_ROLE)
+            return group_pb2.UserConversation(conversation=conversation, member=membership)
+
+        group = group_pb2.CONVERSATION_KIND_GROUP
+        return group_pb2.ListUserConversationsResponse(
+            conversations=[
+                item("g:1", group),
+                item("g:2", group),
+                item("g:3", group, dissolved=True),
+                item("d:1:7", group_pb2.CONVERSATION_KIND_DIRECT),
+                item("g:4", group),
+            ]
+        )
+
+
+class _Ops:
+    def __init__(self) -> None:
+        self.left: list[str] = []
+
+    async def leave_group(self, user_id: int, group_id: str) -> None:
+        if group_id == "g:2":
+            raise ApiError(503, "unavailable", "group service is unavailable")
+        self.left.append(group_id)
+
+
+async def test_a_group_that_fails_stops_no_other_and_the_failure_is_told() -> None:
+    ops = _Ops()
+    groups = _Groups()
+    departures = GroupDepartures(lambda: groups, ops, None, _Calls())  # type: ignore[arg-type]
+    with pytest.raises(ApiError) as failed:
+        await departures.leave_all(7)
+    assert failed.value.status == 503
+    assert ops.left == ["g:1", "g:4"]  # not the dissolved group, nor the 1:1
