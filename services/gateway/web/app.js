@@ -15,6 +15,7 @@ import {
 } from "./view.js";
 import { applyEvents, bindMessageActions } from "./edits.js";
 import { applySettings, bindSettings, renderSettings } from "./settings.js";
+import { bindGroupAdmin, isManager, renderGroupAdmin } from "./groupadmin.js";
 
 const PAGE = 50; // messages per history page
 // Per tab: each tab is a device of its own (a second login of one device ends the first).
@@ -91,6 +92,7 @@ function conversation(id) {
       mutedUntil: 0,
       archived: false,
       ownName: "",
+      requests: [],
     };
     conversations.set(id, conv);
     if (peerId) learnName(peerId);
@@ -133,6 +135,9 @@ function applyGroupEvent(conv, m) {
   if (m.contentType.endsWith(".dissolved")) conv.dissolved = true;
 }
 
+/** Kinds of group event after which the open group's members (and roles) are read again. */
+const MEMBERSHIP_EVENTS = ["members_added", "member_removed", "member_left", "member_joined", "role_changed", "owner_transferred"];
+
 /** @param {"bottom" | "prepend" | "keep"} mode */
 function redraw(mode) {
   renderList(conversations, openId, names);
@@ -141,6 +146,7 @@ function redraw(mode) {
     $("title").textContent = title(conv, names);
     renderMessages(conv, client.userId, names, mode, (id) => attachments.node(id));
     renderMembers(conv, names, client.userId);
+    renderGroupAdmin(conv, client.userId, names);
     const closed = Boolean(conv.dissolved);
     /** @type {HTMLTextAreaElement} */ ($("composer")).disabled = closed;
     /** @type {HTMLButtonElement} */ ($("send")).disabled = closed;
@@ -187,6 +193,9 @@ client.on("message", (m) => {
   conv.lastSeq = Math.max(conv.lastSeq, m.seq);
   conv.touched = touch();
   applyGroupEvent(conv, m);
+  if (m.conversationId === openId && MEMBERSHIP_EVENTS.some((kind) => m.contentType.endsWith(`.${kind}`))) {
+    loadReads(conv).then(() => redraw("keep"), () => {});
+  }
   if (m.senderId === client.userId) {
     conv.pending.delete(m.clientMsgId); // it has its seq now
     conv.readPoint = Math.max(conv.readPoint, m.seq); // ours: not unread
@@ -364,6 +373,8 @@ async function loadReads(conv) {
       learnName(m.user_id);
       if (m.user_id !== client.userId) conv.reads.set(m.user_id, m.read_seq);
     }
+    conv.requests = isManager(conv, client.userId) && !conv.dissolved ? await client.gateway.joinRequests(conv.id) : [];
+    for (const r of conv.requests) learnName(r.user_id);
     return;
   }
   // 1:1: has the peer read our newest message? (Receipts keep it current from now on.)
@@ -479,6 +490,16 @@ function bind() {
     await openConversation(conv.id);
   });
 
+  bindGroupAdmin(
+    client,
+    () => (openId ? conversations.get(openId) : undefined),
+    async (conv) => {
+      await loadReads(conv);
+      redraw("keep");
+    },
+    (err) => ($("side-error").textContent = describe(err)),
+  );
+
   bindSettings(
     client,
     () => (openId ? conversations.get(openId) : undefined),
@@ -537,7 +558,8 @@ function bind() {
   $("invite").addEventListener("click", async () => {
     if (!openId) return;
     try {
-      const invite = await client.gateway.createInvite(openId);
+      const approvalRequired = /** @type {HTMLInputElement} */ ($("invite-approval")).checked;
+      const invite = await client.gateway.createInvite(openId, { approvalRequired });
       $("invite-token").textContent = `Token (share it; valid 7 days): ${invite.token}`;
     } catch (err) {
       $("side-error").textContent = describe(err);

@@ -31,7 +31,17 @@ import { describeGroupEvent, isEvent, isGroupEvent } from "/sdk/im.js";
  * @property {number} mutedUntil ms since the epoch; 0 not muted; -1 muted forever
  * @property {boolean} archived listed last, under "Archived" (our own setting)
  * @property {string} ownName our own name for it, shown instead of its title ("" none)
+ * @property {{user_id: number, requested_at: number}[]} requests join requests waiting
+ *   (groups we manage, once the panel asked)
  */
+
+/**
+ * Our role in a group ("" when we are not in it, or it is a 1:1).
+ * @param {Conv | undefined} conv @param {number} me
+ */
+export function myRole(conv, me) {
+  return conv?.members.find((m) => m.user_id === me)?.role ?? "";
+}
 
 /** @param {Conv} conv */
 export const isMuted = (conv) => conv.mutedUntil === -1 || conv.mutedUntil > Date.now();
@@ -190,9 +200,14 @@ export function renderMessages(conv, me, names, mode, attachment) {
 /** @param {Conv | undefined} conv @param {Map<number, string>} names @param {number} me */
 export function renderMembers(conv, names, me) {
   if (!conv || conv.kind !== "group") return;
+  const owner = myRole(conv, me) === "owner" && !conv.dissolved;
   const items = conv.members.map((m) => {
     const who = m.user_id === me ? "you" : (names.get(m.user_id) ?? `user ${m.user_id}`);
-    return el("li", {}, `${who}${m.role === "member" ? "" : ` (${m.role})`}`);
+    const item = el("li", { "data-testid": "member" }, `${who}${m.role === "member" ? "" : ` (${m.role})`}`);
+    if (owner && m.user_id !== me) {
+      item.append(" ", el("button", { type: "button", "data-transfer": String(m.user_id) }, "Make owner"));
+    }
+    return item;
   });
   $("member-list").replaceChildren(...items);
 }
