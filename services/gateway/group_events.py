@@ -6,21 +6,33 @@ An event is sent after its change is committed: an added member is already in th
 member list (the router revalidates it per batch), and joined after a seq the event
 comes after, so it sees the event; a removed member is gone, so it sees neither the
 event nor anything later. The client_msg_id is the group's change_version (with the
-server's prefix, which clients may not use), so a retried event is stored once."""
+server's prefix, which clients may not use), so a retried event is stored once.
+
+When the bus stays down past a few quick tries, the request still succeeds (its change
+is committed) and the event waits in this gateway's memory, retried with backoff until
+the bus takes it; a group's later events queue behind it, so they keep their order.
+Only a restart of this gateway, or more than MAX_PENDING events waiting, loses one
+(logged)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections import deque
 from typing import Any
 
+from im.clock import Clock, SystemClock
 from im.sending import ServerSender, server_client_msg_id
 from im.v1 import wire_pb2
 
 log = logging.getLogger("im.gateway")
 
 EVENT_DEVICE = "server"
-SEND_ATTEMPTS = 3
+SEND_ATTEMPTS = 3  # quick tries within the request
+MAX_PENDING = 10_000  # events waiting for the bus, all groups together
+RETRY_FIRST_SECONDS = 1.0
+RETRY_MAX_SECONDS = 30.0
 MAX_EVENT_USER_IDS = 100
 
 
@@ -32,8 +44,19 @@ def event_client_msg_id(group_id: str, change_version: int, part: str = "") -> s
 
 
 class GroupEvents:
-    def __init__(self, sender: ServerSender) -> None:
+    def __init__(
+        self, sender: ServerSender, clock: Clock | None = None, max_pending: int = MAX_PENDING
+    ) -> None:
         self._sender = sender
+        self.clock = clock or SystemClock()  # its backoff (tests set a FakeClock)
+        self._max_pending = max_pending
+        # group -> its events the bus has not taken yet, oldest first
+        self._pending: dict[str, deque[wire_pb2.Message]] = {}
+        self._retrying: asyncio.Task[None] | None = None
+
+    @property
+    def pending(self) -> int:
+        return sum(len(queue) for queue in self._pending.values())
 
     async def emit(
         self,
@@ -46,36 +69,100 @@ class GroupEvents:
     ) -> None:
         """Sends one event; ``fields`` go into its JSON body besides ``actor_id``
         (the sender unless given). A change that changed nothing (version 0) has no
-        event. The change is committed already: a bus that stays down after a few
-        tries loses the event (logged) rather than failing the request."""
+        event. The change is committed already: a bus that stays down past a few tries
+        does not fail the request; the event waits (see the module's doc)."""
         if not change_version:
             return
-        fields = {"actor_id": fields.pop("actor_id", sender_id), **fields}
-        user_ids = fields.get("user_ids")
-        if isinstance(user_ids, list) and len(user_ids) > MAX_EVENT_USER_IDS:
-            # Thousands added at once: the event names the first ones and the count
-            # (the member list has them all), so its body stays small.
-            fields["user_ids"], fields["count"] = user_ids[:MAX_EVENT_USER_IDS], len(user_ids)
-        message = wire_pb2.Message(
-            conversation_id=group_id,
-            sender_id=sender_id,
-            sender_device=EVENT_DEVICE,
-            client_msg_id=event_client_msg_id(group_id, change_version, part),
-            content_type=content_type,
-            body=json.dumps(fields, separators=(",", ":")).encode(),
-        )
+        message = _event(group_id, sender_id, content_type, change_version, part, fields)
+        if group_id in self._pending:  # earlier events of the group wait: behind them
+            self._wait(message)
+            return
         for attempt in range(1, SEND_ATTEMPTS + 1):
             try:
                 await self._sender.send(message)
                 return
             except Exception as exc:
-                if attempt == SEND_ATTEMPTS:
-                    log.error(
-                        "group event %s of %s (version %d) lost: %r",
-                        content_type,
-                        group_id,
-                        change_version,
-                        exc,
-                    )
-                    return
-                log.warning("group event %s of %s: retrying (%r)", content_type, group_id, exc)
+                log.warning(
+                    "group event %s of %s (version %d), try %d: %r",
+                    content_type,
+                    group_id,
+                    change_version,
+                    attempt,
+                    exc,
+                )
+        self._wait(message)
+
+    async def close(self) -> None:
+        """Stops retrying; what still waits is lost (logged)."""
+        if self._retrying is not None:
+            self._retrying.cancel()
+            await asyncio.gather(self._retrying, return_exceptions=True)
+            self._retrying = None
+        if self._pending:
+            log.error(
+                "%d group events lost: the gateway stops before the bus took them", self.pending
+            )
+
+    def _wait(self, message: wire_pb2.Message) -> None:
+        if self.pending >= self._max_pending:
+            log.error(
+                "group event %s of %s lost: %d events already wait for the bus",
+                message.content_type,
+                message.conversation_id,
+                self.pending,
+            )
+            return
+        self._pending.setdefault(message.conversation_id, deque()).append(message)
+        if self._retrying is None or self._retrying.done():
+            self._retrying = asyncio.create_task(self._retry())
+
+    async def _retry(self) -> None:
+        """Sends the waiting events, each group's in order, backing off while the bus
+        refuses; ends when none waits."""
+        delay = RETRY_FIRST_SECONDS
+        while self._pending:
+            await self.clock.sleep(delay)
+            sent = await self._send_waiting()
+            delay = RETRY_FIRST_SECONDS if sent else min(delay * 2, RETRY_MAX_SECONDS)
+            if sent:
+                log.info("%d waiting group events sent; %d still wait", sent, self.pending)
+
+    async def _send_waiting(self) -> int:
+        """Sends as much as the bus takes now; returns how many went."""
+        sent = 0
+        for group_id in list(self._pending):
+            queue = self._pending[group_id]
+            while queue:
+                try:
+                    await self._sender.send(queue[0])
+                except Exception as exc:
+                    log.warning("waiting group events: the bus still refuses (%r)", exc)
+                    return sent
+                queue.popleft()
+                sent += 1
+            del self._pending[group_id]
+        return sent
+
+
+def _event(
+    group_id: str,
+    sender_id: int,
+    content_type: str,
+    change_version: int,
+    part: str,
+    fields: dict[str, Any],
+) -> wire_pb2.Message:
+    fields = {"actor_id": fields.pop("actor_id", sender_id), **fields}
+    user_ids = fields.get("user_ids")
+    if isinstance(user_ids, list) and len(user_ids) > MAX_EVENT_USER_IDS:
+        # Thousands added at once: the event names the first ones and the count (the
+        # member list has them all), so its body stays small.
+        fields["user_ids"], fields["count"] = user_ids[:MAX_EVENT_USER_IDS], len(user_ids)
+    return wire_pb2.Message(
+        conversation_id=group_id,
+        sender_id=sender_id,
+        sender_device=EVENT_DEVICE,
+        client_msg_id=event_client_msg_id(group_id, change_version, part),
+        content_type=content_type,
+        body=json.dumps(fields, separators=(",", ":")).encode(),
+    )

@@ -178,13 +178,15 @@ class Gateway:
             lambda: self._backends.rate_limits,
             self._calls.degraded,
         )
+        # Group changes as system events; they wait here while the bus is down.
+        self.group_events = GroupEvents(self.sender)
         self.group_ops = GroupOps(
             settings,
             lambda: self.groups,
             self.conversation_ops,
             self._calls,
             lambda user_ids: self.get_users(user_ids=user_ids),
-            GroupEvents(self.sender),
+            self.group_events,
         )
         self.lifecycle_clock: Clock = SystemClock()
         self.lifecycle_ops = GroupLifecycleOps(
@@ -222,6 +224,7 @@ class Gateway:
 
     async def close(self) -> None:
         await self._prober.stop()
+        await self.group_events.close()
         await self._pool.close()
         await self._connector_pool.close()
 
