@@ -416,6 +416,12 @@ class Settings(BaseSettings):
     attachment_uploads_per_hour: int = Field(
         200, ge=0, description="Uploads one user may make per hour (429 past it). 0 disables."
     )
+    attachment_quota_bytes: int = Field(
+        2 * 1024**3,
+        ge=0,
+        description="Most bytes of attachments one user may keep stored; an upload past it "
+        "is 413 `quota_exceeded` (cut off when streamed). 0 disables.",
+    )
 
     # --- bus ----------------------------------------------------------------------
     topic_messages: str = Field("im.messages", description="Topic of inbound messages.")

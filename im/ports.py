@@ -314,6 +314,10 @@ class AttachmentStore(Protocol):
 
     async def meta(self, attachment_id: str) -> AttachmentMeta | None: ...
 
+    async def usage(self, owner_id: int) -> int:
+        """Bytes of the whole attachments ``owner_id`` stored (for a quota)."""
+        ...
+
     def read(self, attachment_id: str) -> AsyncIterator[bytes]:
         """The stored bytes, in chunks (an attachment ``meta`` found)."""
         ...

@@ -32,6 +32,7 @@ from im.ports import AttachmentLink, AttachmentMeta, BackendUnavailable
 BACKEND = "attachment store"
 BUCKET = "attachments"
 LINKS = "attachment_links"
+OWNER_INDEX = "owner_length"
 
 
 def _meta(doc: dict[str, Any]) -> AttachmentMeta:
@@ -75,6 +76,7 @@ class GridFsAttachmentStore:
         self._bucket = AsyncGridFSBucket(db, bucket_name=BUCKET)
         self._files = db[f"{BUCKET}.files"]
         self._links = db[LINKS]
+        self._owner_index = False  # created on the first usage()
 
     async def put(
         self,
@@ -118,6 +120,23 @@ class GridFsAttachmentStore:
         except PyMongoError as exc:
             raise _unavailable(exc) from exc
         return None if doc is None else _meta(doc)
+
+    async def usage(self, owner_id: int) -> int:
+        owner = {"metadata.owner_id": Int64(owner_id)}
+        try:
+            if not self._owner_index:
+                # Covers the sum: an owner's files and their lengths, from the index.
+                await self._files.create_index(
+                    [("metadata.owner_id", 1), ("length", 1)], name=OWNER_INDEX
+                )
+                self._owner_index = True
+            cursor = await self._files.aggregate(
+                [{"$match": owner}, {"$group": {"_id": None, "total": {"$sum": "$length"}}}]
+            )
+            totals = [int(doc["total"]) async for doc in cursor]
+        except PyMongoError as exc:
+            raise _unavailable(exc) from exc
+        return totals[0] if totals else 0
 
     async def read(self, attachment_id: str) -> AsyncIterator[bytes]:
         try:

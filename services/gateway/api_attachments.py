@@ -95,22 +95,30 @@ class AttachmentLimits(BaseModel):
         description="Accepted media types (`type/*`: a family; `*/*`: any)."
     )
     max_per_message: int = Field(description="Most attachment_ids one message may carry.")
+    quota_bytes: int = Field(
+        description="Most bytes of attachments the caller may keep stored "
+        "(IM_ATTACHMENT_QUOTA_BYTES; 0: no quota)."
+    )
+    used_bytes: int = Field(description="Bytes of attachments the caller stored.")
 
 
 @router.get(
     "/v1/attachments/limits",
     response_model=AttachmentLimits,
     tags=["attachments"],
-    responses=problem_responses(401),
+    responses=problem_responses(401, 404, 503),
 )
 async def limits(gateway: GatewayDep, claims: Auth) -> AttachmentLimits:
-    """What uploads may be: check a file against it before sending it (a refused
-    upload's 413 may reach a client that is still sending as a broken connection)."""
+    """What uploads may be, and how much of the caller's quota is used: check a file
+    against it before sending it (a refused upload's 413 may reach a client that is
+    still sending as a broken connection)."""
     settings = gateway.settings
     return AttachmentLimits(
         max_bytes=settings.max_attachment_bytes,
         content_types=attachments.parse_allowlist(settings.attachment_content_types),
         max_per_message=settings.max_attachments_per_message,
+        quota_bytes=settings.attachment_quota_bytes,
+        used_bytes=await _ops(gateway).used(claims.user_id),
     )
 
 

@@ -48,6 +48,12 @@ def not_found() -> ApiError:
     return ApiError(404, "not_found", "no such attachment")
 
 
+def _quota_exceeded(quota: int) -> ApiError:
+    return ApiError(
+        413, "quota_exceeded", f"your attachments would take more than your {quota} bytes"
+    )
+
+
 def unavailable(exc: BaseException) -> ApiError:
     log.warning("attachment store failed: %r", exc)
     return ApiError(503, "unavailable", "the attachment store is unavailable; retry later")
@@ -118,8 +124,12 @@ class AttachmentOps:
     async def upload(
         self, me: int, filename: str, content_type: str, chunks: AsyncIterator[bytes]
     ) -> AttachmentMeta:
-        """Streams ``chunks`` into the store as a new attachment of ``me``."""
-        limit = self._settings.max_attachment_bytes
+        """Streams ``chunks`` into the store as a new attachment of ``me``, within the
+        size limit and what is left of ``me``'s quota. Two uploads at once may pass the
+        quota together by up to one size limit each: the check is not a lock."""
+        size_limit = self._settings.max_attachment_bytes
+        left = await self._quota_left(me)
+        limit = size_limit if left is None else min(size_limit, left)
         body = attachments.rechunk(idle_limited(chunks, UPLOAD_IDLE_TIMEOUT))
         try:
             return await self._store.put(
@@ -132,6 +142,8 @@ class AttachmentOps:
                 self._clock.wall_ms(),
             )
         except AttachmentTooLarge:
+            if limit < size_limit:
+                raise _quota_exceeded(self._settings.attachment_quota_bytes) from None
             raise ApiError(
                 413, "payload_too_large", f"the attachment is larger than {limit} bytes"
             ) from None
@@ -141,6 +153,20 @@ class AttachmentOps:
             raise ApiError(400, "invalid_request", "the upload was interrupted") from None
         except BackendUnavailable as exc:
             raise unavailable(exc) from exc
+
+    async def used(self, me: int) -> int:
+        """Bytes of the attachments ``me`` stored."""
+        return await self._backend(self._store.usage(me))
+
+    async def _quota_left(self, me: int) -> int | None:
+        """Bytes ``me`` may still store (None: no quota); 413 when none."""
+        quota = self._settings.attachment_quota_bytes
+        if quota <= 0:
+            return None
+        left = quota - await self.used(me)
+        if left <= 0:
+            raise _quota_exceeded(quota)
+        return left
 
     # ------------------------------------------------------------------ reading
 

@@ -94,6 +94,16 @@ async def test_an_upload_past_the_limit_leaves_nothing(store: Any) -> None:
     assert await store.meta(attachment_id) is None
 
 
+async def test_usage_sums_the_whole_uploads_of_one_owner(store: Any) -> None:
+    assert await store.usage(7) == 0
+    await put(store, 7, b"a" * 300)
+    await put(store, 7, b"b" * 200, b"c" * 100)
+    await put(store, 8, b"d" * 50)
+    with pytest.raises(AttachmentTooLarge):  # refused: it counts for nothing
+        await put(store, 7, b"x" * 600, b"y" * 600, limit=1000)
+    assert (await store.usage(7), await store.usage(8), await store.usage(9)) == (600, 50, 0)
+
+
 async def test_an_upload_whose_source_fails_leaves_nothing(store: Any) -> None:
     attachment_id = new_attachment_id()
 

@@ -117,6 +117,27 @@ async def test_too_large_is_413_declared_or_streamed(suite: Suite) -> None:
     assert_problem(r, 422, "invalid_request")
 
 
+@pytest.mark.parametrize(
+    "settings_overrides", [{"attachment_quota_bytes": 2500, "max_attachment_bytes": 2000}]
+)
+async def test_uploads_past_the_users_quota_are_413(suite: Suite) -> None:
+    _, alice = await suite.user("alice")
+    _, bob = await suite.user("bob")
+    assert (await upload(suite, alice, b"a" * 1500)).status_code == 201
+    # 1000 bytes are left: a larger file is refused, streamed or not, and kept nowhere.
+    assert_problem(await upload(suite, alice, b"b" * 1001), 413, "quota_exceeded")
+    streamed = iter([b"s" * 100] * 15)  # chunked: 1500 bytes, within the size limit
+    out = await run_asgi(app_of(suite), "POST", "/v1/attachments", alice, streamed)
+    assert out.status == 413 and json.loads(out.body)["code"] == "quota_exceeded"
+    assert (await upload(suite, alice, b"c" * 1000)).status_code == 201
+    assert_problem(await upload(suite, alice, b"d"), 413, "quota_exceeded")  # full
+    # The size limit is still its own answer, and bob's quota is his own.
+    assert_problem(await upload(suite, bob, b"e" * 2001), 413, "payload_too_large")
+    assert (await upload(suite, bob, b"f" * 2000)).status_code == 201
+    limits = (await suite.client.get("/v1/attachments/limits", headers=alice)).json()
+    assert (limits["quota_bytes"], limits["used_bytes"]) == (2500, 2500)
+
+
 async def test_types_outside_the_allowlist_are_415(suite: Suite) -> None:
     _, alice = await suite.user("alice")
     for bad in ("text/html", "image/svg+xml", "nonsense", "application/x-msdownload"):
