@@ -52,11 +52,8 @@ class GroupEvents:
         self._max_pending = max_pending
         # group -> its events the bus has not taken yet, oldest first
         self._pending: dict[str, deque[wire_pb2.Message]] = {}
+        self.pending = 0  # how many wait, all groups together
         self._retrying: asyncio.Task[None] | None = None
-
-    @property
-    def pending(self) -> int:
-        return sum(len(queue) for queue in self._pending.values())
 
     async def emit(
         self,
@@ -113,6 +110,7 @@ class GroupEvents:
             )
             return
         self._pending.setdefault(message.conversation_id, deque()).append(message)
+        self.pending += 1
         if self._retrying is None or self._retrying.done():
             self._retrying = asyncio.create_task(self._retry())
 
@@ -139,6 +137,7 @@ class GroupEvents:
                     log.warning("waiting group events: the bus still refuses (%r)", exc)
                     return sent
                 queue.popleft()
+                self.pending -= 1
                 sent += 1
             del self._pending[group_id]
         return sent
