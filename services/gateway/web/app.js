@@ -373,7 +373,9 @@ async function loadReads(conv) {
       learnName(m.user_id);
       if (m.user_id !== client.userId) conv.reads.set(m.user_id, m.read_seq);
     }
-    conv.requests = isManager(conv, client.userId) && !conv.dissolved ? await client.gateway.joinRequests(conv.id) : [];
+    // Best effort: a role that changed meanwhile leaves the list empty, not an error.
+    const manages = isManager(conv, client.userId) && !conv.dissolved;
+    conv.requests = manages ? await client.gateway.joinRequests(conv.id).catch(() => []) : [];
     for (const r of conv.requests) learnName(r.user_id);
     return;
   }
