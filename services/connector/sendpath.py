@@ -294,6 +294,7 @@ class SendPath:
             (item.send.conversation_id, _inbound(conn, item).SerializeToString())
             for item in accepted
         ]
+        epoch = self._backends.bus.epoch
         try:
             async with asyncio.timeout(self._settings.publish_timeout):
                 await self._publisher.publish(records)
@@ -310,11 +311,20 @@ class SendPath:
             record = ACK_RECORD.pack(item.msg_id, item.server_ts)
             self._remember_ack(item.key, record)
             self._settle(conn, item, record)
-        self._keep_for_replay(records)
+        self._keep_for_replay(records, epoch)
 
-    def _keep_for_replay(self, records: list[tuple[str, bytes]]) -> None:
+    def _keep_for_replay(self, records: list[tuple[str, bytes]], sent_in_epoch: int) -> None:
+        """Keeps acked ``records`` a while; publishes the kept ones again once the bus
+        says it lost acknowledged records. ``sent_in_epoch``: the bus epoch when they
+        were handed to it."""
         self._replay.add(records, self._clock.monotonic())
-        lost = self._replay.lost_since(self._backends.bus.epoch)
+        now = self._backends.bus.epoch
+        lost = self._replay.lost_since(now)
+        if not lost and sent_in_epoch != now:
+            # Sent before the loss was seen, acked after another publish had replayed
+            # the window: the ack may be a broker's answer to a producer id it gave
+            # someone else since, which it can take for a duplicate and not write.
+            lost = records
         if lost:
             log.warning(
                 "the bus may have lost acknowledged records: publishing the last %d again",

@@ -3,6 +3,8 @@ flight, and a retry of the same client_msg_id is handled afresh."""
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
 from im import buspack
@@ -156,6 +158,50 @@ async def test_acked_messages_are_published_again_when_the_bus_lost_them(setup, 
     cids = sorted(bus_pb2.InboundMessage.FromString(r.value).message.client_msg_id for r in records)
     # The lost ones again, under their msg_ids (the router stores each once).
     assert cids == ["after", "after", "before-1", "before-2"]
+
+
+class StaleAckBus(ForgetfulBus):
+    """Holds the publish after ``hold_next`` until ``release``, then acks it without
+    writing it: what a broker that came back empty does with a batch from a producer
+    id it has since given to another producer (it takes the batch for a duplicate)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold_next = False
+        self.held = asyncio.Event()
+        self.release = asyncio.Event()
+        self.written = asyncio.Event()  # a publish was written
+
+    async def publish_packed(self, topic, records, pack):  # type: ignore[no-untyped-def]
+        if not self.hold_next:
+            await super().publish_packed(topic, records, pack)
+            self.written.set()
+            return
+        self.hold_next = False
+        self.held.set()
+        await self.release.wait()  # then "acked", never written
+
+
+async def test_an_ack_that_crossed_the_loss_of_the_bus_is_published_again(setup):
+    core, issuer, *_ = setup
+    bus = core.backends.bus = StaleAckBus()
+    alice = await authed(core, issuer, 1)
+    bob = await authed(core, issuer, 2)
+    send(core, alice, "warm-up")
+    await core.wait_background()
+    bus.hold_next = True
+    send(core, alice, "stale")
+    await bus.held.wait()
+    bus.lose_everything()  # seen while "stale" is on its way
+    bus.written.clear()
+    send(core, bob, "fresh")  # lands first: its publish replays what was kept
+    await bus.written.wait()
+    bus.release.set()
+    await core.wait_background()
+    assert answers(alice) == {"warm-up": "ack", "stale": "ack"}
+    records = await bus.consumer(["im.messages"], "g").poll(100, 0.01)
+    cids = {bus_pb2.InboundMessage.FromString(r.value).message.client_msg_id for r in records}
+    assert "stale" in cids  # published again: its ack may have been a false one
 
 
 async def test_messages_older_than_the_window_are_not_kept(setup, clock):
