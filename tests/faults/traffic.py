@@ -38,10 +38,6 @@ from im.ids import direct_conversation_id
 from im.v1 import wire_pb2
 from tests.e2e.helpers import PASSWORD, unique
 
-# Answers a sender may get while a backend is down: it tries again under the same id.
-# Any other Error code (FORBIDDEN for a member, INTERNAL, ...) is a finding.
-RETRYABLE_CODES = frozenset({wire_pb2.ERROR_CODE_UNAVAILABLE, wire_pb2.ERROR_CODE_RATE_LIMITED})
-
 ACK_TIMEOUT = 3.0  # per attempt; the connector answers UNAVAILABLE within its publish timeout
 HTTP_TIMEOUT = 5.0
 MAX_BACKOFF = 1.0  # between retries: also the resolution of the recovery times

@@ -215,11 +215,18 @@ def check_deliveries(
 
 
 def check_send_errors(outcome: Outcome, traffic: Traffic) -> None:
-    """Senders may see retryable refusals during a fault, nothing else."""
+    """Senders may see retryable refusals during a fault, nothing else: UNAVAILABLE
+    while a backend is down, RATE_LIMITED, no SendAck in time, and BUSY once it is back
+    (routers work off what waited, and a connector refuses new Sends while they lag:
+    its admission control, with a retry-after the client library waits out a few times
+    before it gives up). Any other code (FORBIDDEN for a member, INTERNAL...) is a
+    finding."""
     unexpected: Counter[str] = Counter()
     for sender in traffic.senders:
         for kind, n in sender.failures.items():
-            retryable = kind.startswith(("send: UNAVAILABLE", "send: RATE_LIMITED", "send: no"))
+            retryable = kind.startswith(
+                ("send: UNAVAILABLE", "send: RATE_LIMITED", "send: BUSY", "send: no")
+            )
             if kind.startswith("send: ") and not retryable:
                 unexpected[kind] += n
             if kind.startswith("unexpected: "):
